@@ -1,0 +1,66 @@
+"""What a benchmark stores: raw per-request timestamps, and the per-run cell rows derived from them.
+
+This module is the contract between bench/ (writes), reports/ (reads) and the sweep (appends). Raw
+timestamps are `time.perf_counter()` seconds of the client process; only differences between them mean
+anything. Metrics are never stored in a request row: they are derived (see bench/metrics.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class RequestRecord:
+    """One request of one run, as the client saw it."""
+
+    topology: str
+    concurrency: int
+    run: int  # 0-based; the discarded warm-up batch is not stored
+    index: int  # position of the request in its batch
+    batch_start: float  # when the batch fired (perf_counter)
+    start: float  # when this request's bytes were handed to the socket
+    prompt_tokens_sent: int  # what the client built the prompt to be (its own token count)
+    first_response: float | None = None  # first SSE chunk that has `choices`
+    first_token: float | None = None  # first chunk with content / reasoning_content / reasoning
+    token_times: list[float] = field(default_factory=list)  # one per generated token, chunks spread evenly
+    end: float | None = None  # last byte of the response
+    prompt_tokens: int | None = None  # server's usage.prompt_tokens
+    completion_tokens: int | None = None  # server's usage.completion_tokens
+    status_code: int | None = None
+    error: str | None = None  # None = success; otherwise what went wrong and where
+    served_by: str | None = None  # which backend served it (x-litellm-model-id), when a router says
+    latency_offset: float = 0.0  # the run's measured network/API latency (METRICS.md `latency`)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def send_lag(self) -> float:
+        """The client's own queueing before the request hit the wire; not the server's time."""
+        return self.start - self.batch_start
+
+    def to_row(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# Columns of cells.parquet: one row per topology x concurrency x run. reports/ and the regression gate
+# read these names; bench/metrics.py produces them.
+CELL_COLUMNS: tuple[str, ...] = (
+    "topology",
+    "concurrency",
+    "run",
+    "decode_tps",  # decode t/s (total) of the run, METRICS.md
+    "prefill_tps",  # prefill t/s (total) of the run
+    "ttft_ms",  # mean e2e TTFT of the run's successful requests, ms
+    "peak_tps",  # most tokens seen in any 1-second window
+    "decode_tps_req",  # mean per-request decode t/s
+    "prefill_tps_req",  # mean per-request prefill t/s
+    "requests",  # how many requests the run sent (= concurrency)
+    "failed",  # how many of them failed
+    "max_send_lag_ms",  # the client's worst scheduling lag in the run
+)

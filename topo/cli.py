@@ -1,0 +1,45 @@
+"""`topo`: the command line. Each sub-command lives in topo/commands/<name>.py and registers itself here."""
+
+from __future__ import annotations
+
+import sys
+from importlib import import_module
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from common.errors import TopoError
+
+app = typer.Typer(
+    name="topo",
+    help=(
+        "Benchmark how to lay an LLM out on your inference nodes: solo, TP=2 over PyTorch distributed, "
+        "TP=2 over Ray, or 2x solo behind a LiteLLM router. Start with `topo sweep --model gemma4-26b`."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+# One line per command module; each has `register(app)`. Kept explicit so a reader sees every command.
+COMMAND_MODULES: tuple[str, ...] = (
+)
+
+for module_name in COMMAND_MODULES:
+    import_module(module_name).register(app)
+
+stderr = Console(stderr=True)
+
+
+def main() -> None:
+    """Entry point: any TopoError becomes one clear message and exit code 2, never a traceback."""
+    try:
+        app()
+    except TopoError as exc:
+        stderr.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        stderr.print("[yellow]interrupted[/]")
+        sys.exit(130)
