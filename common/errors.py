@@ -19,6 +19,8 @@ cause stays in the traceback, and the CLI turns any ``TopoError`` into one red l
     ├── StreamError                 a server's SSE stream is malformed (what and where in the stream);
     │                               caught by the bench client and stored as the request's error
     ├── ResultsError                a results folder is missing, unreadable or of another schema
+    ├── EngineRequestError          the twin engine refuses a request (too long for max_model_len or for
+    │                               its whole KV cache); also a ValueError; the server answers HTTP 400
     └── RegressionInputError        ``topo regress`` got unusable input (exit 2, unlike a regression: 1)
 """
 
@@ -75,6 +77,10 @@ class StreamError(TopoError):
 
 class ResultsError(TopoError):
     """A results folder is missing, unreadable, or of an unknown schema."""
+
+
+class EngineRequestError(TopoError, ValueError):
+    """The twin engine refuses a request it could never serve (the server answers it with HTTP 400)."""
 
 
 class RegressionInputError(TopoError):

@@ -1,0 +1,449 @@
+"""The twin's engine: the scheduler and the cost model driven by a clock.
+
+One step loop (`run_step_loop`) serves both uses:
+- wall-clock (`Engine`, what `topo twin serve` runs): the clock really sleeps each step's modeled time,
+  minus the real time already spent in the step (awaiting the peers' step hook), so real coordination
+  overhead is not counted twice;
+- virtual time (twin/predict.py): the clock only moves a number forward, so a whole sweep takes
+  milliseconds — and agrees with the wall-clock engine by construction, since it is the same loop.
+
+Requests pass a modeled API frontend first: it handles one request at a time (`frontend_ms_per_request`),
+and an idle engine waits `engine_pickup_ms` after the first arrival before its first step — the engine
+core's own reaction time, which decides how many of a burst of requests the first step sees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import AsyncIterator, Literal, Protocol
+
+from common.errors import ConfigError, EngineRequestError
+from twin.costmodel import CostModel, StepCost
+from twin.profiles import HardwareProfile, ModelCard, load_card, load_hardware
+from twin.scheduler import BLOCK_SIZE, EmittedToken, Scheduler, Sequence, StepPlan, blocks_for
+
+Executor = Literal["uni", "mp", "ray"]
+
+# vLLM's buckets for vllm:time_to_first_token_seconds (upper bounds, seconds).
+TTFT_BUCKETS: tuple[float, ...] = (
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
+    40.0, 80.0, 160.0, 640.0, 2560.0,
+)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Everything the performance model needs; built from vLLM-style flags."""
+
+    hardware: HardwareProfile
+    card: ModelCard
+    tensor_parallel: int = 1
+    nnodes: int = 1
+    executor: Executor = "uni"
+    max_model_len: int | None = None
+    max_num_batched_tokens: int = 8192
+    max_num_seqs: int = 256
+    gpu_memory_utilization: float = 0.70
+    weight_bytes_per_param: float | None = None  # what-if: fp8=1, nvfp4~0.56, bf16=2
+    kv_cache_bytes_per_element: float | None = None  # fp8 kv = 1 (the default)
+    link: Literal["roce", "sockets"] = "roce"  # how the ranks of a TP>1 engine talk
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.tensor_parallel < 1:
+            problems.append(f"tensor_parallel must be >= 1 (got {self.tensor_parallel})")
+        if self.nnodes < 1:
+            problems.append(f"nnodes must be >= 1 (got {self.nnodes})")
+        if self.tensor_parallel == 1 and self.executor not in ("uni", "mp", "ray"):
+            problems.append(f"unknown executor {self.executor!r}")
+        if self.tensor_parallel > 1 and self.executor == "uni":
+            problems.append("tensor_parallel > 1 needs the mp or ray executor (--distributed-executor-backend)")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            problems.append(f"gpu_memory_utilization must be in (0, 1] (got {self.gpu_memory_utilization})")
+        if self.max_num_batched_tokens < 1 or self.max_num_seqs < 1:
+            problems.append("max_num_batched_tokens and max_num_seqs must be >= 1")
+        if self.max_model_len is not None and self.max_model_len < 1:
+            problems.append(f"max_model_len must be >= 1 (got {self.max_model_len})")
+        if problems:
+            raise ConfigError("engine config: " + "; ".join(problems))
+
+    @classmethod
+    def from_names(cls, hardware: str | Path, card: str | Path, **kw: object) -> EngineConfig:
+        """`EngineConfig.from_names("gb10", "gemma4-26b", tensor_parallel=2, executor="mp")`."""
+        return cls(hardware=load_hardware(hardware), card=load_card(card), **kw)  # type: ignore[arg-type]
+
+    @property
+    def effective_max_model_len(self) -> int:
+        return self.max_model_len or self.card.default_max_model_len
+
+    def cost_model(self) -> CostModel:
+        return CostModel(
+            self.hardware,
+            self.card,
+            tensor_parallel=self.tensor_parallel,
+            executor=self.executor,
+            link=self.link,
+            weight_bytes_per_param=self.weight_bytes_per_param,
+            kv_cache_bytes_per_element=self.kv_cache_bytes_per_element,
+        )
+
+    def with_(self, **changes: object) -> EngineConfig:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    request_id: str
+    prompt_tokens: int
+    max_tokens: int  # the twin generates exactly max_tokens tokens
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    index: int  # 0-based index of the generated token
+    time: float  # engine clock time at which the token was produced
+    finished: bool
+
+
+@dataclass(frozen=True)
+class StepDescription:
+    """What one engine step did; sent to peer ranks in multi-node mode."""
+
+    step: int
+    prefill_tokens: int
+    decode_tokens: int
+    num_running: int
+    modeled_seconds: float
+
+
+class StepHook(Protocol):
+    async def __call__(self, step: StepDescription) -> None: ...
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    num_running: int
+    num_waiting: int  # in the scheduler's queue or still in the modeled frontend
+    kv_cache_usage: float  # 0..1
+    kv_capacity_tokens: int
+    prompt_tokens_total: int
+    generation_tokens_total: int
+    preemptions_total: int
+    steps_total: int
+    ttft_seconds: tuple[float, ...]  # every request's time to first token (engine side), in order
+
+    def ttft_histogram(self, buckets: tuple[float, ...] = TTFT_BUCKETS) -> tuple[list[int], float, int]:
+        """Cumulative bucket counts (Prometheus `le` semantics, +Inf last), sum and count."""
+        counts = [sum(1 for v in self.ttft_seconds if v <= bound) for bound in buckets]
+        counts.append(len(self.ttft_seconds))
+        return counts, float(sum(self.ttft_seconds)), len(self.ttft_seconds)
+
+
+# ---------------------------------------------------------------------------------------------- clocks
+
+
+class Clock(Protocol):
+    def now(self) -> float: ...
+    async def sleep_until(self, deadline: float) -> None: ...
+
+
+class WallClock:
+    """Real time (perf_counter seconds); sleeping really sleeps."""
+
+    def now(self) -> float:
+        return time.perf_counter()
+
+    async def sleep_until(self, deadline: float) -> None:
+        delay = deadline - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+class VirtualClock:
+    """Simulated time: sleeping moves the clock to the deadline and returns at once."""
+
+    def __init__(self, start: float = 0.0) -> None:
+        self._now = start
+
+    def now(self) -> float:
+        return self._now
+
+    async def sleep_until(self, deadline: float) -> None:
+        if deadline > self._now:
+            self._now = deadline
+
+    def advance_to(self, moment: float) -> None:
+        self._now = max(self._now, moment)
+
+
+# ------------------------------------------------------------------------------------------- the core
+
+
+@dataclass(order=True)
+class _Pending:
+    ready: float
+    order: int
+    seq: Sequence = field(compare=False)
+
+
+class EngineCore:
+    """Scheduler + cost model + the modeled frontend, with no clock of its own (times are passed in)."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.cost = config.cost_model()
+        hw = config.hardware
+        self.frontend_seconds = hw.frontend_ms_per_request / 1000
+        self.pickup_seconds = hw.engine_pickup_ms / 1000
+        capacity = self.cost.kv_capacity_blocks(config.gpu_memory_utilization, BLOCK_SIZE)
+        max_len = config.effective_max_model_len
+        if capacity < blocks_for(max_len):
+            raise ConfigError(
+                f"the KV cache of {config.card.name} on {hw.name} (tp={config.tensor_parallel}, "
+                f"gpu_memory_utilization={config.gpu_memory_utilization}) holds {capacity * BLOCK_SIZE} "
+                f"tokens, fewer than max_model_len={max_len}; lower --max-model-len or raise the utilization"
+            )
+        self.scheduler = Scheduler(
+            kv_capacity_blocks=capacity,
+            max_num_batched_tokens=config.max_num_batched_tokens,
+            max_num_seqs=config.max_num_seqs,
+        )
+        self._pending: list[_Pending] = []
+        self._order = itertools.count()
+        self._frontend_free_at = float("-inf")
+        self.step_index = 0
+
+    @property
+    def kv_capacity_tokens(self) -> int:
+        return self.scheduler.capacity * BLOCK_SIZE
+
+    def validate(self, request: GenerationRequest) -> None:
+        if request.prompt_tokens < 1 or request.max_tokens < 1:
+            raise EngineRequestError(
+                f"request {request.request_id}: prompt_tokens and max_tokens must be >= 1 "
+                f"(got {request.prompt_tokens} and {request.max_tokens})"
+            )
+        total = request.prompt_tokens + request.max_tokens
+        limit = self.config.effective_max_model_len
+        if total > limit:
+            raise EngineRequestError(
+                f"request {request.request_id}: {request.prompt_tokens} prompt tokens + {request.max_tokens} "
+                f"max_tokens = {total} exceeds the model's maximum context length {limit}"
+            )
+
+    def submit(self, request: GenerationRequest, now: float) -> float:
+        """Accept a request at `now`; returns when the modeled frontend hands it to the scheduler."""
+        self.validate(request)
+        if request.request_id in self.scheduler.by_id or any(
+            p.seq.request_id == request.request_id for p in self._pending
+        ):
+            raise EngineRequestError(f"request id {request.request_id!r} is already in the engine")
+        ready = max(now, self._frontend_free_at) + self.frontend_seconds
+        self._frontend_free_at = ready
+        seq = Sequence(request.request_id, request.prompt_tokens, request.max_tokens, arrival=now)
+        heapq.heappush(self._pending, _Pending(ready, next(self._order), seq))
+        return ready
+
+    def admit_ready(self, now: float) -> None:
+        while self._pending and self._pending[0].ready <= now:
+            self.scheduler.add(heapq.heappop(self._pending).seq)
+
+    def next_ready_time(self) -> float | None:
+        return self._pending[0].ready if self._pending else None
+
+    def abort(self, request_id: str) -> None:
+        for index, pending in enumerate(self._pending):
+            if pending.seq.request_id == request_id:
+                self._pending.pop(index)
+                heapq.heapify(self._pending)
+                return
+        self.scheduler.abort(request_id)
+
+    @property
+    def has_work(self) -> bool:
+        return self.scheduler.has_work
+
+    @property
+    def idle(self) -> bool:
+        return not self.scheduler.has_work and not self._pending
+
+    def plan_step(self) -> tuple[StepPlan, StepCost, StepDescription]:
+        plan = self.scheduler.schedule()
+        cost = self.cost.step(plan.works())
+        self.step_index += 1
+        description = StepDescription(
+            step=self.step_index,
+            prefill_tokens=plan.prefill_tokens,
+            decode_tokens=plan.decode_tokens,
+            num_running=len(self.scheduler.running),
+            modeled_seconds=cost.seconds,
+        )
+        return plan, cost, description
+
+    def complete(self, plan: StepPlan, now: float) -> list[EmittedToken]:
+        return self.scheduler.complete(plan, now)
+
+    def stats(self) -> EngineStats:
+        sched = self.scheduler
+        counters = sched.counters
+        return EngineStats(
+            num_running=len(sched.running),
+            num_waiting=len(sched.waiting) + len(self._pending),
+            kv_cache_usage=sched.used_blocks / sched.capacity if sched.capacity else 0.0,
+            kv_capacity_tokens=self.kv_capacity_tokens,
+            prompt_tokens_total=counters.prompt_tokens_total,
+            generation_tokens_total=counters.generation_tokens_total,
+            preemptions_total=counters.preemptions_total,
+            steps_total=counters.steps_total,
+            ttft_seconds=tuple(counters.ttft_seconds),
+        )
+
+
+class TokenSink(Protocol):
+    def __call__(self, tokens: list[EmittedToken]) -> None: ...
+
+
+async def run_step_loop(
+    core: EngineCore,
+    clock: Clock,
+    on_tokens: TokenSink,
+    *,
+    step_hook: StepHook | None = None,
+    wait_for_work: asyncio.Event | None = None,
+    stop_when_idle: bool = False,
+) -> None:
+    """The engine's step loop, for any clock.
+
+    Idle: wait for a request (wall clock: `wait_for_work`; virtual: return when `stop_when_idle`). The
+    first step after idling starts `pickup` after the first request reaches the scheduler. Each step:
+    plan, tell the peers (step hook), sleep until start + modeled time, then emit its tokens.
+    """
+    while True:
+        now = clock.now()
+        core.admit_ready(now)
+        if not core.has_work:
+            ready = core.next_ready_time()
+            if ready is None:
+                if stop_when_idle or wait_for_work is None:
+                    return
+                wait_for_work.clear()
+                await wait_for_work.wait()
+                continue
+            await clock.sleep_until(ready + core.pickup_seconds)
+            continue
+        started = clock.now()
+        plan, cost, description = core.plan_step()
+        if plan.empty:
+            # Nothing fits (only possible if every waiting request needs more KV than is free and nothing
+            # runs to free it; validation prevents it). Wait for the frontend instead of spinning.
+            ready = core.next_ready_time()
+            if ready is None:
+                raise RuntimeError("twin scheduler stalled: work queued but nothing schedulable")
+            await clock.sleep_until(ready)
+            continue
+        if step_hook is not None:
+            await step_hook(description)
+        await clock.sleep_until(started + cost.seconds)
+        on_tokens(core.complete(plan, clock.now()))
+
+
+# -------------------------------------------------------------------------------- the wall-clock engine
+
+
+_FINISHED = object()
+
+
+class Engine:
+    """The wall-clock engine `topo twin serve` runs: `await start()`, then `generate()` per request."""
+
+    def __init__(self, config: EngineConfig, *, step_hook: StepHook | None = None, clock: Clock | None = None) -> None:
+        self.config = config
+        self.core = EngineCore(config)
+        self.clock: Clock = clock or WallClock()
+        self._step_hook = step_hook
+        self._queues: dict[str, asyncio.Queue[TokenEvent]] = {}
+        self._work = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="twin-engine-step-loop")
+
+    async def _run(self) -> None:
+        await run_step_loop(
+            self.core, self.clock, self._deliver, step_hook=self._step_hook, wait_for_work=self._work
+        )
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def _deliver(self, tokens: list[EmittedToken]) -> None:
+        for token in tokens:
+            queue = self._queues.get(token.request_id)
+            if queue is not None:
+                queue.put_nowait(TokenEvent(token.index, token.time, token.finished))
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
+        """Submit a request; iterate its tokens. Raises EngineRequestError at once if it cannot be served.
+
+        Closing the iterator early (the client went away) takes the request out of the batch and frees
+        its KV cache.
+        """
+        if self._task is None:
+            raise RuntimeError("Engine.generate() before Engine.start()")
+        if self._task.done():
+            exc = self._task.exception()
+            raise RuntimeError("the twin engine's step loop has stopped") from exc
+        queue: asyncio.Queue[TokenEvent] = asyncio.Queue()
+        self.core.submit(request, self.clock.now())
+        self._queues[request.request_id] = queue
+        self._work.set()
+        return self._stream(request, queue)
+
+    async def _stream(self, request: GenerationRequest, queue: asyncio.Queue[TokenEvent]) -> AsyncIterator[TokenEvent]:
+        finished = False
+        try:
+            while not finished:
+                event = await queue.get()
+                finished = event.finished
+                yield event
+        finally:
+            self._queues.pop(request.request_id, None)
+            if not finished:
+                self.core.abort(request.request_id)
+
+    def stats(self) -> EngineStats:
+        return self.core.stats()
+
+
+__all__ = [
+    "Clock",
+    "Engine",
+    "EngineConfig",
+    "EngineCore",
+    "EngineRequestError",
+    "EngineStats",
+    "GenerationRequest",
+    "StepDescription",
+    "StepHook",
+    "TokenEvent",
+    "TTFT_BUCKETS",
+    "VirtualClock",
+    "WallClock",
+    "run_step_loop",
+]
