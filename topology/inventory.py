@@ -177,9 +177,17 @@ class Cluster(StrictModel):
     """The nodes of one installation. Node 0 is the head."""
 
     name: str = Field(pattern=NAME_PATTERN)
-    nodes: tuple[Node, ...] = Field(min_length=1)
+    nodes: tuple[Node, ...]
     proxy: ProxyPlacement = Field(default_factory=ProxyPlacement)
     timeouts: Timeouts = Field(default_factory=Timeouts)
+
+    @field_validator("nodes")
+    @classmethod
+    def _at_least_one(cls, value: tuple[Node, ...]) -> tuple[Node, ...]:
+        # Checked here rather than with min_length, which pydantic also reports when one node is invalid.
+        if not value:
+            raise ValueError("a cluster needs at least one node")
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> Cluster:
