@@ -76,6 +76,7 @@ class VllmEngine(StrictModel):
     vllm: str | None = None  # process launcher: absolute path of the vllm executable on the node
     image: str | None = None  # docker launcher: overrides the recipe's container image
     docker: str = "docker"  # docker launcher: the docker CLI on the node
+    volumes: tuple[str, ...] = ()  # docker launcher: `-v` mounts, e.g. "/data/hf:/data/hf" for HF_HOME
     port: Port = 8000  # engine HTTP port on this node
 
     @model_validator(mode="after")

@@ -7,9 +7,17 @@ the printed form: an env value or argv element that is a `Secret` renders as `**
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+)
 
 
 class Secret(BaseModel):
@@ -20,6 +28,14 @@ class Secret(BaseModel):
 
     def __str__(self) -> str:
         return "***"
+
+    @model_serializer(mode="wrap")
+    def _masked_when_asked(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> object:
+        # `plan.model_dump(context={"mask_secrets": True})` prints "***"; a plain dump keeps the value
+        # so a plan can still be handed over whole to the process that executes it.
+        if isinstance(info.context, dict) and info.context.get("mask_secrets"):
+            return "***"
+        return handler(self)
 
     def __repr__(self) -> str:
         return "Secret('***')"
@@ -39,13 +55,27 @@ class HttpProbe(BaseModel):
 
 
 class CommandProbe(BaseModel):
-    """Ready when a command on the node exits 0 and (optionally) its output contains `expect`."""
+    """Ready when a command on the node exits 0 and its output passes the expectations (if any).
+
+    `expect_in_output`: a substring that must appear. `expect_pattern` / `expect_min_matches`: a regex
+    (multi-line mode) that must match at least that many times, e.g. one line per active Ray node.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     kind: Literal["command"] = "command"
     argv: tuple[str, ...]
     expect_in_output: str | None = None
+    expect_pattern: str | None = None
+    expect_min_matches: int = 1
     timeout_s: float = 120.0
+
+    def satisfied_by(self, output: str) -> bool:
+        """Whether the output of a run that exited 0 means ready (the executor calls this)."""
+        if self.expect_in_output is not None and self.expect_in_output not in output:
+            return False
+        if self.expect_pattern is not None:
+            return len(re.findall(self.expect_pattern, output, flags=re.MULTILINE)) >= self.expect_min_matches
+        return True
 
 
 class NoProbe(BaseModel):
@@ -84,7 +114,7 @@ class Step(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str  # unique in the plan, e.g. "engine-rank1", "ray-head", "proxy"
-    node: str  # node name from the cluster inventory
+    node: str  # node name from the cluster inventory, or "controller" (the machine running topo)
     role: str  # "engine", "engine-headless", "ray-head", "ray-worker", "proxy"
     argv: tuple[ArgOrSecret, ...]
     env: dict[str, ArgOrSecret] = Field(default_factory=dict)
