@@ -26,6 +26,7 @@ app = typer.Typer(
 # One line per command module; each has `register(app)`. Kept explicit so a reader sees every command.
 COMMAND_MODULES: tuple[str, ...] = (
     "topo.commands.plan",
+    "topo.commands.twin",
 )
 
 for module_name in COMMAND_MODULES:
