@@ -63,4 +63,5 @@ CELL_COLUMNS: tuple[str, ...] = (
     "requests",  # how many requests the run sent (= concurrency)
     "failed",  # how many of them failed
     "max_send_lag_ms",  # the client's worst scheduling lag in the run
+    "client_cpu_frac",  # client process CPU seconds / run wall seconds (near 1: the client was the bottleneck)
 )
