@@ -1,0 +1,273 @@
+"""Predictions: the twin's scheduler and cost model in virtual time, in the shape of a measurement.
+
+`simulate_batch()` plays one closed batch of c requests (llama-benchy's concurrency mode) through a
+topology and returns `bench.records.RequestRecord`s with virtual timestamps, so the same metric code turns
+predictions and measurements into cells. `predict_cells()` runs a warm-up batch plus `runs` batches per
+concurrency and returns rows with the columns of cells.parquet.
+
+A topology is a number of independent engine replicas (each TP=k over k nodes) behind a router when there
+is more than one. The router picks a replica at random per request (LiteLLM's simple-shuffle), and adds
+its per-request latency. Replicas share nothing, so each is simulated on its own clock; a batch ends when
+the slowest replica is done, and the next batch starts then.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, Callable, Coroutine, Iterable, Literal, Sequence
+
+from bench.records import CELL_COLUMNS, RequestRecord
+from common.errors import ConfigError
+from twin.engine import EngineConfig, EngineCore, Executor, GenerationRequest, VirtualClock, run_step_loop
+from twin.scheduler import EmittedToken
+
+TopologyName = Literal["solo", "tp2-mp", "tp2-ray", "2x-solo-shuffle", "tp4-mp", "tp4-ray", "2x-tp2-shuffle", "4x-solo-shuffle"]
+
+
+@dataclass(frozen=True)
+class TopologyModel:
+    """How a topology lays engines out on nodes, as far as performance goes."""
+
+    name: str
+    replicas: int  # independent engines; > 1 means a router in front
+    tensor_parallel: int  # ranks (= nodes) per engine
+    executor: Executor = "uni"
+
+    @property
+    def nodes(self) -> int:
+        return self.replicas * self.tensor_parallel
+
+    @property
+    def routed(self) -> bool:
+        return self.replicas > 1
+
+    def engine_config(self, base: EngineConfig) -> EngineConfig:
+        return base.with_(tensor_parallel=self.tensor_parallel, nnodes=self.tensor_parallel, executor=self.executor)
+
+
+TOPOLOGIES: dict[str, TopologyModel] = {
+    t.name: t
+    for t in (
+        TopologyModel("solo", 1, 1),
+        TopologyModel("tp2-mp", 1, 2, "mp"),
+        TopologyModel("tp2-ray", 1, 2, "ray"),
+        TopologyModel("2x-solo-shuffle", 2, 1),
+        TopologyModel("tp4-mp", 1, 4, "mp"),
+        TopologyModel("tp4-ray", 1, 4, "ray"),
+        TopologyModel("2x-tp2-shuffle", 2, 2, "mp"),
+        TopologyModel("4x-solo-shuffle", 4, 1),
+    )
+}
+
+
+def topologies_for_nodes(nodes: int) -> list[str]:
+    """The layouts worth comparing on `nodes` nodes (solo is always the baseline)."""
+    if nodes == 2:
+        return ["solo", "tp2-mp", "tp2-ray", "2x-solo-shuffle"]
+    if nodes == 4:
+        return ["solo", "tp2-mp", "tp4-mp", "tp4-ray", "2x-tp2-shuffle", "4x-solo-shuffle"]
+    if nodes == 1:
+        return ["solo"]
+    raise ConfigError(f"--nodes {nodes}: the twin lays out 1, 2 or 4 nodes")
+
+
+def topology_model(topology: str | TopologyModel) -> TopologyModel:
+    if isinstance(topology, TopologyModel):
+        return topology
+    try:
+        return TOPOLOGIES[topology]
+    except KeyError:
+        raise ConfigError(f"unknown topology {topology!r}; known: {', '.join(TOPOLOGIES)}") from None
+
+
+def _drive(coroutine: Coroutine[Any, Any, None]) -> None:
+    """Run a coroutine that never really suspends (virtual clock, no step hook) to completion."""
+    try:
+        coroutine.send(None)
+    except StopIteration:
+        return
+    coroutine.close()
+    raise RuntimeError("the virtual step loop suspended; it must not await real I/O")
+
+
+class VirtualDeployment:
+    """A topology's engines on virtual clocks; plays closed batches one after the other."""
+
+    def __init__(self, topology: str | TopologyModel, config: EngineConfig, *, seed: int = 0) -> None:
+        self.topology = topology_model(topology)
+        self.config = self.topology.engine_config(config)
+        self.cores = [EngineCore(self.config) for _ in range(self.topology.replicas)]
+        self.clocks = [VirtualClock() for _ in self.cores]
+        self.rng = random.Random(seed)
+        hw = self.config.hardware
+        self.router_latency = hw.router.request_latency_ms / 1000 if self.topology.routed else 0.0
+        self.response_latency = hw.response_latency_ms / 1000
+        self.now = 0.0
+        self._ids = 0
+
+    def run_batch(self, concurrency: int, prompt_tokens: int, max_tokens: int, *, run: int = 0) -> list[RequestRecord]:
+        if concurrency < 1:
+            raise ConfigError(f"concurrency must be >= 1 (got {concurrency})")
+        batch_start = self.now
+        assignment = [self.rng.randrange(len(self.cores)) for _ in range(concurrency)]
+        ids: list[str] = []
+        for index, replica in enumerate(assignment):
+            self._ids += 1
+            request_id = f"req-{self._ids}"
+            ids.append(request_id)
+            clock = self.clocks[replica]
+            clock.advance_to(batch_start + self.router_latency)
+            self.cores[replica].submit(GenerationRequest(request_id, prompt_tokens, max_tokens), clock.now())
+        times: dict[str, list[float]] = {request_id: [] for request_id in ids}
+
+        def collect(tokens: list[EmittedToken]) -> None:
+            for token in tokens:
+                times[token.request_id].append(token.time + self.response_latency)
+
+        for core, clock in zip(self.cores, self.clocks):
+            _drive(run_step_loop(core, clock, collect, stop_when_idle=True))
+        records = []
+        topology = self.topology.name
+        for index, (request_id, replica) in enumerate(zip(ids, assignment)):
+            token_times = times[request_id]
+            records.append(
+                RequestRecord(
+                    topology=topology,
+                    concurrency=concurrency,
+                    run=run,
+                    index=index,
+                    batch_start=batch_start,
+                    start=batch_start,
+                    prompt_tokens_sent=prompt_tokens,
+                    first_response=token_times[0],
+                    first_token=token_times[0],
+                    token_times=token_times,
+                    end=token_times[-1],
+                    prompt_tokens=prompt_tokens,
+                    completion_tokens=len(token_times),
+                    status_code=200,
+                    served_by=f"replica{replica}" if self.topology.routed else None,
+                )
+            )
+        self.now = max(r.end for r in records if r.end is not None)
+        return records
+
+
+def simulate_batch(
+    topology: str | TopologyModel,
+    config: EngineConfig,
+    concurrency: int,
+    prompt_tokens: int,
+    max_tokens: int,
+    seed: int = 0,
+) -> list[RequestRecord]:
+    """One closed batch of `concurrency` requests on fresh engines, virtual timestamps from 0."""
+    return VirtualDeployment(topology, config, seed=seed).run_batch(concurrency, prompt_tokens, max_tokens)
+
+
+# ------------------------------------------------------------------------------------------- metrics
+
+
+def _fallback_run_metrics(records: Sequence[RequestRecord]) -> dict[str, float]:
+    """METRICS.md's per-run figures (used only when bench.metrics is not importable)."""
+    ok = [r for r in records if r.ok and r.first_token is not None and r.token_times]
+    if not ok:
+        return {"decode_tps": 0.0, "prefill_tps": 0.0, "ttft_ms": float("nan"), "peak_tps": 0.0,
+                "decode_tps_req": 0.0, "prefill_tps_req": 0.0}
+    first_tokens = [r.first_token for r in ok]
+    decode_tokens = sum(len(r.token_times) - 1 for r in ok)
+    decode_span = max(r.token_times[-1] for r in ok) - min(first_tokens)  # type: ignore[type-var]
+    prefill_span = max(first_tokens) - min(r.start for r in ok)  # type: ignore[type-var]
+    prompt = sum((r.prompt_tokens or r.prompt_tokens_sent) for r in ok)
+    ttfts = [r.first_token - r.start for r in ok]  # type: ignore[operator]
+    per_decode = [
+        (len(r.token_times) - 1) / (r.token_times[-1] - r.first_token)  # type: ignore[operator]
+        for r in ok
+        if len(r.token_times) > 1 and r.token_times[-1] > r.first_token  # type: ignore[operator]
+    ]
+    per_prefill = []
+    for r in ok:
+        ppt = max(0.0, (r.first_response or r.first_token) - r.start - r.latency_offset)  # type: ignore[operator]
+        if ppt > 0:
+            per_prefill.append((r.prompt_tokens or r.prompt_tokens_sent) / ppt)
+    all_times = sorted(t for r in ok for t in r.token_times)
+    peak, lo = 0, 0
+    for hi, moment in enumerate(all_times):
+        while moment - all_times[lo] > 1.0:
+            lo += 1
+        peak = max(peak, hi - lo + 1)
+    return {
+        "decode_tps": decode_tokens / decode_span if decode_span > 0 else 0.0,
+        "prefill_tps": prompt / prefill_span if prefill_span > 0 else 0.0,
+        "ttft_ms": 1000 * sum(ttfts) / len(ttfts),
+        "peak_tps": float(peak),
+        "decode_tps_req": sum(per_decode) / len(per_decode) if per_decode else 0.0,
+        "prefill_tps_req": sum(per_prefill) / len(per_prefill) if per_prefill else 0.0,
+    }
+
+
+def _metric_function() -> Callable[[Sequence[RequestRecord]], Any]:
+    try:
+        from bench.metrics import run_metrics  # the bench engineer's implementation, when present
+    except ImportError:
+        return _fallback_run_metrics
+    return run_metrics
+
+
+def cell_row(records: Sequence[RequestRecord]) -> dict[str, Any]:
+    """A cells.parquet row (CELL_COLUMNS) for one run's records."""
+    metrics = _metric_function()(records)
+    if not isinstance(metrics, dict):
+        metrics = {key: getattr(metrics, key) for key in CELL_COLUMNS if hasattr(metrics, key)}
+    first = records[0]
+    row: dict[str, Any] = {
+        "topology": first.topology,
+        "concurrency": first.concurrency,
+        "run": first.run,
+        "requests": len(records),
+        "failed": sum(1 for r in records if not r.ok),
+        "max_send_lag_ms": 1000 * max(r.send_lag for r in records),
+    }
+    for key in CELL_COLUMNS:
+        if key not in row:
+            row[key] = metrics.get(key, float("nan"))
+    return {key: row[key] for key in CELL_COLUMNS}
+
+
+def predict_cells(
+    topology: str | TopologyModel,
+    config: EngineConfig,
+    concurrencies: Iterable[int] = (1, 2, 4, 8, 16, 32, 64),
+    *,
+    prompt_tokens: int = 1024,
+    max_tokens: int = 128,
+    runs: int = 3,
+    seed: int = 0,
+    warmup: bool = True,
+) -> list[dict[str, Any]]:
+    """`runs` measured batches (after one discarded warm-up) per concurrency, as cells.parquet rows."""
+    if runs < 1:
+        raise ConfigError(f"runs must be >= 1 (got {runs})")
+    rows: list[dict[str, Any]] = []
+    for concurrency in concurrencies:
+        deployment = VirtualDeployment(topology, config, seed=seed * 1_000_003 + concurrency)
+        if warmup:
+            deployment.run_batch(concurrency, prompt_tokens, max_tokens, run=-1)
+        for run in range(runs):
+            rows.append(cell_row(deployment.run_batch(concurrency, prompt_tokens, max_tokens, run=run)))
+    return rows
+
+
+def predict_sweep(
+    topologies: Iterable[str | TopologyModel],
+    config: EngineConfig,
+    concurrencies: Iterable[int] = (1, 2, 4, 8, 16, 32, 64),
+    **kw: Any,
+) -> list[dict[str, Any]]:
+    """predict_cells for several topologies, rows concatenated (feed to pandas.DataFrame)."""
+    levels = list(concurrencies)
+    rows: list[dict[str, Any]] = []
+    for topology in topologies:
+        rows.extend(predict_cells(topology, config, levels, **kw))
+    return rows
