@@ -1,0 +1,51 @@
+"""The printed plan of each of the four topologies on a fixed two-node cluster, compared exactly.
+
+Regenerate after an intended change with `UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/topology`
+and review the diff: these files are the commands topo runs on real nodes.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from topology.kinds import STUDY_TOPOLOGIES, parse_topology, plan
+from topology.render import plan_text
+
+GOLDEN_DIR = Path(__file__).parent / "golden"
+
+
+def check_golden(name: str, actual: str) -> None:
+    path = GOLDEN_DIR / f"{name}.txt"
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        path.write_text(actual)
+        return
+    assert path.exists(), f"{path} is missing: run with UPDATE_GOLDEN=1 to create it"
+    expected = path.read_text()
+    assert actual == expected, f"plan of {name} differs from {path} (UPDATE_GOLDEN=1 to accept an intended change)"
+
+
+@pytest.mark.parametrize("topology_name", STUDY_TOPOLOGIES)
+def test_plan_matches_golden(topology_name, two_sparks, gemma, plan_secrets, real_master_key):
+    launch_plan = plan(parse_topology(topology_name), two_sparks, gemma, secrets=plan_secrets)
+    text = plan_text(launch_plan).plain
+    assert real_master_key not in text
+    check_golden(topology_name, text)
+
+
+def test_goldens_carry_design_commands():
+    """Guards the goldens themselves: regenerating cannot silently drop DESIGN.md's exact command parts."""
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        pytest.skip("goldens being rewritten")
+    texts = {name: (GOLDEN_DIR / f"{name}.txt").read_text() for name in STUDY_TOPOLOGIES}
+    assert "/opt/vllm/.venv/bin/vllm serve google/gemma-4-26B-A4B-it \\\n        -tp 1" in texts["solo"]
+    assert "--nnodes 2" in texts["tp2-mp"] and "--headless" in texts["tp2-mp"]
+    assert texts["tp2-mp"].index("--node-rank 1") < texts["tp2-mp"].index("--node-rank 0")
+    assert "--master-addr 192.168.100.1" in texts["tp2-mp"] and "--master-port 29501" in texts["tp2-mp"]
+    assert "--address 192.168.100.1:6379" in texts["tp2-ray"]
+    assert "status --address 192.168.100.1:6379" in texts["tp2-ray"]
+    assert "--distributed-executor-backend ray" in texts["tp2-ray"]
+    assert "routing_strategy: simple-shuffle" in texts["2x-solo-shuffle"]
+    assert "LITELLM_MASTER_KEY=***" in texts["2x-solo-shuffle"]
