@@ -27,6 +27,7 @@ app = typer.Typer(
 COMMAND_MODULES: tuple[str, ...] = (
     "topo.commands.plan",
     "topo.commands.twin",
+    "topo.commands.report",
 )
 
 for module_name in COMMAND_MODULES:

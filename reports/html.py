@@ -1,0 +1,126 @@
+"""report.html: plotly charts of decode, prefill and TTFT against concurrency, then the report's tables.
+
+The page is fully offline: plotly.js is embedded inline once (no CDN, no MathJax, no fonts fetched), so it
+opens from a results folder copied anywhere, on a head node without internet.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from typing import TYPE_CHECKING
+
+import plotly.graph_objects as go
+
+from reports.names import display_name
+from reports.tables import METRICS, WinnerTable
+
+if TYPE_CHECKING:
+    from reports.report import DisplayTable, Report
+
+# One colour per topology, by its position in the display order (stable between charts and reports).
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f")
+
+CSS = """
+body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 2em auto; max-width: 1200px;
+       color: #222; padding: 0 1em; }
+h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 2em; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; white-space: nowrap; }
+th { background: #f3f3f3; white-space: normal; vertical-align: bottom; text-align: center; }
+.scroll { overflow-x: auto; }
+td.text { text-align: left; white-space: normal; }
+td.winner { font-weight: 600; background: #eef7ee; text-align: left; }
+.meta { color: #555; font-size: 0.9em; } .note { color: #555; font-size: 0.85em; font-style: italic; }
+.charts { display: grid; grid-template-columns: repeat(auto-fill, minmax(360px, 1fr)); gap: 1em; }
+/* auto-fill keeps the empty tracks, so the first chart is drawn at its final width before the others exist */
+.chart { min-width: 0; }
+"""
+
+
+def chart(table: WinnerTable) -> go.Figure:
+    """One line per topology: mean against concurrency (log2 axis), population std as error bars."""
+    metric = table.metric
+    figure = go.Figure()
+    levels = [row.concurrency for row in table.rows]
+    for index, topology in enumerate(table.topologies):
+        xs, ys, errs = [], [], []
+        for row in table.rows:
+            stat = row.cells.get(topology)
+            if stat is not None and stat.has_value:
+                xs.append(row.concurrency)
+                ys.append(stat.mean)
+                errs.append(0.0 if math.isnan(stat.std) else stat.std)
+        figure.add_trace(go.Scatter(
+            x=xs, y=ys, name=display_name(topology), mode="lines+markers",
+            line={"color": PALETTE[index % len(PALETTE)]},
+            error_y={"type": "data", "array": errs, "visible": True},
+            hovertemplate=f"{display_name(topology)}<br>c%{{x}}: %{{y:.1f}} ± %{{error_y.array:.1f}} {metric.unit}"
+                          "<extra></extra>",
+        ))
+    better = "higher" if metric.higher_is_better else "lower"
+    figure.update_layout(
+        title={"text": f"{metric.title} ({metric.unit}, {better} is better)"},
+        # log axis with ticks at the measured powers of two reads as a log2 axis
+        xaxis={"type": "log", "title": {"text": "concurrency"}, "tickvals": levels,
+               "ticktext": [str(c) for c in levels]},
+        yaxis={"title": {"text": metric.unit}, "rangemode": "tozero"},
+        legend={"orientation": "h", "y": -0.25},
+        margin={"l": 60, "r": 20, "t": 50, "b": 40},
+        height=420,
+        template="plotly_white",
+    )
+    return figure
+
+
+def table_html(table: DisplayTable) -> str:
+    parts = [f"<h2>{html.escape(table.title)}</h2>"]
+    if table.intro:
+        parts.append(f"<p>{html.escape(table.intro)}</p>")
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in table.headers)
+    body = []
+    for row in table.rows:
+        cells = []
+        for header, value in zip(table.headers, row, strict=False):
+            css = "winner" if header == "Winner" or header == "Use" else ("text" if header.startswith("Because") or
+                                                                           header == "Use case" else "")
+            attr = f' class="{css}"' if css else ""
+            cells.append(f"<td{attr}>{html.escape(value)}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    parts.append(f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>')
+    parts += [f'<p class="note">{html.escape(note)}</p>' for note in table.notes]
+    return "\n".join(parts)
+
+
+def render_html(report: Report) -> str:
+    charts = []
+    for index, metric in enumerate(METRICS):
+        charts.append(chart(report.winners[metric.key]).to_html(
+            full_html=False,
+            include_plotlyjs=index == 0,  # inline once; the other charts reuse it
+            include_mathjax=False,
+            div_id=f"chart-{metric.key}",
+            config={"displaylogo": False, "responsive": True, "displayModeBar": False},
+        ))
+    meta = "".join(f"<li>{html.escape(line)}</li>" for line in report.header_lines())
+    tables = "\n".join(table_html(t) for t in report.sections())
+    caveats = "".join(f"<li>{html.escape(c)}</li>" for c in report.caveats) or "<li>none found in the data.</li>"
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>{html.escape(report.title)}</title>
+<style>{CSS}</style>
+</head>
+<body>
+<h1>{html.escape(report.title)}</h1>
+<ul class="meta">{meta}</ul>
+<div class="charts">
+{''.join(f'<div class="chart">{c}</div>' for c in charts)}
+</div>
+{tables}
+<h2>Caveats</h2>
+<ul>{caveats}</ul>
+</body>
+</html>
+"""

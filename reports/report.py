@@ -1,0 +1,318 @@
+"""A report of one sweep (or one prediction): the analysis, and the same tables for every output format.
+
+`build_report(cells, meta, requests)` computes everything once; `Report.to_markdown()`,
+`Report.to_html()` (reports/html.py) and `print_report(console, report)` (reports/console.py) only lay out
+the display tables of `Report.sections()`, so a sweep, `topo predict` and `topo report` print the same
+figures.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from reports.names import BASELINE_TOPOLOGY, display_name, ordered_topologies
+from reports.recommend import Recommendation, recommend
+from reports.tables import (
+    METRICS,
+    TTFT,
+    CellStat,
+    RayTable,
+    WinnerTable,
+    format_pct,
+    ray_tables,
+    validate_cells,
+    winner_table,
+)
+
+# A cell whose client needed more than this share of the TTFT just to put its batch on the wire did not
+# really load the server with c simultaneous requests: the client, not the server, set the pace.
+CLIENT_BOUND_SHARE = 0.10
+FAILED_MARK = "⚠"
+MISSING = "—"
+
+
+@dataclass(frozen=True)
+class DisplayTable:
+    """What every renderer lays out: a title, column headers, rows of strings, notes under the table."""
+
+    title: str
+    headers: list[str]
+    rows: list[list[str]]
+    intro: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ClientBoundCell:
+    topology: str
+    concurrency: int
+    max_send_lag_ms: float
+    ttft_ms: float
+
+
+@dataclass(frozen=True)
+class Report:
+    meta: dict[str, Any]
+    winners: dict[str, WinnerTable]  # metric key -> table
+    ray: list[RayTable]
+    recommendations: list[Recommendation]
+    startup_s: dict[str, float]
+    ttft_percentiles: pd.DataFrame | None  # topology, concurrency, p50, p90, p99 (ms), from requests
+    client_bound: list[ClientBoundCell]
+    caveats: list[str]
+
+    @property
+    def topologies(self) -> list[str]:
+        return self.winners[METRICS[0].key].topologies
+
+    @property
+    def title(self) -> str:
+        model = self.meta.get("model") or _nested(self.meta, "recipe", "model") or _nested(self.meta, "recipe", "name")
+        return f"Topology report — {model}" if model else "Topology report"
+
+    def header_lines(self) -> list[str]:
+        """Who/when/what from meta.json, the keys that exist, in a stable order."""
+        lines = []
+        for key, label in (("kind", "Kind"), ("created", "When"), ("started_at", "When"), ("host", "Host"),
+                           ("user", "By"), ("cluster", "Cluster"), ("recipe", "Recipe"), ("git", "Git"),
+                           ("git_describe", "Git"), ("versions", "Versions"), ("command", "Command"),
+                           ("command_line", "Command"), ("pp", "Prompt tokens"), ("tg", "Generated tokens"),
+                           ("runs", "Runs per level")):
+            if key in self.meta and self.meta[key] not in (None, "", {}, []):
+                lines.append(f"{label}: {_short(self.meta[key])}")
+        return lines
+
+    def sections(self) -> list[DisplayTable]:
+        tables = [winner_display(self.winners[m.key]) for m in METRICS]
+        tables += [ray_display(t) for t in self.ray]
+        tables.append(recommendations_display(self.recommendations))
+        if self.startup_s:
+            tables.append(DisplayTable(
+                "Start-up time per topology", ["Topology", "Start-up (s)"],
+                [[display_name(t), f"{self.startup_s[t]:.1f}"] for t in ordered_topologies(self.startup_s)],
+                intro="From launch to ready (readiness probe passed), as measured by the sweep.",
+            ))
+        if self.ttft_percentiles is not None and not self.ttft_percentiles.empty:
+            tables.append(percentiles_display(self.ttft_percentiles))
+        return tables
+
+    def to_markdown(self) -> str:
+        out = [f"# {self.title}", ""]
+        out += [f"- {line}" for line in self.header_lines()]
+        if out[-1] != "":
+            out.append("")
+        for table in self.sections():
+            out += [f"## {table.title}", ""]
+            if table.intro:
+                out += [table.intro, ""]
+            out += markdown_table(table.headers, table.rows)
+            out.append("")
+            for note in table.notes:
+                out += [f"_{note}_", ""]
+        out += ["## Caveats", ""]
+        out += [f"- {caveat}" for caveat in self.caveats] or ["- none found in the data."]
+        out.append("")
+        return "\n".join(out)
+
+    def to_html(self) -> str:
+        from reports.html import render_html
+
+        return render_html(self)
+
+
+def build_report(cells: pd.DataFrame, meta: dict[str, Any] | None = None,
+                 requests: pd.DataFrame | None = None) -> Report:
+    """Analyse one sweep's cells (cells.parquet rows); meta.json and requests.parquet are optional."""
+    meta = dict(meta or {})
+    cells = validate_cells(cells)
+    winners = {m.key: winner_table(cells, m) for m in METRICS}
+    startup = {str(k): float(v) for k, v in (meta.get("startup_s") or {}).items() if v is not None}
+    client_bound = find_client_bound(cells)
+    percentiles = ttft_percentiles(requests) if requests is not None else None
+    return Report(
+        meta=meta,
+        winners=winners,
+        ray=ray_tables(cells),
+        recommendations=recommend(winners),
+        startup_s=startup,
+        ttft_percentiles=percentiles,
+        client_bound=client_bound,
+        caveats=caveats(cells, winners, client_bound),
+    )
+
+
+def find_client_bound(cells: pd.DataFrame) -> list[ClientBoundCell]:
+    """Cells whose worst send lag exceeds CLIENT_BOUND_SHARE of their mean TTFT."""
+    if "max_send_lag_ms" not in cells.columns:
+        return []
+    found = []
+    for (topology, concurrency), rows in cells.groupby(["topology", "concurrency"], sort=True):
+        lag = rows["max_send_lag_ms"].max()
+        ttft = rows["ttft_ms"].mean()
+        if pd.notna(lag) and pd.notna(ttft) and ttft > 0 and lag > CLIENT_BOUND_SHARE * ttft:
+            found.append(ClientBoundCell(str(topology), int(concurrency), float(lag), float(ttft)))
+    return sorted(found, key=lambda c: (ordered_topologies([x.topology for x in found]).index(c.topology),
+                                        c.concurrency))
+
+
+def caveats(cells: pd.DataFrame, winners: dict[str, WinnerTable], client_bound: list[ClientBoundCell]) -> list[str]:
+    notes = []
+    for cell in client_bound:
+        notes.append(
+            f"{display_name(cell.topology)} at c{cell.concurrency} may be client-bound: the client took up to "
+            f"{cell.max_send_lag_ms:.1f} ms to send its batch, {cell.max_send_lag_ms / cell.ttft_ms:.0%} of the "
+            f"mean TTFT ({cell.ttft_ms:.0f} ms); the requests did not reach the server all at once."
+        )
+    decode = winners[METRICS[0].key]
+    for row in decode.rows:
+        for topology, stat in row.cells.items():
+            if stat.failed:
+                sent = f" of {stat.requests}" if stat.requests else ""
+                notes.append(f"{display_name(topology)} at c{row.concurrency}: {stat.failed}{sent} requests failed "
+                             f"(marked {FAILED_MARK}); its figures cover the successful requests only.")
+    runs = cells.groupby(["topology", "concurrency"])["run"].nunique()
+    if not runs.empty and runs.min() < 3:
+        notes.append(f"Some cells have only {int(runs.min())} run(s): their spread (±) says little, so a "
+                     f"`(tie)` is rarely detected; use more runs (--runs) before drawing conclusions.")
+    if BASELINE_TOPOLOGY not in decode.topologies:
+        notes.append("Solo was not measured, so there are no `vs solo` figures.")
+    return notes
+
+
+def ttft_percentiles(requests: pd.DataFrame) -> pd.DataFrame | None:
+    """p50/p90/p99 of per-request TTFT (first_token - start, successful requests) per topology x concurrency."""
+    needed = {"topology", "concurrency", "start", "first_token"}
+    if requests.empty or not needed <= set(requests.columns):
+        return None
+    ok = requests
+    if "error" in ok.columns:
+        ok = ok[ok["error"].isna()]
+    ok = ok[ok["first_token"].notna()]
+    if ok.empty:
+        return None
+    ttft = (ok["first_token"].astype(float) - ok["start"].astype(float)) * 1000.0
+    frame = pd.DataFrame({"topology": ok["topology"].astype(str), "concurrency": ok["concurrency"].astype(int),
+                          "ttft": ttft})
+    rows = []
+    for (topology, concurrency), group in frame.groupby(["topology", "concurrency"], sort=True):
+        values = group["ttft"].to_numpy()
+        p50, p90, p99 = np.percentile(values, [50, 90, 99])
+        rows.append({"topology": topology, "concurrency": concurrency, "p50": p50, "p90": p90, "p99": p99,
+                     "n": int(values.size)})
+    return pd.DataFrame(rows)
+
+
+# ---- display tables -------------------------------------------------------------------------------------
+
+
+def format_cell(stat: CellStat | None) -> str:
+    if stat is None:
+        return MISSING
+    if not stat.has_value:
+        return f"{FAILED_MARK} all failed"
+    decimals = 0 if abs(stat.mean) >= 100 else 1
+    text = f"{stat.mean:.{decimals}f} ± {stat.std:.{decimals}f}"
+    return f"{text} {FAILED_MARK}" if stat.failed else text
+
+
+def winner_display(table: WinnerTable) -> DisplayTable:
+    metric = table.metric
+    vs = table.vs_solo_topologies
+    headers = ["c"] + [display_name(t) for t in table.topologies] + ["Winner"]
+    headers += [f"{display_name(t)} vs solo" for t in vs]
+    rows = []
+    for row in table.rows:
+        line = [str(row.concurrency)] + [format_cell(row.cells.get(t)) for t in table.topologies]
+        line.append(row.verdict.label() if row.verdict else MISSING)
+        line += [format_pct(row.vs_solo.get(t, math.nan)) for t in vs]
+        rows.append(line)
+    better = "higher" if metric.higher_is_better else "lower"
+    notes = [
+        "Cells: mean ± population std over runs. Winner margin is relative to the runner-up; `(tie)` when the "
+        "two cells' mean ± std intervals overlap.",
+    ]
+    if any(s.failed for r in table.rows for s in r.cells.values()):
+        notes.append(f"{FAILED_MARK} = some requests of this cell failed (see Caveats).")
+    return DisplayTable(f"{metric.title} ({metric.unit}) — {better} wins", headers, rows,
+                        intro=f"{metric.description[0].upper()}{metric.description[1:]}, per concurrency level.",
+                        notes=notes)
+
+
+def ray_display(table: RayTable) -> DisplayTable:
+    ray, mp = display_name(table.ray_topology), display_name(table.no_ray_topology)
+    headers = ["c"]
+    for metric in METRICS:
+        headers += [f"{metric.title} ray", f"{metric.title} no-ray", f"{metric.title} gain"]
+    rows = []
+    for row in table.rows:
+        line = [str(row.concurrency)]
+        for metric in METRICS:
+            line += [format_cell(row.ray[metric.key]), format_cell(row.no_ray[metric.key]),
+                     format_pct(row.gain_pct[metric.key])]
+        rows.append(line)
+    return DisplayTable(
+        f"Ray vs no-Ray: {ray} vs {mp}", headers, rows,
+        intro=f"Same engine layout, executor over Ray ({table.ray_topology}) or PyTorch distributed "
+              f"({table.no_ray_topology}).",
+        notes=["gain = (ray − no-ray) / no-ray: positive is better for decode and prefill; for TTFT negative "
+               "means Ray answers sooner."],
+    )
+
+
+def recommendations_display(recommendations: list[Recommendation]) -> DisplayTable:
+    rows = [[r.use_case, r.range_text if r.levels else MISSING, r.choice(), r.evidence()] for r in recommendations]
+    return DisplayTable(
+        "When to use which topology", ["Use case", "Levels", "Use", "Because (measured)"], rows,
+        intro="Derived from the cells above: the topology with the best mean relative standing over the levels "
+              "(decode for the first three rows, prefill for prefill-heavy, TTFT for latency at scale).",
+    )
+
+
+def percentiles_display(percentiles: pd.DataFrame) -> DisplayTable:
+    topologies = ordered_topologies(percentiles["topology"])
+    headers = ["c"] + [f"{display_name(t)} p50 / p90 / p99" for t in topologies]
+    rows = []
+    for concurrency in sorted(percentiles["concurrency"].unique()):
+        line = [str(concurrency)]
+        for topology in topologies:
+            match = percentiles[(percentiles["topology"] == topology) & (percentiles["concurrency"] == concurrency)]
+            if match.empty:
+                line.append(MISSING)
+            else:
+                p = match.iloc[0]
+                line.append(f"{p.p50:.0f} / {p.p90:.0f} / {p.p99:.0f}")
+        rows.append(line)
+    return DisplayTable("TTFT percentiles (ms, per request)", headers, rows,
+                        intro="Over every successful request of the cell (requests.parquet).")
+
+
+def markdown_table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+
+    aligns = ["---:" if header == "c" else "---" for header in headers]
+    return [line(headers), "|" + "|".join(aligns) + "|"] + [line(row) for row in rows]
+
+
+def _nested(meta: dict[str, Any], *keys: str) -> Any:
+    value: Any = meta
+    for key in keys:
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return value
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, dict):
+        if "name" in value:
+            return str(value["name"])
+        return ", ".join(f"{k} {_short(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return " ".join(str(v) for v in value)
+    return str(value)
