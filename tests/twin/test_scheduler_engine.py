@@ -1,0 +1,177 @@
+"""The engine's step loop: wall clock vs virtual clock, step hooks, cancellation, refusals."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from common.errors import ConfigError, EngineRequestError
+from twin.engine import (
+    Engine,
+    EngineConfig,
+    EngineCore,
+    GenerationRequest,
+    StepDescription,
+    VirtualClock,
+    run_step_loop,
+)
+from twin.predict import _drive
+
+
+def slow_tiny_config() -> EngineConfig:
+    """The tiny card on gb10, with per-step overhead large enough that asyncio's timer jitter is small."""
+    base = EngineConfig.from_names("gb10", "tiny", max_num_batched_tokens=256)
+    hardware = base.hardware.model_copy(
+        update={"step_overhead_ms": 12.0, "frontend_ms_per_request": 2.0, "engine_pickup_ms": 3.0}
+    )
+    return base.with_(hardware=hardware)
+
+
+SCENARIO = [("a", 300, 6), ("b", 100, 8), ("c", 50, 4)]  # a's prompt takes two chunks of 256
+
+
+def virtual_token_times(config: EngineConfig) -> dict[str, list[float]]:
+    core = EngineCore(config)
+    clock = VirtualClock()
+    for request_id, prompt, max_tokens in SCENARIO:
+        core.submit(GenerationRequest(request_id, prompt, max_tokens), clock.now())
+    times: dict[str, list[float]] = {rid: [] for rid, _, _ in SCENARIO}
+
+    def collect(tokens):
+        for token in tokens:
+            times[token.request_id].append(token.time)
+
+    _drive(run_step_loop(core, clock, collect, stop_when_idle=True))
+    return times
+
+
+async def wall_token_times(config: EngineConfig, hook=None) -> dict[str, list[float]]:
+    engine = Engine(config, step_hook=hook)
+    await engine.start()
+    try:
+        start = engine.clock.now()
+
+        async def one(request_id: str, prompt: int, max_tokens: int) -> list[float]:
+            return [e.time - start async for e in engine.generate(GenerationRequest(request_id, prompt, max_tokens))]
+
+        # submit all three in one go (same event-loop tick), as the virtual scenario does
+        streams = [one(*spec) for spec in SCENARIO]
+        results = await asyncio.gather(*streams)
+    finally:
+        await engine.stop()
+    return {spec[0]: times for spec, times in zip(SCENARIO, results)}
+
+
+def test_virtual_run_is_deterministic_and_complete():
+    config = slow_tiny_config()
+    first = virtual_token_times(config)
+    assert first == virtual_token_times(config)
+    assert {rid: len(t) for rid, t in first.items()} == {"a": 6, "b": 8, "c": 4}
+    for times in first.values():
+        assert times == sorted(times)
+    # frontend: a ready at 2 ms, b at 4, c at 6; the idle engine starts 3 ms after a (5 ms). Step 1 is a's
+    # first 256-token chunk (the whole budget); step 2 is a's last 44 tokens + b + c: one first-token time.
+    assert first["a"][0] == first["b"][0] == first["c"][0]
+    assert first["a"][0] > 0.005 + 2 * 0.012
+    assert first["a"][1] - first["a"][0] >= 0.012  # then one decode step per token
+
+
+async def test_wall_clock_matches_virtual_time_within_ratio():
+    config = slow_tiny_config()
+    virtual = virtual_token_times(config)
+    wall = await wall_token_times(config)
+    for request_id, _, max_tokens in SCENARIO:
+        assert len(wall[request_id]) == max_tokens
+        # first token and last token: same times within a ratio bound (timer jitter only adds)
+        for got, want in ((wall[request_id][0], virtual[request_id][0]), (wall[request_id][-1], virtual[request_id][-1])):
+            assert 0.97 <= got / want <= 1.25, (request_id, got, want)
+
+
+async def test_step_hook_time_is_not_counted_twice():
+    config = slow_tiny_config()
+    seen: list[StepDescription] = []
+
+    async def hook(step: StepDescription) -> None:
+        seen.append(step)
+        await asyncio.sleep(0.004)  # real coordination with peers, inside the modeled 12+ ms step
+
+    virtual = virtual_token_times(config)
+    wall = await wall_token_times(config, hook)
+    last_virtual = max(t[-1] for t in virtual.values())
+    last_wall = max(t[-1] for t in wall.values())
+    # if the hook's 4 ms were added on top of every step, the run would be ~30% longer
+    assert last_wall / last_virtual < 1.2
+    assert [s.step for s in seen] == list(range(1, len(seen) + 1))
+    assert seen[0].prefill_tokens > 0 and seen[-1].decode_tokens > 0
+    assert all(s.modeled_seconds >= 0.012 for s in seen)
+
+
+async def test_cancelled_stream_leaves_the_batch_and_frees_kv():
+    config = EngineConfig.from_names("fast", "tiny")
+    engine = Engine(config)
+    await engine.start()
+    try:
+        quitter = engine.generate(GenerationRequest("quitter", 500, 1000))
+        stayer = engine.generate(GenerationRequest("stayer", 100, 30))
+        got = 0
+        async for _ in quitter:
+            got += 1
+            if got == 3:
+                break
+        await quitter.aclose()  # type: ignore[attr-defined]
+        assert "quitter" not in engine.core.scheduler.by_id
+        blocks_left = engine.core.scheduler.used_blocks
+        assert blocks_left <= -(-(100 + 30) // 16)  # only the stayer's blocks remain
+        count = 0
+        async for event in stayer:
+            count += 1
+            last = event
+        assert count == 30 and last.finished
+        stats = engine.stats()
+        assert stats.num_running == 0 and stats.kv_cache_usage == 0.0
+        assert stats.generation_tokens_total >= 33
+        assert len(stats.ttft_seconds) == 2
+    finally:
+        await engine.stop()
+
+
+async def test_requests_beyond_max_model_len_are_refused_at_once():
+    config = EngineConfig.from_names("fast", "tiny", max_model_len=512)
+    engine = Engine(config)
+    await engine.start()
+    try:
+        with pytest.raises(EngineRequestError) as info:
+            engine.generate(GenerationRequest("long", 500, 20))
+        assert isinstance(info.value, ValueError)
+        assert "512" in str(info.value)
+        with pytest.raises(EngineRequestError):
+            engine.generate(GenerationRequest("empty", 0, 5))
+        events = [e async for e in engine.generate(GenerationRequest("ok", 480, 32))]
+        assert len(events) == 32
+    finally:
+        await engine.stop()
+
+
+def test_engine_config_is_checked():
+    with pytest.raises(ConfigError, match="executor"):
+        EngineConfig.from_names("gb10", "gemma4-26b", tensor_parallel=2)
+    with pytest.raises(ConfigError, match="gpu_memory_utilization"):
+        EngineConfig.from_names("gb10", "gemma4-26b", gpu_memory_utilization=1.5)
+    # max_model_len beyond what the KV cache can hold fails at start-up, as vLLM does
+    config = EngineConfig.from_names("gb10", "gemma4-26b", gpu_memory_utilization=0.3, max_model_len=262144)
+    with pytest.raises(ConfigError, match="KV cache"):
+        EngineCore(config)
+
+
+def test_stats_histogram_is_cumulative():
+    core = EngineCore(EngineConfig.from_names("fast", "tiny"))
+    for i in range(3):
+        core.submit(GenerationRequest(f"r{i}", 64, 2), 0.0)
+    clock = VirtualClock()
+    _drive(run_step_loop(core, clock, lambda tokens: None, stop_when_idle=True))
+    stats = core.stats()
+    counts, total, n = stats.ttft_histogram((0.0001, 10.0))
+    assert n == 3 and counts[-1] == 3 and counts[1] == 3 and counts[0] <= counts[1]
+    assert total == pytest.approx(sum(stats.ttft_seconds))
+    assert stats.prompt_tokens_total == 192 and stats.generation_tokens_total == 6
