@@ -54,7 +54,10 @@ class TextSource:
         starts = [start for start, _ in encoding.offsets] + [len(corpus)]
         # Cutting at the next token's start keeps every character: the pieces concatenate to the corpus.
         self.pieces: list[str] = [corpus[starts[i] : starts[i + 1]] for i in range(len(encoding.ids))]
-        self.paragraph_ends: list[int] = [i for i, piece in enumerate(self.pieces) if "\n\n" in piece]
+        # A paragraph ends at the token that completes a blank line (its piece, with the character before it).
+        self.paragraph_ends: list[int] = [
+            i for i in range(len(self.pieces)) if "\n\n" in corpus[max(0, starts[i] - 1) : starts[i + 1]]
+        ]
         self.seed = seed
 
     def __len__(self) -> int:
@@ -479,11 +482,11 @@ class TwinServer:
                     return ApiError(item.status, item.message, "ServiceUnavailableError").response()
                 self._note_token(record, item, self.clock())
                 if item.finished:
+                    record.finish_reason = self._finish_reason(record)
                     break
         finally:
             watcher.cancel()
             self._finish_run(run)
-        record.finish_reason = self._finish_reason(record)
         text = self.text.text(offset, record.completion_tokens)
         if endpoint == "chat":
             choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text},
@@ -502,7 +505,7 @@ class TwinServer:
         except ApiError as exc:
             return exc.response()
         data = [
-            {"id": name, "object": "model", "created": int(record.arrival_unix), "owned_by": "vllm", "root": self.model_root,
+            {"id": name, "object": "model", "created": self.created, "owned_by": "vllm", "root": self.model_root,
              "parent": None, "max_model_len": self.max_model_len}
             for name in self.served_model_names
         ]
