@@ -1,0 +1,474 @@
+"""Execute a LaunchPlan: pre-flight, start stage by stage, wait for readiness, and ALWAYS tear down.
+
+    async with open_cluster(cluster) as nodes:
+        async with bring_up(plan, nodes, progress=progress) as running:
+            ... send load to running.endpoint ...
+        # here every process of the plan is stopped, proven gone, its ports closed, its pidfile removed
+
+Pre-flight (before anything starts): every node of the plan answers, none of the plan's ports is taken,
+and no process of an earlier run is alive (its pidfile is still in the node's workdir/run/).
+Each stage's steps start in parallel (files written first); the next stage starts when every probe of
+this one passed. While waiting, every started process is checked alive on each poll: a dead one is a
+BringUpError carrying its log tail at once (a proxy that exits looks like a slow one otherwise); a probe
+that does not pass in its `timeout_s` is a ReadinessTimeout with the log tail.
+Teardown runs on success, failure, timeout and cancellation (Ctrl-C), in `plan.teardown_order()`, one
+step at a time, and is shielded from a further cancellation; what cannot be proven stopped is a
+TeardownError (or, when something already failed, a note on that error).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import httpx
+
+from cluster.connector import Connector, LocalConnector, SshConnector, run_checked
+from cluster.supervise import (
+    StopOutcome,
+    Supervised,
+    group_alive,
+    listening_ports,
+    live_groups,
+    log_tail,
+    prove_ports_closed,
+    read_pidfiles,
+    signal_group,
+    step_paths,
+    stop_group,
+)
+from common.errors import BringUpError, ConfigError, ReadinessTimeout, RemoteCommandError, TeardownError, TopoError
+from topology.inventory import CONTROLLER, Cluster, LocalConnect
+from topology.plan import CommandProbe, HttpProbe, LaunchPlan, NoProbe, Stage, Step, StopByCommand, reveal
+
+CONTROLLER_WORKDIR = "/tmp/topo"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Which node is reached how
+
+
+@dataclass
+class NodeAccess:
+    name: str
+    connector: Connector
+    workdir: str  # logs/ and run/ (pidfiles) of supervised processes go here
+
+
+class ClusterAccess(Mapping[str, NodeAccess]):
+    """The nodes of a cluster (plus the controller) with their connectors; closes them all at the end."""
+
+    def __init__(self, nodes: Mapping[str, NodeAccess]) -> None:
+        self._nodes = dict(nodes)
+
+    def __getitem__(self, name: str) -> NodeAccess:
+        return self._nodes[name]
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._nodes)
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+    async def close(self) -> None:
+        await asyncio.gather(*(node.connector.close() for node in self._nodes.values()), return_exceptions=True)
+
+    async def __aenter__(self) -> ClusterAccess:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+
+def open_cluster(cluster: Cluster) -> ClusterAccess:
+    """Connectors for every node of the cluster and for the controller (connections open lazily)."""
+    nodes: dict[str, NodeAccess] = {}
+    for node in cluster.nodes:
+        if isinstance(node.connect, LocalConnect):
+            connector: Connector = LocalConnector(node.name)
+        else:
+            connector = SshConnector(node.name, node.connect)
+        nodes[node.name] = NodeAccess(node.name, connector, node.workdir)
+    controller_workdir = CONTROLLER_WORKDIR
+    if cluster.proxy.node == CONTROLLER and cluster.proxy.workdir:
+        controller_workdir = cluster.proxy.workdir
+    nodes[CONTROLLER] = NodeAccess(CONTROLLER, LocalConnector(CONTROLLER), controller_workdir)
+    return ClusterAccess(nodes)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Progress and settings
+
+
+class BringUpProgress(Protocol):
+    """Receives what happens, for a progress display; `step` is None for plan-wide events."""
+
+    def event(self, step: str | None, message: str) -> None: ...
+
+
+class _Silent:
+    def event(self, step: str | None, message: str) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class BringUpSettings:
+    poll_s: float = 0.5  # between readiness attempts and liveness checks
+    log_every_s: float = 2.0  # how often the last log line of a waiting step is shown
+    probe_request_s: float = 5.0  # one HTTP probe request
+    command_timeout_s: float = 60.0  # one command on a node (probe, ps, ss)
+    prove_s: float = 15.0  # after KILL: how long the group and ports may take to vanish
+    stop_grace_s: float | None = None  # overrides every step's grace (tests); None: the plan's
+
+
+@dataclass
+class Running:
+    """A topology that is up. Durations are wall-clock seconds measured by the controller."""
+
+    plan: LaunchPlan
+    processes: dict[str, Supervised]
+    bring_up_s: float  # pre-flight start to the last probe passing: the topology's start-up time
+    ready_s: dict[str, float]  # per step: from its stage's start to its probe passing
+    stopped: list[StopOutcome] = field(default_factory=list)
+    teardown_s: float | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return self.plan.endpoint
+
+    def endpoint_headers(self) -> dict[str, str]:
+        """Headers for clients, secrets revealed (the LiteLLM master key): never print these."""
+        return {key: reveal(value) for key, value in self.plan.endpoint_headers.items()}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The bring-up
+
+
+class _BringUp:
+    def __init__(
+        self,
+        plan: LaunchPlan,
+        nodes: Mapping[str, NodeAccess],
+        progress: BringUpProgress,
+        settings: BringUpSettings,
+        http_transport: httpx.AsyncBaseTransport | None,
+    ) -> None:
+        self.plan = plan
+        self.nodes = nodes
+        self.progress = progress
+        self.settings = settings
+        self.http_transport = http_transport
+        self.started: dict[str, Supervised] = {}
+        self.launching: set[str] = set()  # start() was called; its pid may not have come back yet
+        self.ready_s: dict[str, float] = {}
+        self.stopped: list[StopOutcome] = []
+        self._steps = {step.name: step for step in plan.steps()}
+
+    def node(self, step: Step) -> NodeAccess:
+        return self.nodes[step.node]
+
+    # -- pre-flight ----------------------------------------------------------------------------------
+    async def preflight(self) -> None:
+        used = sorted({step.node for step in self.plan.steps()})
+        unknown = [name for name in used if name not in self.nodes]
+        if unknown:
+            raise ConfigError(
+                f"the plan runs steps on {', '.join(unknown)}, which the cluster does not have "
+                f"(it has {', '.join(self.nodes)})"
+            )
+        self.progress.event(None, f"pre-flight: {', '.join(used)}")
+        await asyncio.gather(*(self._preflight_node(self.nodes[name]) for name in used))
+
+    async def _preflight_node(self, node: NodeAccess) -> None:
+        timeout = self.settings.command_timeout_s
+        await run_checked(node.connector, ["true"], timeout=timeout)  # reachable (ConnectError otherwise)
+        stale = []
+        for entry in await read_pidfiles(node.connector, node.workdir):
+            if entry.pgid is not None and await group_alive(node.connector, entry.pgid):
+                stale.append(f"{entry.step} (process group {entry.pgid}, {entry.pidfile})")
+            else:
+                await node.connector.run(["rm", "-f", entry.pidfile], timeout=timeout)
+        if stale:
+            raise BringUpError(
+                f"node {node.name!r} still runs processes of an earlier topo run: {'; '.join(stale)}. "
+                "Stop them with `topo down --cluster ...` first"
+            )
+        wanted = {port for step in self.plan.steps() if step.node == node.name for port in step.stop.ports}
+        busy = sorted(wanted & await listening_ports(node.connector))
+        if busy:
+            raise BringUpError(
+                f"node {node.name!r}: port(s) {', '.join(map(str, busy))} the plan needs are already in use"
+            )
+
+    # -- starting ------------------------------------------------------------------------------------
+    async def start_stage(self, stage: Stage) -> None:
+        results = await asyncio.gather(*(self._start_step(step) for step in stage.steps), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    async def _start_step(self, step: Step) -> None:
+        node = self.node(step)
+        for path, text in step.files.items():
+            await node.connector.write_file(path, text)
+        paths = step_paths(node.workdir, step.name)
+        self.launching.add(step.name)
+        self.progress.event(step.name, f"starting on {step.node}")
+        try:
+            pgid = await node.connector.start(step.argv, env=step.env, log_path=paths.log, pidfile=paths.pidfile)
+        except RemoteCommandError as exc:
+            raise BringUpError(f"{step.name} could not be started on node {step.node!r}: {exc}") from exc
+        self.started[step.name] = Supervised(step.name, step.node, pgid, paths.log, paths.pidfile)
+
+    # -- readiness -----------------------------------------------------------------------------------
+    async def wait_stage(self, stage: Stage, stage_started: float) -> None:
+        pending = {step.name: step for step in stage.steps if not isinstance(step.probe, NoProbe)}
+        for step in stage.steps:
+            if isinstance(step.probe, NoProbe):
+                self.ready_s[step.name] = 0.0
+        last_log = 0.0
+        async with httpx.AsyncClient(transport=self.http_transport, trust_env=False) as client:
+            while True:
+                await self.check_alive()
+                if not pending:
+                    return
+                attempts = await asyncio.gather(*(self._probe_once(client, step) for step in pending.values()))
+                now = time.monotonic()
+                for step, passed in zip(list(pending.values()), attempts):
+                    if passed:
+                        self.ready_s[step.name] = now - stage_started
+                        self.progress.event(step.name, f"ready after {now - stage_started:.1f} s")
+                        del pending[step.name]
+                for step in pending.values():
+                    timeout_s = step.probe.timeout_s  # type: ignore[union-attr]
+                    if now - stage_started > timeout_s:
+                        process = self.started[step.name]
+                        tail = await log_tail(self.node(step).connector, process.log_path)
+                        raise ReadinessTimeout(
+                            f"{step.name} on node {step.node!r} did not pass its readiness probe "
+                            f"({_describe_probe(step)}) within {timeout_s:g} s; its log ends with:\n{tail}"
+                        )
+                if pending and now - last_log >= self.settings.log_every_s:
+                    last_log = now
+                    await self._show_log_lines(pending.values())
+                if pending:
+                    await asyncio.sleep(self.settings.poll_s)
+
+    async def check_alive(self) -> None:
+        """Every started process must still be running: one `ps` per node."""
+        by_node: dict[str, list[Supervised]] = {}
+        for process in self.started.values():
+            by_node.setdefault(process.node, []).append(process)
+        names = list(by_node)
+        groups = await asyncio.gather(*(live_groups(self.nodes[name].connector) for name in names))
+        for name, alive in zip(names, groups):
+            for process in by_node[name]:
+                if process.pgid not in alive:
+                    tail = await log_tail(self.nodes[name].connector, process.log_path)
+                    raise BringUpError(
+                        f"{process.step} on node {name!r} exited during bring-up; its log ends with:\n{tail}"
+                    )
+
+    async def _probe_once(self, client: httpx.AsyncClient, step: Step) -> bool:
+        probe = step.probe
+        if isinstance(probe, HttpProbe):
+            headers = {key: reveal(value) for key, value in probe.headers.items()}
+            for url in probe.urls:
+                try:
+                    response = await client.get(url, headers=headers, timeout=self.settings.probe_request_s)
+                except httpx.HTTPError:
+                    return False  # not listening yet, or busy loading: keep waiting
+                if not response.is_success:
+                    return False
+            return True
+        if isinstance(probe, CommandProbe):
+            try:
+                done = await self.node(step).connector.run(probe.argv, timeout=self.settings.command_timeout_s)
+            except RemoteCommandError:
+                return False  # e.g. timed out: the next attempt decides
+            if not done.ok:
+                return False
+            return probe.satisfied_by(done.stdout + done.stderr)
+        return True
+
+    async def _show_log_lines(self, steps) -> None:  # type: ignore[no-untyped-def]
+        for step in steps:
+            process = self.started[step.name]
+            line = (await log_tail(self.node(step).connector, process.log_path, lines=1)).strip()
+            if line and not line.startswith("(log "):
+                self.progress.event(step.name, line[-160:])
+
+    # -- teardown ------------------------------------------------------------------------------------
+    async def teardown(self) -> list[str]:
+        """Stop everything started, in the plan's teardown order; returns the problems (empty: clean)."""
+        problems: list[str] = []
+        for step in self.plan.teardown_order():
+            if step.name not in self.started and step.name not in self.launching:
+                continue
+            try:
+                process = self.started.get(step.name) or await self._recover(step)
+                if process is None:
+                    continue
+                self.progress.event(step.name, f"stopping on {step.node}")
+                outcome = await self._stop(step, process)
+                self.stopped.append(outcome)
+                self.progress.event(step.name, f"stopped in {outcome.seconds:.1f} s" + (" (KILL)" if outcome.killed else ""))
+            except TopoError as exc:
+                problems.append(str(exc))
+        problems.extend(await self._leftovers())
+        return problems
+
+    async def _recover(self, step: Step) -> Supervised | None:
+        """A step cancelled while starting: its pidfile (written by the node's shell) still names it."""
+        node = self.node(step)
+        paths = step_paths(node.workdir, step.name)
+        for entry in await read_pidfiles(node.connector, node.workdir):
+            if entry.step == step.name and entry.pgid is not None:
+                return Supervised(step.name, step.node, entry.pgid, paths.log, paths.pidfile)
+        return None
+
+    async def _stop(self, step: Step, process: Supervised) -> StopOutcome:
+        connector = self.node(step).connector
+        stop = step.stop
+        grace = self.settings.stop_grace_s
+        if isinstance(stop, StopByCommand):
+            started = time.monotonic()
+            done = await connector.run(stop.argv, timeout=self.settings.command_timeout_s)
+            if not done.ok:
+                self.progress.event(step.name, f"stop command exited {done.exit_status}: {done.output_tail(200)}")
+            # the supervised launcher (e.g. `docker run`) may still be alive: stop its group too
+            outcome = await stop_group(
+                connector, process, grace_s=grace or 10.0, ports=stop.ports, prove_s=self.settings.prove_s
+            )
+            return StopOutcome(step.name, step.node, process.pgid, outcome.killed, time.monotonic() - started)
+        return await stop_group(
+            connector,
+            process,
+            grace_s=grace if grace is not None else stop.grace_s,
+            ports=stop.ports,
+            prove_s=self.settings.prove_s,
+        )
+
+    async def _leftovers(self) -> list[str]:
+        """Checked, not assumed: no group of ours alive on any node, no pidfile of ours left."""
+        problems: list[str] = []
+        ours: dict[str, list[Supervised]] = {}
+        for process in self.started.values():
+            ours.setdefault(process.node, []).append(process)
+        for name, processes in ours.items():
+            connector = self.nodes[name].connector
+            try:
+                alive = await live_groups(connector)
+                pidfiles = {entry.pidfile for entry in await read_pidfiles(connector, self.nodes[name].workdir)}
+            except TopoError as exc:
+                problems.append(f"node {name!r}: cannot check what is left: {exc}")
+                continue
+            for process in processes:
+                if process.pgid in alive:
+                    problems.append(f"{process.step} on node {name!r}: process group {process.pgid} is still alive")
+                if process.pidfile in pidfiles:
+                    problems.append(f"{process.step} on node {name!r}: pidfile {process.pidfile} is still there")
+        return problems
+
+
+def _describe_probe(step: Step) -> str:
+    probe = step.probe
+    if isinstance(probe, HttpProbe):
+        return "GET " + ", then ".join(probe.urls)
+    if isinstance(probe, CommandProbe):
+        expect = f" showing {probe.expect_in_output!r}" if probe.expect_in_output else ""
+        if probe.expect_pattern:
+            expect += f" matching {probe.expect_pattern!r} at least {probe.expect_min_matches} time(s)"
+        return f"`{' '.join(probe.argv)}`{expect}"
+    return "none"
+
+
+async def _finish(coroutine) -> tuple[object, bool]:  # type: ignore[no-untyped-def]
+    """Run `coroutine` to completion even if we are cancelled meanwhile; say whether we were."""
+    task = asyncio.ensure_future(coroutine)
+    cancelled = False
+    while True:
+        try:
+            return await asyncio.shield(task), cancelled
+        except asyncio.CancelledError:
+            if task.done():
+                raise
+            cancelled = True  # a second Ctrl-C must not leave engines running: finish first
+
+
+@asynccontextmanager
+async def bring_up(
+    plan: LaunchPlan,
+    nodes: Mapping[str, NodeAccess],
+    *,
+    progress: BringUpProgress | None = None,
+    settings: BringUpSettings | None = None,
+    http_transport: httpx.AsyncBaseTransport | None = None,
+) -> AsyncIterator[Running]:
+    """Bring `plan` up on `nodes`; tear it down when the block ends, however it ends."""
+    settings = settings or BringUpSettings()
+    bringup = _BringUp(plan, nodes, progress or _Silent(), settings, http_transport)
+    began = time.monotonic()
+    await bringup.preflight()  # nothing started yet: nothing to tear down if it fails
+    running: Running | None = None
+    failure: BaseException | None = None
+    try:
+        for index, stage in enumerate(plan.stages):
+            stage_started = time.monotonic()
+            bringup.progress.event(None, f"stage {index + 1}/{len(plan.stages)}: {', '.join(s.name for s in stage.steps)}")
+            await bringup.start_stage(stage)
+            await bringup.wait_stage(stage, stage_started)
+        running = Running(plan, dict(bringup.started), time.monotonic() - began, dict(bringup.ready_s))
+        bringup.progress.event(None, f"{plan.topology} is up after {running.bring_up_s:.1f} s")
+        yield running
+    except BaseException as exc:
+        failure = exc
+        raise
+    finally:
+        teardown_began = time.monotonic()
+        problems, cancelled = await _finish(bringup.teardown())
+        if running is not None:
+            running.stopped = list(bringup.stopped)
+            running.teardown_s = time.monotonic() - teardown_began
+        bringup.progress.event(None, f"torn down in {time.monotonic() - teardown_began:.1f} s")
+        if problems:
+            message = "teardown left something behind:\n" + "\n".join(f"- {p}" for p in problems)  # type: ignore[union-attr]
+            if failure is not None:
+                failure.add_note(message)
+            else:
+                raise TeardownError(message)
+        if cancelled and failure is None:
+            raise asyncio.CancelledError()
+
+
+async def stop_leftovers(nodes: Mapping[str, NodeAccess], *, grace_s: float = 30.0) -> list[StopOutcome]:
+    """`topo down`: stop every process an earlier run left behind (found by its pidfile) on every node."""
+    outcomes: list[StopOutcome] = []
+    for name, node in nodes.items():
+        for entry in await read_pidfiles(node.connector, node.workdir):
+            if entry.pgid is None or entry.pgid <= 1:
+                await node.connector.run(["rm", "-f", entry.pidfile])
+                continue
+            paths = step_paths(node.workdir, entry.step)
+            process = Supervised(entry.step, name, entry.pgid, paths.log, entry.pidfile)
+            outcomes.append(await stop_group(node.connector, process, grace_s=grace_s))
+    return outcomes
+
+
+__all__ = [
+    "BringUpProgress",
+    "BringUpSettings",
+    "ClusterAccess",
+    "NodeAccess",
+    "Running",
+    "bring_up",
+    "open_cluster",
+    "prove_ports_closed",
+    "signal_group",
+    "stop_leftovers",
+]

@@ -1,0 +1,197 @@
+"""Supervised processes on a node: own process group, pidfile, captured log; stopping them provably.
+
+A supervised process is started through `Connector.start` in its own session, so its pid is its process
+group id (pgid) and everything it forks stays in that group unless it leaves on purpose. Stopping is:
+
+    TERM to the group -> wait up to `grace_s` -> KILL to the group -> prove the group is empty
+    -> prove the step's ports are no longer listening -> remove the pidfile
+
+Every check is a command on the node (`ps`, `kill`, `ss`, `tail`), so the same code runs over SSH, locally
+and against the in-memory FakeConnector. Zombies are dead: they hold no port and cannot be signalled away,
+so the group checks ignore them (an orphan's zombie lingers when the node's init does not reap).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+from cluster.connector import Connector, run_checked
+from common.errors import RemoteCommandError, TeardownError
+
+PS_GROUPS = ("ps", "-e", "-o", "pgid=,stat=")
+SS_LISTENING = ("ss", "-Hltn")
+LOG_TAIL_LINES = 40
+
+
+@dataclass(frozen=True)
+class StepPaths:
+    log: str
+    pidfile: str
+
+
+def step_paths(workdir: str, step_name: str) -> StepPaths:
+    """Where a step's log and pidfile live on its node (pidfiles under run/ are what pre-flight scans)."""
+    root = PurePosixPath(workdir)
+    return StepPaths(log=str(root / "logs" / f"{step_name}.log"), pidfile=str(root / "run" / f"{step_name}.pid"))
+
+
+def run_dir(workdir: str) -> str:
+    return str(PurePosixPath(workdir) / "run")
+
+
+@dataclass(frozen=True)
+class Supervised:
+    """A process we started: enough to find it, read its log and stop it, from any later process too."""
+
+    step: str
+    node: str
+    pgid: int
+    log_path: str
+    pidfile: str
+
+
+@dataclass(frozen=True)
+class StopOutcome:
+    step: str
+    node: str
+    pgid: int
+    killed: bool  # TERM was not enough within the grace period
+    seconds: float
+
+
+async def live_groups(connector: Connector) -> set[int]:
+    """Process group ids with at least one live (non-zombie) process on the node."""
+    done = await run_checked(connector, PS_GROUPS, timeout=30)
+    groups: set[int] = set()
+    for line in done.stdout.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0].isdigit() and not parts[1].startswith("Z"):
+            groups.add(int(parts[0]))
+    return groups
+
+
+async def group_alive(connector: Connector, pgid: int) -> bool:
+    return pgid in await live_groups(connector)
+
+
+def parse_listening_ports(ss_output: str) -> set[int]:
+    """Local ports of `ss -Hltn` lines, e.g. `LISTEN 0 4096 10.88.0.1:8000 0.0.0.0:*` -> 8000."""
+    ports: set[int] = set()
+    for line in ss_output.splitlines():
+        parts = line.split()
+        if len(parts) < 4:
+            continue
+        port = parts[3].rsplit(":", 1)[-1]
+        if port.isdigit():
+            ports.add(int(port))
+    return ports
+
+
+async def listening_ports(connector: Connector) -> set[int]:
+    done = await run_checked(connector, SS_LISTENING, timeout=30)
+    return parse_listening_ports(done.stdout)
+
+
+async def signal_group(connector: Connector, pgid: int, signal_name: str) -> bool:
+    """Send a signal to a whole process group; False when the group no longer exists."""
+    if pgid <= 1:
+        raise ValueError(f"refusing to signal process group {pgid}")
+    done = await connector.run(["kill", f"-{signal_name}", "--", f"-{pgid}"], timeout=30)
+    return done.ok
+
+
+async def log_tail(connector: Connector, path: str, lines: int = LOG_TAIL_LINES) -> str:
+    """The last lines of a log, or a note why there are none (never raises: it decorates other errors)."""
+    try:
+        done = await connector.run(["tail", "-n", str(lines), path], timeout=30)
+    except Exception as exc:  # noqa: BLE001 - the tail is a courtesy; its failure must not hide the real error
+        return f"(log {path} unreadable: {exc})"
+    if not done.ok:
+        return f"(log {path} unreadable: {done.output_tail(300)})"
+    return done.stdout.rstrip() or f"(log {path} is empty)"
+
+
+async def _wait_until(predicate, deadline: float, poll_s: float) -> bool:  # type: ignore[no-untyped-def]
+    while True:
+        if await predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(poll_s)
+
+
+async def stop_group(
+    connector: Connector,
+    process: Supervised,
+    *,
+    grace_s: float,
+    ports: tuple[int, ...] = (),
+    prove_s: float = 15.0,
+    poll_s: float = 0.25,
+) -> StopOutcome:
+    """TERM, KILL after `grace_s`, then prove the group empty and `ports` closed; TeardownError if not."""
+    started = time.monotonic()
+    killed = False
+
+    async def gone() -> bool:
+        return not await group_alive(connector, process.pgid)
+
+    if not await gone():
+        await signal_group(connector, process.pgid, "TERM")
+        if not await _wait_until(gone, time.monotonic() + grace_s, poll_s):
+            killed = True
+            await signal_group(connector, process.pgid, "KILL")
+            if not await _wait_until(gone, time.monotonic() + prove_s, poll_s):
+                raise TeardownError(
+                    f"{process.step} on node {process.node!r}: process group {process.pgid} still has live "
+                    f"processes after TERM, {grace_s:g} s and KILL"
+                )
+    await prove_ports_closed(connector, process.step, ports, prove_s=prove_s, poll_s=poll_s)
+    await connector.run(["rm", "-f", process.pidfile], timeout=30)
+    return StopOutcome(process.step, process.node, process.pgid, killed, time.monotonic() - started)
+
+
+async def prove_ports_closed(
+    connector: Connector, step: str, ports: tuple[int, ...], *, prove_s: float = 15.0, poll_s: float = 0.25
+) -> None:
+    if not ports:
+        return
+    busy: set[int] = set()
+
+    async def closed() -> bool:
+        nonlocal busy
+        busy = set(ports) & await listening_ports(connector)
+        return not busy
+
+    if not await _wait_until(closed, time.monotonic() + prove_s, poll_s):
+        raise TeardownError(
+            f"{step} on node {connector.node!r}: port(s) {', '.join(map(str, sorted(busy)))} still listening "
+            "after its process group was stopped (a process that left the group?)"
+        )
+
+
+@dataclass(frozen=True)
+class PidfileEntry:
+    step: str
+    pidfile: str
+    pgid: int | None  # None: the file is unreadable or not a pid
+
+
+async def read_pidfiles(connector: Connector, workdir: str) -> list[PidfileEntry]:
+    """The pidfiles an earlier run left in the node's workdir (a clean teardown removes them)."""
+    directory = run_dir(workdir)
+    done = await connector.run(["find", directory, "-maxdepth", "1", "-type", "f", "-name", "*.pid"], timeout=30)
+    if not done.ok:
+        return []  # no run/ directory: nothing was ever started there
+    entries: list[PidfileEntry] = []
+    for path in sorted(line.strip() for line in done.stdout.splitlines() if line.strip()):
+        try:
+            text = (await connector.read_file(path)).strip()
+        except RemoteCommandError:
+            text = ""
+        step = PurePosixPath(path).name.removesuffix(".pid")
+        entries.append(PidfileEntry(step, path, int(text) if text.isdigit() else None))
+    return entries

@@ -1,0 +1,102 @@
+"""Supervision on the in-memory connector: TERM, KILL after grace, proof of an empty group and closed ports."""
+
+from __future__ import annotations
+
+import pytest
+
+from cluster.connector import Completed
+from cluster.fake import FakeBehaviour, FakeConnector
+from cluster.supervise import (
+    Supervised,
+    live_groups,
+    parse_listening_ports,
+    read_pidfiles,
+    signal_group,
+    step_paths,
+    stop_group,
+)
+from common.errors import TeardownError
+
+
+async def started(fake: FakeConnector, name: str, behaviour: FakeBehaviour) -> Supervised:
+    fake.on_start(name, behaviour)
+    paths = step_paths("/w", name)
+    pgid = await fake.start([name, "--serve"], log_path=paths.log, pidfile=paths.pidfile)
+    return Supervised(name, fake.node, pgid, paths.log, paths.pidfile)
+
+
+async def test_term_is_enough_for_a_well_behaved_process() -> None:
+    fake = FakeConnector("n1")
+    process = await started(fake, "engine", FakeBehaviour(ports=(8000,)))
+    outcome = await stop_group(fake, process, grace_s=5, ports=(8000,), poll_s=0.01)
+    assert not outcome.killed
+    assert fake.process("engine").signals == ["TERM"]
+    assert process.pidfile not in fake.files
+    assert ("kill", "-TERM", "--", f"-{process.pgid}") in fake.commands()
+
+
+async def test_kill_follows_term_after_the_grace_period() -> None:
+    fake = FakeConnector("n1")
+    process = await started(fake, "gcs", FakeBehaviour(ports=(6379,), ignores_term=True))
+    outcome = await stop_group(fake, process, grace_s=0.05, ports=(6379,), poll_s=0.01)
+    assert outcome.killed
+    assert fake.process("gcs").signals == ["TERM", "KILL"]
+    assert not fake.process("gcs").alive
+
+
+async def test_a_group_that_survives_kill_is_a_teardown_error() -> None:
+    fake = FakeConnector("n1")
+    process = await started(fake, "stuck", FakeBehaviour(ignores_term=True, survives_kill=True))
+    with pytest.raises(TeardownError, match=f"process group {process.pgid} still has live processes"):
+        await stop_group(fake, process, grace_s=0.05, prove_s=0.05, poll_s=0.01)
+    assert process.pidfile in fake.files  # not proven stopped: the pidfile stays for `topo down`
+
+
+async def test_a_port_still_listening_after_the_group_is_gone_is_a_teardown_error() -> None:
+    fake = FakeConnector("n1")
+    process = await started(fake, "escapee", FakeBehaviour(ports=(8000, 29501), leaves_port_open=True))
+    with pytest.raises(TeardownError, match=r"port\(s\) 8000, 29501 still listening"):
+        await stop_group(fake, process, grace_s=1, ports=(8000, 29501), prove_s=0.05, poll_s=0.01)
+
+
+async def test_stopping_an_already_exited_group_sends_no_signal() -> None:
+    fake = FakeConnector("n1")
+    process = await started(fake, "crashed", FakeBehaviour(exits_at_start=True))
+    outcome = await stop_group(fake, process, grace_s=1, poll_s=0.01)
+    assert not outcome.killed
+    assert not [argv for argv in fake.commands() if argv[0] == "kill"]
+
+
+async def test_live_groups_ignores_zombies() -> None:
+    fake = FakeConnector("n1")
+    fake.script(["ps"], Completed(0, "  101 Ss\n  202 Z\n  202 Zs\n  303 R+\n    1 Ss\n", ""))
+    assert await live_groups(fake) == {101, 303, 1}
+
+
+async def test_signal_group_refuses_init_and_the_whole_session() -> None:
+    fake = FakeConnector("n1")
+    for pgid in (0, 1, -5):
+        with pytest.raises(ValueError):
+            await signal_group(fake, pgid, "KILL")
+    assert fake.commands() == []
+
+
+def test_listening_ports_from_ss_output() -> None:
+    output = (
+        "LISTEN 0      4096       10.88.0.1:8000       0.0.0.0:*\n"
+        "LISTEN 0      128             [::]:22            [::]:*\n"
+        "LISTEN 0      511                *:4000             *:*\n"
+        "LISTEN 0      4096 127.0.0.53%lo:53        0.0.0.0:*\n"
+        "garbage\n"
+    )
+    assert parse_listening_ports(output) == {8000, 22, 4000, 53}
+
+
+async def test_read_pidfiles_names_the_step_and_tolerates_garbage() -> None:
+    fake = FakeConnector("n1")
+    fake.files["/w/run/engine-rank1.pid"] = "4242\n"
+    fake.files["/w/run/broken.pid"] = "not a pid"
+    fake.files["/w/logs/engine-rank1.log"] = "x"
+    entries = await read_pidfiles(fake, "/w")
+    assert [(e.step, e.pgid) for e in entries] == [("broken", None), ("engine-rank1", 4242)]
+    assert await read_pidfiles(fake, "/nothing-here") == []
