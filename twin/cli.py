@@ -159,7 +159,8 @@ def _card_ids() -> dict[str, str]:
             data = yaml.safe_load(path.read_text()) or {}
         except (OSError, yaml.YAMLError):
             continue  # a broken card is reported when it is loaded, not while guessing names
-        names = {path.stem, str(data.get("name", "")), str(data.get("hf_id", ""))}
+        hf_id = str(data.get("hf_id", ""))
+        names = {path.stem, str(data.get("name", "")), hf_id, hf_id.rsplit("/", 1)[-1]}
         for name in names - {""}:
             ids[name.lower()] = path.stem
     return ids
