@@ -108,7 +108,7 @@ class BenchClient:
         self._timeout = httpx.Timeout(connect=connect_timeout, read=request_timeout, write=connect_timeout,
                                       pool=None)
         self._transport = transport
-        self._count_tokens = count_tokens
+        self.count_tokens = count_tokens
         self._slots: list[httpx.AsyncClient] = []
 
     async def __aenter__(self) -> BenchClient:
@@ -251,7 +251,7 @@ class BenchClient:
         records = []
         for record, chunks in results:
             # Token timestamps are assigned after the batch so that tokenizer work never delays a stream.
-            record.token_times = assign_token_times(chunks, record.completion_tokens, self._count_tokens)
+            record.token_times = assign_token_times(chunks, record.completion_tokens, self.count_tokens)
             if record.ok and record.completion_tokens is None:
                 record.completion_tokens = len(record.token_times)
             records.append(record)
@@ -336,6 +336,8 @@ class BenchClient:
         if "error" in payload:
             raise StreamError(f"server error in SSE event {event.number} (line {event.line}): "
                               f"{json.dumps(payload['error'])[:200]}")
+        if record.response_id is None and isinstance(payload.get("id"), str):
+            record.response_id = payload["id"]
         usage = payload.get("usage")
         if isinstance(usage, dict):
             if usage.get("prompt_tokens") is not None:

@@ -34,6 +34,7 @@ class RequestRecord:
     error: str | None = None  # None = success; otherwise what went wrong and where
     served_by: str | None = None  # which backend served it (x-litellm-model-id), when a router says
     latency_offset: float = 0.0  # the run's measured network/API latency (METRICS.md `latency`)
+    response_id: str | None = None  # the stream's `id` (e.g. chatcmpl-...): joins a row with server-side logs
 
     @property
     def ok(self) -> bool:

@@ -25,6 +25,7 @@ app = typer.Typer(
 
 # One line per command module; each has `register(app)`. Kept explicit so a reader sees every command.
 COMMAND_MODULES: tuple[str, ...] = (
+    "topo.commands.bench",
     "topo.commands.plan",
     "topo.commands.twin",
     "topo.commands.report",
