@@ -31,7 +31,7 @@ import asyncssh
 
 from common.errors import ConnectError, RemoteCommandError
 from topology.inventory import SshConnect
-from topology.plan import ArgOrSecret, render, reveal
+from topology.plan import ArgOrSecret, Secret, render, reveal
 
 DEFAULT_TIMEOUT_S = 60.0
 TAIL_CHARS = 4000
@@ -60,8 +60,11 @@ Env = Mapping[str, ArgOrSecret]
 
 def masked_command(argv: Argv, env: Env | None = None) -> str:
     """The printable form of a command: env assignments first, secrets as ***."""
-    words = [f"{key}={render(value)}" for key, value in (env or {}).items()]
-    return shlex.join([*words, *(render(arg) for arg in argv)])
+    def shown(value: ArgOrSecret) -> str:
+        return render(value) if isinstance(value, Secret) else shlex.quote(value)
+
+    words = [f"{key}={shown(value)}" for key, value in (env or {}).items()]
+    return " ".join([*words, *(shown(arg) for arg in argv)])
 
 
 def shell_command(argv: Argv, env: Env | None = None) -> str:
