@@ -20,8 +20,10 @@ GET /twin/requests: the server-side truth a client's TTFT and decode rate can be
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
+import signal
 import socket
 import time
 import uuid
@@ -29,8 +31,9 @@ from bisect import bisect_left
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable, Iterator
 
+import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
@@ -677,8 +680,6 @@ async def serve(args: Any) -> None:
             raise ConnectError(f"node rank {summary.node_rank}: {summary.reason}")
         return
 
-    import uvicorn
-
     default_text_source(args.seed or 0)  # build the token table before the port opens, not on request 1
     group = make_rank_group(args)
     await group.start()
@@ -692,8 +693,11 @@ async def serve(args: Any) -> None:
         f"tp={config.tensor_parallel}, executor={config.executor}, max_model_len={config.effective_max_model_len}, "
         f"KV cache {engine.stats().kv_capacity_tokens} tokens) on http://{host}:{args.port}"
     )
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=args.port, log_level="warning",
-                                           access_log=False, lifespan="off", timeout_graceful_shutdown=5))
+    server = _QuietSignalsServer(uvicorn.Config(app, host=host, port=args.port, log_level="warning",
+                                                access_log=False, lifespan="off", timeout_graceful_shutdown=5))
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, server.request_exit)
     try:
         # Our own socket: uvicorn would sys.exit() on a port in use; we want a TopoError naming it.
         sock = _listen_socket(host, args.port)
@@ -701,6 +705,19 @@ async def serve(args: Any) -> None:
     finally:
         await engine.stop()
         await group.stop()
+
+
+class _QuietSignalsServer(uvicorn.Server):
+    """uvicorn.Server whose signals are ours: uvicorn re-raises SIGTERM after its shutdown, which would kill
+    the process before the peer ranks hear goodbye and the engine stops."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+    def request_exit(self) -> None:
+        _log("shutting down (signal)")
+        self.should_exit = True
 
 
 def _listen_socket(host: str, port: int) -> socket.socket:
