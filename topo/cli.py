@@ -29,6 +29,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "topo.commands.plan",
     "topo.commands.twin",
     "topo.commands.report",
+    "topo.commands.testbed",
 )
 
 for module_name in COMMAND_MODULES:
