@@ -1,0 +1,72 @@
+"""report.html opened in headless Chromium: the plotly charts are really drawn, with no network at all."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from reports.names import display_name
+from reports.results import render_results
+from tests.reports.fixtures import cell_rows, frame, study_cells
+
+CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+
+
+def rendered_dom(page: Path, profile: Path) -> str:
+    """The DOM after the page's scripts ran; every host name resolves to nothing, so a CDN would fail."""
+    argv = [
+        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--host-resolver-rules=MAP * ~NOTFOUND", f"--user-data-dir={profile}",
+        "--virtual-time-budget=10000", "--dump-dom", page.resolve().as_uri(),
+    ]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def chart_dom(dom: str, div_id: str) -> str:
+    start = dom.index(f'id="{div_id}"')
+    following = [dom.find('id="chart-', start + 1)]
+    end = min([i for i in following if i > 0], default=len(dom))
+    return dom[start:end]
+
+
+def test_charts_are_drawn_offline(tmp_path: Path) -> None:
+    cells = study_cells()
+    (tmp_path / "sweep").mkdir()
+    cells.to_parquet(tmp_path / "sweep" / "cells.parquet")
+    _, _, html_path = render_results(tmp_path / "sweep")
+    dom = rendered_dom(html_path, tmp_path / "profile")
+
+    topologies = ["solo", "tp2-mp", "tp2-ray", "2x-solo-shuffle"]
+    levels = sorted(cells["concurrency"].unique())
+    for metric in ("decode_tps", "prefill_tps", "ttft_ms"):
+        chart = chart_dom(dom, f"chart-{metric}")
+        assert 'class="main-svg"' in chart, f"{metric}: plotly did not draw (no .main-svg)"
+        assert len(re.findall(r'class="trace scatter', chart)) == len(topologies)
+        # one error bar per point: the std of every cell is drawn
+        assert chart.count('class="errorbar"') == len(topologies) * len(levels)
+        legend = re.findall(r'class="legendtext"[^>]*>([^<]*)<', chart)
+        assert legend == [display_name(t) for t in topologies]
+        ticks = re.findall(r'class="xtick"><text[^>]*>([^<]*)<', chart)
+        assert ticks == [str(c) for c in levels]
+    # the tables are in the page too
+    assert "When to use which topology" in dom and "Shuffle (+33%)" in dom
+
+
+def test_a_topology_missing_at_some_levels_draws_only_its_points(tmp_path: Path) -> None:
+    cells = frame(cell_rows("solo", 1, [40, 42]), cell_rows("solo", 2, [70, 72]), cell_rows("solo", 4, [100, 104]),
+                  cell_rows("tp4-mp", 4, [200, 210]))
+    (tmp_path / "sweep").mkdir()
+    cells.to_parquet(tmp_path / "sweep" / "cells.parquet")
+    _, _, html_path = render_results(tmp_path / "sweep")
+    chart = chart_dom(rendered_dom(html_path, tmp_path / "profile"), "chart-decode_tps")
+    assert len(re.findall(r'class="trace scatter', chart)) == 2
+    assert chart.count('class="errorbar"') == 3 + 1

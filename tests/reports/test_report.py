@@ -1,0 +1,133 @@
+"""The whole report: Markdown, terminal, caveats, percentiles; results folders and `topo report`."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from rich.console import Console
+
+from common.errors import ResultsError
+from reports.console import print_report
+from reports.report import CLIENT_BOUND_SHARE, build_report, ttft_percentiles
+from reports.results import load_results, render_results
+from tests.reports.fixtures import cell_rows, frame, study_cells
+
+META = {"model": "gemma4-26b", "cluster": {"name": "local-twin"}, "runs": 2,
+        "startup_s": {"tp2-ray": 160.4, "solo": 95.25}}
+
+
+def results_dir(tmp_path: Path, cells: pd.DataFrame, meta: dict | None = META,
+                requests: pd.DataFrame | None = None) -> Path:
+    cells.to_parquet(tmp_path / "cells.parquet")
+    if meta is not None:
+        (tmp_path / "meta.json").write_text(json.dumps(meta))
+    if requests is not None:
+        requests.to_parquet(tmp_path / "requests.parquet")
+    return tmp_path
+
+
+def test_markdown_has_every_section_with_the_winners() -> None:
+    markdown = build_report(study_cells(), META).to_markdown()
+    assert markdown.startswith("# Topology report — gemma4-26b")
+    for heading in ("## Decode (t/s) — higher wins", "## Prefill (t/s) — higher wins", "## TTFT (ms) — lower wins",
+                    "## Ray vs no-Ray: Cluster TP=2 (Ray) vs Cluster TP=2", "## When to use which topology",
+                    "## Start-up time per topology", "## Caveats"):
+        assert heading in markdown
+    decode_c64 = "| 64 | 2560 ± 26 | 3840 ± 38 | 3456 ± 35 | 5120 ± 51 | Shuffle (+33%) | +50% | +35% | +100% |"
+    assert decode_c64 in markdown
+    assert "| 1 | 54.0 ± 0.5 | 60.0 ± 0.6 | -10% |" in markdown  # Ray vs no-Ray decode at c1
+    assert "| Solo | 95.2 |" in markdown and "| Cluster TP=2 (Ray) | 160.4 |" in markdown
+    assert "- Cluster: local-twin" in markdown
+    assert "only 2 run(s)" in markdown  # a caveat about few runs
+
+
+def test_terminal_rendering_shows_the_same_tables() -> None:
+    buffer = io.StringIO()
+    print_report(Console(file=buffer, width=250, color_system=None), build_report(study_cells(), META))
+    text = buffer.getvalue()
+    assert "Shuffle (+33%)" in text and "When to use which topology" in text and "Ray vs no-Ray" in text
+
+
+def test_client_bound_cells_are_a_caveat() -> None:
+    ttft = 100.0
+    lag_at_threshold = CLIENT_BOUND_SHARE * ttft
+    cells = frame(cell_rows("solo", 1, [1, 1], ttft=[ttft, ttft], send_lag=[lag_at_threshold, 1.0]),
+                  cell_rows("solo", 64, [1, 1], ttft=[ttft, ttft], send_lag=[15.0, 2.0]))
+    report = build_report(cells)
+    assert [(c.topology, c.concurrency) for c in report.client_bound] == [("solo", 64)]
+    assert any("Solo at c64 may be client-bound" in c and "15.0 ms" in c for c in report.caveats)
+
+
+def test_ttft_percentiles_from_requests() -> None:
+    rows = [{"topology": "solo", "concurrency": 11, "start": 10.0, "first_token": 10.0 + i / 100, "error": None}
+            for i in range(11)]  # TTFT 0, 10, ..., 100 ms
+    rows.append({"topology": "solo", "concurrency": 11, "start": 10.0, "first_token": 99.0, "error": "HTTP 500"})
+    table = ttft_percentiles(pd.DataFrame(rows))
+    (only,) = table.itertuples()
+    assert (only.p50, only.p90, only.p99, only.n) == (pytest.approx(50), pytest.approx(90), pytest.approx(99), 11)
+    markdown = build_report(frame(cell_rows("solo", 11, [1, 1])), {}, pd.DataFrame(rows)).to_markdown()
+    assert "| 11 | 50 / 90 / 99 |" in markdown
+
+
+def test_render_results_writes_both_files(tmp_path: Path) -> None:
+    directory = results_dir(tmp_path, study_cells())
+    report, md_path, html_path = render_results(directory)
+    assert md_path.read_text() == report.to_markdown()
+    page = html_path.read_text()
+    assert page.count('class="plotly-graph-div"') == 3
+    # works offline: no script is fetched, plotly.js (megabytes) is inline
+    assert re.search(r"<script[^>]*\bsrc\s*=", page) is None
+    assert len(page) > 1_000_000
+
+
+def test_results_errors_are_clear(tmp_path: Path) -> None:
+    with pytest.raises(ResultsError, match="no such results folder"):
+        load_results(tmp_path / "absent")
+    with pytest.raises(ResultsError, match="has no cells.parquet"):
+        load_results(tmp_path)
+    (tmp_path / "cells.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(ResultsError, match="cannot be read as Parquet"):
+        load_results(tmp_path)
+    results_dir(tmp_path, study_cells(), meta=None)
+    (tmp_path / "meta.json").write_text("{broken")
+    with pytest.raises(ResultsError, match="meta.json: not readable JSON"):
+        load_results(tmp_path)
+
+
+def topo(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, *args: str) -> tuple[int, str, str]:
+    """Run the real CLI entry point in-process: exit code, stdout, stderr."""
+    from topo.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["topo", *args])
+    monkeypatch.setenv("COLUMNS", "250")
+    with pytest.raises(SystemExit) as exited:
+        main()
+    out, err = capsys.readouterr()
+    return int(exited.value.code or 0), out, " ".join(err.split())
+
+
+def test_topo_report_command(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                             monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "good").mkdir()
+    good = results_dir(tmp_path / "good", study_cells())
+    code, out, err = topo(capsys, monkeypatch, "report", str(good))
+    assert code == 0, err
+    assert "Shuffle (+33%)" in out and "report.html" in out
+    assert (good / "report.html").is_file() and (good / "report.md").is_file()
+
+    wrong = tmp_path / "wrong"
+    wrong.mkdir()
+    pd.DataFrame({"topology": ["solo"], "concurrency": [1]}).to_parquet(wrong / "cells.parquet")
+    code, _, err = topo(capsys, monkeypatch, "report", str(wrong))
+    assert code == 2
+    assert "missing column(s) run, decode_tps, prefill_tps, ttft_ms" in err
+    assert "Traceback" not in err
+
+    code, _, err = topo(capsys, monkeypatch, "report", str(tmp_path / "nothing"))
+    assert code == 2 and "no such results folder" in err
