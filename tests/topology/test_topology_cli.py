@@ -59,3 +59,9 @@ def test_cli_exits_2_with_one_line_on_a_plan_error():
     )
     assert completed.returncode == 2
     assert "needs 2 nodes" in completed.stderr and "Traceback" not in completed.stderr
+
+
+def test_topologies_comma_separated_like_the_sweep():
+    result = runner.invoke(app, ["plan", "--topology", "solo,tp2-ray", "-f", "json"])
+    assert result.exit_code == 0, result.output
+    assert [document["topology"] for document in json.loads(result.output)] == ["solo", "tp2-ray"]

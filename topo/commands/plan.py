@@ -34,8 +34,8 @@ def plan_command(
         None,
         "--topology",
         "-t",
-        help="solo, tp2-mp, tp2-ray, 2x-solo-shuffle (or tpN-mp, tpN-ray, Nx-solo-shuffle). Repeatable; "
-        "default: the four of the study.",
+        help="solo, tp2-mp, tp2-ray, 2x-solo-shuffle (or tpN-mp, tpN-ray, Nx-solo-shuffle). Repeatable or "
+        "comma-separated; default: the four of the study.",
     ),
     output_format: OutputFormat = typer.Option(
         OutputFormat.text, "--format", "-f", help="text: readable, per stage and node; json: the whole plan."
@@ -47,7 +47,8 @@ def plan_command(
     """
     loaded_cluster = load_cluster(cluster)
     recipe = load_recipe(model)
-    names = topology or list(STUDY_TOPOLOGIES)
+    names = [name.strip() for value in topology or [] for name in value.split(",") if name.strip()]
+    names = names or list(STUDY_TOPOLOGIES)
     secrets = PlanSecrets.generate()
     plans = [plan(parse_topology(name), loaded_cluster, recipe, secrets=secrets) for name in names]
     console = Console(highlight=False, soft_wrap=True)
