@@ -130,6 +130,8 @@ def format_pct(pct: float) -> str:
     """`+50%`, `-23%`; one decimal below 10% so a small gap is not rounded to `+0%`."""
     if math.isnan(pct):
         return "—"
+    if abs(pct) < 0.05:
+        return "0.0%"  # not "-0.0%"
     return f"{pct:+.1f}%" if abs(pct) < 10 else f"{pct:+.0f}%"
 
 

@@ -142,7 +142,7 @@ def test_ray_table_gain() -> None:
     assert second.no_ray[DECODE.key] is None and math.isnan(second.gain_pct[DECODE.key])
 
 
-@pytest.mark.parametrize(("pct", "text"), [(50.0, "+50%"), (-23.4, "-23%"), (7.84, "+7.8%"), (-0.44, "-0.4%"),
+@pytest.mark.parametrize(("pct", "text"), [(50.0, "+50%"), (-23.4, "-23%"), (7.84, "+7.8%"), (-0.44, "-0.4%"), (-0.004, "0.0%"),
                                            (float("nan"), "—")])
 def test_percent_format(pct: float, text: str) -> None:
     assert format_pct(pct) == text
