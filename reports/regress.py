@@ -1,0 +1,399 @@
+"""The statistics of the regression gate: compare two sweeps cell by cell on their per-run values.
+
+A cell is (topology, concurrency, metric). For each cell present in both sweeps the per-run values of the
+baseline and of the current sweep are compared with a one-sided test (Welch's t-test by default,
+Mann-Whitney U on request), never with a ratio of two means alone:
+
+- ``worse_pct`` is how much worse the current mean is, in percent of the baseline mean (positive = worse:
+  lower throughput, higher TTFT);
+- a REGRESSION is ``worse_pct > threshold`` *and* ``p < alpha`` for "current is worse";
+- an IMPROVEMENT is ``-worse_pct > threshold`` *and* ``p < alpha`` for "current is better";
+- when both samples have no spread at all (a deterministic twin), the difference of the means is exact:
+  p is 0 when the means differ and 1 when they are equal;
+- fewer than 2 runs on a side (Welch) leaves the cell INCONCLUSIVE: it is reported, it does not fail;
+- a cell of the baseline absent from the current sweep is MISSING, a cell whose current runs have failed
+  requests while the baseline's had none (or that has no value at all) is FAILED; both fail the gate, as
+  a topology that no longer comes up or drops requests is what a nightly job exists to catch;
+- a cell only in the current sweep is NEW (reported, passes).
+
+Exit codes: 0 clean, 1 on any regression / missing / failed cell, 2 (RegressionInputError) when the two
+sweeps cannot be compared at all.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from common.errors import RegressionInputError, ResultsError
+from reports.names import display_name, ordered_topologies
+from reports.tables import METRICS, MetricSpec, format_pct, validate_cells
+
+TestName = Literal["welch", "mannwhitney"]
+
+# meta.json keys that must agree for two sweeps to be comparable at all
+COMPARABLE_META_KEYS: tuple[str, ...] = ("model", "pp", "tg")
+
+
+class Status(str, Enum):
+    REGRESSION = "regression"
+    IMPROVEMENT = "improvement"
+    UNCHANGED = "unchanged"
+    INCONCLUSIVE = "inconclusive"
+    MISSING = "missing"
+    FAILED = "failed"
+    NEW = "new"
+
+    @property
+    def fails_gate(self) -> bool:
+        return self in (Status.REGRESSION, Status.MISSING, Status.FAILED)
+
+
+@dataclass(frozen=True)
+class RegressionPolicy:
+    threshold_pct: float = 5.0  # a change smaller than this is never a regression, however significant
+    alpha: float = 0.05  # significance level of the one-sided test
+    test: TestName = "welch"
+    metrics: tuple[MetricSpec, ...] = METRICS
+
+    def __post_init__(self) -> None:
+        if not (self.threshold_pct >= 0 and math.isfinite(self.threshold_pct)):
+            raise RegressionInputError(f"threshold must be a non-negative percentage (got {self.threshold_pct})")
+        if not 0 < self.alpha < 1:
+            raise RegressionInputError(f"alpha must be between 0 and 1 (got {self.alpha})")
+        if self.test not in ("welch", "mannwhitney"):
+            raise RegressionInputError(f"test must be 'welch' or 'mannwhitney' (got {self.test!r})")
+
+    @property
+    def test_name(self) -> str:
+        return "Welch's t-test" if self.test == "welch" else "Mann-Whitney U"
+
+
+def parse_threshold(text: str | float) -> float:
+    """The --threshold option: `5%` and `5` both mean five percent; `7.5%` works too."""
+    if isinstance(text, (int, float)):
+        return float(text)
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*%?\s*", text)
+    if not match:
+        raise RegressionInputError(f"--threshold {text!r}: expected a percentage such as 5% or 7.5")
+    return float(match.group(1))
+
+
+@dataclass(frozen=True)
+class CellComparison:
+    topology: str
+    concurrency: int
+    metric: MetricSpec
+    status: Status
+    baseline: tuple[float, ...] = ()  # per-run values
+    current: tuple[float, ...] = ()
+    worse_pct: float = math.nan  # + = current is worse (slower / later), in % of the baseline mean
+    p_worse: float = math.nan  # one-sided p-value for "current is worse"
+    p_better: float = math.nan  # one-sided p-value for "current is better"
+    baseline_failed: int = 0
+    current_failed: int = 0
+    reason: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"{self.topology} c{self.concurrency} {self.metric.key}"
+
+    @property
+    def baseline_mean(self) -> float:
+        return float(np.mean(self.baseline)) if self.baseline else math.nan
+
+    @property
+    def current_mean(self) -> float:
+        return float(np.mean(self.current)) if self.current else math.nan
+
+    @property
+    def change_pct(self) -> float:
+        """Signed change of the mean, (current - baseline) / baseline, as the winner tables print it."""
+        if not self.baseline or not self.current or self.baseline_mean == 0:
+            return math.nan
+        return (self.current_mean - self.baseline_mean) / self.baseline_mean * 100.0
+
+
+@dataclass(frozen=True)
+class RegressionResult:
+    policy: RegressionPolicy
+    comparisons: list[CellComparison]
+    baseline_label: str = "baseline"
+    current_label: str = "current"
+    notes: list[str] = field(default_factory=list)
+
+    def with_status(self, *statuses: Status) -> list[CellComparison]:
+        return [c for c in self.comparisons if c.status in statuses]
+
+    @property
+    def regressions(self) -> list[CellComparison]:
+        return self.with_status(Status.REGRESSION)
+
+    @property
+    def improvements(self) -> list[CellComparison]:
+        return self.with_status(Status.IMPROVEMENT)
+
+    @property
+    def failing(self) -> list[CellComparison]:
+        return [c for c in self.comparisons if c.status.fails_gate]
+
+    @property
+    def exit_code(self) -> int:
+        """0 clean, 1 when any cell fails the gate (unusable input raised RegressionInputError: exit 2)."""
+        return 1 if self.failing else 0
+
+    def counts(self) -> dict[Status, int]:
+        return {status: len(self.with_status(status)) for status in Status}
+
+    def summary(self) -> str:
+        counts = self.counts()
+        verdict = "FAIL" if self.exit_code else "PASS"
+        parts = [f"{counts[s]} {s.value}" for s in Status if counts[s] and s is not Status.UNCHANGED]
+        parts.append(f"{counts[Status.UNCHANGED]} unchanged")
+        return (f"{verdict}: {', '.join(parts)} of {len(self.comparisons)} cells "
+                f"(threshold {self.policy.threshold_pct:g}%, {self.policy.test_name}, α = {self.policy.alpha:g})")
+
+    def to_markdown(self) -> str:
+        return regression_markdown(self)
+
+    def to_junit_xml(self) -> str:
+        return regression_junit(self)
+
+
+# ---- the test ---------------------------------------------------------------------------------------------
+
+
+def one_sided_p(current: np.ndarray, baseline: np.ndarray, test: TestName, alternative: str) -> float:
+    """p-value that current is `less` / `greater` than baseline; NaN when the test cannot be computed."""
+    if current.size == 0 or baseline.size == 0:
+        return math.nan
+    if np.ptp(current) == 0 and np.ptp(baseline) == 0:
+        # no spread on either side: the difference of means is exact, not a sample
+        cur, base = current[0], baseline[0]
+        if alternative == "less":
+            return 0.0 if cur < base else 1.0
+        return 0.0 if cur > base else 1.0
+    if test == "welch":
+        if current.size < 2 or baseline.size < 2:
+            return math.nan
+        return float(stats.ttest_ind(current, baseline, equal_var=False, alternative=alternative).pvalue)
+    return float(stats.mannwhitneyu(current, baseline, alternative=alternative).pvalue)
+
+
+def min_mannwhitney_p(n_current: int, n_baseline: int) -> float:
+    """The smallest one-sided p an exact Mann-Whitney test can give: 1 / C(n1 + n2, n1)."""
+    return 1.0 / math.comb(n_current + n_baseline, n_current)
+
+
+def compare_values(topology: str, concurrency: int, metric: MetricSpec, baseline: np.ndarray,
+                   current: np.ndarray, policy: RegressionPolicy, baseline_failed: int = 0,
+                   current_failed: int = 0) -> CellComparison:
+    """Classify one cell from its per-run values (NaN runs are dropped)."""
+    baseline = baseline[~np.isnan(baseline)]
+    current = current[~np.isnan(current)]
+    common: dict[str, Any] = {
+        "topology": topology, "concurrency": concurrency, "metric": metric,
+        "baseline": tuple(float(v) for v in baseline), "current": tuple(float(v) for v in current),
+        "baseline_failed": baseline_failed, "current_failed": current_failed,
+    }
+    if current.size == 0:
+        return CellComparison(status=Status.FAILED, reason="no run of the current sweep produced a value", **common)
+    if baseline.size == 0:
+        return CellComparison(status=Status.NEW, reason="the baseline has no value for this cell", **common)
+    base_mean, cur_mean = float(baseline.mean()), float(current.mean())
+    change = (cur_mean - base_mean) / base_mean * 100.0 if base_mean else math.nan
+    worse = -change if metric.higher_is_better else change
+    worse_alt, better_alt = ("less", "greater") if metric.higher_is_better else ("greater", "less")
+    p_worse = one_sided_p(current, baseline, policy.test, worse_alt)
+    p_better = one_sided_p(current, baseline, policy.test, better_alt)
+    common.update(worse_pct=worse, p_worse=p_worse, p_better=p_better)
+    if current_failed and not baseline_failed:
+        return CellComparison(status=Status.FAILED,
+                              reason=f"{current_failed} request(s) failed; none failed in the baseline", **common)
+    if math.isnan(p_worse) or math.isnan(p_better):
+        need = "2 runs on each side" if policy.test == "welch" else "1 run on each side"
+        return CellComparison(status=Status.INCONCLUSIVE, reason=f"too few runs for a test (needs {need})",
+                              **common)
+    if worse > policy.threshold_pct and p_worse < policy.alpha:
+        return CellComparison(status=Status.REGRESSION, reason=f"{worse:.1f}% worse, p = {p_worse:.2g}", **common)
+    if -worse > policy.threshold_pct and p_better < policy.alpha:
+        return CellComparison(status=Status.IMPROVEMENT, reason=f"{-worse:.1f}% better, p = {p_better:.2g}",
+                              **common)
+    if worse > policy.threshold_pct:
+        reason = f"{worse:.1f}% worse but not significant (p = {p_worse:.2g})"
+    elif -worse > policy.threshold_pct:
+        reason = f"{-worse:.1f}% better but not significant (p = {p_better:.2g})"
+    else:
+        reason = f"within the {policy.threshold_pct:g}% threshold"
+    return CellComparison(status=Status.UNCHANGED, reason=reason, **common)
+
+
+# ---- two sweeps ------------------------------------------------------------------------------------------
+
+
+def _runs(cells: pd.DataFrame) -> dict[tuple[str, int], pd.DataFrame]:
+    return {(str(t), int(c)): rows for (t, c), rows in cells.groupby(["topology", "concurrency"], sort=True)}
+
+
+def _failed(rows: pd.DataFrame | None) -> int:
+    if rows is None or "failed" not in rows:
+        return 0
+    return int(rows["failed"].fillna(0).sum())
+
+
+def check_comparable(baseline_meta: dict[str, Any], current_meta: dict[str, Any]) -> None:
+    for key in COMPARABLE_META_KEYS:
+        base, cur = baseline_meta.get(key), current_meta.get(key)
+        if base is not None and cur is not None and base != cur:
+            raise RegressionInputError(
+                f"the sweeps are not comparable: {key} is {base!r} in the baseline and {cur!r} in the current sweep"
+            )
+
+
+def compare_sweeps(baseline: pd.DataFrame, current: pd.DataFrame, policy: RegressionPolicy | None = None, *,
+                   baseline_meta: dict[str, Any] | None = None, current_meta: dict[str, Any] | None = None,
+                   baseline_label: str = "baseline", current_label: str = "current") -> RegressionResult:
+    """Every (topology, concurrency, metric) cell of either sweep, classified (see the module docstring)."""
+    policy = policy or RegressionPolicy()
+    try:
+        baseline = validate_cells(baseline, source=baseline_label)
+        current = validate_cells(current, source=current_label)
+    except ResultsError as exc:
+        raise RegressionInputError(str(exc)) from exc
+    check_comparable(baseline_meta or {}, current_meta or {})
+    base_runs, cur_runs = _runs(baseline), _runs(current)
+    if not set(base_runs) & set(cur_runs):
+        raise RegressionInputError(
+            f"{baseline_label} and {current_label} have no (topology, concurrency) cell in common; "
+            f"baseline: {_cell_list(base_runs)}; current: {_cell_list(cur_runs)}"
+        )
+    keys = sorted(set(base_runs) | set(cur_runs),
+                  key=lambda k: (ordered_topologies(t for t, _ in set(base_runs) | set(cur_runs)).index(k[0]), k[1]))
+    comparisons = []
+    for topology, concurrency in keys:
+        base_rows, cur_rows = base_runs.get((topology, concurrency)), cur_runs.get((topology, concurrency))
+        for metric in policy.metrics:
+            if cur_rows is None:
+                values = tuple(float(v) for v in base_rows[metric.key].dropna())
+                comparisons.append(CellComparison(topology, concurrency, metric, Status.MISSING, baseline=values,
+                                                  baseline_failed=_failed(base_rows),
+                                                  reason="not measured by the current sweep"))
+                continue
+            base_values = base_rows[metric.key].to_numpy(float) if base_rows is not None else np.array([])
+            comparisons.append(compare_values(topology, concurrency, metric, base_values,
+                                              cur_rows[metric.key].to_numpy(float), policy,
+                                              _failed(base_rows), _failed(cur_rows)))
+    notes = []
+    if policy.test == "mannwhitney":
+        sizes = [(len(c.current), len(c.baseline)) for c in comparisons if c.current and c.baseline]
+        if sizes and min(min_mannwhitney_p(a, b) for a, b in sizes) >= policy.alpha:
+            notes.append(f"With these run counts Mann-Whitney cannot reach p < {policy.alpha:g} on any cell; "
+                         f"use more runs (4 per side for α = 0.05) or Welch's t-test.")
+    return RegressionResult(policy, comparisons, baseline_label, current_label, notes)
+
+
+def compare_result_dirs(baseline_dir: Path | str, current_dir: Path | str,
+                        policy: RegressionPolicy | None = None) -> RegressionResult:
+    """compare_sweeps over two results folders; any unreadable folder is a RegressionInputError (exit 2)."""
+    from reports.results import load_results
+
+    try:
+        baseline, current = load_results(baseline_dir), load_results(current_dir)
+    except ResultsError as exc:
+        raise RegressionInputError(f"cannot compare: {exc}") from exc
+    return compare_sweeps(baseline.cells, current.cells, policy, baseline_meta=baseline.meta,
+                          current_meta=current.meta, baseline_label=str(baseline_dir), current_label=str(current_dir))
+
+
+def _cell_list(runs: dict[tuple[str, int], Any]) -> str:
+    return ", ".join(f"{t}@c{c}" for t, c in sorted(runs)) or "none"
+
+
+# ---- outputs ---------------------------------------------------------------------------------------------
+
+STATUS_ICON = {
+    Status.REGRESSION: "❌", Status.FAILED: "❌", Status.MISSING: "❌", Status.IMPROVEMENT: "✅",
+    Status.INCONCLUSIVE: "❔", Status.NEW: "🆕", Status.UNCHANGED: "",
+}
+
+
+def _mean_std(values: tuple[float, ...]) -> str:
+    if not values:
+        return "—"
+    mean, std = float(np.mean(values)), float(np.std(values))
+    decimals = 0 if abs(mean) >= 100 else 1
+    return f"{mean:.{decimals}f} ± {std:.{decimals}f}"
+
+
+def _p_text(p: float) -> str:
+    return "—" if math.isnan(p) else f"{p:.2g}"
+
+
+def regression_markdown(result: RegressionResult) -> str:
+    lines = [f"## Regression gate: {result.current_label} vs {result.baseline_label}", "",
+             f"**{result.summary()}**", ""]
+    shown = [c for c in result.comparisons if c.status is not Status.UNCHANGED]
+    if shown:
+        lines += ["| | Topology | c | Metric | Baseline | Current | Change | p | Status |",
+                  "|---|---|---:|---|---|---|---:|---:|---|"]
+        order = [Status.REGRESSION, Status.FAILED, Status.MISSING, Status.INCONCLUSIVE, Status.IMPROVEMENT, Status.NEW]
+        for comparison in sorted(shown, key=lambda c: order.index(c.status)):
+            p = comparison.p_better if comparison.status is Status.IMPROVEMENT else comparison.p_worse
+            lines.append(
+                f"| {STATUS_ICON[comparison.status]} | {display_name(comparison.topology)} | {comparison.concurrency} "
+                f"| {comparison.metric.title} ({comparison.metric.unit}) | {_mean_std(comparison.baseline)} "
+                f"| {_mean_std(comparison.current)} | {format_pct(comparison.change_pct)} | {_p_text(p)} "
+                f"| {comparison.status.value}: {comparison.reason} |"
+            )
+        lines.append("")
+    else:
+        lines += ["Every cell is within the threshold or not significantly different.", ""]
+    lines += [f"_{note}_" for note in result.notes]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def regression_junit(result: RegressionResult) -> str:
+    """One <testcase> per cell; regressions, failed and missing cells are <failure>s."""
+    suite = ET.Element("testsuite", {
+        "name": "topo regress",
+        "tests": str(len(result.comparisons)),
+        "failures": str(len(result.failing)),
+        "errors": "0",
+        "skipped": str(len(result.with_status(Status.INCONCLUSIVE))),
+    })
+    properties = ET.SubElement(suite, "properties")
+    for name, value in (("baseline", result.baseline_label), ("current", result.current_label),
+                        ("threshold_pct", f"{result.policy.threshold_pct:g}"), ("test", result.policy.test),
+                        ("alpha", f"{result.policy.alpha:g}")):
+        ET.SubElement(properties, "property", {"name": name, "value": value})
+    for comparison in result.comparisons:
+        case = ET.SubElement(suite, "testcase", {
+            "classname": f"topo.regress.{comparison.topology}",
+            "name": f"c{comparison.concurrency} {comparison.metric.key}",
+            "time": "0",
+        })
+        detail = (f"{display_name(comparison.topology)} at c{comparison.concurrency}, {comparison.metric.description}: "
+                  f"baseline {_mean_std(comparison.baseline)}, current {_mean_std(comparison.current)}, "
+                  f"change {format_pct(comparison.change_pct)}, p(worse) {_p_text(comparison.p_worse)}; "
+                  f"{comparison.reason}")
+        if comparison.status.fails_gate:
+            failure = ET.SubElement(case, "failure", {"message": f"{comparison.status.value}: {comparison.reason}",
+                                                      "type": comparison.status.value})
+            failure.text = detail
+        elif comparison.status is Status.INCONCLUSIVE:
+            ET.SubElement(case, "skipped", {"message": comparison.reason})
+        else:
+            ET.SubElement(case, "system-out").text = f"{comparison.status.value}: {detail}"
+    root = ET.Element("testsuites", {"tests": suite.get("tests", "0"), "failures": suite.get("failures", "0")})
+    root.append(suite)
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
