@@ -20,7 +20,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
+    rich_markup_mode="markdown",
 )
 
 # One line per command module; each has `register(app)`. Kept explicit so a reader sees every command.
@@ -30,6 +30,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "topo.commands.twin",
     "topo.commands.report",
     "topo.commands.testbed",
+    "topo.commands.sweep",
 )
 
 for module_name in COMMAND_MODULES:

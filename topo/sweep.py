@@ -1,0 +1,373 @@
+"""The sweep: for each topology, bring it up, measure every concurrency level, tear it down, report.
+
+    spec = SweepSpec(model="gemma4-26b", cluster="local-twin", ...)
+    sweep = plan_sweep(spec)            # pure: loads configs, plans every topology (errors before anything runs)
+    outcome = await run_sweep(sweep, out_dir, progress)
+
+The results folder (DESIGN.md "Results") is written as the sweep goes: meta.json first (status "running"),
+every measured run appended to the store the moment it finishes (bench/store.py: crash-safe part files),
+start-up time per topology into meta.json, and report.md/report.html at the end. A sweep that dies keeps
+every finished run; `resume_spec(DIR)` reads the spec back and the next run measures only what is missing
+(the missing runs of a partly measured cell, then the untouched cells), never re-measuring a finished run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import pandas as pd
+
+from bench.client import Endpoint
+from bench.runner import RunDone
+from bench.session import BenchSession
+from bench.store import ResultsStore
+from cluster.bringup import BringUpProgress, bring_up, open_cluster
+from common.config import REPO_ROOT
+from common.errors import ConfigError, ResultsError, TopoError
+from topology.inventory import Cluster, TwinEngine, load_cluster
+from topology.kinds import STUDY_TOPOLOGIES, PlanSecrets, parse_topology, plan
+from topology.plan import LaunchPlan
+from topology.recipe import Recipe, load_recipe
+
+META_FILE = "meta.json"
+DEFAULT_CONCURRENCY = (1, 2, 4, 8, 16, 32, 64)
+Status = Literal["running", "complete", "incomplete", "interrupted", "failed"]
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """Everything that defines a sweep; stored in meta.json so a resume measures the same thing."""
+
+    model: str = "gemma4-26b"
+    cluster: str = "local-twin"
+    topologies: tuple[str, ...] = STUDY_TOPOLOGIES
+    concurrency: tuple[int, ...] = DEFAULT_CONCURRENCY
+    runs: int = 1
+    pp: int = 1024
+    tg: int = 128
+    latency_mode: Literal["api", "generation", "none"] = "api"
+    twin_hardware: str | None = None  # override every twin node's --hardware (e.g. `fast` in tests)
+    request_timeout_s: float = 600.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.topologies:
+            raise ConfigError("--topologies: give at least one topology")
+        if not self.concurrency or any(c < 1 for c in self.concurrency):
+            raise ConfigError(f"-c: concurrency levels must be >= 1 (got {list(self.concurrency)})")
+        if self.runs < 1:
+            raise ConfigError(f"--runs must be >= 1 (got {self.runs})")
+        if self.pp < 1 or self.tg < 1:
+            raise ConfigError(f"--pp and --tg must be >= 1 (got pp={self.pp}, tg={self.tg})")
+        if len(set(self.topologies)) != len(self.topologies):
+            raise ConfigError(f"--topologies lists a topology twice: {', '.join(self.topologies)}")
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], source: str) -> SweepSpec:
+        try:
+            data = dict(data)
+            data["topologies"] = tuple(data["topologies"])
+            data["concurrency"] = tuple(int(c) for c in data["concurrency"])
+            return cls(**data)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ResultsError(f"{source}: the stored sweep spec is unusable ({exc})") from exc
+
+
+@dataclass(frozen=True)
+class TopologyPlan:
+    topology: str
+    launch: LaunchPlan
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """A sweep computed up front: every topology planned, so a bad layout fails before anything starts."""
+
+    spec: SweepSpec
+    cluster: Cluster
+    recipe: Recipe
+    topologies: tuple[TopologyPlan, ...]
+
+    def cells(self) -> list[tuple[str, int]]:
+        return [(t.topology, c) for t in self.topologies for c in self.spec.concurrency]
+
+
+def _with_twin_hardware(cluster: Cluster, hardware: str) -> Cluster:
+    nodes = tuple(
+        node.model_copy(update={"engine": node.engine.model_copy(update={"hardware": hardware})})
+        if isinstance(node.engine, TwinEngine) else node
+        for node in cluster.nodes
+    )
+    if nodes == cluster.nodes or not any(isinstance(n.engine, TwinEngine) for n in cluster.nodes):
+        raise ConfigError(f"--twin-hardware {hardware}: cluster {cluster.name!r} has no twin engine to apply it to")
+    return cluster.model_copy(update={"nodes": nodes})
+
+
+def plan_sweep(spec: SweepSpec, *, secrets: PlanSecrets | None = None) -> SweepPlan:
+    """Load the cluster and recipe and plan every topology. No I/O but reading the YAML files."""
+    cluster = load_cluster(spec.cluster)
+    if spec.twin_hardware:
+        cluster = _with_twin_hardware(cluster, spec.twin_hardware)
+    recipe = load_recipe(spec.model)
+    secrets = secrets or PlanSecrets.generate()
+    plans = tuple(
+        TopologyPlan(name, plan(parse_topology(name), cluster, recipe, secrets=secrets)) for name in spec.topologies
+    )
+    return SweepPlan(spec, cluster, recipe, plans)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Progress: what the CLI shows (rich) or a test records.
+
+
+class SweepProgress(BringUpProgress, Protocol):
+    def sweep_started(self, total_runs: int, already_done: int) -> None: ...
+    def topology_started(self, topology: str, cells: Sequence[int]) -> None: ...
+    def topology_up(self, topology: str, startup_s: float) -> None: ...
+    def run_done(self, topology: str, concurrency: int, run: int, warmup: bool) -> None: ...
+    def cell_done(self, topology: str, concurrency: int, rows: list[dict[str, Any]]) -> None: ...
+    def topology_failed(self, topology: str, error: TopoError) -> None: ...
+    def note(self, message: str) -> None: ...
+
+
+# ---------------------------------------------------------------------------------------------------------
+# meta.json
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _git_describe() -> str | None:
+    try:
+        done = subprocess.run(["git", "-C", str(REPO_ROOT), "describe", "--always", "--dirty", "--tags"],
+                              capture_output=True, text=True, timeout=5, check=False)
+    except OSError:
+        return None
+    return done.stdout.strip() or None
+
+
+def new_meta(sweep: SweepPlan, command_line: Sequence[str]) -> dict[str, Any]:
+    return {
+        "schema": 1,
+        "kind": "sweep",
+        "status": "running",
+        "who": f"{getpass.getuser()}@{socket.gethostname()}",
+        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "finished_at": None,
+        "command_line": list(command_line),
+        "git_describe": _git_describe(),
+        "versions": {
+            "topo": _version("topo"),
+            "python": platform.python_version(),
+            **{name: _version(name) for name in ("ray", "litellm", "vllm", "httpx", "asyncssh")},
+        },
+        "spec": sweep.spec.to_json(),
+        "cluster": sweep.cluster.model_dump(mode="json"),
+        "recipe": sweep.recipe.model_dump(mode="json"),
+        "startup_s": {},
+        "errors": {},
+        "warnings": [],
+    }
+
+
+def read_meta(directory: Path) -> dict[str, Any]:
+    path = directory / META_FILE
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ResultsError(f"{directory}: no {META_FILE}; not a folder `topo sweep` wrote") from exc
+    except (OSError, ValueError) as exc:
+        raise ResultsError(f"{path}: not readable JSON ({exc})") from exc
+    if not isinstance(meta, dict) or meta.get("kind") != "sweep" or "spec" not in meta:
+        raise ResultsError(f"{path}: not the meta.json of a sweep (no kind: sweep / spec)")
+    return meta
+
+
+def write_meta(directory: Path, meta: dict[str, Any]) -> None:
+    """Atomic: a crash while writing never leaves a half meta.json behind."""
+    path = directory / META_FILE
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(meta, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def resume_spec(directory: Path) -> SweepSpec:
+    meta = read_meta(directory)
+    return SweepSpec.from_json(meta["spec"], source=str(directory / META_FILE))
+
+
+def default_out_dir(spec: SweepSpec, root: Path = Path("results")) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    model = Path(spec.model).stem
+    return root / f"{model}-{stamp}"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# What is done already
+
+
+def runs_done(cells: pd.DataFrame) -> dict[tuple[str, int], int]:
+    """(topology, concurrency) -> how many runs are stored (runs are numbered 0..n-1)."""
+    if cells.empty:
+        return {}
+    counts = cells.groupby(["topology", "concurrency"])["run"].nunique()
+    return {(str(t), int(c)): int(n) for (t, c), n in counts.items()}
+
+
+@dataclass
+class SweepOutcome:
+    directory: Path
+    status: Status
+    errors: dict[str, str] = field(default_factory=dict)
+    measured_runs: int = 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The run
+
+
+async def _measure_topology(
+    item: TopologyPlan,
+    todo: list[tuple[int, int]],
+    sweep: SweepPlan,
+    store: ResultsStore,
+    meta: dict[str, Any],
+    directory: Path,
+    progress: SweepProgress,
+    outcome: SweepOutcome,
+) -> None:
+    """Bring one topology up, measure its missing runs cell by cell, tear it down (always)."""
+    spec = sweep.spec
+    async with open_cluster(sweep.cluster) as nodes:
+        async with bring_up(item.launch, nodes, progress=progress) as running:
+            meta["startup_s"][item.topology] = round(running.bring_up_s, 3)
+            write_meta(directory, meta)
+            progress.topology_up(item.topology, running.bring_up_s)
+            api_key = running.endpoint_headers().get("Authorization", "").removeprefix("Bearer ") or None
+            session = BenchSession(
+                Endpoint.from_url(running.endpoint, api_key),
+                item.launch.served_model_name,
+                pp=spec.pp,
+                tg=spec.tg,
+                latency_mode=spec.latency_mode,
+                request_timeout=spec.request_timeout_s,
+                seed=spec.seed,
+            )
+            try:
+                await session.open()
+                for note in session.notes:
+                    progress.note(f"{item.topology}: {note}")
+                for concurrency, first_run in todo:
+                    await _measure_cell(item.topology, concurrency, first_run, session, store, progress, outcome,
+                                        spec.runs)
+                    store.compact()
+            finally:
+                await session.close()
+
+
+async def _measure_cell(topology: str, concurrency: int, first_run: int, session: BenchSession,
+                        store: ResultsStore, progress: SweepProgress, outcome: SweepOutcome, runs: int) -> None:
+    rows: list[dict[str, Any]] = []
+
+    def on_run(done: RunDone) -> None:
+        # Stored the moment it is measured: Ctrl-C or a crash in the next run loses nothing of this one.
+        if not done.warmup and done.row is not None:
+            run = first_run + done.run  # a resumed cell continues its numbering
+            for record in done.records:
+                record.run = run
+            row = dict(done.row, run=run, topology=topology)
+            store.append(done.records, [row])
+            rows.append(row)
+            outcome.measured_runs += 1
+        progress.run_done(topology, concurrency, first_run + max(done.run, 0), done.warmup)
+
+    result = await session.cell(concurrency, runs - first_run, topology=topology, on_run=on_run)
+    for warning in result.warnings:
+        progress.note(f"{topology}: {warning}")
+    progress.cell_done(topology, concurrency, rows)
+
+
+async def run_sweep(
+    sweep: SweepPlan,
+    directory: Path,
+    progress: SweepProgress,
+    *,
+    command_line: Sequence[str] = (),
+    resume: bool = False,
+    on_topology_done: Callable[[str], None] | None = None,
+) -> SweepOutcome:
+    """Measure every missing run of the sweep into `directory`; see the module docstring."""
+    directory.mkdir(parents=True, exist_ok=True)
+    store = ResultsStore(directory)
+    if resume:
+        meta = read_meta(directory)
+        meta.setdefault("resumed_at", []).append(datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        meta["status"] = "running"
+        done = runs_done(store.read_cells())
+    else:
+        if (directory / META_FILE).exists():
+            raise ResultsError(f"{directory} already holds a sweep; resume it with --resume {directory} "
+                               "or choose another --out")
+        meta = new_meta(sweep, command_line)
+        done = {}
+    write_meta(directory, meta)
+
+    spec = sweep.spec
+    total = len(sweep.cells()) * spec.runs
+    already = sum(min(n, spec.runs) for key, n in done.items() if key in set(sweep.cells()))
+    progress.sweep_started(total, already)
+    outcome = SweepOutcome(directory, "running")
+    status: Status = "failed"
+    try:
+        for item in sweep.topologies:
+            todo = [(c, done.get((item.topology, c), 0)) for c in spec.concurrency
+                    if done.get((item.topology, c), 0) < spec.runs]
+            if not todo:
+                continue
+            progress.topology_started(item.topology, [c for c, _ in todo])
+            try:
+                await _measure_topology(item, todo, sweep, store, meta, directory, progress, outcome)
+            except TopoError as exc:
+                # One topology failing (a node that does not come up) must not cost the others' cells.
+                outcome.errors[item.topology] = str(exc)
+                meta["errors"][item.topology] = str(exc)
+                write_meta(directory, meta)
+                progress.topology_failed(item.topology, exc)
+            if on_topology_done:
+                on_topology_done(item.topology)
+        status = "incomplete" if outcome.errors else "complete"
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        status = "interrupted"
+        raise
+    finally:
+        store.compact()
+        outcome.status = status
+        meta["status"] = status
+        meta["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        write_meta(directory, meta)
+    return outcome
+
+
+def command_line() -> list[str]:
+    return [Path(sys.argv[0]).name, *sys.argv[1:]]
+
