@@ -32,6 +32,9 @@ LatencyMode = Literal["api", "generation", "none"]
 LATENCY_MODES: tuple[str, ...] = ("api", "generation", "none")
 ROUTER_BACKEND_HEADER = "x-litellm-model-id"
 CONTENT_KEYS = ("content", "reasoning_content", "reasoning")
+# Servers close idle keep-alive connections after ~5 s (uvicorn's and vLLM's default); a slot idle for
+# less than this is assumed still connected and is not warmed again.
+WARM_IDLE_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,7 @@ class BenchClient:
         self._transport = transport
         self.count_tokens = count_tokens
         self._slots: list[httpx.AsyncClient] = []
+        self._slot_used: list[float] = []  # perf_counter of each slot's last request
 
     async def __aenter__(self) -> BenchClient:
         return self
@@ -118,7 +122,7 @@ class BenchClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        slots, self._slots = self._slots, []
+        slots, self._slots, self._slot_used = self._slots, [], []
         await asyncio.gather(*(slot.aclose() for slot in slots), return_exceptions=True)
 
     def _new_slot(self) -> httpx.AsyncClient:
@@ -133,6 +137,7 @@ class BenchClient:
     async def _ensure_slots(self, count: int) -> list[httpx.AsyncClient]:
         while len(self._slots) < count:
             self._slots.append(self._new_slot())
+            self._slot_used.append(-math.inf)
         return self._slots[:count]
 
     # -- before any load ----------------------------------------------------------------------------------
@@ -170,18 +175,26 @@ class BenchClient:
                                 f"{', '.join(served)}")
         return self.model
 
-    async def warm_connections(self, count: int) -> None:
-        """Open `count` connections (one per slot) so that no request of the next batch pays a handshake."""
-        slots = await self._ensure_slots(count)
+    async def warm_connections(self, count: int, idle_after: float = WARM_IDLE_S) -> None:
+        """Open `count` connections (one per slot) so that no request of the next batch pays a handshake.
 
-        async def touch(slot: httpx.AsyncClient) -> None:
+        Only slots idle for `idle_after` seconds (or never used) are touched: a keep-alive connection used
+        a moment ago is still open, and an extra GET right before a request can itself delay that request
+        (a small exchange just before can leave the connection in delayed-ACK mode, and a server that has
+        Nagle on then holds its first body bytes ~40 ms).
+        """
+        slots = await self._ensure_slots(count)
+        now = time.perf_counter()
+
+        async def touch(index: int, slot: httpx.AsyncClient) -> None:
             try:
                 response = await slot.get(self.endpoint.models_url)
                 await response.aclose()
+                self._slot_used[index] = time.perf_counter()
             except httpx.HTTPError:
                 pass  # the batch's own request will record what is wrong with this connection
 
-        await asyncio.gather(*(touch(slot) for slot in slots))
+        await asyncio.gather(*(touch(i, slot) for i, slot in enumerate(slots) if now - self._slot_used[i] > idle_after))
 
     async def measure_latency(self, mode: LatencyMode, probes: int = 3) -> float:
         """METRICS.md `latency`: mean of `probes` GET /v1/models (api) or 1-token requests (generation)."""
@@ -218,6 +231,7 @@ class BenchClient:
                 raise EndpointError(f"latency probe ({mode}) against {self.endpoint.base_url} answered "
                                     f"HTTP {status}")
             samples.append(t1 - t0)
+        self._slot_used[0] = time.perf_counter()
         return sum(samples) / len(samples)
 
     # -- the load -----------------------------------------------------------------------------------------
@@ -311,6 +325,7 @@ class BenchClient:
         except httpx.HTTPError as exc:
             record.error = f"request failed: {type(exc).__name__}: {exc}"
         finally:
+            self._slot_used[index] = time.perf_counter()
             if math.isnan(record.start):
                 record.start = fallback_start
             if record.end is None:
