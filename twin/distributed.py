@@ -63,6 +63,10 @@ def _log(message: str) -> None:
     print(f"twin: {message}", file=sys.stderr, flush=True)
 
 
+def _mean_ms(total_seconds: float, count: int) -> float | None:
+    return round(1000 * total_seconds / count, 3) if count else None
+
+
 LostCallback = Callable[[str], None]
 
 
@@ -194,6 +198,7 @@ class TcpRankServer(_HealthMixin):
         self._last_traffic = time.monotonic()
         self._ping_seq = 0
         self.steps_sent = 0
+        self.step_seconds_total = 0.0  # real time rank 0 spent telling peers about steps (and waiting)
 
     @property
     def bound_port(self) -> int:
@@ -351,7 +356,9 @@ class TcpRankServer(_HealthMixin):
         if not self.healthy:
             return  # the group is broken; the server fails requests, the engine must not block on it
         self.steps_sent += 1
+        started = time.perf_counter()
         await self._round("step", step_to_wire(desc))
+        self.step_seconds_total += time.perf_counter() - started
 
     async def _heartbeat(self) -> None:
         # Between steps nothing flows; a heartbeat notices a dead peer while the engine is idle.
@@ -391,6 +398,7 @@ class TcpRankServer(_HealthMixin):
             "healthy": self.healthy,
             "failure": self.failure,
             "steps_sent": self.steps_sent,
+            "mean_step_round_ms": _mean_ms(self.step_seconds_total, self.steps_sent),
             "peers": [
                 {
                     "node_rank": rank,
@@ -560,6 +568,7 @@ class RayRankGroup(_HealthMixin):
         self.actor_nodes: list[str] = []
         self.driver_node: str | None = None
         self.steps_sent = 0
+        self.step_seconds_total = 0.0
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._connected = False
 
@@ -642,7 +651,9 @@ class RayRankGroup(_HealthMixin):
             return
         self.steps_sent += 1
         self._last_traffic = time.monotonic()
+        started = time.perf_counter()
         await self._call_all("step", step_to_wire(desc))
+        self.step_seconds_total += time.perf_counter() - started
 
     async def _heartbeat(self) -> None:
         self._last_traffic = time.monotonic()
@@ -683,6 +694,7 @@ class RayRankGroup(_HealthMixin):
             "healthy": self.healthy,
             "failure": self.failure,
             "steps_sent": self.steps_sent,
+            "mean_step_round_ms": _mean_ms(self.step_seconds_total, self.steps_sent),
             "peers": [{"rank": i + 1, "node_id": node} for i, node in enumerate(self.actor_nodes)],
         }
 

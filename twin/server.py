@@ -43,6 +43,7 @@ from common.errors import BringUpError, ConfigError, ConnectError, EngineRequest
 from common.text import builtin_corpus, builtin_tokenizer, count_tokens, render_chat
 from twin.distributed import LocalRanks, RankGroup
 
+LIVENESS_CHECK_S = 1.0  # a waiting stream checks this often that the engine's step loop still runs
 MAX_RECORDS = 100_000  # bounded memory for a long-running server; tests read far fewer
 
 
@@ -273,6 +274,16 @@ class TwinServer:
         self.runs.add(run)
         return run
 
+    async def _next_item(self, run: _Run) -> Any:
+        """The run's next token or failure. While waiting, make sure the engine is still alive: a dead
+        step loop would otherwise leave the stream waiting forever."""
+        while True:
+            try:
+                return await asyncio.wait_for(run.queue.get(), LIVENESS_CHECK_S)
+            except asyncio.TimeoutError:
+                if not getattr(self.engine, "running", True):
+                    return _Failure(500, "the engine's step loop stopped")
+
     def _finish_run(self, run: _Run) -> None:
         run.cancel()
         self.runs.discard(run)
@@ -424,7 +435,7 @@ class TwinServer:
         finished = False
         try:
             while not finished:
-                items = [await run.queue.get()]
+                items = [await self._next_item(run)]
                 while not run.queue.empty():  # a slow reader gets every waiting token in one write
                     items.append(run.queue.get_nowait())
                 out: list[bytes] = []
@@ -473,7 +484,7 @@ class TwinServer:
         watcher = asyncio.create_task(disconnected())
         try:
             while True:
-                getter = asyncio.ensure_future(run.queue.get())
+                getter = asyncio.ensure_future(self._next_item(run))
                 done, _ = await asyncio.wait({getter, watcher}, return_when=asyncio.FIRST_COMPLETED)
                 if getter not in done:
                     getter.cancel()
@@ -703,7 +714,10 @@ async def serve(args: Any) -> None:
         sock = _listen_socket(host, args.port)
         await server.serve(sockets=[sock])
     finally:
-        await engine.stop()
+        try:
+            await engine.stop()
+        except Exception as exc:  # noqa: BLE001 - Engine.stop re-raises a step loop failure; it was reported
+            _log(f"the engine's step loop had failed: {exc!r}")
         await group.stop()
 
 

@@ -45,7 +45,7 @@ async def running_twin(
     finally:
         server.should_exit = True
         await task
-        await engine.stop()
+        await asyncio.gather(engine.stop(), return_exceptions=True)  # a test may have broken the step loop
 
 
 def sse_events(body: str) -> list[Any]:
@@ -270,3 +270,28 @@ async def test_server_record_agrees_with_what_the_client_saw() -> None:
     server_decode = (row["last_token"] - row["first_token"]) / 63
     assert server_decode == pytest.approx(client_decode, rel=0.35)
     assert len(row["token_times"]) == 64
+
+
+class _BreaksAfter(LocalRanks):
+    """A peer group whose step fails after `steps`: the engine's step loop dies with it."""
+
+    def __init__(self, steps: int) -> None:
+        super().__init__()
+        self.limit = steps
+
+    async def step(self, desc: Any) -> None:
+        await super().step(desc)
+        if self.steps > self.limit:
+            raise RuntimeError("device lost")
+
+
+async def test_a_dead_step_loop_ends_running_streams_with_an_error_and_fails_health() -> None:
+    async with running_twin(group=_BreaksAfter(5)) as (url, twin), httpx.AsyncClient(base_url=url, timeout=20) as client:
+        response = await client.post("/v1/chat/completions", json=chat_body(max_tokens=50, ignore_eos=True, stream=True))
+        health = await client.get("/health")
+        refused = await client.post("/v1/chat/completions", json=chat_body(max_tokens=2))
+    events = sse_events(response.text)
+    assert events[-1] == "[DONE]" and events[-2]["error"]["code"] == 500
+    assert "step loop stopped" in events[-2]["error"]["message"]
+    assert health.status_code == 503 and refused.status_code == 503
+    assert twin.records[0].error and twin.records[0].completion_tokens < 50
