@@ -8,8 +8,8 @@ Mann-Whitney U on request), never with a ratio of two means alone:
   lower throughput, higher TTFT);
 - a REGRESSION is ``worse_pct > threshold`` *and* ``p < alpha`` for "current is worse";
 - an IMPROVEMENT is ``-worse_pct > threshold`` *and* ``p < alpha`` for "current is better";
-- when both samples have no spread at all (a deterministic twin), the difference of the means is exact:
-  p is 0 when the means differ and 1 when they are equal;
+- when both samples (2+ runs each) have no spread at all (a deterministic twin), the difference of the
+  means is exact: p is 0 when the means differ and 1 when they are equal;
 - fewer than 2 runs on a side (Welch) leaves the cell INCONCLUSIVE: it is reported, it does not fail;
 - a cell of the baseline absent from the current sweep is MISSING, a cell whose current runs have failed
   requests while the baseline's had none (or that has no value at all) is FAILED; both fail the gate, as
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from enum import Enum
@@ -172,21 +173,39 @@ class RegressionResult:
 # ---- the test ---------------------------------------------------------------------------------------------
 
 
+# Runs that differ by less than this relative amount have no spread: float noise of a deterministic twin,
+# which would otherwise give Welch's test a variance of ~1e-30 and absurd p-values.
+SPREAD_TOLERANCE = 1e-9
+
+
+def _no_spread(values: np.ndarray) -> bool:
+    """Two or more runs that agree (one run shows no spread only because there is nothing to compare)."""
+    return values.size >= 2 and float(np.ptp(values)) <= SPREAD_TOLERANCE * max(abs(float(values.mean())), 1.0)
+
+
 def one_sided_p(current: np.ndarray, baseline: np.ndarray, test: TestName, alternative: str) -> float:
     """p-value that current is `less` / `greater` than baseline; NaN when the test cannot be computed."""
     if current.size == 0 or baseline.size == 0:
         return math.nan
-    if np.ptp(current) == 0 and np.ptp(baseline) == 0:
+    if _no_spread(current) and _no_spread(baseline):
         # no spread on either side: the difference of means is exact, not a sample
-        cur, base = current[0], baseline[0]
+        cur, base = float(current.mean()), float(baseline.mean())
+        if math.isclose(cur, base, rel_tol=SPREAD_TOLERANCE):
+            return 1.0
         if alternative == "less":
             return 0.0 if cur < base else 1.0
         return 0.0 if cur > base else 1.0
-    if test == "welch":
-        if current.size < 2 or baseline.size < 2:
-            return math.nan
-        return float(stats.ttest_ind(current, baseline, equal_var=False, alternative=alternative).pvalue)
-    return float(stats.mannwhitneyu(current, baseline, alternative=alternative).pvalue)
+    # float noise of a deterministic side is not variance (it also trips scipy's precision warning)
+    current = np.full_like(current, current.mean()) if _no_spread(current) else current
+    baseline = np.full_like(baseline, baseline.mean()) if _no_spread(baseline) else baseline
+    if test == "welch" and (current.size < 2 or baseline.size < 2):
+        return math.nan
+    with warnings.catch_warnings():
+        # a constant side is intended here (handled above when both are); scipy warns about it regardless
+        warnings.filterwarnings("ignore", message="Precision loss occurred", category=RuntimeWarning)
+        if test == "welch":
+            return float(stats.ttest_ind(current, baseline, equal_var=False, alternative=alternative).pvalue)
+        return float(stats.mannwhitneyu(current, baseline, alternative=alternative).pvalue)
 
 
 def min_mannwhitney_p(n_current: int, n_baseline: int) -> float:

@@ -79,6 +79,15 @@ def test_too_few_runs_is_inconclusive_not_a_failure() -> None:
     result = compare(DECODE, [100, 101], [80])
     assert result.status is Status.INCONCLUSIVE and not result.status.fails_gate
     assert math.isnan(result.p_worse)
+    # one run each: no spread is seen only because there is nothing to compare, so it is not "exact"
+    assert compare(DECODE, [100], [80]).status is Status.INCONCLUSIVE
+
+
+def test_float_noise_of_a_deterministic_system_counts_as_no_spread() -> None:
+    base = [50.0, 50.0 * (1 + 1e-13), 50.0]
+    assert compare(DECODE, base, [50.0, 50.0, 50.0 * (1 - 1e-13)]).status is Status.UNCHANGED
+    slower = compare(DECODE, base, [45.0, 45.0 * (1 + 1e-13), 45.0])
+    assert slower.status is Status.REGRESSION and slower.p_worse == 0.0
 
 
 def test_mann_whitney_known_answer() -> None:
