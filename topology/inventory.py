@@ -172,6 +172,8 @@ class Timeouts(StrictModel):
     ray_ready_s: float = Field(default=120.0, gt=0)
     proxy_ready_s: float = Field(default=120.0, gt=0)
     stop_grace_s: float = Field(default=30.0, gt=0)
+    # Ray's gcs_server can ignore TERM for ~25 s; its state is throwaway, so KILL comes sooner.
+    ray_stop_grace_s: float = Field(default=10.0, gt=0)
 
 
 class Cluster(StrictModel):

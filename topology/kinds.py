@@ -375,7 +375,7 @@ def _ray_start(
     else:
         argv = [ray.bin, *args]
         probe_argv = [ray.bin, *status]
-        stop = StopByProcessGroup(grace_s=cluster.timeouts.stop_grace_s, ports=listen_ports)
+        stop = StopByProcessGroup(grace_s=cluster.timeouts.ray_stop_grace_s, ports=listen_ports)
     probe = CommandProbe(
         argv=tuple(probe_argv),
         # `ray status` lists each active (or idle) node as " 1 node_<id>" under Active:/Idle:
