@@ -19,6 +19,7 @@ TeardownError (or, when something already failed, a note on that error).
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -46,6 +47,7 @@ from topology.inventory import CONTROLLER, Cluster, LocalConnect
 from topology.plan import CommandProbe, HttpProbe, LaunchPlan, NoProbe, Stage, Step, StopByCommand, reveal
 
 CONTROLLER_WORKDIR = "/tmp/topo"
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -299,9 +301,9 @@ class _BringUp:
     async def _show_log_lines(self, steps) -> None:  # type: ignore[no-untyped-def]
         for step in steps:
             process = self.started[step.name]
-            line = (await log_tail(self.node(step).connector, process.log_path, lines=1)).strip()
+            line = _ANSI_ESCAPE.sub("", await log_tail(self.node(step).connector, process.log_path, lines=1)).strip()
             if line and not line.startswith("(log "):
-                self.progress.event(step.name, line[-160:])
+                self.progress.event(step.name, line if len(line) <= 160 else line[:159] + "…")
 
     # -- teardown ------------------------------------------------------------------------------------
     async def teardown(self) -> list[str]:

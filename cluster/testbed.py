@@ -37,6 +37,7 @@ DEFAULT_DIR = Path("/tmp/topo-testbed")
 MARKER = ".topo-testbed"
 STATE = "state.json"
 SSHD = "/usr/sbin/sshd"
+MAX_DIR_CHARS = 32  # DIR/node1/work/ray/session_<date>_<pid>/sockets/plasma_store < 107 bytes
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,11 @@ class TestbedSpec:
         parts = self.subnet.split(".")
         if len(parts) != 3 or not all(p.isdigit() and 0 <= int(p) <= 255 for p in parts):
             raise ConfigError(f"testbed --subnet must be the first three octets of a /24, e.g. 10.88.0 (got {self.subnet!r})")
+        if len(str(self.directory.resolve())) > MAX_DIR_CHARS:
+            raise ConfigError(
+                f"testbed --dir {self.directory} is too long ({len(str(self.directory.resolve()))} > {MAX_DIR_CHARS} "
+                "characters): Ray's socket paths under a node's workdir must stay below 107 bytes"
+            )
         allowed = ["controller", *(f"node{i}" for i in range(1, self.nodes + 1))]
         if self.proxy_on not in allowed:
             raise ConfigError(f"testbed --proxy-on must be one of {', '.join(allowed)} (got {self.proxy_on!r})")
@@ -268,7 +274,7 @@ def _build(spec: TestbedSpec, bed: Testbed, directory: Path, log) -> None:  # ty
     known_hosts = []
     for index in range(1, spec.nodes + 1):
         name = f"node{index}"
-        node_dir = directory / "nodes" / name
+        node_dir = directory / name
         node_dir.mkdir(parents=True, exist_ok=True)
         (node_dir / "home").mkdir(exist_ok=True)
         namespace, host_link, node_link = f"{spec.prefix}-n{index}", f"{spec.prefix}-h{index}", f"{spec.prefix}-e{index}"
@@ -306,7 +312,7 @@ def _build(spec: TestbedSpec, bed: Testbed, directory: Path, log) -> None:  # ty
     Path(bed.known_hosts).write_text("\n".join(known_hosts) + "\n")
     for node in bed.nodes:
         if not _wait_for_port(node.ip, 22, timeout_s=15):
-            tail = (directory / "nodes" / node.name / "sshd.log").read_text()[-2000:]
+            tail = (directory / node.name / "sshd.log").read_text()[-2000:]
             raise BringUpError(f"testbed: sshd of {node.name} ({node.ip}:22) did not start listening; its log:\n{tail}")
     Path(bed.cluster_yaml).write_text(
         "# Written by `topo testbed up`: the nodes of the namespace test bed, reached over real SSH.\n"
