@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 # One colour per topology, by its position in the display order (stable between charts and reports).
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f")
 
+TEXT_COLUMNS = ("Use case", "Status", "Topology", "Metric")
+
 CSS = """
 body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 2em auto; max-width: 1200px;
        color: #222; padding: 0 1em; }
@@ -35,6 +37,7 @@ td.winner { font-weight: 600; background: #eef7ee; text-align: left; }
 .charts { display: grid; grid-template-columns: repeat(auto-fill, minmax(360px, 1fr)); gap: 1em; }
 /* auto-fill keeps the empty tracks, so the first chart is drawn at its final width before the others exist */
 .chart { min-width: 0; }
+.gate.fail h2 { color: #b00020; } .gate.pass h2 { color: #1b5e20; }
 """
 
 
@@ -82,8 +85,8 @@ def table_html(table: DisplayTable) -> str:
     for row in table.rows:
         cells = []
         for header, value in zip(table.headers, row, strict=False):
-            css = "winner" if header == "Winner" or header == "Use" else ("text" if header.startswith("Because") or
-                                                                           header == "Use case" else "")
+            css = "winner" if header in ("Winner", "Use") else ("text" if header in TEXT_COLUMNS or
+                                                                header.startswith("Because") else "")
             attr = f' class="{css}"' if css else ""
             cells.append(f"<td{attr}>{html.escape(value)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
@@ -102,6 +105,27 @@ def render_html(report: Report) -> str:
             div_id=f"chart-{metric.key}",
             config={"displaylogo": False, "responsive": True, "displayModeBar": False},
         ))
+    trends = ""
+    if report.history is not None:
+        from reports.history import sweep_order, trend_figure
+
+        figures = [
+            trend_figure(report.history, metric, PALETTE).to_html(
+                full_html=False, include_plotlyjs=False, include_mathjax=False, div_id=f"trend-{metric.key}",
+                config={"displaylogo": False, "responsive": True, "displayModeBar": False},
+            )
+            for metric in METRICS
+        ]
+        trends = (f"<h2>Trend over {len(sweep_order(report.history))} sweeps</h2>"
+                  "<p>Each cell's mean (± std over its runs) sweep after sweep. The highest concurrency is shown; "
+                  "click a legend entry to show another level.</p>"
+                  + "".join(f'<div class="trend">{figure}</div>' for figure in figures))
+    gate = ""
+    if report.regression is not None:
+        from reports.regress import regression_display
+
+        verdict = "fail" if report.regression.exit_code else "pass"
+        gate = f'<div class="gate {verdict}">{table_html(regression_display(report.regression))}</div>'
     meta = "".join(f"<li>{html.escape(line)}</li>" for line in report.header_lines())
     tables = "\n".join(table_html(t) for t in report.sections())
     caveats = "".join(f"<li>{html.escape(c)}</li>" for c in report.caveats) or "<li>none found in the data.</li>"
@@ -115,9 +139,11 @@ def render_html(report: Report) -> str:
 <body>
 <h1>{html.escape(report.title)}</h1>
 <ul class="meta">{meta}</ul>
+{gate}
 <div class="charts">
 {''.join(f'<div class="chart">{c}</div>' for c in charts)}
 </div>
+{trends}
 {tables}
 <h2>Caveats</h2>
 <ul>{caveats}</ul>

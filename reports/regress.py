@@ -37,6 +37,7 @@ from scipy import stats
 
 from common.errors import RegressionInputError, ResultsError
 from reports.names import display_name, ordered_topologies
+from reports.report import DisplayTable, markdown_table
 from reports.tables import METRICS, MetricSpec, format_pct, validate_cells
 
 TestName = Literal["welch", "mannwhitney"]
@@ -339,13 +340,14 @@ def _cell_list(runs: dict[tuple[str, int], Any]) -> str:
 
 # ---- outputs ---------------------------------------------------------------------------------------------
 
+# plain symbols: an emoji font is not there on every head node or CI browser
 STATUS_ICON = {
-    Status.REGRESSION: "❌", Status.FAILED: "❌", Status.MISSING: "❌", Status.IMPROVEMENT: "✅",
-    Status.INCONCLUSIVE: "❔", Status.NEW: "🆕", Status.UNCHANGED: "",
+    Status.REGRESSION: "✗", Status.FAILED: "✗", Status.MISSING: "✗", Status.IMPROVEMENT: "✓",
+    Status.INCONCLUSIVE: "?", Status.NEW: "+", Status.UNCHANGED: "",
 }
 
 
-def _mean_std(values: tuple[float, ...]) -> str:
+def mean_std_text(values: tuple[float, ...]) -> str:
     if not values:
         return "—"
     mean, std = float(np.mean(values)), float(np.std(values))
@@ -353,30 +355,42 @@ def _mean_std(values: tuple[float, ...]) -> str:
     return f"{mean:.{decimals}f} ± {std:.{decimals}f}"
 
 
-def _p_text(p: float) -> str:
+def p_text(p: float) -> str:
     return "—" if math.isnan(p) else f"{p:.2g}"
 
 
+REPORT_ORDER = (Status.REGRESSION, Status.FAILED, Status.MISSING, Status.INCONCLUSIVE, Status.IMPROVEMENT,
+                Status.NEW)
+
+
+def regression_display(result: RegressionResult) -> DisplayTable:
+    """Every cell that is not simply unchanged, failures first, as a display table for md/html/terminal."""
+    shown = sorted((c for c in result.comparisons if c.status in REPORT_ORDER),
+                   key=lambda c: REPORT_ORDER.index(c.status))
+    rows = []
+    for comparison in shown:
+        p = comparison.p_better if comparison.status is Status.IMPROVEMENT else comparison.p_worse
+        rows.append([
+            STATUS_ICON[comparison.status], display_name(comparison.topology), str(comparison.concurrency),
+            f"{comparison.metric.title} ({comparison.metric.unit})", mean_std_text(comparison.baseline),
+            mean_std_text(comparison.current), format_pct(comparison.change_pct), p_text(p),
+            f"{comparison.status.value}: {comparison.reason}",
+        ])
+    return DisplayTable(
+        f"Regression gate: {result.current_label} vs {result.baseline_label}",
+        ["", "Topology", "c", "Metric", "Baseline", "Current", "Change", "p", "Status"], rows,
+        intro=result.summary(), notes=list(result.notes),
+    )
+
+
 def regression_markdown(result: RegressionResult) -> str:
-    lines = [f"## Regression gate: {result.current_label} vs {result.baseline_label}", "",
-             f"**{result.summary()}**", ""]
-    shown = [c for c in result.comparisons if c.status is not Status.UNCHANGED]
-    if shown:
-        lines += ["| | Topology | c | Metric | Baseline | Current | Change | p | Status |",
-                  "|---|---|---:|---|---|---|---:|---:|---|"]
-        order = [Status.REGRESSION, Status.FAILED, Status.MISSING, Status.INCONCLUSIVE, Status.IMPROVEMENT, Status.NEW]
-        for comparison in sorted(shown, key=lambda c: order.index(c.status)):
-            p = comparison.p_better if comparison.status is Status.IMPROVEMENT else comparison.p_worse
-            lines.append(
-                f"| {STATUS_ICON[comparison.status]} | {display_name(comparison.topology)} | {comparison.concurrency} "
-                f"| {comparison.metric.title} ({comparison.metric.unit}) | {_mean_std(comparison.baseline)} "
-                f"| {_mean_std(comparison.current)} | {format_pct(comparison.change_pct)} | {_p_text(p)} "
-                f"| {comparison.status.value}: {comparison.reason} |"
-            )
-        lines.append("")
+    table = regression_display(result)
+    lines = [f"## {table.title}", "", f"**{table.intro}**", ""]
+    if table.rows:
+        lines += markdown_table(table.headers, table.rows) + [""]
     else:
         lines += ["Every cell is within the threshold or not significantly different.", ""]
-    lines += [f"_{note}_" for note in result.notes]
+    lines += [f"_{note}_" for note in table.notes]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -401,8 +415,8 @@ def regression_junit(result: RegressionResult) -> str:
             "time": "0",
         })
         detail = (f"{display_name(comparison.topology)} at c{comparison.concurrency}, {comparison.metric.description}: "
-                  f"baseline {_mean_std(comparison.baseline)}, current {_mean_std(comparison.current)}, "
-                  f"change {format_pct(comparison.change_pct)}, p(worse) {_p_text(comparison.p_worse)}; "
+                  f"baseline {mean_std_text(comparison.baseline)}, current {mean_std_text(comparison.current)}, "
+                  f"change {format_pct(comparison.change_pct)}, p(worse) {p_text(comparison.p_worse)}; "
                   f"{comparison.reason}")
         if comparison.status.fails_gate:
             failure = ET.SubElement(case, "failure", {"message": f"{comparison.status.value}: {comparison.reason}",
@@ -416,3 +430,18 @@ def regression_junit(result: RegressionResult) -> str:
     root.append(suite)
     ET.indent(root)
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def write_gate_outputs(result: RegressionResult, junit: Path | str | None = None,
+                       markdown: Path | str | None = None) -> int:
+    """Write the JUnit XML and/or Markdown a CI job keeps; returns the exit code `topo regress` should use."""
+    for path, text in ((junit, result.to_junit_xml() if junit else ""),
+                       (markdown, result.to_markdown() if markdown else "")):
+        if path is None:
+            continue
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise RegressionInputError(f"cannot write {path}: {exc}") from exc
+    return result.exit_code

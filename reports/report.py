@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -28,6 +28,9 @@ from reports.tables import (
     validate_cells,
     winner_table,
 )
+
+if TYPE_CHECKING:
+    from reports.regress import RegressionResult
 
 # A cell whose client needed more than this share of the TTFT just to put its batch on the wire did not
 # really load the server with c simultaneous requests: the client, not the server, set the pace.
@@ -65,6 +68,8 @@ class Report:
     ttft_percentiles: pd.DataFrame | None  # topology, concurrency, p50, p90, p99 (ms), from requests
     client_bound: list[ClientBoundCell]
     caveats: list[str]
+    history: pd.DataFrame | None = None  # cells of earlier sweeps with a `sweep` column (reports/history.py)
+    regression: RegressionResult | None = None  # the nightly gate's verdict against a baseline
 
     @property
     def topologies(self) -> list[str]:
@@ -99,6 +104,10 @@ class Report:
             ))
         if self.ttft_percentiles is not None and not self.ttft_percentiles.empty:
             tables.append(percentiles_display(self.ttft_percentiles))
+        if self.history is not None:
+            from reports.history import trend_display
+
+            tables += [trend_display(self.history, m) for m in METRICS]
         return tables
 
     def to_markdown(self) -> str:
@@ -106,6 +115,8 @@ class Report:
         out += [f"- {line}" for line in self.header_lines()]
         if out[-1] != "":
             out.append("")
+        if self.regression is not None:
+            out += [self.regression.to_markdown()]
         for table in self.sections():
             out += [f"## {table.title}", ""]
             if table.intro:
@@ -125,9 +136,13 @@ class Report:
         return render_html(self)
 
 
-def build_report(cells: pd.DataFrame, meta: dict[str, Any] | None = None,
-                 requests: pd.DataFrame | None = None) -> Report:
-    """Analyse one sweep's cells (cells.parquet rows); meta.json and requests.parquet are optional."""
+def build_report(cells: pd.DataFrame, meta: dict[str, Any] | None = None, requests: pd.DataFrame | None = None,
+                 *, history: pd.DataFrame | None = None, regression: RegressionResult | None = None) -> Report:
+    """Analyse one sweep's cells (cells.parquet rows); meta.json and requests.parquet are optional.
+
+    A nightly run adds `history` (earlier sweeps' cells with a `sweep` column, this one included: trend
+    tables and charts) and `regression` (compare_sweeps against the baseline: shown first).
+    """
     meta = dict(meta or {})
     cells = validate_cells(cells)
     winners = {m.key: winner_table(cells, m) for m in METRICS}
@@ -143,6 +158,8 @@ def build_report(cells: pd.DataFrame, meta: dict[str, Any] | None = None,
         ttft_percentiles=percentiles,
         client_bound=client_bound,
         caveats=caveats(cells, winners, client_bound),
+        history=history,
+        regression=regression,
     )
 
 

@@ -70,3 +70,16 @@ def test_a_topology_missing_at_some_levels_draws_only_its_points(tmp_path: Path)
     chart = chart_dom(rendered_dom(html_path, tmp_path / "profile"), "chart-decode_tps")
     assert len(re.findall(r'class="trace scatter', chart)) == 2
     assert chart.count('class="errorbar"') == 3 + 1
+
+
+def test_nightly_trend_charts_are_drawn(tmp_path: Path) -> None:
+    from tests.reports.test_history import nightly_report
+
+    page = tmp_path / "report.html"
+    page.write_text(nightly_report().to_html(), encoding="utf-8")
+    dom = rendered_dom(page, tmp_path / "profile")
+    trend = dom[dom.index('id="trend-decode_tps"'):dom.index('id="trend-prefill_tps"')]
+    assert 'class="main-svg"' in trend
+    assert len(re.findall(r'class="trace scatter', trend)) == 2  # Solo c1 and Cluster TP=2 c1
+    assert re.findall(r'class="xtick"><text[^>]*>([^<]*)<', trend) == [f"night-{i}" for i in range(4)]
+    assert "Regression gate: night-3 vs night-0" in dom

@@ -150,8 +150,8 @@ def test_ten_percent_slower_decode_is_flagged_on_exactly_those_cells() -> None:
     assert failed_cases == {("topo.regress.tp2-ray", f"c{c} decode_tps") for c in (1, 2, 4, 8, 16, 32, 64)}
 
     markdown = result.to_markdown()
-    assert markdown.count("| ❌ |") == 7
-    assert "| ❌ | Cluster TP=2 (Ray) | 64 | Decode (t/s) |" in markdown
+    assert markdown.count("| ✗ |") == 7
+    assert "| ✗ | Cluster TP=2 (Ray) | 64 | Decode (t/s) |" in markdown
     assert "FAIL: 7 regression, 77 unchanged of 84 cells" in markdown
 
 
