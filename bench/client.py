@@ -14,6 +14,7 @@ EndpointError, and it does so before any load.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import math
 import time
@@ -26,6 +27,7 @@ import httpx
 
 from bench.prompts import Prompt
 from bench.records import RequestRecord
+from bench.wire import SENT_AT, WireTransport
 from common.errors import ConfigError, EndpointError, StreamError
 
 LatencyMode = Literal["api", "generation", "none"]
@@ -114,6 +116,7 @@ class BenchClient:
         self.count_tokens = count_tokens
         self._slots: list[httpx.AsyncClient] = []
         self._slot_used: list[float] = []  # perf_counter of each slot's last request
+        self._slot_transports: list[httpx.AsyncBaseTransport] = []
 
     async def __aenter__(self) -> BenchClient:
         return self
@@ -122,16 +125,19 @@ class BenchClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        slots, self._slots, self._slot_used = self._slots, [], []
+        slots, self._slots, self._slot_used, self._slot_transports = self._slots, [], [], []
         await asyncio.gather(*(slot.aclose() for slot in slots), return_exceptions=True)
 
     def _new_slot(self) -> httpx.AsyncClient:
-        # One connection per slot: a slot's request never waits behind another's in a shared pool.
+        # One connection per slot: a slot's request never waits behind another's in a shared pool. The wire
+        # transport hands a request's bytes to the socket in the loop step that sends it (see bench/wire.py).
+        transport = self._transport or WireTransport(connect_timeout=self._timeout.connect or 10.0)
+        self._slot_transports.append(transport)
         return httpx.AsyncClient(
             headers=self.endpoint.headers,
             timeout=self._timeout,
             limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
-            transport=self._transport,
+            transport=transport,
         )
 
     async def _ensure_slots(self, count: int) -> list[httpx.AsyncClient]:
@@ -178,23 +184,27 @@ class BenchClient:
     async def warm_connections(self, count: int, idle_after: float = WARM_IDLE_S) -> None:
         """Open `count` connections (one per slot) so that no request of the next batch pays a handshake.
 
-        Only slots idle for `idle_after` seconds (or never used) are touched: a keep-alive connection used
-        a moment ago is still open, and an extra GET right before a request can itself delay that request
-        (a small exchange just before can leave the connection in delayed-ACK mode, and a server that has
-        Nagle on then holds its first body bytes ~40 ms).
+        A wire-transport slot just connects (no request). A slot on an injected transport (tests) is
+        touched with a GET when idle for `idle_after` seconds; a GET right before a request is avoided
+        otherwise, because the small exchange can leave the connection in delayed-ACK mode, and a server
+        with Nagle on then holds its first body bytes ~40 ms.
         """
         slots = await self._ensure_slots(count)
         now = time.perf_counter()
 
         async def touch(index: int, slot: httpx.AsyncClient) -> None:
             try:
-                response = await slot.get(self.endpoint.models_url)
-                await response.aclose()
-                self._slot_used[index] = time.perf_counter()
+                transport = self._slot_transports[index]
+                if isinstance(transport, WireTransport):
+                    await transport.connect(self.endpoint.chat_url)
+                elif now - self._slot_used[index] > idle_after:
+                    response = await slot.get(self.endpoint.models_url)
+                    await response.aclose()
+                    self._slot_used[index] = time.perf_counter()
             except httpx.HTTPError:
                 pass  # the batch's own request will record what is wrong with this connection
 
-        await asyncio.gather(*(touch(i, slot) for i, slot in enumerate(slots) if now - self._slot_used[i] > idle_after))
+        await asyncio.gather(*(touch(i, slot) for i, slot in enumerate(slots)))
 
     async def measure_latency(self, mode: LatencyMode, probes: int = 3) -> float:
         """METRICS.md `latency`: mean of `probes` GET /v1/models (api) or 1-token requests (generation)."""
@@ -257,7 +267,23 @@ class BenchClient:
                                headers={"content-type": "application/json"})
             for slot, prompt in zip(slots, prompts)
         ]
-        batch_start = time.perf_counter()
+        wires = [t for t in self._slot_transports[:concurrency] if isinstance(t, WireTransport)]
+        primed = len(wires) == concurrency
+        if primed:
+            try:
+                await asyncio.gather(*(wire.prime(request) for wire, request in zip(wires, requests)))
+            except httpx.HTTPError:
+                primed = False  # a slot cannot connect: send() will retry it and record the failure
+        gc_was_enabled = gc.isenabled()
+        gc.disable()  # a collection pause in the middle of the firing loop would show up as send lag
+        try:
+            batch_start = time.perf_counter()
+            if primed:
+                for wire, request in zip(wires, requests):
+                    wire.fire(request)  # a socket write each, no await: all c are on the wire within a few ms
+        finally:
+            if gc_was_enabled:
+                gc.enable()
         results = await asyncio.gather(*(
             self._one(slot, request, prompt, topology, concurrency, run, index, batch_start, latency)
             for index, (slot, request, prompt) in enumerate(zip(slots, requests, prompts))
@@ -289,8 +315,7 @@ class BenchClient:
         response: httpx.Response | None = None
         try:
             response = await slot.send(request, stream=True)
-            if math.isnan(record.start):
-                record.start = fallback_start
+            self._note_start(record, request, fallback_start)
             record.status_code = response.status_code
             record.served_by = response.headers.get(ROUTER_BACKEND_HEADER)
             if response.status_code != 200:
@@ -326,13 +351,21 @@ class BenchClient:
             record.error = f"request failed: {type(exc).__name__}: {exc}"
         finally:
             self._slot_used[index] = time.perf_counter()
-            if math.isnan(record.start):
-                record.start = fallback_start
+            self._note_start(record, request, fallback_start)
             if record.end is None:
                 record.end = time.perf_counter()
             if response is not None:
                 await response.aclose()
         return record, chunks
+
+    @staticmethod
+    def _note_start(record: RequestRecord, request: httpx.Request, fallback: float) -> None:
+        """The wire transport's hand-over time, else httpcore's trace hook, else just before send()."""
+        sent_at = request.extensions.get(SENT_AT)
+        if sent_at is not None:
+            record.start = sent_at
+        elif math.isnan(record.start):
+            record.start = fallback
 
     @staticmethod
     def _on_event(record: RequestRecord, event: SSEEvent, now: float, chunks: list[_Chunk],
