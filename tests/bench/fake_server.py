@@ -33,7 +33,7 @@ class Behaviour:
     api_key: str | None = None
     backend_id: str | None = None  # sent as x-litellm-model-id
     seen: list[dict] = field(default_factory=list)  # request bodies, in arrival order
-    release: asyncio.Event | None = None
+    keep_alive_s: float = 5.0  # uvicorn closes an idle keep-alive connection after this
 
 
 def make_app(b: Behaviour) -> Starlette:
@@ -110,7 +110,8 @@ class FakeServer:
         self.behaviour = behaviour
         self.port = free_port()
         config = uvicorn.Config(make_app(behaviour), host="127.0.0.1", port=self.port, log_level="error",
-                                timeout_graceful_shutdown=1, lifespan="off")
+                                timeout_graceful_shutdown=1, lifespan="off",
+                                timeout_keep_alive=behaviour.keep_alive_s)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
