@@ -63,6 +63,7 @@ class TextSource:
             i for i in range(len(self.pieces)) if "\n\n" in corpus[max(0, starts[i] - 1) : starts[i + 1]]
         ]
         self.seed = seed
+        self._piece_json: dict[int, bytes] = {}
 
     def __len__(self) -> int:
         return len(self.pieces)
@@ -73,6 +74,14 @@ class TextSource:
 
     def piece(self, offset: int, index: int) -> str:
         return self.pieces[(offset + index) % len(self.pieces)]
+
+    def piece_json(self, offset: int, index: int) -> bytes:
+        """The piece as a JSON string literal (cached: a stream encodes each of its tokens)."""
+        position = (offset + index) % len(self.pieces)
+        cached = self._piece_json.get(position)
+        if cached is None:
+            cached = self._piece_json[position] = json.dumps(self.pieces[position]).encode()
+        return cached
 
     def text(self, offset: int, count: int) -> str:
         return "".join(self.piece(offset, i) for i in range(count))
@@ -184,6 +193,14 @@ def _chat_prompt(messages: Any) -> str:
     return render_chat(rendered)
 
 
+async def _count_tokens_off_loop(text: str) -> int:
+    """Tokenize in a worker thread (the tokenizer releases the GIL): a long prompt costs milliseconds,
+    which must not stall the engine's step loop or other requests' token streams."""
+    if len(text) < 2000:
+        return count_tokens(text)  # cheaper than a thread hop
+    return await asyncio.to_thread(count_tokens, text)
+
+
 # ------------------------------------------------------------------------------------------- the app
 
 
@@ -277,6 +294,8 @@ class TwinServer:
     async def _next_item(self, run: _Run) -> Any:
         """The run's next token or failure. While waiting, make sure the engine is still alive: a dead
         step loop would otherwise leave the stream waiting forever."""
+        if not run.queue.empty():
+            return run.queue.get_nowait()  # the common case under load: no timer, no task
         while True:
             try:
                 return await asyncio.wait_for(run.queue.get(), LIVENESS_CHECK_S)
@@ -367,9 +386,9 @@ class TwinServer:
             body = await self._json_body(request)
             model = self._check_model(body)
             if endpoint == "chat":
-                prompt_tokens = count_tokens(_chat_prompt(body.get("messages")))
+                prompt_tokens = await _count_tokens_off_loop(_chat_prompt(body.get("messages")))
             else:
-                prompt_tokens = self._completion_prompt_tokens(body.get("prompt"))
+                prompt_tokens = await self._completion_prompt_tokens(body.get("prompt"))
             record, offset, stream, include_usage = self._new_record(
                 endpoint, body, arrival, arrival_unix, prompt_tokens, "chatcmpl" if endpoint == "chat" else "cmpl"
             )
@@ -386,13 +405,13 @@ class TwinServer:
             )
         return await self._collect(request, run, offset, model, endpoint)
 
-    def _completion_prompt_tokens(self, prompt: Any) -> int:
+    async def _completion_prompt_tokens(self, prompt: Any) -> int:
         if isinstance(prompt, list) and len(prompt) == 1:
             prompt = prompt[0]
         if isinstance(prompt, str):
             if not prompt:
                 raise _bad("prompt must not be empty", "prompt")
-            return count_tokens(prompt)
+            return await _count_tokens_off_loop(prompt)
         if isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
             return len(prompt)  # a prompt given as token ids
         raise _bad("prompt must be a string, a list with one string, or a list of token ids", "prompt")
@@ -433,6 +452,10 @@ class TwinServer:
                       include_usage: bool) -> AsyncIterator[bytes]:
         record = run.record
         finished = False
+        # The chunk with a placeholder piece, split around it (the same bytes _chunk would produce).
+        marker = "\u0000piece\u0000"
+        template = tuple(self._chunk(record, model, endpoint, marker, None).split(json.dumps(marker).encode()))
+        assert len(template) == 2
         try:
             while not finished:
                 items = [await self._next_item(run)]
@@ -453,7 +476,10 @@ class TwinServer:
                         out.append(self._chunk(record, model, endpoint, None, None, role=True))
                     self._note_token(record, item, now)
                     finish = self._finish_reason(record) if item.finished else None
-                    out.append(self._chunk(record, model, endpoint, self.text.piece(offset, item.index), finish))
+                    if finish is None:  # the hot path: one template per request, only the piece is encoded
+                        out.append(template[0] + self.text.piece_json(offset, item.index) + template[1])
+                    else:
+                        out.append(self._chunk(record, model, endpoint, self.text.piece(offset, item.index), finish))
                     if item.finished:
                         record.finish_reason = finish
                         if include_usage:
