@@ -270,9 +270,17 @@ def _failed(rows: pd.DataFrame | None) -> int:
     return int(rows["failed"].fillna(0).sum())
 
 
+def _meta_value(meta: dict[str, Any], key: str) -> Any:
+    """topo sweep keeps model / pp / tg in meta["spec"]; a prediction may set them at the top."""
+    spec = meta.get("spec")
+    if isinstance(spec, dict) and key in spec:
+        return spec[key]
+    return meta.get(key)
+
+
 def check_comparable(baseline_meta: dict[str, Any], current_meta: dict[str, Any]) -> None:
     for key in COMPARABLE_META_KEYS:
-        base, cur = baseline_meta.get(key), current_meta.get(key)
+        base, cur = _meta_value(baseline_meta, key), _meta_value(current_meta, key)
         if base is not None and cur is not None and base != cur:
             raise RegressionInputError(
                 f"the sweeps are not comparable: {key} is {base!r} in the baseline and {cur!r} in the current sweep"

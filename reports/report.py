@@ -32,9 +32,12 @@ from reports.tables import (
 if TYPE_CHECKING:
     from reports.regress import RegressionResult
 
-# A cell whose client needed more than this share of the TTFT just to put its batch on the wire did not
-# really load the server with c simultaneous requests: the client, not the server, set the pace.
+# A cell whose client needed more than this share of the TTFT (and more than the floor) just to put its
+# batch on the wire did not load the server with c simultaneous requests: the client set the pace. The
+# same rule as bench/runner.py's per-run warning, applied to the stored cells.
 CLIENT_BOUND_SHARE = 0.10
+CLIENT_BOUND_FLOOR_MS = 5.0
+CLIENT_CPU_SHARE = 0.80  # client CPU seconds per wall second of a run above this: the client was busy
 FAILED_MARK = "⚠"
 MISSING = "—"
 
@@ -56,6 +59,7 @@ class ClientBoundCell:
     concurrency: int
     max_send_lag_ms: float
     ttft_ms: float
+    client_cpu_frac: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -76,20 +80,43 @@ class Report:
         return self.winners[METRICS[0].key].topologies
 
     @property
+    def model(self) -> str | None:
+        value = (self.meta.get("model") or _nested(self.meta, "spec", "model") or _nested(self.meta, "recipe", "model")
+                 or _nested(self.meta, "recipe", "name"))
+        return str(value) if value else None
+
+    @property
     def title(self) -> str:
-        model = self.meta.get("model") or _nested(self.meta, "recipe", "model") or _nested(self.meta, "recipe", "name")
-        return f"Topology report — {model}" if model else "Topology report"
+        return f"Topology report — {self.model}" if self.model else "Topology report"
 
     def header_lines(self) -> list[str]:
-        """Who/when/what from meta.json, the keys that exist, in a stable order."""
+        """Who/when/what from meta.json (topo sweep's, or the few keys a prediction sets), those that exist."""
+        meta, spec = self.meta, self.meta.get("spec") or {}
         lines = []
-        for key, label in (("kind", "Kind"), ("created", "When"), ("started_at", "When"), ("host", "Host"),
-                           ("user", "By"), ("cluster", "Cluster"), ("recipe", "Recipe"), ("git", "Git"),
-                           ("git_describe", "Git"), ("versions", "Versions"), ("command", "Command"),
-                           ("command_line", "Command"), ("pp", "Prompt tokens"), ("tg", "Generated tokens"),
-                           ("runs", "Runs per level")):
-            if key in self.meta and self.meta[key] not in (None, "", {}, []):
-                lines.append(f"{label}: {_short(self.meta[key])}")
+
+        def add(label: str, value: Any) -> None:
+            if value not in (None, "", {}, []):
+                lines.append(f"{label}: {_short(value)}")
+
+        add("Kind", meta.get("kind"))
+        add("Status", meta.get("status"))
+        add("By", meta.get("who") or meta.get("user"))
+        when = meta.get("started_at") or meta.get("created")
+        if when and meta.get("finished_at"):
+            when = f"{when} → {meta['finished_at']}"
+        add("When", when)
+        add("Cluster", meta.get("cluster"))
+        add("Recipe", meta.get("recipe"))
+        load = [f"pp{spec.get('pp', meta.get('pp'))}" if spec.get("pp", meta.get("pp")) else None,
+                f"tg{spec.get('tg', meta.get('tg'))}" if spec.get("tg", meta.get("tg")) else None,
+                f"{spec.get('runs', meta.get('runs'))} run(s) per level" if spec.get("runs", meta.get("runs")) else None]
+        add("Load", ", ".join(part for part in load if part))
+        add("Twin hardware", spec.get("twin_hardware"))
+        add("Git", meta.get("git_describe") or meta.get("git"))
+        versions = meta.get("versions")
+        if isinstance(versions, dict):
+            add("Versions", ", ".join(f"{k} {v}" for k, v in versions.items() if v))
+        add("Command", meta.get("command_line") or meta.get("command"))
         return lines
 
     def sections(self) -> list[DisplayTable]:
@@ -149,6 +176,7 @@ def build_report(cells: pd.DataFrame, meta: dict[str, Any] | None = None, reques
     startup = {str(k): float(v) for k, v in (meta.get("startup_s") or {}).items() if v is not None}
     client_bound = find_client_bound(cells)
     percentiles = ttft_percentiles(requests) if requests is not None else None
+    notes = meta_caveats(meta) + caveats(cells, winners, client_bound)
     return Report(
         meta=meta,
         winners=winners,
@@ -157,34 +185,53 @@ def build_report(cells: pd.DataFrame, meta: dict[str, Any] | None = None, reques
         startup_s=startup,
         ttft_percentiles=percentiles,
         client_bound=client_bound,
-        caveats=caveats(cells, winners, client_bound),
+        caveats=notes,
         history=history,
         regression=regression,
     )
 
 
 def find_client_bound(cells: pd.DataFrame) -> list[ClientBoundCell]:
-    """Cells whose worst send lag exceeds CLIENT_BOUND_SHARE of their mean TTFT."""
-    if "max_send_lag_ms" not in cells.columns:
-        return []
+    """Cells whose worst send lag exceeds the floor and CLIENT_BOUND_SHARE of their mean TTFT, or whose client
+    process was nearly CPU-saturated (client_cpu_frac, when recorded)."""
     found = []
     for (topology, concurrency), rows in cells.groupby(["topology", "concurrency"], sort=True):
-        lag = rows["max_send_lag_ms"].max()
+        lag = rows["max_send_lag_ms"].max() if "max_send_lag_ms" in rows else math.nan
+        cpu = rows["client_cpu_frac"].max() if "client_cpu_frac" in rows else math.nan
         ttft = rows["ttft_ms"].mean()
-        if pd.notna(lag) and pd.notna(ttft) and ttft > 0 and lag > CLIENT_BOUND_SHARE * ttft:
-            found.append(ClientBoundCell(str(topology), int(concurrency), float(lag), float(ttft)))
-    return sorted(found, key=lambda c: (ordered_topologies([x.topology for x in found]).index(c.topology),
-                                        c.concurrency))
+        lagging = (pd.notna(lag) and pd.notna(ttft) and ttft > 0 and lag > CLIENT_BOUND_FLOOR_MS
+                   and lag > CLIENT_BOUND_SHARE * ttft)
+        busy = pd.notna(cpu) and cpu > CLIENT_CPU_SHARE
+        if lagging or busy:
+            found.append(ClientBoundCell(str(topology), int(concurrency), float(lag), float(ttft), float(cpu)))
+    order = ordered_topologies(c.topology for c in found)
+    return sorted(found, key=lambda c: (order.index(c.topology), c.concurrency))
+
+
+def meta_caveats(meta: dict[str, Any]) -> list[str]:
+    """What the sweep itself recorded: an unfinished status, topologies that failed, warnings."""
+    notes = []
+    status = meta.get("status")
+    if status not in (None, "complete"):
+        notes.append(f"The sweep's status is {status!r}: not every planned cell may be here "
+                     f"(`topo sweep --resume DIR` continues it).")
+    for topology, error in (meta.get("errors") or {}).items():
+        notes.append(f"{display_name(str(topology))} failed during the sweep: {error}")
+    notes += [f"Recorded during the sweep: {warning}" for warning in meta.get("warnings") or []]
+    return notes
 
 
 def caveats(cells: pd.DataFrame, winners: dict[str, WinnerTable], client_bound: list[ClientBoundCell]) -> list[str]:
     notes = []
     for cell in client_bound:
-        notes.append(
-            f"{display_name(cell.topology)} at c{cell.concurrency} may be client-bound: the client took up to "
-            f"{cell.max_send_lag_ms:.1f} ms to send its batch, {cell.max_send_lag_ms / cell.ttft_ms:.0%} of the "
-            f"mean TTFT ({cell.ttft_ms:.0f} ms); the requests did not reach the server all at once."
-        )
+        why = []
+        if cell.max_send_lag_ms > CLIENT_BOUND_FLOOR_MS and cell.max_send_lag_ms > CLIENT_BOUND_SHARE * cell.ttft_ms:
+            why.append(f"the client took up to {cell.max_send_lag_ms:.1f} ms to send its batch, "
+                       f"{cell.max_send_lag_ms / cell.ttft_ms:.0%} of the mean TTFT ({cell.ttft_ms:.0f} ms)")
+        if cell.client_cpu_frac > CLIENT_CPU_SHARE:
+            why.append(f"the client process used {cell.client_cpu_frac:.0%} of a CPU")
+        notes.append(f"{display_name(cell.topology)} at c{cell.concurrency} may be client-bound: {'; '.join(why)}; "
+                     f"the figures may describe the client more than the server.")
     decode = winners[METRICS[0].key]
     for row in decode.rows:
         for topology, stat in row.cells.items():

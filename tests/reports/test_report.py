@@ -56,12 +56,39 @@ def test_terminal_rendering_shows_the_same_tables() -> None:
 
 def test_client_bound_cells_are_a_caveat() -> None:
     ttft = 100.0
-    lag_at_threshold = CLIENT_BOUND_SHARE * ttft
+    lag_at_threshold = CLIENT_BOUND_SHARE * ttft  # 10 ms: not over 10% of the TTFT
     cells = frame(cell_rows("solo", 1, [1, 1], ttft=[ttft, ttft], send_lag=[lag_at_threshold, 1.0]),
-                  cell_rows("solo", 64, [1, 1], ttft=[ttft, ttft], send_lag=[15.0, 2.0]))
+                  cell_rows("solo", 64, [1, 1], ttft=[ttft, ttft], send_lag=[15.0, 2.0]),
+                  # 40% of a 10 ms TTFT, but under the 5 ms floor: scheduling jitter, not a busy client
+                  cell_rows("tp2-mp", 1, [1, 1], ttft=[10, 10], send_lag=[4.0, 4.0]),
+                  cell_rows("tp2-mp", 2, [1, 1], ttft=[100, 100]))
+    cells["client_cpu_frac"] = 0.1
+    cells.loc[(cells["topology"] == "tp2-mp") & (cells["concurrency"] == 2), "client_cpu_frac"] = 0.9
     report = build_report(cells)
-    assert [(c.topology, c.concurrency) for c in report.client_bound] == [("solo", 64)]
-    assert any("Solo at c64 may be client-bound" in c and "15.0 ms" in c for c in report.caveats)
+    assert [(c.topology, c.concurrency) for c in report.client_bound] == [("solo", 64), ("tp2-mp", 2)]
+    assert any("Solo at c64 may be client-bound: the client took up to 15.0 ms" in c for c in report.caveats)
+    assert any("Cluster TP=2 at c2 may be client-bound: the client process used 90% of a CPU" in c
+               for c in report.caveats)
+
+
+def test_what_the_sweep_recorded_is_a_caveat() -> None:
+    meta = {"status": "interrupted", "errors": {"tp2-ray": "ray start timed out"},
+            "warnings": ["solo: c=64 run 0: client-bound? max send lag 30.0 ms"],
+            "spec": {"model": "gemma4-26b", "pp": 1024, "tg": 128, "runs": 3}, "who": "ops@head",
+            "started_at": "2026-11-23T02:00:00+00:00", "finished_at": "2026-11-23T02:09:00+00:00",
+            "cluster": {"name": "two-sparks", "nodes": []}, "versions": {"vllm": None, "ray": "2.60.0"}}
+    report = build_report(frame(cell_rows("solo", 1, [1, 1])), meta)
+    assert report.title == "Topology report — gemma4-26b"
+    assert report.caveats[:3] == [
+        "The sweep's status is 'interrupted': not every planned cell may be here (`topo sweep --resume DIR` "
+        "continues it).",
+        "Cluster TP=2 (Ray) failed during the sweep: ray start timed out",
+        "Recorded during the sweep: solo: c=64 run 0: client-bound? max send lag 30.0 ms",
+    ]
+    assert report.header_lines() == [
+        "Status: interrupted", "By: ops@head", "When: 2026-11-23T02:00:00+00:00 → 2026-11-23T02:09:00+00:00",
+        "Cluster: two-sparks", "Load: pp1024, tg128, 3 run(s) per level", "Versions: ray 2.60.0",
+    ]
 
 
 def test_ttft_percentiles_from_requests() -> None:
