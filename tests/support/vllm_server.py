@@ -26,12 +26,13 @@ import httpx
 from common.errors import BringUpError, ReadinessTimeout, TeardownError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-VLLM_VENV = REPO_ROOT / ".venv-vllm"
+# scripts/setup-vllm installs it here; TOPO_VLLM_VENV points elsewhere (a CI cache, a shared install).
+VLLM_VENV = Path(os.environ.get("TOPO_VLLM_VENV") or REPO_ROOT / ".venv-vllm")
 SERVED_MODEL_NAME = "tiny"
 LOOPBACK = "127.0.0.1"
 
 # Start-up on an idle 2-core machine takes ~25 s with --enforce-eager; shared and busy, several times that.
-DEFAULT_READY_TIMEOUT_S = 480.0
+DEFAULT_READY_TIMEOUT_S = 600.0
 # vLLM's engine core and TP workers shut down in ~10-15 s after SIGTERM on this machine kind.
 DEFAULT_STOP_GRACE_S = 30.0
 
