@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import re
+import signal
 import time
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -107,13 +108,14 @@ def open_cluster(cluster: Cluster) -> ClusterAccess:
 
 
 class BringUpProgress(Protocol):
-    """Receives what happens, for a progress display; `step` is None for plan-wide events."""
+    """Receives what happens, for a progress display; `step` is None for plan-wide events.
+    `log_line`: the message is the latest line of a waiting step's log (transient, not a milestone)."""
 
-    def event(self, step: str | None, message: str) -> None: ...
+    def event(self, step: str | None, message: str, *, log_line: bool = False) -> None: ...
 
 
 class _Silent:
-    def event(self, step: str | None, message: str) -> None:
+    def event(self, step: str | None, message: str, *, log_line: bool = False) -> None:
         return None
 
 
@@ -303,7 +305,7 @@ class _BringUp:
             process = self.started[step.name]
             line = _ANSI_ESCAPE.sub("", await log_tail(self.node(step).connector, process.log_path, lines=1)).strip()
             if line and not line.startswith("(log "):
-                self.progress.event(step.name, line if len(line) <= 160 else line[:159] + "…")
+                self.progress.event(step.name, line if len(line) <= 160 else line[:159] + "…", log_line=True)
 
     # -- teardown ------------------------------------------------------------------------------------
     async def teardown(self) -> list[str]:
@@ -448,6 +450,26 @@ async def bring_up(
             raise asyncio.CancelledError()
 
 
+@contextmanager
+def teardown_on_signals(signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGHUP)) -> Iterator[None]:
+    """Inside a running event loop: SIGTERM/SIGHUP cancel the current task, like Ctrl-C does, so a
+    `bring_up` block tears down when topo is killed politely (a closed terminal, a CI timeout)."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    installed = []
+    for signum in signals:
+        try:
+            loop.add_signal_handler(signum, task.cancel)  # type: ignore[union-attr]
+            installed.append(signum)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass  # not the main thread: the caller's own handling applies
+    try:
+        yield
+    finally:
+        for signum in installed:
+            loop.remove_signal_handler(signum)
+
+
 async def stop_leftovers(nodes: Mapping[str, NodeAccess], *, grace_s: float = 30.0) -> list[StopOutcome]:
     """`topo down`: stop every process an earlier run left behind (found by its pidfile) on every node."""
     outcomes: list[StopOutcome] = []
@@ -473,4 +495,5 @@ __all__ = [
     "prove_ports_closed",
     "signal_group",
     "stop_leftovers",
+    "teardown_on_signals",
 ]

@@ -30,6 +30,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "topo.commands.twin",
     "topo.commands.report",
     "topo.commands.testbed",
+    "topo.commands.up",
     "topo.commands.sweep",
 )
 

@@ -93,7 +93,7 @@ class Events:
     def __init__(self) -> None:
         self.seen: list[tuple[str | None, str]] = []
 
-    def event(self, step: str | None, message: str) -> None:
+    def event(self, step: str | None, message: str, *, log_line: bool = False) -> None:
         self.seen.append((step, message))
 
 

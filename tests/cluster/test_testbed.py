@@ -186,7 +186,7 @@ async def test_cancelled_bring_up_is_torn_down_on_the_nodes(cluster: Cluster, be
         started = asyncio.Event()
 
         class Watch:
-            def event(self, step: str | None, message: str) -> None:
+            def event(self, step: str | None, message: str, *, log_line: bool = False) -> None:
                 if step == "engine-rank0" and message.startswith("starting"):
                     started.set()
 
