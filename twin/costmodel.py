@@ -121,7 +121,7 @@ class CostModel:
             return 0.0
         dense = card.dense_layer_params * self.bytes_per_param
         experts = (
-            expected_distinct_experts(card.num_experts, card.experts_per_token, step_tokens)
+            expected_distinct_experts(card.num_experts, card.experts_per_token, step_tokens, card.expert_popularity_skew)
             * card.num_layers
             * card.expert_params
             * self.bytes_per_param

@@ -308,6 +308,13 @@ class TokenSink(Protocol):
     def __call__(self, tokens: list[EmittedToken]) -> None: ...
 
 
+# A busy wall-clock engine keeps its modeled schedule: when a sleep wakes late (the twin's own CPU was
+# busy, e.g. streaming to 64 clients on 2 cores), the next step starts at the previous step's modeled end,
+# not at "now", so the lateness does not pile up — a GPU would not have waited for the twin's Python. Beyond
+# this much lateness (a stall), the schedule is reset to now instead of bursting to catch up.
+MAX_CATCH_UP_SECONDS = 1.0
+
+
 async def run_step_loop(
     core: EngineCore,
     clock: Clock,
@@ -321,22 +328,30 @@ async def run_step_loop(
 
     Idle: wait for a request (wall clock: `wait_for_work`; virtual: return when `stop_when_idle`). The
     first step after idling starts `pickup` after the first request reaches the scheduler. Each step:
-    plan, tell the peers (step hook), sleep until start + modeled time, then emit its tokens.
+    plan, tell the peers (step hook), sleep until start + modeled time, then emit its tokens stamped with
+    that modeled end. Time spent in the hook counts inside the step; only if the hook outlasts the modeled
+    step does the step end later (real coordination that was slower than the model).
     """
+    anchor: float | None = None  # modeled start of the next step while the engine is busy
     while True:
         now = clock.now()
-        core.admit_ready(now)
+        if anchor is not None and now - anchor > MAX_CATCH_UP_SECONDS:
+            anchor = None  # a stall: restart the schedule from now
+        moment = now if anchor is None else anchor
+        core.admit_ready(moment)
         if not core.has_work:
             ready = core.next_ready_time()
             if ready is None:
                 if stop_when_idle or wait_for_work is None:
                     return
+                anchor = None
                 wait_for_work.clear()
                 await wait_for_work.wait()
                 continue
-            await clock.sleep_until(ready + core.pickup_seconds)
+            anchor = ready + core.pickup_seconds  # the modeled start of the first step
+            await clock.sleep_until(anchor)
             continue
-        started = clock.now()
+        started = moment
         plan, cost, description = core.plan_step()
         if plan.empty:
             # Nothing fits (only possible if every waiting request needs more KV than is free and nothing
@@ -344,12 +359,16 @@ async def run_step_loop(
             ready = core.next_ready_time()
             if ready is None:
                 raise RuntimeError("twin scheduler stalled: work queued but nothing schedulable")
+            anchor = None
             await clock.sleep_until(ready)
             continue
+        deadline = started + cost.seconds
         if step_hook is not None:
             await step_hook(description)
-        await clock.sleep_until(started + cost.seconds)
-        on_tokens(core.complete(plan, clock.now()))
+            deadline = max(deadline, clock.now())
+        await clock.sleep_until(deadline)
+        anchor = deadline
+        on_tokens(core.complete(plan, deadline))
 
 
 # -------------------------------------------------------------------------------- the wall-clock engine

@@ -14,7 +14,7 @@ Loading splits each pair into the plain value (what the cost model reads) and ``
 from __future__ import annotations
 
 import math
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -183,6 +183,9 @@ class ModelCard(SourcedModel):
     num_experts: int = Field(ge=0)  # routed experts per layer (0 = dense model)
     experts_per_token: int = Field(ge=0)
     expert_intermediate: int = Field(ge=0)
+    # Zipf exponent of how unevenly the router spreads tokens over experts (0 = uniform): decides how many
+    # DISTINCT experts a decode batch reads.
+    expert_popularity_skew: float = Field(default=0.0, ge=0, le=3)
     tied_embeddings: bool = True
     sliding: AttentionGroup
     full: AttentionGroup
@@ -271,16 +274,42 @@ class ModelCard(SourcedModel):
         )
 
 
-def expected_distinct_experts(num_experts: int, experts_per_token: int, tokens: int) -> float:
-    """Expected number of distinct experts a layer touches for `tokens` tokens routed uniformly.
+@lru_cache(maxsize=64)
+def expert_inclusion_probabilities(num_experts: int, experts_per_token: int, skew: float) -> tuple[float, ...]:
+    """Probability that one token routes to each expert, when expert popularity follows a Zipf law.
 
-    Each token picks k of E experts, so a given expert is missed by one token with probability 1 - k/E
-    and by all b tokens with (1 - k/E)^b: E * (1 - (1 - k/E)^b) experts are touched.
+    Expert i (1-based) is picked with weight i^-skew; each token picks k experts, so expert i's inclusion
+    probability is k * p_i, capped at 1 (the excess is spread over the others so they still sum to k).
+    skew = 0 is uniform routing: every expert k/E.
+    """
+    weights = [(i + 1) ** -skew for i in range(num_experts)]
+    total = sum(weights)
+    probs = [experts_per_token * w / total for w in weights]
+    for _ in range(num_experts):
+        excess = sum(p - 1.0 for p in probs if p > 1.0)
+        if excess <= 1e-12:
+            break
+        free = sum(p for p in probs if p < 1.0)
+        probs = [1.0 if p >= 1.0 else p + excess * p / free for p in probs]
+    return tuple(probs)
+
+
+@lru_cache(maxsize=16384)
+def expected_distinct_experts(num_experts: int, experts_per_token: int, tokens: int, skew: float = 0.0) -> float:
+    """Expected number of distinct experts a layer touches for `tokens` tokens.
+
+    Uniform routing (skew 0): a given expert is missed by one token with probability 1 - k/E and by all b
+    tokens with (1 - k/E)^b, so E * (1 - (1 - k/E)^b) experts are touched. With skewed popularity each
+    expert has its own inclusion probability q_i and the sum is over (1 - (1 - q_i)^b).
     """
     if num_experts == 0 or tokens <= 0:
         return 0.0
-    miss = 1.0 - experts_per_token / num_experts
-    return num_experts * (1.0 - math.pow(miss, tokens))
+    if skew == 0.0:
+        miss = 1.0 - experts_per_token / num_experts
+        return num_experts * (1.0 - math.pow(miss, tokens))
+    return sum(
+        1.0 - math.pow(1.0 - q, tokens) for q in expert_inclusion_probabilities(num_experts, experts_per_token, skew)
+    )
 
 
 class DerivedProfile(StrictModel):

@@ -46,8 +46,8 @@ def virtual_token_times(config: EngineConfig) -> dict[str, list[float]]:
     return times
 
 
-async def wall_token_times(config: EngineConfig, hook=None) -> dict[str, list[float]]:
-    engine = Engine(config, step_hook=hook)
+async def wall_token_times(config: EngineConfig) -> dict[str, list[float]]:
+    engine = Engine(config)
     await engine.start()
     try:
         start = engine.clock.now()
@@ -88,23 +88,54 @@ async def test_wall_clock_matches_virtual_time_within_ratio():
             assert 0.97 <= got / want <= 1.25, (request_id, got, want)
 
 
-async def test_step_hook_time_is_not_counted_twice():
-    config = slow_tiny_config()
+def hooked_virtual_times(config: EngineConfig, hook_seconds: float):
+    """The scenario in virtual time, with a step hook that spends `hook_seconds` of (virtual) real time."""
+    core = EngineCore(config)
+    clock = VirtualClock()
+    for request_id, prompt, max_tokens in SCENARIO:
+        core.submit(GenerationRequest(request_id, prompt, max_tokens), clock.now())
+    times: dict[str, list[float]] = {rid: [] for rid, _, _ in SCENARIO}
     seen: list[StepDescription] = []
 
     async def hook(step: StepDescription) -> None:
         seen.append(step)
-        await asyncio.sleep(0.004)  # real coordination with peers, inside the modeled 12+ ms step
+        clock.advance_to(clock.now() + hook_seconds)  # e.g. a TCP round trip to the peer ranks
 
-    virtual = virtual_token_times(config)
-    wall = await wall_token_times(config, hook)
-    last_virtual = max(t[-1] for t in virtual.values())
-    last_wall = max(t[-1] for t in wall.values())
-    # if the hook's 4 ms were added on top of every step, the run would be ~30% longer
-    assert last_wall / last_virtual < 1.2
+    def collect(tokens):
+        for token in tokens:
+            times[token.request_id].append(token.time)
+
+    _drive(run_step_loop(core, clock, collect, step_hook=hook, stop_when_idle=True))
+    return times, seen
+
+
+def test_step_hook_time_is_not_counted_twice():
+    config = slow_tiny_config()  # every step models >= 12 ms
+    plain = virtual_token_times(config)
+    short, seen = hooked_virtual_times(config, 0.004)
+    # 4 ms of coordination inside a 12+ ms step: the step still ends at its modeled time
+    assert short == plain
     assert [s.step for s in seen] == list(range(1, len(seen) + 1))
-    assert seen[0].prefill_tokens > 0 and seen[-1].decode_tokens > 0
+    assert seen[0].prefill_tokens == 256 and seen[0].decode_tokens == 0
+    assert seen[-1].decode_tokens > 0 and seen[-1].prefill_tokens == 0
     assert all(s.modeled_seconds >= 0.012 for s in seen)
+    # coordination slower than the model: each step lasts as long as the hook, not hook + model
+    slow, _ = hooked_virtual_times(config, 0.030)
+    gaps = [b - a for a, b in zip(slow["b"], slow["b"][1:])]
+    assert gaps == pytest.approx([0.030] * len(gaps))
+
+
+async def test_wall_clock_delivers_no_token_before_its_time():
+    config = slow_tiny_config()
+    engine = Engine(config)
+    await engine.start()
+    try:
+        lateness = []
+        async for event in engine.generate(GenerationRequest("x", 100, 5)):
+            lateness.append(engine.clock.now() - event.time)
+        assert len(lateness) == 5 and min(lateness) >= 0
+    finally:
+        await engine.stop()
 
 
 async def test_cancelled_stream_leaves_the_batch_and_frees_kv():
