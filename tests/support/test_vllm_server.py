@@ -116,3 +116,29 @@ def test_env_is_offline_and_keeps_the_project_venv_out() -> None:
     assert env["HF_HUB_OFFLINE"] == "1" and env["TRANSFORMERS_OFFLINE"] == "1" and env["VLLM_NO_USAGE_STATS"] == "1"
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "1" and env["X"] == "1"
     assert env["PATH"].split(":")[0].endswith(".venv-vllm/bin") and "PYTHONPATH" not in env
+
+
+def test_the_session_keeps_one_server_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from support import fixtures
+
+    started: list[VllmServer] = []
+
+    def start_fake(*_args: object, **_kwargs: object) -> VllmServer:
+        server = fake_server(tmp_path, served="tiny")
+        server.wait_ready(timeout_s=30, poll_s=0.1)
+        started.append(server)
+        return server
+
+    monkeypatch.setattr(fixtures, "start_solo", start_fake)
+    monkeypatch.setattr(fixtures, "start_tp2_two_processes", start_fake)
+    servers = fixtures.VllmServers(tmp_path, tmp_path)
+    try:
+        solo = servers.solo()
+        assert servers.solo() is solo  # reused while alive
+        tp2 = servers.tp2()
+        assert tp2 is not solo and live_group_members(solo.frontend.pgid) == []  # solo stopped first
+        stop_group(tp2.frontend, grace_s=5)  # a server that died between tests is started again
+        assert servers.tp2() is not tp2 and len(started) == 3
+    finally:
+        servers.stop()
+    assert all(live_group_members(s.frontend.pgid) == [] for s in started)
