@@ -261,6 +261,11 @@ async def test_server_record_agrees_with_what_the_client_saw() -> None:
                 if line.startswith("data: {") and '"content":"' in line and '"role"' not in line:
                     times.append(time.perf_counter())
         rows = (await client.get("/twin/requests")).json()["requests"]
+        slim = (await client.get("/twin/requests", params={"token_times": "0"})).json()["requests"]
+        cleared = await client.delete("/twin/requests")
+        after_clear = (await client.get("/twin/requests")).json()["requests"]
+    assert "token_times" not in slim[-1] and slim[-1]["request_id"] == rows[-1]["request_id"]
+    assert cleared.status_code == 204 and after_clear == []
     row = rows[-1]
     assert row["completion_tokens"] == len(times) == 64
     client_ttft, server_ttft = times[0] - start, row["first_token"] - row["arrival"]
