@@ -87,6 +87,8 @@ class WireTransport(httpx.AsyncBaseTransport):
 
     async def prime(self, request: httpx.Request) -> None:
         """Before a batch: make sure the connection is open and serialize the whole request (h11)."""
+        if self._primed is not None:  # primed but never fired: h11 already counts it as sent; start afresh
+            self._drop()
         if not self.connected or self._origin != (request.url.host, request.url.port or 80):
             await self.connect(request.url)
         assert self._h11 is not None
@@ -114,8 +116,9 @@ class WireTransport(httpx.AsyncBaseTransport):
         return sent_at
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if self._fired is not request:  # an ordinary request: prime and fire it now
-            await self.prime(request)
+        if self._fired is not request:  # not fired by a batch: prime (unless it was) and fire it now
+            if self._primed is None or self._primed[0] is not request:
+                await self.prime(request)
             self.fire(request)
         self._fired = None
         if self._wire is None or self._wire.closed and self._wire.queue.empty():

@@ -55,3 +55,15 @@ async def test_plain_requests_through_the_wire_transport():
                 assert response.status_code == 200 and response.json()["data"][0]["id"] == "tiny"
             response = await client.post(f"{server.url}/tokenize", json={"prompt": "hello world"})
             assert response.json()["count"] > 0
+
+
+async def test_a_primed_request_that_was_not_fired_is_sent_by_send_and_a_stale_prime_is_dropped():
+    with FakeServer(Behaviour()) as server:
+        transport = WireTransport()
+        async with httpx.AsyncClient(transport=transport) as client:
+            stale = client.build_request("GET", f"{server.url}/v1/models")
+            await transport.prime(stale)  # never fired (a batch that did not go out)
+            request = client.build_request("GET", f"{server.url}/v1/models")
+            await transport.prime(request)
+            response = await client.send(request)  # fires the primed bytes itself
+            assert response.status_code == 200 and "topo.sent_at" in request.extensions

@@ -1,0 +1,48 @@
+"""run_cell: warm-up then closed batches of exactly c, every run handed over at once, failures as data."""
+
+from __future__ import annotations
+
+import math
+
+from fake_server import Behaviour, FakeServer
+
+from bench.records import RequestRecord
+from bench.runner import RunDone, client_bound_reasons, run_cell
+
+
+async def test_warm_up_then_runs_of_exactly_c_each_reported_as_it_finishes():
+    seen: list[RunDone] = []
+    behaviour = Behaviour(prefill_s=0.02, itl_s=0.002)
+    with FakeServer(behaviour) as server:
+        records, run_rows = await run_cell(server.url, None, 3, 2, 128, 8, topology="solo", on_run=seen.append)
+    assert [(d.run, d.warmup, len(d.records)) for d in seen] == [(-1, True, 3), (0, False, 3), (1, False, 3)]
+    assert len(behaviour.seen) == 3 * 3  # warm-up batch + 2 runs, nothing else sent as chat requests
+    assert [r.run for r in records] == [0, 0, 0, 1, 1, 1] and [r.index for r in records[:3]] == [0, 1, 2]
+    assert [row["run"] for row in run_rows] == [0, 1]
+    assert seen[1].row is run_rows[0]
+    # the warm-up adapted the prompt: the fake server counts the chat template, and then exactly pp
+    assert {r.prompt_tokens for r in seen[0].records} == {128 + 12}
+    assert {r.prompt_tokens for r in records} == {128}
+
+
+async def test_failures_are_counted_per_run_and_the_cell_goes_on():
+    with FakeServer(Behaviour(mode="fail_index", fail_every=4)) as server:
+        result = await run_cell(server.url, "tiny", 2, 3, 64, 4, latency_mode="none")
+    assert result.latency == 0.0
+    # arrivals 1..8: warm-up 1-2, run 0: 3-4 (4 fails), run 1: 5-6, run 2: 7-8 (8 fails)
+    assert [row["failed"] for row in result.run_rows] == [1, 0, 1]
+    assert sum(not r.ok for r in result.records) == 2
+
+
+def _record(start: float, first_token: float) -> RequestRecord:
+    return RequestRecord("solo", 1, 0, 0, batch_start=0.0, start=start, prompt_tokens_sent=1,
+                         first_response=first_token, first_token=first_token, token_times=[first_token], end=1.0)
+
+
+def test_client_bound_flags_send_lag_large_against_ttft_and_a_busy_client():
+    # send lag 50 ms against a TTFT of 100 ms: 50% > 10% -> flagged
+    assert client_bound_reasons([_record(0.05, 0.15)], math.nan)
+    # send lag 2 ms: under the 5 ms floor -> not flagged, whatever the TTFT
+    assert not client_bound_reasons([_record(0.002, 0.004)], 0.1)
+    # the client process busy 90% of the run's wall time -> flagged
+    assert "90%" in client_bound_reasons([_record(0.001, 0.5)], 0.9)[0]
