@@ -34,6 +34,7 @@ from topology.inventory import SshConnect
 from topology.plan import ArgOrSecret, Secret, render, reveal
 
 DEFAULT_TIMEOUT_S = 60.0
+MAX_SESSIONS = 8  # concurrent commands over one SSH connection
 TAIL_CHARS = 4000
 
 
@@ -266,6 +267,8 @@ class SshConnector:
         self.settings = connect
         self._connection: asyncssh.SSHClientConnection | None = None
         self._lock = asyncio.Lock()
+        # sshd allows 10 sessions per connection by default (MaxSessions): stay below it
+        self._sessions = asyncio.Semaphore(MAX_SESSIONS)
 
     @property
     def where(self) -> str:
@@ -313,7 +316,8 @@ class SshConnector:
     async def _run_shell(self, command: str, masked: str, timeout: float, input: str | None = None) -> Completed:
         connection = await self.connect()
         try:
-            result = await connection.run(command, input=input, check=False, timeout=timeout)
+            async with self._sessions:
+                result = await connection.run(command, input=input, check=False, timeout=timeout)
         except asyncssh.TimeoutError as exc:
             raise RemoteCommandError(self.node, masked, None, f"timed out after {timeout:g} s") from exc
         except SSH_FOREIGN_ERRORS as exc:

@@ -148,3 +148,23 @@ def test_quoting_happens_only_for_the_shell_and_secrets_only_there() -> None:
     assert masked_command(argv, {"K": Secret(secret="v")}) == "K=*** vllm serve m --api-key ***"
     line = supervised_shell_command(["a b"], None, "/w/logs/x y.log", "/w/run/x.pid")
     assert "nohup setsid 'a b' >'/w/logs/x y.log'" in line
+
+
+async def test_concurrent_commands_stay_below_sshds_session_limit(monkeypatch: pytest.MonkeyPatch, settings: SshConnect) -> None:
+    from cluster.connector import MAX_SESSIONS
+
+    open_now, most = 0, 0
+
+    class SlowConnection(FakeConnection):
+        async def run(self, command: str, **kwargs: object):  # type: ignore[no-untyped-def,override]
+            nonlocal open_now, most
+            open_now += 1
+            most = max(most, open_now)
+            await asyncio.sleep(0.01)
+            open_now -= 1
+            return asyncssh.SSHCompletedProcess(command=command, exit_status=0, stdout="", stderr="")
+
+    patched(monkeypatch, SlowConnection())
+    ssh = SshConnector("n9", settings)
+    await asyncio.gather(*(ssh.run(["true"]) for _ in range(30)))
+    assert most == MAX_SESSIONS < 10

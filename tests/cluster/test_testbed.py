@@ -201,3 +201,14 @@ async def test_cancelled_bring_up_is_torn_down_on_the_nodes(cluster: Cluster, be
         with pytest.raises(asyncio.CancelledError):
             await task
     assert foreign_processes(bed) == {}
+
+
+def test_no_namespace_has_a_default_route_and_nodes_see_each_other(bed: Testbed) -> None:
+    for node in bed.nodes:
+        routes = subprocess.run(["ip", "-n", node.namespace, "route", "show"], capture_output=True, text=True, check=True).stdout
+        assert "default" not in routes and f"{SUBNET}.0/24" in routes
+        assert subprocess.run(["ip", "-n", node.namespace, "-6", "route", "show", "default"], capture_output=True, text=True).stdout == ""
+    # node1 reaches node2's sshd across the bridge (the fast link of the engines)
+    reach = f"import socket; socket.create_connection(('{bed.nodes[1].ip}', 22), 5).close()"
+    done = subprocess.run(["ip", "netns", "exec", bed.nodes[0].namespace, sys.executable, "-c", reach], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
