@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pandas as pd
@@ -87,21 +87,23 @@ def trend_display(history: pd.DataFrame, metric: MetricSpec) -> DisplayTable:
     return DisplayTable(f"Trend: {metric.title} ({metric.unit})", ["Topology", "c", *shown], rows, intro=intro + ".")
 
 
-def trend_figure(history: pd.DataFrame, metric: MetricSpec, palette: tuple[str, ...]) -> go.Figure:
+def trend_figure(history: pd.DataFrame, metric: MetricSpec,
+                 colours: Callable[[list[str]], dict[str, str]]) -> go.Figure:
     """One line per (topology, concurrency) across sweeps; only the highest concurrency shown at first."""
     order = sweep_order(history)
     means = cell_means(history, metric)
     figure = go.Figure()
     topologies = ordered_topologies(means["topology"].astype(str))
     top_level = int(means["concurrency"].max())
-    for index, topology in enumerate(topologies):
+    colour_of = colours(topologies)
+    for topology in topologies:
         mine = means[means["topology"] == topology]
         for concurrency in sorted(mine["concurrency"].unique()):
             rows = mine[mine["concurrency"] == concurrency].set_index("sweep").reindex(order)
             figure.add_trace(go.Scatter(
                 x=order, y=rows["mean"], name=f"{display_name(topology)} c{int(concurrency)}",
                 legendgroup=topology, mode="lines+markers",
-                line={"color": palette[index % len(palette)]},
+                line={"color": colour_of[topology]},
                 error_y={"type": "data", "array": rows["std"].fillna(0.0), "visible": True},
                 visible=True if int(concurrency) == top_level else "legendonly",
             ))

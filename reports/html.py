@@ -12,14 +12,22 @@ from typing import TYPE_CHECKING
 
 import plotly.graph_objects as go
 
-from reports.names import display_name
+from reports.names import DISPLAY_NAMES, display_name
 from reports.tables import METRICS, WinnerTable
 
 if TYPE_CHECKING:
     from reports.report import DisplayTable, Report
 
-# One colour per topology, by its position in the display order (stable between charts and reports).
+# Known topologies keep their colour in every report (Shuffle is orange even when tp2-ray failed);
+# others take the remaining colours in display order.
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f")
+
+
+def topology_colours(topologies: list[str]) -> dict[str, str]:
+    known = list(DISPLAY_NAMES)
+    others = [t for t in topologies if t not in known]
+    return {t: PALETTE[(known.index(t) if t in known else len(known) + others.index(t)) % len(PALETTE)]
+            for t in topologies}
 
 TEXT_COLUMNS = ("Use case", "Status", "Topology", "Metric")
 
@@ -46,7 +54,8 @@ def chart(table: WinnerTable) -> go.Figure:
     metric = table.metric
     figure = go.Figure()
     levels = [row.concurrency for row in table.rows]
-    for index, topology in enumerate(table.topologies):
+    colours = topology_colours(table.topologies)
+    for topology in table.topologies:
         xs, ys, errs = [], [], []
         for row in table.rows:
             stat = row.cells.get(topology)
@@ -56,7 +65,7 @@ def chart(table: WinnerTable) -> go.Figure:
                 errs.append(0.0 if math.isnan(stat.std) else stat.std)
         figure.add_trace(go.Scatter(
             x=xs, y=ys, name=display_name(topology), mode="lines+markers",
-            line={"color": PALETTE[index % len(PALETTE)]},
+            line={"color": colours[topology]},
             error_y={"type": "data", "array": errs, "visible": True},
             hovertemplate=f"{display_name(topology)}<br>c%{{x}}: %{{y:.1f}} ± %{{error_y.array:.1f}} {metric.unit}"
                           "<extra></extra>",
@@ -110,7 +119,7 @@ def render_html(report: Report) -> str:
         from reports.history import sweep_order, trend_figure
 
         figures = [
-            trend_figure(report.history, metric, PALETTE).to_html(
+            trend_figure(report.history, metric, topology_colours).to_html(
                 full_html=False, include_plotlyjs=False, include_mathjax=False, div_id=f"trend-{metric.key}",
                 config={"displaylogo": False, "responsive": True, "displayModeBar": False},
             )

@@ -9,6 +9,7 @@ figures.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -208,6 +209,15 @@ def find_client_bound(cells: pd.DataFrame) -> list[ClientBoundCell]:
     return sorted(found, key=lambda c: (order.index(c.topology), c.concurrency))
 
 
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def first_line(text: str, limit: int = 300) -> str:
+    """The first line of a multi-line message (log tails stay in meta.json), without terminal colours."""
+    line = ANSI_ESCAPE.sub("", text).strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
 def meta_caveats(meta: dict[str, Any]) -> list[str]:
     """What the sweep itself recorded: an unfinished status, topologies that failed, warnings."""
     notes = []
@@ -216,7 +226,8 @@ def meta_caveats(meta: dict[str, Any]) -> list[str]:
         notes.append(f"The sweep's status is {status!r}: not every planned cell may be here "
                      f"(`topo sweep --resume DIR` continues it).")
     for topology, error in (meta.get("errors") or {}).items():
-        notes.append(f"{display_name(str(topology))} failed during the sweep: {error}")
+        notes.append(f"{display_name(str(topology))} failed during the sweep: {first_line(str(error))} "
+                     f"(the whole message is in meta.json under errors).")
     notes += [f"Recorded during the sweep: {warning}" for warning in meta.get("warnings") or []]
     return notes
 
@@ -243,6 +254,12 @@ def caveats(cells: pd.DataFrame, winners: dict[str, WinnerTable], client_bound: 
     if not runs.empty and runs.min() < 3:
         notes.append(f"Some cells have only {int(runs.min())} run(s): their spread (±) says little, so a "
                      f"`(tie)` is rarely detected; use more runs (--runs) before drawing conclusions.")
+    measured = set(decode.topologies)
+    for topology in ordered_topologies(measured):
+        for mine, partner in (("-ray", "-mp"), ("-mp", "-ray")):
+            if topology.endswith(mine) and (other := topology[: -len(mine)] + partner) not in measured:
+                notes.append(f"No Ray vs no-Ray table for {display_name(topology)}: {display_name(other)} has no "
+                             f"cells in this sweep.")
     if BASELINE_TOPOLOGY not in decode.topologies:
         notes.append("Solo was not measured, so there are no `vs solo` figures.")
     return notes

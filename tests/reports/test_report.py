@@ -72,17 +72,20 @@ def test_client_bound_cells_are_a_caveat() -> None:
 
 
 def test_what_the_sweep_recorded_is_a_caveat() -> None:
-    meta = {"status": "interrupted", "errors": {"tp2-ray": "ray start timed out"},
+    meta = {"status": "interrupted", "errors": {"tp2-ray": "ray start \x1b[1mtimed out\x1b[22m; log:\nline 1\nline 2"},
             "warnings": ["solo: c=64 run 0: client-bound? max send lag 30.0 ms"],
             "spec": {"model": "gemma4-26b", "pp": 1024, "tg": 128, "runs": 3}, "who": "ops@head",
             "started_at": "2026-11-23T02:00:00+00:00", "finished_at": "2026-11-23T02:09:00+00:00",
             "cluster": {"name": "two-sparks", "nodes": []}, "versions": {"vllm": None, "ray": "2.60.0"}}
-    report = build_report(frame(cell_rows("solo", 1, [1, 1])), meta)
+    report = build_report(frame(cell_rows("solo", 1, [1, 1]), cell_rows("tp2-mp", 1, [1, 1])), meta)
+    assert any(c == "No Ray vs no-Ray table for Cluster TP=2: Cluster TP=2 (Ray) has no cells in this sweep."
+               for c in report.caveats)
     assert report.title == "Topology report — gemma4-26b"
     assert report.caveats[:3] == [
         "The sweep's status is 'interrupted': not every planned cell may be here (`topo sweep --resume DIR` "
         "continues it).",
-        "Cluster TP=2 (Ray) failed during the sweep: ray start timed out",
+        "Cluster TP=2 (Ray) failed during the sweep: ray start timed out; log: (the whole message is in meta.json "
+        "under errors).",
         "Recorded during the sweep: solo: c=64 run 0: client-bound? max send lag 30.0 ms",
     ]
     assert report.header_lines() == [
@@ -158,3 +161,12 @@ def test_topo_report_command(tmp_path: Path, capsys: pytest.CaptureFixture[str],
 
     code, _, err = topo(capsys, monkeypatch, "report", str(tmp_path / "nothing"))
     assert code == 2 and "no such results folder" in err
+
+
+def test_a_topology_keeps_its_colour_when_another_is_missing() -> None:
+    from reports.html import topology_colours
+
+    full = topology_colours(["solo", "tp2-mp", "tp2-ray", "2x-solo-shuffle"])
+    partial = topology_colours(["solo", "tp2-mp", "2x-solo-shuffle", "tp4-mp"])
+    assert partial["2x-solo-shuffle"] == full["2x-solo-shuffle"]
+    assert len(set(partial.values())) == 4
