@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import textwrap
+
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -12,17 +15,50 @@ from reports.report import DisplayTable, Report
 from reports.tables import format_pct
 
 
+TEXT_HEADERS = ("Winner", "Use", "Use case", "Topology", "Status", "Metric")
+
+
+def _header(header: str, width: int) -> str:
+    """A long header over a narrow column goes on several lines instead of widening the column."""
+    return "\n".join(textwrap.wrap(header, width=max(width, 1), break_long_words=False)) or header
+
+
+def _widths(table: DisplayTable) -> list[int]:
+    widths = []
+    for index, header in enumerate(table.headers):
+        widest = max((len(row[index]) for row in table.rows), default=0)
+        longest_word = max((len(word) for word in header.split()), default=0)
+        widths.append(max(widest, longest_word, 1))
+    return widths
+
+
 def rich_table(table: DisplayTable) -> Table:
-    out = Table(title=table.title, title_style="bold", show_lines=False, caption=" ".join(table.notes) or None,
+    out = Table(title=table.title, title_style="bold", box=box.SIMPLE_HEAVY, caption=" ".join(table.notes) or None,
                 caption_style="dim")
-    for header in table.headers:
-        is_text = header in ("Winner", "Use", "Use case") or header.startswith("Because")
-        out.add_column(escape(header), justify="left" if is_text else "right",
+    for header, width in zip(table.headers, _widths(table), strict=True):
+        free_text = header.startswith("Because") or header == "Winner"  # may wrap on a narrow terminal
+        out.add_column(escape(header) if free_text else escape(_header(header, width)),
+                       justify="left" if header in TEXT_HEADERS or free_text else "right",
                        style="bold green" if header in ("Winner", "Use") else None,
-                       overflow="fold", no_wrap=not header.startswith("Because"))
+                       min_width=None if free_text else width, no_wrap=not free_text)
     for row in table.rows:
         out.add_row(*(escape(cell) for cell in row))
     return out
+
+
+def fitting_tables(width: int, table: DisplayTable) -> list[DisplayTable]:
+    """The table, or its parts (DisplayTable.parts) one under the other when it is wider than the terminal."""
+    needed = sum(w + 3 for w in _widths(table)) + 1
+    if needed <= width or not table.parts:
+        return [table]
+    split = []
+    for label, columns in table.parts:
+        split.append(DisplayTable(
+            f"{table.title}: {label}" if label else table.title,
+            [table.headers[i] for i in columns], [[row[i] for i in columns] for row in table.rows],
+            notes=table.notes if label == table.parts[0][0] else [],
+        ))
+    return split
 
 
 def print_report(console: Console, report: Report) -> None:
@@ -30,8 +66,9 @@ def print_report(console: Console, report: Report) -> None:
     for line in report.header_lines():
         console.print(f"  [dim]{escape(line)}[/]")
     for table in report.sections():
-        console.print()
-        console.print(rich_table(table))
+        for part in fitting_tables(console.width, table):
+            console.print()
+            console.print(rich_table(part))
     if report.caveats:
         console.print()
         console.print("[bold yellow]Caveats[/]")

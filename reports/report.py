@@ -20,7 +20,6 @@ from reports.names import BASELINE_TOPOLOGY, display_name, ordered_topologies
 from reports.recommend import Recommendation, recommend
 from reports.tables import (
     METRICS,
-    TTFT,
     CellStat,
     RayTable,
     WinnerTable,
@@ -52,6 +51,8 @@ class DisplayTable:
     rows: list[list[str]]
     intro: str = ""
     notes: list[str] = field(default_factory=list)
+    # where a narrow terminal may split the columns: (label, column indexes) per part; empty = never split
+    parts: list[tuple[str, list[int]]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -319,9 +320,13 @@ def winner_display(table: WinnerTable) -> DisplayTable:
     ]
     if any(s.failed for r in table.rows for s in r.cells.values()):
         notes.append(f"{FAILED_MARK} = some requests of this cell failed (see Caveats).")
+    main = list(range(len(table.topologies) + 2))
+    parts = [("", main)]
+    if vs:
+        parts.append(("change vs solo", [0, *range(len(main), len(headers))]))
     return DisplayTable(f"{metric.title} ({metric.unit}) — {better} wins", headers, rows,
                         intro=f"{metric.description[0].upper()}{metric.description[1:]}, per concurrency level.",
-                        notes=notes)
+                        notes=notes, parts=parts)
 
 
 def ray_display(table: RayTable) -> DisplayTable:
@@ -342,6 +347,7 @@ def ray_display(table: RayTable) -> DisplayTable:
               f"({table.no_ray_topology}).",
         notes=["gain = (ray − no-ray) / no-ray: positive is better for decode and prefill; for TTFT negative "
                "means Ray answers sooner."],
+        parts=[(metric.title, [0, 1 + 3 * i, 2 + 3 * i, 3 + 3 * i]) for i, metric in enumerate(METRICS)],
     )
 
 

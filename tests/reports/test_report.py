@@ -170,3 +170,13 @@ def test_a_topology_keeps_its_colour_when_another_is_missing() -> None:
     partial = topology_colours(["solo", "tp2-mp", "2x-solo-shuffle", "tp4-mp"])
     assert partial["2x-solo-shuffle"] == full["2x-solo-shuffle"]
     assert len(set(partial.values())) == 4
+
+
+def test_a_narrow_terminal_gets_the_wide_tables_in_parts() -> None:
+    buffer = io.StringIO()
+    print_report(Console(file=buffer, width=100, color_system=None), build_report(study_cells(), META))
+    text = buffer.getvalue()
+    assert "Decode (t/s) — higher wins: change vs solo" in " ".join(text.split())
+    assert "Ray vs no-Ray: Cluster TP=2 (Ray) vs Cluster TP=2: TTFT" in " ".join(text.split())
+    assert max(len(line) for line in text.splitlines()) <= 100
+    assert "5120 ± 51" in text and "+100%" in text  # nothing cut off: Shuffle decode at c64 and its vs solo
