@@ -122,9 +122,10 @@ class Report:
         return lines
 
     def sections(self) -> list[DisplayTable]:
-        tables = [winner_display(self.winners[m.key]) for m in METRICS]
+        # the answer first, then the tables it rests on
+        tables = [recommendations_display(self.recommendations)]
+        tables += [winner_display(self.winners[m.key]) for m in METRICS]
         tables += [ray_display(t) for t in self.ray]
-        tables.append(recommendations_display(self.recommendations))
         if self.startup_s:
             tables.append(DisplayTable(
                 "Start-up time per topology", ["Topology", "Start-up (s)"],
@@ -251,6 +252,12 @@ def caveats(cells: pd.DataFrame, winners: dict[str, WinnerTable], client_bound: 
                 sent = f" of {stat.requests}" if stat.requests else ""
                 notes.append(f"{display_name(topology)} at c{row.concurrency}: {stat.failed}{sent} requests failed "
                              f"(marked {FAILED_MARK}); its figures cover the successful requests only.")
+    duplicated = cells.duplicated(["topology", "concurrency", "run"], keep=False)
+    if duplicated.any():
+        twice = cells.loc[duplicated, ["topology", "concurrency"]].drop_duplicates()
+        where = ", ".join(f"{display_name(t)} c{c}" for t, c in twice.itertuples(index=False))
+        notes.append(f"Some runs are stored twice ({where}): the results folder may have been written by two "
+                     f"sweeps at once; every copy is counted.")
     runs = cells.groupby(["topology", "concurrency"])["run"].nunique()
     if not runs.empty and runs.min() < 3:
         notes.append(f"Some cells have only {int(runs.min())} run(s): their spread (±) says little, so a "
@@ -355,7 +362,7 @@ def recommendations_display(recommendations: list[Recommendation]) -> DisplayTab
     rows = [[r.use_case, r.range_text if r.levels else MISSING, r.choice(), r.evidence()] for r in recommendations]
     return DisplayTable(
         "When to use which topology", ["Use case", "Levels", "Use", "Because (measured)"], rows,
-        intro="Derived from the cells above: the topology with the best mean relative standing over the levels "
+        intro="Derived from the measured cells (tables below): the topology with the best mean relative standing over the levels "
               "(decode for the first three rows, prefill for prefill-heavy, TTFT for latency at scale).",
     )
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow.parquet as pq
 
 from common.errors import ResultsError
 from reports.report import Report, build_report
@@ -28,8 +29,15 @@ class Results:
     requests: pd.DataFrame | None
 
 
-def _read_parquet(path: Path) -> pd.DataFrame:
+# what the report uses of requests.parquet (its per-token timestamps are the bulk of the file)
+REQUEST_COLUMNS = ("topology", "concurrency", "run", "start", "first_token", "error")
+
+
+def _read_parquet(path: Path, columns: tuple[str, ...] | None = None) -> pd.DataFrame:
     try:
+        if columns is not None:
+            present = set(pq.read_schema(path).names)
+            return pd.read_parquet(path, columns=[c for c in columns if c in present])
         return pd.read_parquet(path)
     except Exception as exc:  # pyarrow raises several unrelated types for a corrupt or foreign file
         raise ResultsError(f"{path}: cannot be read as Parquet ({type(exc).__name__}: {exc})") from exc
@@ -54,7 +62,7 @@ def load_results(directory: Path | str) -> Results:
         if not isinstance(meta, dict):
             raise ResultsError(f"{meta_path}: expected a JSON object, got {type(meta).__name__}")
     requests_path = directory / REQUESTS_FILE
-    requests = _read_parquet(requests_path) if requests_path.is_file() else None
+    requests = _read_parquet(requests_path, REQUEST_COLUMNS) if requests_path.is_file() else None
     return Results(directory, cells, meta, requests)
 
 

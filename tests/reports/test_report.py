@@ -105,6 +105,17 @@ def test_ttft_percentiles_from_requests() -> None:
     assert "| 11 | 50 / 90 / 99 |" in markdown
 
 
+def test_requests_parquet_is_read_for_ttft_only(tmp_path: Path) -> None:
+    requests = pd.DataFrame({"topology": ["solo"] * 2, "concurrency": [1, 1], "run": [0, 1], "start": [1.0, 2.0],
+                             "first_token": [1.1, 2.3], "error": [None, None],
+                             "token_times": [[1.1, 1.2], [2.3, 2.4]]})
+    directory = results_dir(tmp_path, frame(cell_rows("solo", 1, [1, 1])), requests=requests)
+    loaded = load_results(directory).requests
+    assert "token_times" not in loaded.columns
+    report, md_path, _ = render_results(directory)
+    assert report.ttft_percentiles.iloc[0]["p50"] == pytest.approx(200.0)
+
+
 def test_render_results_writes_both_files(tmp_path: Path) -> None:
     directory = results_dir(tmp_path, study_cells())
     report, md_path, html_path = render_results(directory)
@@ -180,3 +191,9 @@ def test_a_narrow_terminal_gets_the_wide_tables_in_parts() -> None:
     assert "Ray vs no-Ray: Cluster TP=2 (Ray) vs Cluster TP=2: TTFT" in " ".join(text.split())
     assert max(len(line) for line in text.splitlines()) <= 100
     assert "5120 ± 51" in text and "+100%" in text  # nothing cut off: Shuffle decode at c64 and its vs solo
+
+
+def test_runs_stored_twice_are_a_caveat() -> None:
+    cells = frame(cell_rows("solo", 1, [40, 41]), cell_rows("solo", 1, [40]), cell_rows("tp2-mp", 1, [1, 2]))
+    report = build_report(cells)
+    assert any(c.startswith("Some runs are stored twice (Solo c1)") for c in report.caveats)
