@@ -141,7 +141,7 @@ class SweepProgress(BringUpProgress, Protocol):
     def topology_started(self, topology: str, cells: Sequence[int]) -> None: ...
     def topology_up(self, topology: str, startup_s: float) -> None: ...
     def run_done(self, topology: str, concurrency: int, run: int, warmup: bool) -> None: ...
-    def cell_done(self, topology: str, concurrency: int, rows: list[dict[str, Any]]) -> None: ...
+    def cell_done(self, topology: str, concurrency: int, rows: list[dict[str, Any]], warnings: list[str]) -> None: ...
     def topology_failed(self, topology: str, error: TopoError) -> None: ...
     def note(self, message: str) -> None: ...
 
@@ -278,15 +278,17 @@ async def _measure_topology(
                 for note in session.notes:
                     progress.note(f"{item.topology}: {note}")
                 for concurrency, first_run in todo:
-                    await _measure_cell(item.topology, concurrency, first_run, session, store, progress, outcome,
-                                        spec.runs)
+                    warnings = await _measure_cell(item.topology, concurrency, first_run, session, store, progress,
+                                                   outcome, spec.runs)
+                    meta["warnings"].extend(f"{item.topology}: {w}" for w in warnings)
+                    write_meta(directory, meta)
                     store.compact()
             finally:
                 await session.close()
 
 
 async def _measure_cell(topology: str, concurrency: int, first_run: int, session: BenchSession,
-                        store: ResultsStore, progress: SweepProgress, outcome: SweepOutcome, runs: int) -> None:
+                        store: ResultsStore, progress: SweepProgress, outcome: SweepOutcome, runs: int) -> list[str]:
     rows: list[dict[str, Any]] = []
 
     def on_run(done: RunDone) -> None:
@@ -302,9 +304,8 @@ async def _measure_cell(topology: str, concurrency: int, first_run: int, session
         progress.run_done(topology, concurrency, first_run + max(done.run, 0), done.warmup)
 
     result = await session.cell(concurrency, runs - first_run, topology=topology, on_run=on_run)
-    for warning in result.warnings:
-        progress.note(f"{topology}: {warning}")
-    progress.cell_done(topology, concurrency, rows)
+    progress.cell_done(topology, concurrency, rows, result.warnings)
+    return result.warnings
 
 
 async def run_sweep(

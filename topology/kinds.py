@@ -331,10 +331,21 @@ def _plan_tp_mp(
     return [Stage(steps=headless), Stage(steps=(rank0,))], _endpoint(head), {}
 
 
+# Ray puts AF_UNIX sockets at <temp-dir>/session_<date>_<time>_<usec>_<pid>/sockets/plasma_store (~62
+# characters after the temp dir) and a socket path may have at most 107 bytes.
+RAY_TEMP_DIR_MAX_CHARS = 107 - len("/session_2026-11-23_19-35-37_784363_4219999/sockets/plasma_store")
+
+
 def _ray_start(
     topology: TensorParallelRay, cluster: Cluster, recipe: Recipe, node: Node, *, head: Node, is_head: bool
 ) -> Step:
     ray = node.ray
+    if len(node.ray_temp_dir) > RAY_TEMP_DIR_MAX_CHARS:
+        raise PlanError(
+            f"node {node.name!r}: Ray's --temp-dir {node.ray_temp_dir} (workdir + /ray) is "
+            f"{len(node.ray_temp_dir)} characters; Ray's socket paths need it at most {RAY_TEMP_DIR_MAX_CHARS}: "
+            "give the node a shorter `workdir`"
+        )
     gcs = f"{head.fast_link.ip}:{head.ray.port}"
     if is_head:
         args = ["start", "--block", "--head", "--node-ip-address", node.fast_link.ip, "--port", str(ray.port)]

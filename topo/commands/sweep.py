@@ -61,7 +61,7 @@ class RichSweepProgress:
             self.progress.update(self.task, status=escape(text[:90]))
 
     # BringUpProgress
-    def event(self, step: str | None, message: str) -> None:
+    def event(self, step: str | None, message: str, *, log_line: bool = False) -> None:
         self._status(f"{step}: {message}" if step else message)
 
     # SweepProgress
@@ -85,7 +85,7 @@ class RichSweepProgress:
         self.progress.advance(self.task)
         self._status(f"c{concurrency}: run {run + 1} done")
 
-    def cell_done(self, topology: str, concurrency: int, rows: list[dict[str, Any]]) -> None:
+    def cell_done(self, topology: str, concurrency: int, rows: list[dict[str, Any]], warnings: list[str]) -> None:
         if not rows:
             return
 
@@ -95,6 +95,8 @@ class RichSweepProgress:
 
         failed = sum(int(r.get("failed") or 0) for r in rows)
         failed_text = f"  [red]{failed} failed[/]" if failed else ""
+        if warnings:  # details go to meta.json and the report's caveats; here one flag keeps the log readable
+            failed_text += "  [yellow]client-bound?[/]"
         self.console.print(
             f"  {topology} c{concurrency:<3} decode {mean('decode_tps'):8.1f} t/s   prefill {mean('prefill_tps'):8.0f} t/s"
             f"   TTFT {mean('ttft_ms'):7.0f} ms   ({len(rows)} run{'s' if len(rows) != 1 else ''}){failed_text}"

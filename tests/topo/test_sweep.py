@@ -1,0 +1,155 @@
+"""The sweep end to end on a local two-node twin cluster (fast profile): real processes, real Ray, the real
+LiteLLM proxy, real HTTP streaming; then interrupt-and-resume without losing or re-measuring a run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bench.store import ResultsStore
+from common.errors import ConfigError, ResultsError
+from tests.support.local_cluster import write_local_cluster
+from topo.sweep import SweepSpec, plan_sweep, resume_spec, runs_done
+
+TOPO = [sys.executable, "-m", "topo"]
+
+
+def topo(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*TOPO, *args], capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def assert_nothing_left(cluster_yaml: Path) -> None:
+    """Every supervised process removes its pidfile only after its group was proven gone."""
+    pidfiles = sorted(str(p) for p in cluster_yaml.parent.rglob("run/*.pid"))
+    assert pidfiles == [], f"processes left behind: {pidfiles}"
+
+
+def test_spec_rejects_bad_values() -> None:
+    with pytest.raises(ConfigError, match="runs"):
+        SweepSpec(runs=0)
+    with pytest.raises(ConfigError, match="concurrency"):
+        SweepSpec(concurrency=(1, 0))
+    with pytest.raises(ConfigError, match="twice"):
+        SweepSpec(topologies=("solo", "solo"))
+
+
+def test_plan_sweep_plans_every_topology_before_anything_runs(tmp_path: Path) -> None:
+    cluster = write_local_cluster(tmp_path)
+    sweep = plan_sweep(SweepSpec(cluster=str(cluster), concurrency=(1, 4), twin_hardware="gb10"))
+    assert [t.topology for t in sweep.topologies] == ["solo", "tp2-mp", "tp2-ray", "2x-solo-shuffle"]
+    assert len(sweep.cells()) == 8
+    # --twin-hardware reaches every twin engine's argv
+    for item in sweep.topologies:
+        for step in item.launch.steps():
+            if "twin" in step.argv:
+                assert step.argv[step.argv.index("--hardware") + 1] == "gb10"
+
+
+def test_unknown_topology_fails_before_anything_starts(tmp_path: Path) -> None:
+    cluster = write_local_cluster(tmp_path)
+    done = topo("sweep", "--cluster", str(cluster), "-t", "solo,tp3-mpx", "--out", str(tmp_path / "out"))
+    assert done.returncode == 2
+    assert "unknown topology 'tp3-mpx'" in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_dry_run_prints_commands_and_starts_nothing(tmp_path: Path) -> None:
+    cluster = write_local_cluster(tmp_path)
+    done = topo("sweep", "--cluster", str(cluster), "-c", "1,2", "--dry-run", "--out", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    assert "8 cells, 8 measured runs" in done.stdout
+    assert "--distributed-executor-backend" in done.stdout and "litellm" in done.stdout
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_full_sweep_of_the_four_topologies(tmp_path: Path) -> None:
+    cluster = write_local_cluster(tmp_path / "cluster")
+    out = tmp_path / "results"
+    done = topo("sweep", "--cluster", str(cluster), "-c", "1,2", "--runs", "2", "--pp", "256", "--tg", "16",
+                "--out", str(out))
+    meta = json.loads((out / "meta.json").read_text())
+    assert done.returncode == 0, f"{meta['errors']}\n{done.stderr[-3000:]}"
+
+    cells = pd.read_parquet(out / "cells.parquet")
+    topologies = ["solo", "tp2-mp", "tp2-ray", "2x-solo-shuffle"]
+    assert sorted(cells.topology.unique()) == sorted(topologies)
+    assert len(cells) == 4 * 2 * 2  # topology x concurrency x run
+    assert (cells.failed == 0).all()
+    assert (cells.decode_tps > 0).all() and (cells.prefill_tps > 0).all() and (cells.ttft_ms > 0).all()
+    requests = pd.read_parquet(out / "requests.parquet")
+    assert len(requests) == 4 * (1 + 2) * 2  # sum of c over levels, x runs, x topologies
+    assert requests.error.isna().all()
+    # the proxy really spread requests over both engines
+    shuffled = requests[requests.topology == "2x-solo-shuffle"].served_by.dropna()
+    assert set(shuffled) == {"node1", "node2"}
+
+    assert meta["status"] == "complete"
+    assert set(meta["startup_s"]) == set(topologies) and all(v > 0 for v in meta["startup_s"].values())
+    assert meta["spec"]["runs"] == 2 and meta["command_line"][0]
+    report = (out / "report.md").read_text()
+    for heading in ("Decode", "Prefill", "TTFT", "Ray", "When to use"):
+        assert heading in report
+    assert "plotly" in (out / "report.html").read_text()[:2_000_000].lower()
+    assert_nothing_left(cluster)
+
+
+@pytest.mark.slow
+def test_interrupted_sweep_resumes_without_losing_or_remeasuring(tmp_path: Path) -> None:
+    # gb10 speed at low concurrency: each run takes about a second, slow enough to interrupt mid-sweep
+    cluster = write_local_cluster(tmp_path / "cluster", hardware="gb10")
+    out = tmp_path / "results"
+    args = ["sweep", "--cluster", str(cluster), "-t", "solo,tp2-mp", "-c", "1,2,4", "--runs", "2",
+            "--pp", "256", "--tg", "32", "--out", str(out)]
+    process = subprocess.Popen([*TOPO, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
+    store = ResultsStore(out)
+    deadline = time.monotonic() + 240
+    try:
+        # Ctrl-C once a few runs are stored but before the sweep is through.
+        while time.monotonic() < deadline and process.poll() is None:
+            if (out / "meta.json").exists() and sum(runs_done(store.read_cells()).values()) >= 3:
+                break
+            time.sleep(0.2)
+        assert process.poll() is None, "the sweep ended before it could be interrupted"
+        os.killpg(process.pid, signal.SIGINT)
+        output, _ = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 130, output[-3000:]
+    assert f"topo sweep --resume {out}" in output
+    assert json.loads((out / "meta.json").read_text())["status"] == "interrupted"
+    assert_nothing_left(cluster)
+
+    before = store.read_cells()
+    stored = runs_done(before)
+    assert 3 <= sum(stored.values()) < 2 * 3 * 2
+
+    # The spec comes back from meta.json: the resumed sweep measures the same cells.
+    assert resume_spec(out).concurrency == (1, 2, 4)
+    done = topo("sweep", "--resume", str(out))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    after = store.read_cells()
+    assert runs_done(after) == {(t, c): 2 for t in ("solo", "tp2-mp") for c in (1, 2, 4)}
+    assert len(after) == 12
+    key = ["topology", "concurrency", "run"]
+    kept = before.merge(after, on=key, suffixes=("_before", "_after"))
+    assert len(kept) == len(before)  # nothing measured before the interruption was lost ...
+    assert (kept.decode_tps_before == kept.decode_tps_after).all()  # ... nor measured again
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["status"] == "complete" and len(meta["resumed_at"]) == 1
+    assert_nothing_left(cluster)
+
+
+def test_resume_of_a_folder_that_is_not_a_sweep(tmp_path: Path) -> None:
+    with pytest.raises(ResultsError, match="no meta.json"):
+        resume_spec(tmp_path)
