@@ -32,6 +32,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "topo.commands.testbed",
     "topo.commands.up",
     "topo.commands.sweep",
+    "topo.commands.predict",
 )
 
 for module_name in COMMAND_MODULES:
