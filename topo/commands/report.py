@@ -15,6 +15,7 @@ from reports.results import render_results
 
 def report(
     directory: Annotated[Path, typer.Argument(
+        metavar="DIR",
         help="A results folder of `topo sweep` (holds cells.parquet; meta.json and requests.parquet are used "
              "when present).", show_default=False)],
     open_browser: Annotated[bool, typer.Option(
