@@ -27,6 +27,7 @@ class FakeBehaviour:
     ignores_term: bool = False  # only SIGKILL stops it (Ray's gcs_server does this for ~25 s)
     survives_kill: bool = False  # a process that left the group: the group check never proves empty
     leaves_port_open: bool = False  # a child in another group keeps listening after the group is gone
+    forks_escapee: bool = False  # a child that moved to its own group (a Ray worker): only its pid reaches it
 
 
 @dataclass
@@ -38,6 +39,11 @@ class FakeProcess:
     behaviour: FakeBehaviour
     alive: bool = True
     signals: list[str] = field(default_factory=list)
+    escapee_alive: bool = False
+
+    @property
+    def escapee(self) -> int:
+        return self.pgid + 50000
 
     @property
     def listening(self) -> set[int]:
@@ -111,6 +117,7 @@ class FakeConnector:
         behaviour = next((b for match, b in self._behaviours if match in joined), FakeBehaviour())
         pgid = next(self._pids)
         self.processes[pgid] = FakeProcess(pgid, real, real_env, log_path, behaviour, alive=not behaviour.exits_at_start)
+        self.processes[pgid].escapee_alive = behaviour.forks_escapee and not behaviour.exits_at_start
         self.files[log_path] = behaviour.log
         self.files[pidfile] = f"{pgid}\n"
         return pgid
@@ -131,14 +138,20 @@ class FakeConnector:
     # -- the node model ------------------------------------------------------------------------------
     def _builtin(self, argv: tuple[str, ...]) -> Completed:
         head = argv[0] if argv else ""
-        if head == "ps":
-            lines = [f"{p.pgid} S" for p in self.processes.values() if p.alive]
+        if head == "ps":  # pid ppid pgid stat; a fake process is its group's leader, its escapee a child
+            lines = [f"{p.pgid} 1 {p.pgid} S" for p in self.processes.values() if p.alive]
+            lines += [f"{p.escapee} {p.pgid} {p.escapee} S" for p in self.processes.values() if p.escapee_alive]
             return Completed(0, "\n".join(lines) + "\n", "")
         if head == "ss":
             ports = set(self.other_listeners)
             for process in self.processes.values():
                 ports |= process.listening
             return Completed(0, "".join(f"LISTEN 0 128 0.0.0.0:{port} 0.0.0.0:*\n" for port in sorted(ports)), "")
+        if head == "kill" and not argv[-1].startswith("-"):  # single pids: escaped children
+            for process in self.processes.values():
+                if str(process.escapee) in argv[3:] and (argv[1] == "-KILL" or not process.behaviour.ignores_term):
+                    process.escapee_alive = False
+            return Completed(0, "", "")
         if head == "kill":
             signal_name, pgid = argv[1].lstrip("-"), int(argv[-1].lstrip("-"))
             process = self.processes.get(pgid)

@@ -21,7 +21,7 @@ from pathlib import PurePosixPath
 from cluster.connector import Connector, run_checked
 from common.errors import RemoteCommandError, TeardownError
 
-PS_GROUPS = ("ps", "-e", "-o", "pgid=,stat=")
+PS_TABLE = ("ps", "-e", "-o", "pid=,ppid=,pgid=,stat=")
 SS_LISTENING = ("ss", "-Hltn")
 LOG_TAIL_LINES = 40
 
@@ -62,15 +62,48 @@ class StopOutcome:
     seconds: float
 
 
-async def live_groups(connector: Connector) -> set[int]:
-    """Process group ids with at least one live (non-zombie) process on the node."""
-    done = await run_checked(connector, PS_GROUPS, timeout=30)
-    groups: set[int] = set()
+@dataclass(frozen=True)
+class ProcessRow:
+    pid: int
+    ppid: int
+    pgid: int
+
+
+async def process_table(connector: Connector) -> list[ProcessRow]:
+    """Every live (non-zombie) process on the node."""
+    done = await run_checked(connector, PS_TABLE, timeout=30)
+    rows: list[ProcessRow] = []
     for line in done.stdout.splitlines():
         parts = line.split()
-        if len(parts) >= 2 and parts[0].isdigit() and not parts[1].startswith("Z"):
-            groups.add(int(parts[0]))
-    return groups
+        if len(parts) >= 4 and all(part.isdigit() for part in parts[:3]) and not parts[3].startswith("Z"):
+            rows.append(ProcessRow(int(parts[0]), int(parts[1]), int(parts[2])))
+    return rows
+
+
+async def live_groups(connector: Connector) -> set[int]:
+    """Process group ids with at least one live (non-zombie) process on the node."""
+    return {row.pgid for row in await process_table(connector)}
+
+
+def escaped_descendants(table: list[ProcessRow], pgid: int) -> set[int]:
+    """Descendants of the group's processes that moved to another group or session (Ray's raylet starts
+    its workers that way): a stop must reach them too, and they must be found while the parents live."""
+    children: dict[int, list[ProcessRow]] = {}
+    for row in table:
+        children.setdefault(row.ppid, []).append(row)
+    frontier = [row.pid for row in table if row.pgid == pgid]
+    escaped: set[int] = set()
+    seen = set(frontier)
+    while frontier:
+        parent = frontier.pop()
+        for child in children.get(parent, []):
+            if child.pid in seen:
+                continue
+            seen.add(child.pid)
+            frontier.append(child.pid)
+            if child.pgid != pgid:
+                escaped.add(child.pid)
+    return escaped
 
 
 async def group_alive(connector: Connector, pgid: int) -> bool:
@@ -103,6 +136,13 @@ async def signal_group(connector: Connector, pgid: int, signal_name: str) -> boo
     return done.ok
 
 
+async def signal_pids(connector: Connector, pids: set[int], signal_name: str) -> None:
+    """Signal single processes (some may be gone already: that is fine)."""
+    targets = sorted(pid for pid in pids if pid > 1)
+    if targets:
+        await connector.run(["kill", f"-{signal_name}", "--", *map(str, targets)], timeout=30)
+
+
 async def log_tail(connector: Connector, path: str, lines: int = LOG_TAIL_LINES) -> str:
     """The last lines of a log, or a note why there are none (never raises: it decorates other errors)."""
     try:
@@ -132,22 +172,31 @@ async def stop_group(
     prove_s: float = 15.0,
     poll_s: float = 0.25,
 ) -> StopOutcome:
-    """TERM, KILL after `grace_s`, then prove the group empty and `ports` closed; TeardownError if not."""
+    """TERM, KILL after `grace_s`, then prove the group empty and `ports` closed; TeardownError if not.
+    Descendants that left the group are found first and signalled with it."""
     started = time.monotonic()
     killed = False
+    table = await process_table(connector)
+    escaped = escaped_descendants(table, process.pgid)
+    remaining: set[int] = set()
 
     async def gone() -> bool:
-        return not await group_alive(connector, process.pgid)
+        nonlocal remaining
+        rows = await process_table(connector)
+        remaining = {row.pid for row in rows if row.pgid == process.pgid or row.pid in escaped}
+        return not remaining
 
     if not await gone():
         await signal_group(connector, process.pgid, "TERM")
+        await signal_pids(connector, escaped, "TERM")
         if not await _wait_until(gone, time.monotonic() + grace_s, poll_s):
             killed = True
             await signal_group(connector, process.pgid, "KILL")
+            await signal_pids(connector, escaped & remaining, "KILL")
             if not await _wait_until(gone, time.monotonic() + prove_s, poll_s):
                 raise TeardownError(
-                    f"{process.step} on node {process.node!r}: process group {process.pgid} still has live "
-                    f"processes after TERM, {grace_s:g} s and KILL"
+                    f"{process.step} on node {process.node!r}: process group {process.pgid} (or its escaped "
+                    f"children) still has live processes {sorted(remaining)} after TERM, {grace_s:g} s and KILL"
                 )
     await prove_ports_closed(connector, process.step, ports, prove_s=prove_s, poll_s=poll_s)
     await connector.run(["rm", "-f", process.pidfile], timeout=30)

@@ -8,6 +8,8 @@ from cluster.connector import Completed
 from cluster.fake import FakeBehaviour, FakeConnector
 from cluster.supervise import (
     Supervised,
+    ProcessRow,
+    escaped_descendants,
     live_groups,
     parse_listening_ports,
     read_pidfiles,
@@ -47,7 +49,7 @@ async def test_kill_follows_term_after_the_grace_period() -> None:
 async def test_a_group_that_survives_kill_is_a_teardown_error() -> None:
     fake = FakeConnector("n1")
     process = await started(fake, "stuck", FakeBehaviour(ignores_term=True, survives_kill=True))
-    with pytest.raises(TeardownError, match=f"process group {process.pgid} still has live processes"):
+    with pytest.raises(TeardownError, match=f"process group {process.pgid} \\(or its escaped children\\) still has live processes"):
         await stop_group(fake, process, grace_s=0.05, prove_s=0.05, poll_s=0.01)
     assert process.pidfile in fake.files  # not proven stopped: the pidfile stays for `topo down`
 
@@ -69,8 +71,30 @@ async def test_stopping_an_already_exited_group_sends_no_signal() -> None:
 
 async def test_live_groups_ignores_zombies() -> None:
     fake = FakeConnector("n1")
-    fake.script(["ps"], Completed(0, "  101 Ss\n  202 Z\n  202 Zs\n  303 R+\n    1 Ss\n", ""))
+    fake.script(["ps"], Completed(0, "101 1 101 Ss\n 202 1 202 Z\n 203 1 202 Zs\n 303 1 303 R+\n 1 0 1 Ss\n", ""))
     assert await live_groups(fake) == {101, 303, 1}
+
+
+def test_escaped_descendants_are_found_through_the_parent_chain() -> None:
+    table = [
+        ProcessRow(10, 1, 10),  # the supervised leader
+        ProcessRow(11, 10, 10),  # raylet, same group
+        ProcessRow(20, 11, 20),  # a worker in its own session
+        ProcessRow(21, 20, 20),  # the worker's child
+        ProcessRow(30, 1, 30),  # somebody else
+        ProcessRow(31, 30, 30),
+    ]
+    assert escaped_descendants(table, 10) == {20, 21}
+    assert escaped_descendants(table, 30) == set()
+
+
+async def test_a_child_that_left_the_group_is_stopped_with_it() -> None:
+    fake = FakeConnector("n1")
+    process = await started(fake, "raylet", FakeBehaviour(forks_escapee=True))
+    escapee = fake.process("raylet").escapee
+    await stop_group(fake, process, grace_s=1, poll_s=0.01)
+    assert not fake.process("raylet").escapee_alive
+    assert ("kill", "-TERM", "--", str(escapee)) in fake.commands()
 
 
 async def test_signal_group_refuses_init_and_the_whole_session() -> None:
