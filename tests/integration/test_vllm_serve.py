@@ -16,7 +16,7 @@ import pytest
 
 from common.text import builtin_corpus, builtin_tokenizer, render_chat
 from support.fixtures import VllmServers
-from support.vllm_server import SERVED_MODEL_NAME, VllmServer
+from support.vllm_server import VllmServer
 
 # Start-up alone can take minutes on a busy 2-core machine; the first test of a kind pays for it.
 pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(1200)]
@@ -77,7 +77,7 @@ def family_total(samples: dict[str, float], name: str) -> float:
 def streamed_chat_with_exact_tokens(server: VllmServer, prompt_tokens: int, completion_tokens: int) -> None:
     messages = [{"role": "user", "content": corpus_prompt(prompt_tokens, start=5_000)}]
     body = {
-        "model": SERVED_MODEL_NAME,
+        "model": server.served_model_name,
         "messages": messages,
         "max_tokens": completion_tokens,
         "min_tokens": completion_tokens,
@@ -117,7 +117,7 @@ def test_streamed_chat_produces_exactly_the_requested_tokens(vllm_solo: VllmServ
 def test_streamed_completion_reports_usage_once_at_the_end(vllm_solo: VllmServer) -> None:
     prompt = corpus_prompt(64, start=20_000)
     body = {
-        "model": SERVED_MODEL_NAME,
+        "model": vllm_solo.served_model_name,
         "prompt": prompt,
         "max_tokens": 16,
         "min_tokens": 16,
@@ -142,7 +142,7 @@ def test_tokenize_counts_like_common_text(vllm_solo: VllmServer) -> None:
     ]
     with httpx.Client(timeout=60.0) as client:
         for text in texts:
-            response = client.post(f"{vllm_solo.base_url}/tokenize", json={"model": SERVED_MODEL_NAME, "prompt": text})
+            response = client.post(f"{vllm_solo.base_url}/tokenize", json={"model": vllm_solo.served_model_name, "prompt": text})
             assert response.status_code == 200, response.text
             answer = response.json()
             assert answer["tokens"] == tokenizer.encode(text, add_special_tokens=False).ids, text
@@ -150,7 +150,7 @@ def test_tokenize_counts_like_common_text(vllm_solo: VllmServer) -> None:
         messages = [{"role": "user", "content": texts[1]}]
         response = client.post(
             f"{vllm_solo.base_url}/tokenize",
-            json={"model": SERVED_MODEL_NAME, "messages": messages, "add_generation_prompt": True},
+            json={"model": vllm_solo.served_model_name, "messages": messages, "add_generation_prompt": True},
         )
         assert response.status_code == 200, response.text
         assert response.json()["tokens"] == tokenizer.encode(render_chat(messages), add_special_tokens=False).ids
@@ -162,7 +162,7 @@ def test_metrics_expose_the_families_topo_reads_and_count_a_request(vllm_solo: V
         prompt = corpus_prompt(100, start=40_000)
         response = client.post(
             f"{vllm_solo.base_url}/v1/completions",
-            json={"model": SERVED_MODEL_NAME, "prompt": prompt, "max_tokens": 12, "min_tokens": 12, "ignore_eos": True},
+            json={"model": vllm_solo.served_model_name, "prompt": prompt, "max_tokens": 12, "min_tokens": 12, "ignore_eos": True},
         )
         assert response.status_code == 200, response.text
         after = scrape(client, vllm_solo.base_url)
@@ -170,7 +170,7 @@ def test_metrics_expose_the_families_topo_reads_and_count_a_request(vllm_solo: V
     for family in METRIC_FAMILIES_TOPO_READS:
         probe = family + "_count" if family.endswith("_seconds") else family
         assert any(k == probe or k.startswith(probe + "{") for k in after), f"{family} missing from /metrics"
-    assert any(f'model_name="{SERVED_MODEL_NAME}"' in k for k in after if k.startswith("vllm:num_requests_running"))
+    assert any(f'model_name="{vllm_solo.served_model_name}"' in k for k in after if k.startswith("vllm:num_requests_running"))
     # Nothing else talks to this server while a test runs, so the deltas are exactly this request's.
     assert family_total(after, "vllm:prompt_tokens_total") - family_total(before, "vllm:prompt_tokens_total") == 100
     assert family_total(after, "vllm:generation_tokens_total") - family_total(before, "vllm:generation_tokens_total") == 12

@@ -1,5 +1,7 @@
 """pytest fixtures for the real vLLM engine; tests/conftest.py imports them so every test folder sees them.
 
+The servers are started with the flags topo renders from its own `tiny` recipe (configs/models/tiny.yaml,
+pointed at the model folder built here), so these tests also prove the real vLLM accepts them.
 Only one vLLM server runs at a time (each takes ~3 GB and both cores while starting): the session-wide
 VllmServers keeps the current one up across tests and modules, and stops it before starting another kind.
 """
@@ -12,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+import yaml
+
 from support.tiny_model import build_tiny_model
 from support.vllm_server import (
     DEFAULT_READY_TIMEOUT_S,
@@ -21,17 +25,43 @@ from support.vllm_server import (
     start_tp2_two_processes,
     vllm_executable,
 )
+from topology.recipe import Recipe, load_recipe
 
 # A slower machine (CI with everything else running) may need longer than the default to start vLLM.
 READY_TIMEOUT_S = float(os.environ.get("TOPO_VLLM_READY_TIMEOUT", DEFAULT_READY_TIMEOUT_S))
 
 
+# What a real vLLM CPU engine needs in its environment wherever topo launches it.
+VLLM_CPU_ENV = {
+    "VLLM_CPU_KVCACHE_SPACE": "1",
+    "VLLM_NO_USAGE_STATS": "1",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+}
+
+
+def tiny_vllm_recipe(model_dir: Path) -> Recipe:
+    """topo's `tiny` recipe, serving the offline model folder with the real vLLM CPU build."""
+    base = load_recipe("tiny")
+    extra_args = base.extra_args if "--enforce-eager" in base.extra_args else (*base.extra_args, "--enforce-eager")
+    return base.model_copy(
+        update={"weights": str(model_dir), "extra_args": extra_args, "env": {**base.env, **VLLM_CPU_ENV}}
+    )
+
+
+def write_recipe(recipe: Recipe, path: Path) -> Path:
+    """The recipe as a YAML file, for `topo ... --model PATH`."""
+    path.write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
+    return path
+
+
 class VllmServers:
     """The one real vLLM server of the test session, started on first use and reused while it lives."""
 
-    def __init__(self, model_dir: Path, log_dir: Path) -> None:
+    def __init__(self, model_dir: Path, log_dir: Path, recipe: Recipe | None = None) -> None:
         self.model_dir = model_dir
         self.log_dir = log_dir
+        self.recipe = recipe or tiny_vllm_recipe(model_dir)
         self._kind: str | None = None
         self._server: VllmServer | None = None
 
@@ -43,12 +73,28 @@ class VllmServers:
         return self._server
 
     def solo(self) -> VllmServer:
-        return self._get("solo", lambda: start_solo(self.model_dir, self.log_dir, timeout_s=READY_TIMEOUT_S))
+        return self._get(
+            "solo",
+            lambda: start_solo(
+                self.model_dir,
+                self.log_dir,
+                model_flags=self.recipe.serve_flags(1),
+                extra_env=self.recipe.env,
+                timeout_s=READY_TIMEOUT_S,
+            ),
+        )
 
     def tp2(self) -> VllmServer:
         """TP=2 over the mp executor, one process per rank (rank 1 --headless), both on loopback."""
         return self._get(
-            "tp2", lambda: start_tp2_two_processes(self.model_dir, self.log_dir, timeout_s=READY_TIMEOUT_S)
+            "tp2",
+            lambda: start_tp2_two_processes(
+                self.model_dir,
+                self.log_dir,
+                model_flags=self.recipe.serve_flags(2),
+                extra_env=self.recipe.env,
+                timeout_s=READY_TIMEOUT_S,
+            ),
         )
 
     def stop(self) -> None:
@@ -61,6 +107,12 @@ class VllmServers:
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny random-weight Llama model folder (built offline in well under a second)."""
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_vllm_recipe_file(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A recipe YAML serving the tiny model folder with the real vLLM (for `--model PATH`)."""
+    return write_recipe(tiny_vllm_recipe(tiny_model_dir), tmp_path_factory.mktemp("recipe") / "tiny-vllm.yaml")
 
 
 @pytest.fixture(scope="session")

@@ -68,16 +68,22 @@ def vllm_env(venv: Path = VLLM_VENV, extra: Mapping[str, str] | None = None) -> 
     return env
 
 
+# What the fixture serves when no recipe is given; the fixtures pass topo's own `tiny` recipe flags instead.
+DEFAULT_MODEL_FLAGS = ("--served-model-name", SERVED_MODEL_NAME, "--max-model-len", "2048", "--enforce-eager")
+
+
 def serve_argv(
     model_dir: Path,
     port: int,
     *,
-    served_model_name: str = SERVED_MODEL_NAME,
-    max_model_len: int = 2048,
+    model_flags: Sequence[str] = DEFAULT_MODEL_FLAGS,
     extra_args: Sequence[str] = (),
     venv: Path = VLLM_VENV,
 ) -> list[str]:
-    """`vllm serve` of the tiny model on loopback; --enforce-eager skips graph capture (~40 s saved)."""
+    """`vllm serve MODEL_DIR --host 127.0.0.1 --port P [model flags] [extra args]`.
+
+    --enforce-eager (in the flags) skips graph capture: start-up ~25 s instead of ~65 s on an idle machine.
+    """
     return [
         str(venv / "bin" / "vllm"),
         "serve",
@@ -86,11 +92,7 @@ def serve_argv(
         LOOPBACK,
         "--port",
         str(port),
-        "--served-model-name",
-        served_model_name,
-        "--max-model-len",
-        str(max_model_len),
-        "--enforce-eager",
+        *model_flags,
         *extra_args,
     ]
 
@@ -293,26 +295,38 @@ def _started(server: VllmServer, timeout_s: float) -> VllmServer:
     return server
 
 
+def _served_name(model_flags: Sequence[str]) -> str:
+    flags = list(model_flags)
+    if "--served-model-name" in flags:
+        return flags[flags.index("--served-model-name") + 1]
+    raise ValueError("model_flags must name the served model (--served-model-name NAME)")
+
+
 def start_solo(
     model_dir: Path,
     log_dir: Path,
     *,
     port: int | None = None,
-    extra_args: Sequence[str] = (),
+    model_flags: Sequence[str] = DEFAULT_MODEL_FLAGS,
     extra_env: Mapping[str, str] | None = None,
     timeout_s: float = DEFAULT_READY_TIMEOUT_S,
     venv: Path = VLLM_VENV,
 ) -> VllmServer:
     """One `vllm serve` on loopback, returned ready (or stopped and raised)."""
     port = port or free_loopback_port()
-    argv = serve_argv(model_dir, port, extra_args=extra_args, venv=venv)
+    argv = serve_argv(model_dir, port, model_flags=model_flags, venv=venv)
     process = launch("vllm serve (solo)", argv, vllm_env(venv, extra_env), log_dir / f"vllm-solo-{port}.log")
-    server = VllmServer(f"http://{LOOPBACK}:{port}", SERVED_MODEL_NAME, [process])
+    server = VllmServer(f"http://{LOOPBACK}:{port}", _served_name(model_flags), [process])
     return _started(server, timeout_s)
 
 
 def tp2_two_process_argvs(
-    model_dir: Path, port: int, master_port: int, *, venv: Path = VLLM_VENV
+    model_dir: Path,
+    port: int,
+    master_port: int,
+    *,
+    model_flags: Sequence[str] = DEFAULT_MODEL_FLAGS,
+    venv: Path = VLLM_VENV,
 ) -> list[tuple[list[str], dict[str, str]]]:
     """argv and env of rank 0 (serves HTTP) and rank 1 (--headless): TP=2 as two 'nodes' on loopback.
 
@@ -320,7 +334,7 @@ def tp2_two_process_argvs(
     """
     ranks = []
     for rank in (0, 1):
-        extra = [
+        parallel = [
             "--tensor-parallel-size", "2",
             "--distributed-executor-backend", "mp",
             "--nnodes", "2",
@@ -329,14 +343,14 @@ def tp2_two_process_argvs(
             "--master-port", str(master_port),
         ]  # fmt: skip
         if rank == 1:
-            extra.append("--headless")
+            parallel.append("--headless")
         env = {
             "VLLM_CPU_OMP_THREADS_BIND": str(rank),
             "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
             "GLOO_SOCKET_IFNAME": "lo",
             "VLLM_HOST_IP": LOOPBACK,
         }
-        ranks.append((serve_argv(model_dir, port, extra_args=extra, venv=venv), env))
+        ranks.append((serve_argv(model_dir, port, model_flags=model_flags, extra_args=parallel, venv=venv), env))
     return ranks
 
 
@@ -345,6 +359,8 @@ def start_tp2_two_processes(
     log_dir: Path,
     *,
     port: int | None = None,
+    model_flags: Sequence[str] = DEFAULT_MODEL_FLAGS,
+    extra_env: Mapping[str, str] | None = None,
     timeout_s: float = DEFAULT_READY_TIMEOUT_S,
     venv: Path = VLLM_VENV,
 ) -> VllmServer:
@@ -353,13 +369,13 @@ def start_tp2_two_processes(
     master_port = free_loopback_port()
     processes: list[VllmProcess] = []
     try:
-        for rank, (argv, env) in enumerate(tp2_two_process_argvs(model_dir, port, master_port, venv=venv)):
-            processes.append(
-                launch(f"vllm serve (tp2 rank {rank})", argv, vllm_env(venv, env), log_dir / f"vllm-tp2-r{rank}-{port}.log")
-            )
+        ranks = tp2_two_process_argvs(model_dir, port, master_port, model_flags=model_flags, venv=venv)
+        for rank, (argv, env) in enumerate(ranks):
+            log_path = log_dir / f"vllm-tp2-r{rank}-{port}.log"
+            processes.append(launch(f"vllm serve (tp2 rank {rank})", argv, vllm_env(venv, {**(extra_env or {}), **env}), log_path))
     except BaseException:
         for process in processes:
             stop_group(process)
         raise
-    server = VllmServer(f"http://{LOOPBACK}:{port}", SERVED_MODEL_NAME, processes)
+    server = VllmServer(f"http://{LOOPBACK}:{port}", _served_name(model_flags), processes)
     return _started(server, timeout_s)
