@@ -8,13 +8,13 @@ Bounds are ratios within one run.
 
 from __future__ import annotations
 
-import subprocess
 import sys
+from dataclasses import dataclass
 from statistics import mean
 
 import httpx
 import pytest
-from twin_process import REPO, TwinProcess
+from twin_process import TwinProcess
 
 from bench.client import Endpoint
 from bench.metrics import decode_tps_request, e2e_ttft
@@ -84,14 +84,31 @@ async def test_client_ttft_and_decode_agree_with_the_twins_own_record(twin_gemma
     assert 0.9 <= ratio <= 1.1, f"client decode t/s / server decode t/s = {ratio:.3f}"
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "topo", "bench", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=120)
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
 
 
-def test_topo_bench_prints_the_table_and_writes_parquet(twin, tmp_path):
+def run_cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, *args: str) -> CliResult:
+    """`topo bench ARGS` in this process, through topo.cli.main (which maps TopoError to exit 2)."""
+    from topo.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["topo", "bench", *args])
+    capsys.readouterr()
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return CliResult(code, out, err)
+
+
+def test_topo_bench_prints_the_table_and_writes_parquet(twin, tmp_path, capsys, monkeypatch):
     out = tmp_path / "results"
-    done = run_cli("--url", f"{twin.url}/v1", "--pp", "128", "--tg", "16", "-c", "1,3", "--runs", "2",
+    done = run_cli(capsys, monkeypatch, "--url", f"{twin.url}/v1", "--pp", "128", "--tg", "16", "-c", "1,3", "--runs", "2",
                    "--latency-mode", "generation", "--out", str(out), "--topology", "solo")
     assert done.returncode == 0, done.stderr
     for test in ("pp128 @ c1", "tg16 @ c1", "pp128 @ c3", "tg16 @ c3"):
@@ -108,18 +125,29 @@ def test_topo_bench_prints_the_table_and_writes_parquet(twin, tmp_path):
     assert not (out / "parts").exists()
 
 
-def test_topo_bench_wrong_model_fails_fast_with_exit_2(twin):
-    done = run_cli("--url", twin.url, "--model", "gemma4-26b", "--runs", "1", "-c", "1")
+def test_topo_bench_wrong_model_fails_fast_with_exit_2(twin, capsys, monkeypatch):
+    done = run_cli(capsys, monkeypatch, "--url", twin.url, "--model", "gemma4-26b", "--runs", "1", "-c", "1")
     assert done.returncode == 2
     message = " ".join(done.stderr.split())  # the console wraps long lines
     assert "'gemma4-26b' is not served" in message and "it serves: tiny" in message
     assert "Traceback" not in done.stderr
 
 
-def test_topo_bench_wrong_url_fails_fast_with_exit_2():
+def test_topo_bench_wrong_url_fails_fast_with_exit_2(capsys, monkeypatch):
     from fake_server import free_port
     port = free_port()
-    done = run_cli("--url", f"http://127.0.0.1:{port}", "-c", "1")
+    done = run_cli(capsys, monkeypatch, "--url", f"http://127.0.0.1:{port}", "-c", "1")
     assert done.returncode == 2
     message = " ".join(done.stderr.split())
     assert f"127.0.0.1:{port}/v1/models" in message and "Traceback" not in message
+
+
+def test_topo_bench_help_explains_every_option(capsys, monkeypatch):
+    done = run_cli(capsys, monkeypatch, "--help")
+    assert done.returncode == 0
+    text = " ".join(done.stdout.split())
+    for option in ("--url", "--model", "--pp", "--tg", "--concurrency", "--runs", "--latency-mode", "--depth",
+                   "--tokenizer", "--corpus", "--api-key", "--out", "--topology", "--timeout", "--cache-bust",
+                   "--seed"):
+        assert option in text, option
+    assert "llama-benchy" in text and "population std" in text

@@ -63,7 +63,7 @@ def summary_table(model: str, pp: int, tg: int, depth: int, summaries: list[dict
 
 
 async def _bench(session: BenchSession, levels: list[int], runs: int, topology: str, out: Path | None,
-                 console: Console) -> tuple[str, list[dict[str, Any]], list[str]]:
+                 console: Console) -> tuple[str, list[dict[str, Any]], list[str], list[str]]:
     store = ResultsStore(out) if out is not None else None
     summaries: list[dict[str, Any]] = []
     warnings: list[str] = []
@@ -97,8 +97,7 @@ async def _bench(session: BenchSession, levels: list[int], runs: int, topology: 
                 warnings.extend(result.warnings)
                 if store is not None:
                     store.compact()
-        warnings.extend(session.notes)
-        return model, summaries, warnings
+        return model, summaries, warnings, list(session.notes)
     finally:
         await session.close()
         if store is not None and store.directory.exists():
@@ -154,11 +153,13 @@ def bench_command(
                            tokenizer=tokenizer, corpus=corpus, unique_prefix=cache_bust, request_timeout=timeout,
                            seed=seed)
     err = Console(stderr=True, highlight=False)
-    served, summaries, warnings = asyncio.run(_bench(session, levels, runs, topology, out, err))
+    served, summaries, warnings, notes = asyncio.run(_bench(session, levels, runs, topology, out, err))
     stdout = Console(highlight=False)
     if not stdout.is_terminal:
         stdout.width = max(stdout.width, 150)  # a piped table keeps one line per row
     stdout.print(summary_table(served, pp, tg, depth, summaries))
+    for note in notes:
+        err.print(f"note: {escape(note)}")
     for warning in warnings:
         err.print(f"[yellow]warning:[/] {escape(warning)}")
     if out is not None:
