@@ -91,6 +91,14 @@ class ResultsStore:
     def read_cells(self) -> pd.DataFrame:
         return self._read("cells", CELLS_FILE, CELL_SCHEMA, CELL_KEY)
 
+    def completed_cells(self, runs: int) -> set[tuple[str, int]]:
+        """(topology, concurrency) pairs that already hold `runs` measured runs: what a resume can skip."""
+        if not self.directory.is_dir():
+            return set()
+        cells = self.read_cells()
+        counts = cells.groupby(["topology", "concurrency"])["run"].nunique()
+        return {(str(t), int(c)) for (t, c), n in counts.items() if n >= runs}
+
     def read_records(self) -> list[RequestRecord]:
         """The request rows as RequestRecords again (for recomputing metrics)."""
         return records_from_frame(self.read_requests())

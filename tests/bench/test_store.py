@@ -107,3 +107,14 @@ def test_duckdb_can_query_the_folder(tmp_path):
     store.compact()
     (n, tokens) = duckdb.sql(f"select count(*), sum(len(token_times)) from '{tmp_path / REQUESTS_FILE}'").fetchall()[0]
     assert (n, tokens) == (2, 16)
+
+
+def test_completed_cells_tell_a_resume_what_to_skip(tmp_path):
+    store = ResultsStore(tmp_path / "sweep")
+    assert store.completed_cells(runs=2) == set()
+    for run in range(2):
+        records = make_records("solo", 1, run)
+        store.append(records, [run_metrics(records)])
+    partial = make_records("solo", 2, 0)
+    store.append(partial, [run_metrics(partial)])
+    assert store.completed_cells(runs=2) == {("solo", 1)}
