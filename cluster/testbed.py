@@ -238,6 +238,12 @@ def up(spec: TestbedSpec, *, log=lambda message: None) -> Testbed:  # type: igno
     elif directory.exists() and any(directory.iterdir()):
         raise ConfigError(f"testbed --dir {directory} exists and is not a test bed directory; choose another")
     _remove_network(spec.prefix)  # leftovers of a bed whose directory is gone
+    routed = _sh(["ip", "route", "show", f"{spec.subnet}.0/24"], check=False).stdout.strip()
+    if routed:
+        raise ConfigError(
+            f"testbed --subnet {spec.subnet}.0/24 is already in use here ({routed}); another test bed? "
+            "choose another --subnet (and --prefix)"
+        )
     directory.mkdir(parents=True, exist_ok=True)
     directory.chmod(0o700)
     (directory / MARKER).write_text(f"prefix={spec.prefix}\n")

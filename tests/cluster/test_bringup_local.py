@@ -71,7 +71,7 @@ async def test_local_twin_comes_up_serves_and_is_torn_down(tmp_path: Path, topol
             async with httpx.AsyncClient(trust_env=False, timeout=60) as client:
                 response = await client.post(
                     f"{running.endpoint}/completions",
-                    json={"model": launch.served_model_name, "prompt": "Hello", "max_tokens": 4},
+                    json={"model": launch.served_model_name, "prompt": "Hello", "max_tokens": 4, "ignore_eos": True},
                 )
             assert response.status_code == 200 and response.json()["usage"]["completion_tokens"] == 4
             pgids = {name: process.pgid for name, process in running.processes.items()}

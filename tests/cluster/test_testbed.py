@@ -7,6 +7,7 @@ a bed someone made with `topo testbed up`.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import shutil
 import subprocess
@@ -32,7 +33,19 @@ pytestmark = [
     pytest.mark.skipif(bool(missing_requirements()), reason="; ".join(missing_requirements()) or "ok"),
 ]
 
-PREFIX, SUBNET = "tct", "10.89.0"
+LOCK = Path("/tmp/topo-testbed-tests.lock")
+
+
+def claim_free_bed_slot() -> tuple[str, str]:
+    """A prefix and subnet no other bed on this machine uses (several test sessions may run at once);
+    call with LOCK held, and build the bed before releasing it."""
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+    routes = subprocess.run(["ip", "route", "show"], capture_output=True, text=True).stdout
+    for slot in range(1, 250):
+        prefix, subnet = f"tc{slot}", f"10.89.{slot}"
+        if f" {prefix}-br0" not in links and f"{subnet}.0/24" not in routes:
+            return prefix, subnet
+    raise RuntimeError("no free test bed slot")
 SETTINGS = BringUpSettings(poll_s=0.5, stop_grace_s=10.0)
 
 
@@ -40,11 +53,15 @@ SETTINGS = BringUpSettings(poll_s=0.5, stop_grace_s=10.0)
 def bed():  # type: ignore[no-untyped-def]
     # short: Ray's unix socket paths under a node's workdir must stay below 107 bytes
     directory = Path(tempfile.mkdtemp(prefix="tct-", dir="/tmp")) / "bed"
-    built = up(TestbedSpec(nodes=2, directory=directory, prefix=PREFIX, subnet=SUBNET, python=sys.executable, stop_grace_s=10))
+    with open(LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        prefix, subnet = claim_free_bed_slot()
+        spec = TestbedSpec(nodes=2, directory=directory, prefix=prefix, subnet=subnet, python=sys.executable, stop_grace_s=10)
+        built = up(spec)
     yield built
     down(directory)
     leftover = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    assert f"{PREFIX}-n" not in leftover and not directory.exists()
+    assert f"{prefix}-n" not in leftover and not directory.exists()
     shutil.rmtree(directory.parent, ignore_errors=True)
 
 
@@ -77,8 +94,8 @@ async def test_ssh_run_start_and_provable_stop(cluster: Cluster, bed: Testbed) -
         done = await ssh.run(["sh", "-c", 'echo "$TOPO_NODE $GREETING"'], env={"GREETING": "it is me"})
         assert done.stdout == "node2 it is me\n"
         paths = step_paths(node.workdir, "listener")
-        server = "import socket,time;s=socket.socket();s.bind(('10.89.0.2',7777));s.listen();print('up',flush=True);time.sleep(600)"
-        pgid = await ssh.start([sys.executable, "-c", server], log_path=paths.log, pidfile=paths.pidfile)
+        server = "import socket,time;s=socket.socket();s.bind(('%s',7777));s.listen();print('up',flush=True);time.sleep(600)"
+        pgid = await ssh.start([sys.executable, "-c", server % node.fast_link.ip], log_path=paths.log, pidfile=paths.pidfile)
         deadline = time.monotonic() + 20
         while 7777 not in await listening_ports(ssh):
             assert time.monotonic() < deadline
@@ -99,7 +116,7 @@ async def test_unknown_host_key_is_refused(cluster: Cluster, bed: Testbed, tmp_p
     known_hosts = tmp_path / "known_hosts"
     known_hosts.write_text(f"{bed.nodes[0].ip} {' '.join(Path(str(other) + '.pub').read_text().split()[:2])}\n")
     connect = cluster.nodes[0].connect.model_copy(update={"known_hosts": str(known_hosts)})
-    with pytest.raises(ConnectError, match="host key of root@10.89.0.1:22 is not verified"):
+    with pytest.raises(ConnectError, match=f"host key of root@{bed.nodes[0].ip}:22 is not verified"):
         await SshConnector("node1", connect).run(["true"])  # type: ignore[arg-type]
     known_hosts.write_text("")  # a node missing from known_hosts entirely
     with pytest.raises(ConnectError, match="not verified"):
@@ -115,7 +132,7 @@ async def test_wrong_client_key_is_refused(cluster: Cluster, tmp_path: Path) -> 
 
 
 async def test_unreachable_node_and_closed_port_fail_quickly(cluster: Cluster) -> None:
-    nobody = cluster.nodes[0].connect.model_copy(update={"host": f"{SUBNET}.99", "connect_timeout_s": 3})
+    nobody = cluster.nodes[0].connect.model_copy(update={"host": f"{cluster.nodes[0].connect.host.rsplit('.', 1)[0]}.99", "connect_timeout_s": 3})
     began = time.monotonic()
     with pytest.raises(ConnectError, match=r"node 'ghost': (timed out connecting|cannot reach)"):
         await SshConnector("ghost", nobody).run(["true"])  # type: ignore[arg-type]
@@ -167,6 +184,29 @@ async def test_topology_comes_up_serves_a_stream_and_leaves_nothing(cluster: Clu
     assert foreign_processes(bed) == {}
 
 
+async def test_proxy_on_the_controller_reaches_the_nodes_over_the_bridge(cluster: Cluster, bed: Testbed, tmp_path: Path) -> None:
+    proxy = cluster.proxy.model_copy(update={"node": "controller", "workdir": str(tmp_path / "controller")})
+    with_controller_proxy = cluster.model_copy(update={"proxy": proxy})
+    launch = plan(parse_topology("2x-solo-shuffle"), with_controller_proxy, load_recipe("tiny"), secrets=PlanSecrets.generate())
+    assert next(step for step in launch.steps() if step.role == "proxy").node == "controller"
+    async with open_cluster(with_controller_proxy) as access:
+        async with bring_up(launch, access, settings=SETTINGS) as running:
+            served_by = set()
+            async with httpx.AsyncClient(trust_env=False, timeout=60) as client:
+                for _ in range(6):
+                    response = await client.post(
+                        f"{running.endpoint}/chat/completions",
+                        headers=running.endpoint_headers(),
+                        json={"model": launch.served_model_name, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
+                    )
+                    assert response.status_code == 200, response.text
+                    served_by.add(response.headers.get("x-litellm-model-id"))
+            assert served_by <= {"node1", "node2"} and served_by
+            proxy_pgid = running.processes["proxy"].pgid
+    assert foreign_processes(bed) == {}
+    assert not Path(f"/proc/{proxy_pgid}").exists() or Path(f"/proc/{proxy_pgid}/stat").read_text().split(")")[1].split()[0] == "Z"
+
+
 async def test_an_engine_that_fails_to_start_reports_its_log_and_everything_is_torn_down(cluster: Cluster, bed: Testbed) -> None:
     nodes = list(cluster.nodes)
     nodes[1] = nodes[1].model_copy(update={"engine": nodes[1].engine.model_copy(update={"hardware": "no-such-hw"})})
@@ -206,7 +246,7 @@ async def test_cancelled_bring_up_is_torn_down_on_the_nodes(cluster: Cluster, be
 def test_no_namespace_has_a_default_route_and_nodes_see_each_other(bed: Testbed) -> None:
     for node in bed.nodes:
         routes = subprocess.run(["ip", "-n", node.namespace, "route", "show"], capture_output=True, text=True, check=True).stdout
-        assert "default" not in routes and f"{SUBNET}.0/24" in routes
+        assert "default" not in routes and f"{bed.subnet}.0/24" in routes
         assert subprocess.run(["ip", "-n", node.namespace, "-6", "route", "show", "default"], capture_output=True, text=True).stdout == ""
     # node1 reaches node2's sshd across the bridge (the fast link of the engines)
     reach = f"import socket; socket.create_connection(('{bed.nodes[1].ip}', 22), 5).close()"
