@@ -130,8 +130,12 @@ class BenchClient:
 
     def _new_slot(self) -> httpx.AsyncClient:
         # One connection per slot: a slot's request never waits behind another's in a shared pool. The wire
-        # transport hands a request's bytes to the socket in the loop step that sends it (see bench/wire.py).
-        transport = self._transport or WireTransport(connect_timeout=self._timeout.connect or 10.0)
+        # transport writes a whole batch in one loop (see bench/wire.py); it speaks plain http only, so an
+        # https endpoint goes through httpcore (and its send lag shows in send_lag and the client-bound flag).
+        transport: httpx.AsyncBaseTransport | None = self._transport
+        if transport is None:
+            transport = WireTransport(connect_timeout=self._timeout.connect or 10.0) \
+                if self.endpoint.base_url.startswith("http://") else httpx.AsyncHTTPTransport()
         self._slot_transports.append(transport)
         return httpx.AsyncClient(
             headers=self.endpoint.headers,
