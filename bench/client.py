@@ -258,6 +258,7 @@ class BenchClient:
         topology: str = "",
         run: int = 0,
         latency: float = 0.0,
+        on_request: Callable[[RequestRecord], None] | None = None,
     ) -> list[RequestRecord]:
         """Fire len(prompts) requests at once and wait for all of them (a closed batch)."""
         if self.model is None:
@@ -288,8 +289,15 @@ class BenchClient:
         finally:
             if gc_was_enabled:
                 gc.enable()
+        async def one(index: int, slot: httpx.AsyncClient, request: httpx.Request,
+                      prompt: Prompt) -> tuple[RequestRecord, list[_Chunk]]:
+            result = await self._one(slot, request, prompt, topology, concurrency, run, index, batch_start, latency)
+            if on_request is not None:
+                on_request(result[0])  # progress only: token times are assigned after the batch
+            return result
+
         results = await asyncio.gather(*(
-            self._one(slot, request, prompt, topology, concurrency, run, index, batch_start, latency)
+            one(index, slot, request, prompt)
             for index, (slot, request, prompt) in enumerate(zip(slots, requests, prompts))
         ))
         records = []

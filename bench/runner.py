@@ -82,11 +82,13 @@ async def run_cell(
     counter: TokenCounter | None = None,
     client: BenchClient | None = None,
     on_run: Callable[[RunDone], None] | None = None,
+    on_request: Callable[[RequestRecord], None] | None = None,
     request_timeout: float = 600.0,
     warmup: bool = True,
 ) -> CellResult:
     """Measure one cell. Pass a shared `prompts` factory (and `client`) across cells so that the prompt is
-    adapted to the chat template once per session, not once per cell; `latency` skips the probes."""
+    adapted to the chat template once per session, not once per cell; `latency` skips the probes.
+    `on_run` gets every finished run (store it at once); `on_request` every finished request (progress)."""
     if concurrency < 1 or runs < 1:
         raise ConfigError(f"concurrency and runs must be at least 1 (got c={concurrency}, runs={runs})")
     if tg < 1:
@@ -108,7 +110,7 @@ async def run_cell(
         result = CellResult(records=[], run_rows=[], latency=measured_latency)
         if warmup:
             warm = await bench.run_batch([factory.build() for _ in range(concurrency)], tg, topology=topology,
-                                         run=-1, latency=measured_latency)
+                                         run=-1, latency=measured_latency, on_request=on_request)
             if not factory.adapted:
                 counted = [r.prompt_tokens for r in warm if r.ok and r.prompt_tokens is not None]
                 if counted:
@@ -119,7 +121,7 @@ async def run_cell(
             batch_prompts = [factory.build() for _ in range(concurrency)]
             cpu0, wall0 = time.process_time(), time.perf_counter()
             records = await bench.run_batch(batch_prompts, tg, topology=topology, run=run,
-                                            latency=measured_latency)
+                                            latency=measured_latency, on_request=on_request)
             wall = time.perf_counter() - wall0
             cpu_frac = (time.process_time() - cpu0) / wall if wall > 0 else math.nan
             row = run_metrics(records, client_cpu_frac=cpu_frac)

@@ -14,6 +14,7 @@ import httpx
 
 from bench.client import BenchClient, Endpoint, LatencyMode
 from bench.prompts import LocalTokenizer, PromptFactory, ServerTokenizer, TokenCounter
+from bench.records import RequestRecord
 from bench.runner import CellResult, RunDone, run_cell
 from common.errors import EndpointError
 from common.text import builtin_corpus, load_corpus
@@ -78,14 +79,16 @@ class BenchSession:
         return self.model
 
     async def cell(self, concurrency: int, runs: int, *, topology: str = "",
-                   on_run: Callable[[RunDone], None] | None = None) -> CellResult:
+                   on_run: Callable[[RunDone], None] | None = None,
+                   on_request: Callable[[RequestRecord], None] | None = None) -> CellResult:
         if self.client is None or self.prompts is None:
             await self.open()
         assert self.client is not None and self.prompts is not None
         was_adapted = self.prompts.adapted
         result = await run_cell(self.endpoint, self.model, concurrency, runs, self.pp, self.tg, depth=self.depth,
                                 topology=topology, latency=self.latency, prompts=self.prompts,
-                                client=self.client, on_run=on_run, request_timeout=self.request_timeout)
+                                client=self.client, on_run=on_run, on_request=on_request,
+                                request_timeout=self.request_timeout)
         if not was_adapted and result.prompt_adapted_by:
             self.notes.append(f"the server counts {result.prompt_adapted_by} more prompt tokens than the text "
                               "(chat template): the prompt text shrank by that much")

@@ -12,9 +12,12 @@ from bench.runner import RunDone, client_bound_reasons, run_cell
 
 async def test_warm_up_then_runs_of_exactly_c_each_reported_as_it_finishes():
     seen: list[RunDone] = []
+    finished: list[RequestRecord] = []
     behaviour = Behaviour(prefill_s=0.02, itl_s=0.002)
     with FakeServer(behaviour) as server:
-        records, run_rows = await run_cell(server.url, None, 3, 2, 128, 8, topology="solo", on_run=seen.append)
+        records, run_rows = await run_cell(server.url, None, 3, 2, 128, 8, topology="solo", on_run=seen.append,
+                                           on_request=finished.append)
+    assert len(finished) == 3 * 3  # progress: every request of the warm-up and of both runs
     assert [(d.run, d.warmup, len(d.records)) for d in seen] == [(-1, True, 3), (0, False, 3), (1, False, 3)]
     assert len(behaviour.seen) == 3 * 3  # warm-up batch + 2 runs, nothing else sent as chat requests
     assert [r.run for r in records] == [0, 0, 0, 1, 1, 1] and [r.index for r in records[:3]] == [0, 1, 2]

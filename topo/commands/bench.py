@@ -15,6 +15,7 @@ from rich.table import Table
 
 from bench.client import LATENCY_MODES, Endpoint
 from bench.metrics import cell_summary
+from bench.records import RequestRecord
 from bench.runner import RunDone
 from bench.session import BenchSession
 from bench.store import ResultsStore
@@ -77,22 +78,25 @@ async def _bench(session: BenchSession, levels: list[int], runs: int, topology: 
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=console, transient=False) as progress:
             for level in levels:
-                task = progress.add_task(f"c={level:<3} warm-up", total=runs + 1)
+                task = progress.add_task(f"c={level:<3} warm-up", total=(runs + 1) * level)
                 failures: list[int] = []
+
+                def on_request(record: RequestRecord, task: Any = task) -> None:
+                    progress.advance(task)
 
                 def on_run(done: RunDone, task: Any = task, level: int = level, failures: list[int] = failures) -> None:
                     if not done.warmup and store is not None:
                         store.append(done.records, [done.row] if done.row else [])
                     failures.append(sum(1 for r in done.records if not r.ok) if not done.warmup else 0)
-                    label = f"c={level:<3} run {done.run + 1}/{runs}" if not done.warmup else f"c={level:<3} warm-up"
-                    progress.update(task, advance=1, description=label + (
+                    finished = "warm-up done" if done.warmup else f"run {done.run + 1}/{runs} done"
+                    progress.update(task, description=f"c={level:<3} {finished}" + (
                         f" [red]{sum(failures)} failed[/]" if sum(failures) else ""))
                     if done.warmup:
                         first_error = next((r.error for r in done.records if r.error), None)
                         if first_error:
                             progress.console.print(f"[yellow]warm-up c={level}: {escape(first_error)}[/]")
 
-                result = await session.cell(level, runs, topology=topology, on_run=on_run)
+                result = await session.cell(level, runs, topology=topology, on_run=on_run, on_request=on_request)
                 summaries.append(cell_summary(result.run_rows, result.records))
                 warnings.extend(result.warnings)
                 if store is not None:
