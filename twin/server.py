@@ -762,8 +762,11 @@ class _QuietSignalsServer(uvicorn.Server):
 
 def _listen_socket(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP lets asyncio set TCP_NODELAY on accepted connections (it checks sock.proto); without
+    # it a first token sent soon after the headers waits for the client's delayed ACK (~40 ms of fake TTFT).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
