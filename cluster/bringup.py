@@ -139,6 +139,13 @@ class Running:
     ready_s: dict[str, float]  # per step: from its stage's start to its probe passing
     stopped: list[StopOutcome] = field(default_factory=list)
     teardown_s: float | None = None
+    _bringup: _BringUp | None = field(default=None, repr=False)
+
+    async def check_alive(self) -> None:
+        """BringUpError (with the log tail) if any process of the topology has died since it came up:
+        call it between load runs, so a crashed rank is not measured as a slow one."""
+        if self._bringup is not None:
+            await self._bringup.check_alive()
 
     @property
     def endpoint(self) -> str:
@@ -171,6 +178,7 @@ class _BringUp:
         self.launching: set[str] = set()  # start() was called; its pid may not have come back yet
         self.ready_s: dict[str, float] = {}
         self.stopped: list[StopOutcome] = []
+        self.phase = "during bring-up"
         self._steps = {step.name: step for step in plan.steps()}
 
     def node(self, step: Step) -> NodeAccess:
@@ -275,7 +283,7 @@ class _BringUp:
                 if process.pgid not in alive:
                     tail = await log_tail(self.nodes[name].connector, process.log_path)
                     raise BringUpError(
-                        f"{process.step} on node {name!r} exited during bring-up; its log ends with:\n{tail}"
+                        f"{process.step} on node {name!r} exited {self.phase}; its log ends with:\n{tail}"
                     )
 
     async def _probe_once(self, client: httpx.AsyncClient, step: Step) -> bool:
@@ -427,8 +435,9 @@ async def bring_up(
             bringup.progress.event(None, f"stage {index + 1}/{len(plan.stages)}: {', '.join(s.name for s in stage.steps)}")
             await bringup.start_stage(stage)
             await bringup.wait_stage(stage, stage_started)
-        running = Running(plan, dict(bringup.started), time.monotonic() - began, dict(bringup.ready_s))
+        running = Running(plan, dict(bringup.started), time.monotonic() - began, dict(bringup.ready_s), _bringup=bringup)
         bringup.progress.event(None, f"{plan.topology} is up after {running.bring_up_s:.1f} s")
+        bringup.phase = "while the topology was up"
         yield running
     except BaseException as exc:
         failure = exc

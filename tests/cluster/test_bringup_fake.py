@@ -269,3 +269,14 @@ async def test_plan_naming_an_unknown_node_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="n2"):
         async with bring_up(two_stage_plan(), {"n1": nodes.access["n1"]}, settings=FAST):
             pass
+
+
+async def test_running_check_alive_reports_a_rank_that_died_after_bring_up() -> None:
+    nodes = Nodes()
+    async with bring_up(two_stage_plan(), nodes.access, settings=FAST, http_transport=nodes.transport()) as running:
+        await running.check_alive()
+        nodes.n2.exit_process("rank1", log="NCCL error: remote rank hung up\n")
+        with pytest.raises(BringUpError, match="engine-rank1 on node 'n2' exited while the topology was up") as caught:
+            await running.check_alive()
+        assert "remote rank hung up" in str(caught.value)
+    assert nodes.all_alive() == []
