@@ -7,11 +7,8 @@ a bed someone made with `topo testbed up`.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import json
-import shutil
 import subprocess
-import tempfile
 import sys
 import time
 from pathlib import Path
@@ -22,69 +19,24 @@ import pytest
 from cluster.bringup import BringUpSettings, open_cluster, bring_up
 from cluster.connector import SshConnector
 from cluster.supervise import Supervised, group_alive, listening_ports, log_tail, step_paths, stop_group
-from cluster.testbed import Testbed, TestbedSpec, down, missing_requirements, up
+from cluster.testbed import Testbed, missing_requirements
+from bed_support import foreign_processes
 from common.errors import BringUpError, ConnectError
 from topology.inventory import Cluster, load_cluster
 from topology.kinds import PlanSecrets, parse_topology, plan
 from topology.recipe import load_recipe
+
+SETTINGS = BringUpSettings(poll_s=0.5, stop_grace_s=10.0)
 
 pytestmark = [
     pytest.mark.testbed,
     pytest.mark.skipif(bool(missing_requirements()), reason="; ".join(missing_requirements()) or "ok"),
 ]
 
-LOCK = Path("/tmp/topo-testbed-tests.lock")
-
-
-def claim_free_bed_slot() -> tuple[str, str]:
-    """A prefix and subnet no other bed on this machine uses (several test sessions may run at once);
-    call with LOCK held, and build the bed before releasing it."""
-    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
-    routes = subprocess.run(["ip", "route", "show"], capture_output=True, text=True).stdout
-    for slot in range(1, 250):
-        prefix, subnet = f"tc{slot}", f"10.89.{slot}"
-        if f" {prefix}-br0" not in links and f"{subnet}.0/24" not in routes:
-            return prefix, subnet
-    raise RuntimeError("no free test bed slot")
-SETTINGS = BringUpSettings(poll_s=0.5, stop_grace_s=10.0)
-
-
-@pytest.fixture(scope="module")
-def bed():  # type: ignore[no-untyped-def]
-    # short: Ray's unix socket paths under a node's workdir must stay below 107 bytes
-    directory = Path(tempfile.mkdtemp(prefix="tct-", dir="/tmp")) / "bed"
-    with open(LOCK, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        prefix, subnet = claim_free_bed_slot()
-        spec = TestbedSpec(nodes=2, directory=directory, prefix=prefix, subnet=subnet, python=sys.executable, stop_grace_s=10)
-        built = up(spec)
-    yield built
-    down(directory)
-    leftover = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    assert f"{prefix}-n" not in leftover and not directory.exists()
-    shutil.rmtree(directory.parent, ignore_errors=True)
-
 
 @pytest.fixture
 def cluster(bed: Testbed) -> Cluster:
     return load_cluster(bed.cluster_yaml)
-
-
-def foreign_processes(bed: Testbed) -> dict[str, list[str]]:
-    """Every live process inside each node's namespaces except its sshd: what a teardown must not leave."""
-    found: dict[str, list[str]] = {}
-    for node in bed.nodes:
-        pids = subprocess.run(["ip", "netns", "pids", node.namespace], capture_output=True, text=True).stdout.split()
-        for pid in pids:
-            try:
-                stat = Path(f"/proc/{pid}/stat").read_text()
-                args = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
-            except FileNotFoundError:
-                continue
-            if stat.rsplit(")", 1)[1].split()[0] == "Z" or args.startswith(("sshd", "unshare", "/usr/sbin/sshd")):
-                continue
-            found.setdefault(node.name, []).append(args)
-    return found
 
 
 async def test_ssh_run_start_and_provable_stop(cluster: Cluster, bed: Testbed) -> None:

@@ -1,0 +1,39 @@
+"""Helpers of the test-bed tests (imported by conftest.py and the test modules of this folder)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from cluster.testbed import Testbed
+
+LOCK = Path("/tmp/topo-testbed-tests.lock")
+
+
+def claim_free_bed_slot() -> tuple[str, str]:
+    """A prefix and subnet no other bed on this machine uses (several test sessions may run at once);
+    call with LOCK held, and build the bed before releasing it."""
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+    routes = subprocess.run(["ip", "route", "show"], capture_output=True, text=True).stdout
+    for slot in range(1, 250):
+        prefix, subnet = f"tc{slot}", f"10.89.{slot}"
+        if f" {prefix}-br0" not in links and f"{subnet}.0/24" not in routes:
+            return prefix, subnet
+    raise RuntimeError("no free test bed slot")
+
+
+def foreign_processes(bed: Testbed) -> dict[str, list[str]]:
+    """Every live process inside each node's namespaces except its sshd: what a teardown must not leave."""
+    found: dict[str, list[str]] = {}
+    for node in bed.nodes:
+        pids = subprocess.run(["ip", "netns", "pids", node.namespace], capture_output=True, text=True).stdout.split()
+        for pid in pids:
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+                args = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+            except FileNotFoundError:
+                continue
+            if stat.rsplit(")", 1)[1].split()[0] == "Z" or args.startswith(("sshd", "unshare", "/usr/sbin/sshd")):
+                continue
+            found.setdefault(node.name, []).append(args)
+    return found
