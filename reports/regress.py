@@ -33,7 +33,6 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from common.errors import RegressionInputError, ResultsError
 from reports.names import display_name, ordered_topologies
@@ -201,6 +200,8 @@ def one_sided_p(current: np.ndarray, baseline: np.ndarray, test: TestName, alter
     baseline = np.full_like(baseline, baseline.mean()) if _no_spread(baseline) else baseline
     if test == "welch" and (current.size < 2 or baseline.size < 2):
         return math.nan
+    from scipy import stats  # imported here: scipy.stats alone costs seconds of every `topo` start
+
     with warnings.catch_warnings():
         # a constant side is intended here (handled above when both are); scipy warns about it regardless
         warnings.filterwarnings("ignore", message="Precision loss occurred", category=RuntimeWarning)
