@@ -140,9 +140,10 @@ def test_tokenize_counts_like_common_text(vllm_solo: VllmServer) -> None:
         "Non-ASCII: naïve café, Ünïcödé, 東京, emoji 🙂.",
         "<|start|>user\nspecial tokens in text<|end|>\n",
     ]
+    model = vllm_solo.served_model_name
     with httpx.Client(timeout=60.0) as client:
         for text in texts:
-            response = client.post(f"{vllm_solo.base_url}/tokenize", json={"model": vllm_solo.served_model_name, "prompt": text})
+            response = client.post(f"{vllm_solo.base_url}/tokenize", json={"model": model, "prompt": text})
             assert response.status_code == 200, response.text
             answer = response.json()
             assert answer["tokens"] == tokenizer.encode(text, add_special_tokens=False).ids, text
@@ -150,19 +151,20 @@ def test_tokenize_counts_like_common_text(vllm_solo: VllmServer) -> None:
         messages = [{"role": "user", "content": texts[1]}]
         response = client.post(
             f"{vllm_solo.base_url}/tokenize",
-            json={"model": vllm_solo.served_model_name, "messages": messages, "add_generation_prompt": True},
+            json={"model": model, "messages": messages, "add_generation_prompt": True},
         )
         assert response.status_code == 200, response.text
         assert response.json()["tokens"] == tokenizer.encode(render_chat(messages), add_special_tokens=False).ids
 
 
 def test_metrics_expose_the_families_topo_reads_and_count_a_request(vllm_solo: VllmServer) -> None:
+    model = vllm_solo.served_model_name
     with httpx.Client(timeout=httpx.Timeout(300.0, connect=10.0)) as client:
         before = scrape(client, vllm_solo.base_url)
         prompt = corpus_prompt(100, start=40_000)
         response = client.post(
             f"{vllm_solo.base_url}/v1/completions",
-            json={"model": vllm_solo.served_model_name, "prompt": prompt, "max_tokens": 12, "min_tokens": 12, "ignore_eos": True},
+            json={"model": model, "prompt": prompt, "max_tokens": 12, "min_tokens": 12, "ignore_eos": True},
         )
         assert response.status_code == 200, response.text
         after = scrape(client, vllm_solo.base_url)
@@ -170,12 +172,14 @@ def test_metrics_expose_the_families_topo_reads_and_count_a_request(vllm_solo: V
     for family in METRIC_FAMILIES_TOPO_READS:
         probe = family + "_count" if family.endswith("_seconds") else family
         assert any(k == probe or k.startswith(probe + "{") for k in after), f"{family} missing from /metrics"
-    assert any(f'model_name="{vllm_solo.served_model_name}"' in k for k in after if k.startswith("vllm:num_requests_running"))
+    assert any(f'model_name="{model}"' in k for k in after if k.startswith("vllm:num_requests_running"))
     # Nothing else talks to this server while a test runs, so the deltas are exactly this request's.
-    assert family_total(after, "vllm:prompt_tokens_total") - family_total(before, "vllm:prompt_tokens_total") == 100
-    assert family_total(after, "vllm:generation_tokens_total") - family_total(before, "vllm:generation_tokens_total") == 12
-    ttft_count = "vllm:time_to_first_token_seconds_count"
-    assert family_total(after, ttft_count) - family_total(before, ttft_count) == 1
+    def grew_by(name: str) -> float:
+        return family_total(after, name) - family_total(before, name)
+
+    assert grew_by("vllm:prompt_tokens_total") == 100
+    assert grew_by("vllm:generation_tokens_total") == 12
+    assert grew_by("vllm:time_to_first_token_seconds_count") == 1
     assert family_total(after, "vllm:num_requests_running") == 0  # idle again once the answer is back
     assert 0.0 <= family_total(after, "vllm:kv_cache_usage_perc") <= 1.0
 

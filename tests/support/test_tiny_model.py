@@ -48,8 +48,10 @@ def test_weights_cover_every_parameter_with_consistent_shapes(model_dir: Path) -
     shape = TinyLlamaShape()
     header, data_len = read_safetensors_header(model_dir / "model.safetensors")
     header.pop("__metadata__")
-    expected_per_layer = {"input_layernorm", "post_attention_layernorm", "self_attn.q_proj", "self_attn.k_proj",
-                          "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"}  # fmt: skip
+    expected_per_layer = {
+        "input_layernorm", "post_attention_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+        "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
+    }  # fmt: skip
     expected = {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"} | {
         f"model.layers.{i}.{part}.weight" for i in range(shape.num_hidden_layers) for part in expected_per_layer
     }

@@ -372,7 +372,8 @@ def start_tp2_two_processes(
         ranks = tp2_two_process_argvs(model_dir, port, master_port, model_flags=model_flags, venv=venv)
         for rank, (argv, env) in enumerate(ranks):
             log_path = log_dir / f"vllm-tp2-r{rank}-{port}.log"
-            processes.append(launch(f"vllm serve (tp2 rank {rank})", argv, vllm_env(venv, {**(extra_env or {}), **env}), log_path))
+            rank_env = vllm_env(venv, {**(extra_env or {}), **env})
+            processes.append(launch(f"vllm serve (tp2 rank {rank})", argv, rank_env, log_path))
     except BaseException:
         for process in processes:
             stop_group(process)
