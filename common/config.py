@@ -30,8 +30,10 @@ def describe_validation_error(exc: ValidationError, source: str) -> str:
         message = problem["msg"]
         if problem["type"] == "extra_forbidden":
             message = "unknown key (a typo? it is not one of the allowed keys)"
-        got = problem.get("input")
-        got_text = "" if problem["type"] in ("missing", "extra_forbidden") else f" (got {got!r})"
+        got = repr(problem.get("input"))
+        if len(got) > 120:  # a whole mapping echoed back hides the message; the key path says where to look
+            got = got[:117] + "..."
+        got_text = "" if problem["type"] in ("missing", "extra_forbidden") or location == "<top level>" else f" (got {got})"
         lines.append(f"{source}: {location}: {message}{got_text}")
     return "\n".join(lines)
 
