@@ -33,6 +33,9 @@ COMMAND_MODULES: tuple[str, ...] = (
     "topo.commands.up",
     "topo.commands.sweep",
     "topo.commands.predict",
+    "topo.commands.history",
+    "topo.commands.regress",
+    "topo.commands.nightly",
 )
 
 for module_name in COMMAND_MODULES:

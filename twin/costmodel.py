@@ -11,7 +11,8 @@ KV cache (1 new token = a decode; more = a prefill chunk). Per rank of a TP=k en
 - memory and compute overlap by `compute_memory_overlap` (1 = roofline max, 0 = sum);
 - TP: two ring all-reduces of the step's activations per layer over the link, plus a gather of the
   sampled rows' logits, plus the executor's per-step overhead;
-- a fixed per-step overhead (scheduling, kernel launches, sampling).
+- a fixed per-step overhead (scheduling, kernel launches, sampling);
+- the profile's `decode_slowdown` (a what-if knob, 1.0 normally) multiplies a pure decode step's time.
 """
 
 from __future__ import annotations
@@ -180,8 +181,11 @@ class CostModel:
         busy = max(memory_s, compute_s) + (1.0 - overlap) * min(memory_s, compute_s)
         comm_s = self.comm_seconds(tokens, sampled)
         overhead = self.hw.step_overhead_ms / 1000 + self.executor_overhead
+        seconds = busy + comm_s + overhead
+        if self.hw.decode_slowdown != 1.0 and all(s.new_tokens == 1 for s in seqs):
+            seconds *= self.hw.decode_slowdown  # the profile's what-if knob: pure decode steps only
         return StepCost(
-            seconds=busy + comm_s + overhead,
+            seconds=seconds,
             weight_bytes=weight_bytes,
             kv_bytes=kv_bytes,
             flops=flops,

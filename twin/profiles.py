@@ -26,7 +26,8 @@ from common.errors import ConfigError
 SOURCE_KINDS = ("published:", "estimate:", "calibrated:")
 
 # Keys that are descriptive, not constants of the model: they need no source.
-_UNSOURCED_KEYS = frozenset({"name", "description", "hf_id", "default_quantization", "sources"})
+# `decode_slowdown` is a what-if knob (tests, "what if decode got 10% slower"), not a fact to source.
+_UNSOURCED_KEYS = frozenset({"name", "description", "hf_id", "default_quantization", "sources", "decode_slowdown"})
 
 
 class SourcedModel(StrictModel):
@@ -119,6 +120,10 @@ class HardwareProfile(SourcedModel):
     links: dict[str, LinkProfile]
     executors: dict[Literal["mp", "ray"], ExecutorProfile]
     router: RouterProfile
+    # What-if / testing knob, not a fitted number: a pure decode step (no prefill chunk in the batch) takes
+    # this many times its modeled time. 1.1 = "decode got 10% slower" (a kernel or driver regression) while
+    # TTFT and prefill stay as they were; the nightly gate's tests use it.
+    decode_slowdown: float = Field(default=1.0, gt=0)
 
     @model_validator(mode="after")
     def _needs_links(self) -> HardwareProfile:
@@ -320,6 +325,7 @@ class DerivedProfile(StrictModel):
     description: str = ""
     derived_from: str
     speedup: float = Field(gt=0)
+    decode_slowdown: float | None = Field(default=None, gt=0)  # replaces the base's (not scaled)
 
 
 _RATE_KEYS = frozenset({"memory_bandwidth_gbs", "dense_tflops_bf16", "dense_tflops_fp8", "dense_tflops_fp4", "bandwidth_gbit_s"})
@@ -364,6 +370,8 @@ def load_hardware(name_or_path: str | Path) -> HardwareProfile:
         scaled = _scaled(base, derived.speedup, note)
         scaled["name"] = derived.name
         scaled["description"] = derived.description or note
+        if derived.decode_slowdown is not None:
+            scaled["decode_slowdown"] = derived.decode_slowdown
         return validate_model(HardwareProfile, scaled, source=f"{path} (derived from {base_path})")
     if data is None:
         raise ConfigError(f"{path}: the file is empty (expected a hardware profile)")

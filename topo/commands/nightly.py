@@ -1,0 +1,174 @@
+"""`topo nightly`: sweep into a new folder of the results root, gate it against the baseline, report."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from common.errors import RegressionInputError, ResultsError
+from reports.console import print_regression
+from reports.regress import check_comparable, compare_result_dirs, write_gate_outputs
+from reports.report import build_report
+from reports.results import load_results, write_report
+from topo.commands.bench import parse_concurrency
+from topo.commands.regress import policy_from_options
+from topo.commands.sweep import RichSweepProgress
+from topo.nightly import (
+    BASELINES_FILE,
+    DEFAULT_ROOT,
+    NightlyPaths,
+    find_baseline,
+    list_sweeps,
+    query_history,
+    read_entry,
+    read_tags,
+    same_kind,
+)
+from topo.sweep import SweepSpec, command_line, default_out_dir, plan_sweep, read_meta, run_sweep, write_meta
+from topology.kinds import STUDY_TOPOLOGIES
+
+NIGHTLY_CONCURRENCY = "1,2,4,8,16,32,64"
+NO_BASELINE_EXIT = 0  # a first night has nothing to compare with: not a failure (see --require-baseline)
+
+
+def nightly_command(
+    cluster: Annotated[str, typer.Option("--cluster", help="Cluster inventory: a name under configs/clusters/ "
+                                         "or a YAML path.", show_default=False)],
+    model: Annotated[str, typer.Option("--model", "-m", help="Model recipe: a name under configs/models/ or a "
+                                       "YAML path.", show_default=False)],
+    baseline: Annotated[str, typer.Option("--baseline", "-b", help="Tag (ROOT/baselines.json) or results folder "
+                                          "to compare with. An unset tag means a first night: sweep, report, "
+                                          "exit 0 and say how to set it.")] = "nightly",
+    runs: Annotated[int, typer.Option("--runs", "-r", help="Measured runs per cell: the test needs 2+ per side; "
+                                      "3 separates a real 10% change from noise.", min=1)] = 3,
+    concurrency: Annotated[str, typer.Option("--concurrency", "-c", help="Concurrency levels.")]
+    = NIGHTLY_CONCURRENCY,
+    topologies: Annotated[str, typer.Option("--topologies", "-t", help="Comma-separated topologies.")]
+    = ",".join(STUDY_TOPOLOGIES),
+    root: Annotated[Path, typer.Option("--root", help="Results root: the sweep goes to ROOT/<model>-<time>; "
+                                       "tags and the history are read from here.")] = DEFAULT_ROOT,
+    junit: Annotated[Path, typer.Option("--junit", help="JUnit XML of the gate (default: in the sweep's "
+                                        "folder, regress.junit.xml).")] = None,  # type: ignore[assignment]
+    md: Annotated[Path, typer.Option("--md", help="Markdown verdict (default: in the sweep's folder, "
+                                     "regress.md).")] = None,  # type: ignore[assignment]
+    twin_hardware: Annotated[str, typer.Option("--twin-hardware", help="Override every twin node's hardware "
+                                               "profile (a name or a YAML path).")] = None,  # type: ignore[assignment]
+    threshold: Annotated[str, typer.Option("--threshold", help="Regression threshold (see `topo regress`).")]
+    = "5%",
+    alpha: Annotated[float, typer.Option("--alpha", help="Significance level of the one-sided test.")] = 0.05,
+    test: Annotated[str, typer.Option("--test", help="welch or mannwhitney.")] = "welch",
+    pp: Annotated[int, typer.Option("--pp", help="Prompt tokens per request.")] = 1024,
+    tg: Annotated[int, typer.Option("--tg", help="Generated tokens per request.")] = 128,
+    history_sweeps: Annotated[int, typer.Option("--history", help="How many sweeps (this one included) the "
+                                                "report's trend tables and charts cover.", min=1)] = 30,
+    require_baseline: Annotated[bool, typer.Option("--require-baseline", help="Exit 2 before sweeping when the "
+                                                   "baseline is not set, instead of a first-night exit 0.")]
+    = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Resolve the baseline, plan every topology and print "
+                                          "what would run; start nothing.")] = False,
+) -> None:
+    """The nightly job: sweep, compare with the baseline, write the reports, exit with the gate's code.
+
+    1. Sweeps the cluster into ROOT/<model>-<time> (as `topo sweep`, with --runs runs per cell).
+    2. Compares it cell by cell with the baseline (as `topo regress`) and writes the JUnit XML and the
+       Markdown verdict for CI.
+    3. Writes report.md / report.html with the verdict first and each cell's trend over the earlier sweeps
+       of the same model under ROOT.
+
+    Exit code: 1 on a regression (or a cell that is missing or failed), 0 when clean, 2 when the input is
+    unusable (unknown baseline folder, baseline of another model or load, nothing measured). With no
+    baseline yet (the tag is not set) the sweep is still run and reported and the exit code is 0 — or 1
+    when a topology failed — and the message says how to mark it: `topo baseline set DIR --tag TAG`.
+    """
+    console = Console()
+    policy = policy_from_options(threshold, alpha, test)  # a bad option fails before an hour of sweeping
+    spec = SweepSpec(model=model, cluster=cluster, runs=runs, pp=pp, tg=tg, twin_hardware=twin_hardware,
+                     topologies=tuple(t.strip() for t in topologies.split(",") if t.strip()),
+                     concurrency=tuple(parse_concurrency(concurrency)))
+    baseline_dir = find_baseline(baseline, root)
+    if baseline_dir is not None:
+        check_comparable(_meta_of(baseline_dir), {"spec": spec.to_json()})
+    elif require_baseline:
+        raise RegressionInputError(f"--baseline {baseline}: no such tag in {root / BASELINES_FILE} "
+                                   f"({_known_tags(root)}) and --require-baseline is set")
+    sweep = plan_sweep(spec)
+    directory = default_out_dir(spec, root)
+    paths = NightlyPaths.for_sweep(directory, junit, md)
+    if dry_run:
+        console.print(f"[bold]nightly[/] of {escape(spec.model)} on {escape(sweep.cluster.name)} -> {directory}")
+        console.print(f"  topologies {', '.join(spec.topologies)}; c={','.join(map(str, spec.concurrency))}; "
+                      f"{spec.runs} run(s) per cell; pp{spec.pp} tg{spec.tg}")
+        console.print(f"  baseline: {escape(str(baseline_dir)) if baseline_dir else f'none yet (tag {baseline!r})'}")
+        console.print(f"  gate: {escape(policy.test_name)}, threshold {policy.threshold_pct:g}%, α = {policy.alpha:g}; "
+                      f"JUnit {paths.junit}, Markdown {paths.markdown}")
+        return
+
+    with RichSweepProgress(console) as progress:
+        try:
+            outcome = asyncio.run(run_sweep(sweep, directory, progress, command_line=command_line()))
+        except KeyboardInterrupt:
+            progress.progress.stop()
+            console.print(f"[yellow]interrupted[/]: the measured runs are kept in {directory}; "
+                          f"`topo sweep --resume {directory}` completes it, `topo regress` then gates it")
+            raise typer.Exit(130) from None
+    if not outcome.measured_runs:
+        raise ResultsError(f"the nightly sweep measured nothing ({'; '.join(outcome.errors.values()) or 'no cell'});"
+                           f" details in {directory / 'meta.json'}")
+
+    regression = compare_result_dirs(baseline_dir, directory, policy) if baseline_dir is not None else None
+    results = load_results(directory)
+    trend_of = same_kind(list_sweeps(root), read_entry(directory))[-history_sweeps:]
+    history = query_history(trend_of)
+    report = build_report(results.cells, results.meta, results.requests, history=history, regression=regression)
+    md_path, html_path = write_report(directory, report)
+
+    meta = read_meta(directory)
+    meta["nightly"] = {"baseline": baseline, "baseline_folder": str(baseline_dir) if baseline_dir else None}
+    console.print()
+    if regression is None:
+        code = 1 if outcome.errors else NO_BASELINE_EXIT
+        meta["nightly"]["exit_code"] = code
+        write_meta(directory, meta)
+        console.print(f"[bold yellow]no baseline yet[/]: tag {escape(baseline)!r} is not set in "
+                      f"{root / BASELINES_FILE} ({_known_tags(root)}), so nothing was compared.")
+        console.print(f"If this sweep is good, make it the baseline:\n  topo baseline set {directory} "
+                      f"--tag {baseline} --root {root}")
+    else:
+        code = write_gate_outputs(regression, junit=paths.junit, markdown=paths.markdown)
+        meta["nightly"]["exit_code"] = code
+        meta["nightly"]["summary"] = regression.summary()
+        write_meta(directory, meta)
+        print_regression(console, regression)
+        console.print(f"wrote [bold]{paths.junit}[/] and [bold]{paths.markdown}[/]")
+    if outcome.errors:
+        console.print(f"[bold red]failed topologies[/]: {', '.join(outcome.errors)} (details in "
+                      f"{directory / 'meta.json'})")
+    console.print(f"report with the trend over {len(trend_of)} sweep(s): [bold]{html_path}[/] ({md_path.name})")
+    raise typer.Exit(code)
+
+
+def _meta_of(directory: Path) -> dict[str, Any]:
+    """The baseline's meta.json ({} without one): enough to refuse another model or load before sweeping."""
+    path = directory / "meta.json"
+    if not path.is_file():
+        return {}
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise RegressionInputError(f"baseline {path}: not readable JSON ({exc})") from exc
+    return meta if isinstance(meta, dict) else {}
+
+
+def _known_tags(root: Path) -> str:
+    tags = sorted(read_tags(root))
+    return f"tags set: {', '.join(tags)}" if tags else "no tags set"
+
+
+def register(app: typer.Typer) -> None:
+    app.command("nightly")(nightly_command)

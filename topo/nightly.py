@@ -1,0 +1,317 @@
+"""The nightly job's library: the results root as a history, baseline tags, and the regression gate run.
+
+A results root (default ./results) holds one folder per sweep (DESIGN.md "Results"); nothing else keeps
+state but one small file:
+
+    ROOT/baselines.json   {"schema": 1, "tags": {"NAME": {"folder": "gemma4-26b-20261123-021500",
+                                                         "set_at": "2026-11-23T08:01:00+00:00"}}}
+
+A tag names a folder relative to the root (so the root can be moved or copied as a whole; a folder outside
+the root is stored as an absolute path). `topo baseline set DIR --tag NAME` writes it, `topo regress
+--baseline NAME` and `topo nightly --baseline NAME` read it. Tags live outside meta.json on purpose: a
+sweep's folder is what the sweep wrote and is never rewritten by marking it good.
+
+History queries run in DuckDB over `ROOT/*/cells.parquet` (one row per topology x concurrency x run)
+joined with the facts of each folder's meta.json (time, model, cluster, status, git describe, tags): no
+server, no index to keep in sync.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from common.errors import RegressionInputError, ResultsError
+from reports.tables import METRICS, MetricSpec
+
+DEFAULT_ROOT = Path("results")
+BASELINES_FILE = "baselines.json"
+CELLS_FILE = "cells.parquet"
+META_FILE = "meta.json"
+
+
+# ---- one folder ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SweepEntry:
+    """What `topo history` lists about one results folder (from its meta.json; absent facts are None)."""
+
+    name: str  # folder name
+    path: Path
+    kind: str  # "sweep" or "prediction"
+    status: str | None
+    started_at: str | None
+    model: str | None
+    cluster: str | None
+    git_describe: str | None
+    pp: int | None
+    tg: int | None
+    tags: tuple[str, ...] = ()
+
+    @property
+    def started(self) -> datetime | None:
+        if not self.started_at:
+            return None
+        try:
+            moment = datetime.fromisoformat(self.started_at)
+        except ValueError:
+            return None
+        return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ResultsError(f"{path}: not readable JSON ({exc})") from exc
+
+
+def _cluster_name(meta: dict[str, Any]) -> str | None:
+    cluster = meta.get("cluster")
+    if isinstance(cluster, dict):
+        return cluster.get("name")
+    spec = meta.get("spec") if isinstance(meta.get("spec"), dict) else {}
+    if meta.get("kind") == "prediction":
+        return f"twin:{spec.get('hardware')}" if spec.get("hardware") else None
+    return spec.get("cluster")
+
+
+def read_entry(directory: Path, tags: Sequence[str] = ()) -> SweepEntry:
+    """A folder with cells.parquet; meta.json facts when it has one (a folder without is still a sweep)."""
+    meta_path = directory / META_FILE
+    meta = _read_json(meta_path) if meta_path.is_file() else {}
+    if not isinstance(meta, dict):
+        raise ResultsError(f"{meta_path}: expected a JSON object")
+    spec = meta.get("spec") if isinstance(meta.get("spec"), dict) else {}
+
+    def number(key: str) -> int | None:
+        value = spec.get(key, meta.get(key))
+        return int(value) if isinstance(value, (int, float)) else None
+
+    return SweepEntry(
+        name=directory.name, path=directory, kind=str(meta.get("kind") or "sweep"), status=meta.get("status"),
+        started_at=meta.get("started_at") or meta.get("created"), model=spec.get("model") or meta.get("model"),
+        cluster=_cluster_name(meta), git_describe=meta.get("git_describe"), pp=number("pp"), tg=number("tg"),
+        tags=tuple(tags),
+    )
+
+
+def list_sweeps(root: Path) -> list[SweepEntry]:
+    """Every results folder directly under `root` (those holding cells.parquet), oldest first."""
+    if not root.is_dir():
+        return []
+    tags_of: dict[Path, list[str]] = {}
+    for tag, folder in read_tags(root).items():
+        tags_of.setdefault(folder.resolve(), []).append(tag)
+    entries = []
+    for directory in sorted(p for p in root.iterdir() if p.is_dir() and (p / CELLS_FILE).is_file()):
+        entries.append(read_entry(directory, sorted(tags_of.get(directory.resolve(), []))))
+    return sorted(entries, key=_entry_order)
+
+
+def _entry_order(entry: SweepEntry) -> tuple[float, str]:
+    started = entry.started
+    return (started.timestamp() if started else float("inf"), entry.name)
+
+
+# ---- baseline tags ---------------------------------------------------------------------------------------
+
+
+def _tags_path(root: Path) -> Path:
+    return root / BASELINES_FILE
+
+
+def _read_tag_file(root: Path) -> dict[str, dict[str, Any]]:
+    path = _tags_path(root)
+    if not path.is_file():
+        return {}
+    data = _read_json(path)
+    tags = data.get("tags") if isinstance(data, dict) else None
+    if not isinstance(tags, dict) or not all(isinstance(v, dict) and "folder" in v for v in tags.values()):
+        raise ResultsError(f"{path}: expected {{\"tags\": {{NAME: {{\"folder\": ...}}}}}}; fix or delete the file")
+    return tags
+
+
+def read_tags(root: Path) -> dict[str, Path]:
+    """Tag -> folder (resolved against the root)."""
+    return {tag: root / str(entry["folder"]) for tag, entry in _read_tag_file(root).items()}
+
+
+def tag_details(root: Path) -> dict[str, dict[str, Any]]:
+    """Tag -> the stored entry ({"folder", "set_at"}), for `topo baseline list`."""
+    return _read_tag_file(root)
+
+
+def _valid_tag(tag: str) -> str:
+    tag = tag.strip()
+    if not tag or "/" in tag or tag.startswith(".") or any(ch.isspace() for ch in tag):
+        raise RegressionInputError(f"--tag {tag!r}: a tag is one word without '/' (e.g. nightly, good-0.11.1)")
+    return tag
+
+
+@dataclass(frozen=True)
+class TagChange:
+    tag: str
+    folder: Path
+    previous: Path | None
+
+
+def set_tag(root: Path, directory: Path, tag: str, *, allow_incomplete: bool = False) -> TagChange:
+    """Mark `directory` (a results folder) as `tag`; returns the folder the tag named before, if any."""
+    tag = _valid_tag(tag)
+    if not (directory / CELLS_FILE).is_file():
+        raise ResultsError(f"{directory}: has no {CELLS_FILE}; only a results folder can be a baseline")
+    entry = read_entry(directory)
+    if entry.status not in (None, "complete") and not allow_incomplete:
+        # a baseline missing a topology would let the gate pass that topology forever (its cells are "new")
+        raise ResultsError(f"{directory}: its sweep is {entry.status!r}, not complete; a baseline should hold every "
+                           "cell (pass --force to mark it anyway)")
+    tags = _read_tag_file(root)
+    previous = root / str(tags[tag]["folder"]) if tag in tags else None
+    try:
+        folder = str(directory.resolve().relative_to(root.resolve()))
+    except ValueError:
+        folder = str(directory.resolve())  # outside the root: kept absolute
+    tags[tag] = {"folder": folder, "set_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    root.mkdir(parents=True, exist_ok=True)
+    path = _tags_path(root)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps({"schema": 1, "tags": dict(sorted(tags.items()))}, indent=2) + "\n",
+                       encoding="utf-8")
+        tmp.replace(path)  # atomic: a crash never leaves half a tags file
+    except OSError as exc:
+        raise ResultsError(f"cannot write {path}: {exc}") from exc
+    return TagChange(tag, root / folder, previous)
+
+
+def resolve_sweep(reference: str | Path, root: Path) -> Path:
+    """A folder path, or a tag of ROOT/baselines.json, -> the results folder (RegressionInputError if neither)."""
+    text = str(reference)
+    path = Path(text)
+    if (path / CELLS_FILE).is_file():
+        return path
+    tags = read_tags(root)
+    if text in tags:
+        folder = tags[text]
+        if not (folder / CELLS_FILE).is_file():
+            raise RegressionInputError(f"tag {text!r} names {folder}, which holds no {CELLS_FILE} any more "
+                                       f"(moved or deleted?); set it again with `topo baseline set DIR --tag {text}`")
+        return folder
+    if path.is_dir():
+        raise RegressionInputError(f"{path}: has no {CELLS_FILE}; not a results folder")
+    known = ", ".join(sorted(tags)) or "none"
+    raise RegressionInputError(f"{text!r} is neither a results folder nor a tag in {_tags_path(root)} "
+                               f"(tags: {known})")
+
+
+def find_baseline(reference: str, root: Path) -> Path | None:
+    """The nightly's lookup: the folder, or None when the tag is not set yet (a first night)."""
+    path = Path(reference)
+    if (path / CELLS_FILE).is_file():
+        return path
+    if reference in read_tags(root):
+        return resolve_sweep(reference, root)
+    if path.is_dir() or os.sep in reference:
+        raise RegressionInputError(f"--baseline {reference}: not a results folder (no {CELLS_FILE})")
+    return None
+
+
+# ---- history in DuckDB -----------------------------------------------------------------------------------
+
+
+def metric_spec(key: str) -> MetricSpec:
+    for metric in METRICS:
+        if metric.key == key:
+            return metric
+    raise RegressionInputError(f"--metric {key!r}: expected one of {', '.join(m.key for m in METRICS)}")
+
+
+def _entries_frame(entries: Sequence[SweepEntry]) -> pd.DataFrame:
+    return pd.DataFrame({
+        "sweep": [e.name for e in entries],
+        "folder": [str(e.path.resolve()) for e in entries],
+        "started": [e.started_at for e in entries],
+        "position": list(range(len(entries))),
+    })
+
+
+def query_history(entries: Sequence[SweepEntry], *, topology: str | None = None,
+                  concurrency: int | None = None) -> pd.DataFrame:
+    """Every run of the given folders' cells.parquet, with `sweep` and `started`, read by DuckDB.
+
+    One query over `read_parquet([...], filename=true)` joined with the folders' meta.json facts; the
+    result is the frame reports/history.py draws trends from (cells columns + sweep + started)."""
+    import duckdb
+
+    columns = ["sweep", "started"]
+    if not entries:
+        return pd.DataFrame(columns=columns)
+    facts = _entries_frame(entries)
+    files = [str(Path(f) / CELLS_FILE) for f in facts["folder"]]
+    where, params = ["true"], []
+    if topology is not None:
+        where.append("c.topology = ?")
+        params.append(topology)
+    if concurrency is not None:
+        where.append("c.concurrency = ?")
+        params.append(int(concurrency))
+    sql = f"""
+        SELECT c.* EXCLUDE (filename), f.sweep, f.started
+        FROM read_parquet(?, filename = true, union_by_name = true) AS c
+        JOIN facts AS f ON parse_dirpath(c.filename) = f.folder
+        WHERE {' AND '.join(where)}
+        ORDER BY f.position, c.topology, c.concurrency, c.run
+    """
+    try:
+        with duckdb.connect() as connection:
+            connection.register("facts", facts)
+            return connection.execute(sql, [files, *params]).df()
+    except duckdb.Error as exc:
+        raise ResultsError(f"cannot query the history under {entries[0].path.parent}: {exc}") from exc
+
+
+def summarize_history(history: pd.DataFrame, metric: MetricSpec) -> pd.DataFrame:
+    """Per (sweep, topology, concurrency): mean and population std of the metric, runs, failed requests."""
+    import duckdb
+
+    if history.empty:
+        return pd.DataFrame(columns=["sweep", "topology", "concurrency", "mean", "std", "runs", "failed"])
+    sql = f"""
+        SELECT sweep, topology, concurrency, avg("{metric.key}") AS mean, stddev_pop("{metric.key}") AS std,
+               count(*) AS runs, coalesce(sum(failed), 0) AS failed, min(position) AS position
+        FROM (SELECT *, dense_rank() OVER (ORDER BY started NULLS LAST, sweep) AS position FROM history)
+        GROUP BY sweep, topology, concurrency
+        ORDER BY position, topology, concurrency
+    """
+    with duckdb.connect() as connection:
+        connection.register("history", history)
+        return connection.execute(sql).df().drop(columns="position")
+
+
+def same_kind(entries: Sequence[SweepEntry], like: SweepEntry) -> list[SweepEntry]:
+    """The folders a trend of `like` can include: same kind, model, pp and tg (a different load is not a trend)."""
+    return [e for e in entries if e.kind == like.kind and e.model == like.model and e.pp == like.pp
+            and e.tg == like.tg]
+
+
+@dataclass
+class NightlyPaths:
+    """Where a nightly run writes: the sweep folder and the gate's files (CI uploads them)."""
+
+    directory: Path
+    junit: Path
+    markdown: Path
+    extra: dict[str, Path] = field(default_factory=dict)
+
+    @classmethod
+    def for_sweep(cls, directory: Path, junit: Path | None = None, markdown: Path | None = None) -> NightlyPaths:
+        return cls(directory, junit or directory / "regress.junit.xml", markdown or directory / "regress.md")
