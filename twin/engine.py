@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import AsyncIterator, Literal, Protocol
 
 from common.errors import ConfigError, EngineRequestError
-from twin.costmodel import CostModel, StepCost
+from twin.costmodel import CostModel, SeqWork, StepCost
 from twin.profiles import HardwareProfile, ModelCard, load_card, load_hardware
 from twin.scheduler import BLOCK_SIZE, EmittedToken, Scheduler, Sequence, StepPlan, blocks_for
 
@@ -101,6 +101,10 @@ class GenerationRequest:
     request_id: str
     prompt_tokens: int
     max_tokens: int  # the twin generates exactly max_tokens tokens
+    # Engine-clock time the request reached the server, before the twin parsed and tokenized it (None:
+    # when generate() is called). The modeled frontend starts from it, so the twin's own parsing time is
+    # absorbed into the modeled frontend instead of being added to it.
+    arrival: float | None = None
 
 
 @dataclass(frozen=True)
@@ -148,12 +152,16 @@ class EngineStats:
 
 
 class Clock(Protocol):
+    real: bool  # True when sleeping takes real time (then late-arriving requests are worth waiting for)
+
     def now(self) -> float: ...
     async def sleep_until(self, deadline: float) -> None: ...
 
 
 class WallClock:
     """Real time (perf_counter seconds); sleeping really sleeps."""
+
+    real = True
 
     def now(self) -> float:
         return time.perf_counter()
@@ -166,6 +174,8 @@ class WallClock:
 
 class VirtualClock:
     """Simulated time: sleeping moves the clock to the deadline and returns at once."""
+
+    real = False
 
     def __init__(self, start: float = 0.0) -> None:
         self._now = start
@@ -239,13 +249,14 @@ class EngineCore:
     def submit(self, request: GenerationRequest, now: float) -> float:
         """Accept a request at `now`; returns when the modeled frontend hands it to the scheduler."""
         self.validate(request)
+        arrival = now if request.arrival is None else min(request.arrival, now)
         if request.request_id in self.scheduler.by_id or any(
             p.seq.request_id == request.request_id for p in self._pending
         ):
             raise EngineRequestError(f"request id {request.request_id!r} is already in the engine")
-        ready = max(now, self._frontend_free_at) + self.frontend_seconds
+        ready = max(arrival, self._frontend_free_at) + self.frontend_seconds
         self._frontend_free_at = ready
-        seq = Sequence(request.request_id, request.prompt_tokens, request.max_tokens, arrival=now)
+        seq = Sequence(request.request_id, request.prompt_tokens, request.max_tokens, arrival=arrival)
         heapq.heappush(self._pending, _Pending(ready, next(self._order), seq))
         return ready
 
@@ -255,6 +266,20 @@ class EngineCore:
 
     def next_ready_time(self) -> float | None:
         return self._pending[0].ready if self._pending else None
+
+    def first_step_grace(self, limit: float) -> float:
+        """How long a wall-clock engine may wait, in real time, before planning the first step after idling.
+
+        The step's modeled start does not move: requests the model says were ready by then, but that the
+        twin's own HTTP/tokenizer work handed over a little late, still join it. Capped at half the cost of
+        the smallest step it could be (the first request's prefill chunk), so the wait stays inside the
+        step's modeled time and costs nothing.
+        """
+        if not self._pending:
+            return 0.0
+        first = self._pending[0].seq
+        chunk = min(first.prompt_tokens, self.config.max_num_batched_tokens)
+        return min(limit, 0.5 * self.cost.step([SeqWork(chunk, 0)]).seconds)
 
     def abort(self, request_id: str) -> None:
         for index, pending in enumerate(self._pending):
@@ -313,6 +338,8 @@ class TokenSink(Protocol):
 # not at "now", so the lateness does not pile up — a GPU would not have waited for the twin's Python. Beyond
 # this much lateness (a stall), the schedule is reset to now instead of bursting to catch up.
 MAX_CATCH_UP_SECONDS = 1.0
+# See EngineCore.first_step_grace: the twin's tokenizing a burst of long prompts takes tens of ms on 2 cores.
+FIRST_STEP_GRACE_SECONDS = 0.05
 
 
 async def run_step_loop(
@@ -337,19 +364,24 @@ async def run_step_loop(
         now = clock.now()
         if anchor is not None and now - anchor > MAX_CATCH_UP_SECONDS:
             anchor = None  # a stall: restart the schedule from now
-        moment = now if anchor is None else anchor
-        core.admit_ready(moment)
-        if not core.has_work:
+        if anchor is None and not core.has_work:
+            # Idle: the first step starts `pickup` after the first request is ready (in the modeled past,
+            # when the server handed it over late), and takes whatever is ready by then.
             ready = core.next_ready_time()
             if ready is None:
                 if stop_when_idle or wait_for_work is None:
                     return
-                anchor = None
                 wait_for_work.clear()
                 await wait_for_work.wait()
                 continue
-            anchor = ready + core.pickup_seconds  # the modeled start of the first step
-            await clock.sleep_until(anchor)
+            anchor = max(ready + core.pickup_seconds, now - MAX_CATCH_UP_SECONDS / 2)
+            grace = core.first_step_grace(FIRST_STEP_GRACE_SECONDS) if clock.real else 0.0
+            await clock.sleep_until(anchor + grace)
+            continue
+        moment = now if anchor is None else anchor
+        core.admit_ready(moment)
+        if not core.has_work:
+            anchor = None  # ran dry: idle until the next request is ready
             continue
         started = moment
         plan, cost, description = core.plan_step()

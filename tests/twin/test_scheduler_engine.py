@@ -16,6 +16,7 @@ from twin.engine import (
     VirtualClock,
     run_step_loop,
 )
+from twin.costmodel import SeqWork
 from twin.predict import _drive
 
 
@@ -206,3 +207,48 @@ def test_stats_histogram_is_cumulative():
     assert n == 3 and counts[-1] == 3 and counts[1] == 3 and counts[0] <= counts[1]
     assert total == pytest.approx(sum(stats.ttft_seconds))
     assert stats.prompt_tokens_total == 192 and stats.generation_tokens_total == 6
+
+
+async def test_a_request_handed_over_late_still_joins_the_first_step(monkeypatch):
+    """Two requests reach the server together; the twin's tokenizer hands the second over 20 ms later.
+    The model says both were ready for the first step, and the wall-clock engine honours that."""
+    import twin.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "FIRST_STEP_GRACE_SECONDS", 0.4)
+    base = slow_tiny_config()
+    config = base.with_(hardware=base.hardware.model_copy(update={"step_overhead_ms": 900.0}))
+    engine = Engine(config)
+    await engine.start()
+    try:
+        arrival = engine.clock.now()
+        first = engine.generate(GenerationRequest("first", 64, 1, arrival=arrival))
+        await asyncio.sleep(0.02)
+        second = engine.generate(GenerationRequest("second", 64, 1, arrival=arrival))
+        times = [[e.time async for e in stream] for stream in (first, second)]
+        assert times[0] == times[1]  # one step for both
+        assert engine.stats().steps_total == 1
+        # modeled: the step starts `pickup` after the first request is ready (arrival + frontend)
+        hw = config.hardware
+        start = arrival + (hw.frontend_ms_per_request + hw.engine_pickup_ms) / 1000
+        step = engine.core.cost.step([SeqWork(64, 0), SeqWork(64, 0)]).seconds
+        assert times[0][0] == pytest.approx(start + step)
+    finally:
+        await engine.stop()
+
+
+async def test_an_overdue_request_keeps_its_modeled_times():
+    """A request the server received 300 ms ago (its tokenizing was slow) is timed from its arrival."""
+    config = slow_tiny_config()
+    engine = Engine(config)
+    await engine.start()
+    try:
+        arrival = engine.clock.now() - 0.3
+        events = [e async for e in engine.generate(GenerationRequest("late", 64, 2, arrival=arrival))]
+        hw = config.hardware
+        cost = engine.core.cost
+        first = arrival + (hw.frontend_ms_per_request + hw.engine_pickup_ms) / 1000 + cost.step([SeqWork(64, 0)]).seconds
+        assert events[0].time == pytest.approx(first)
+        assert events[1].time == pytest.approx(first + cost.step([SeqWork(1, 64)]).seconds)
+        assert engine.stats().ttft_seconds[0] == pytest.approx(first - arrival)
+    finally:
+        await engine.stop()
