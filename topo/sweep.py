@@ -278,6 +278,8 @@ async def _measure_topology(
                 for note in session.notes:
                     progress.note(f"{item.topology}: {note}")
                 for concurrency, first_run in todo:
+                    # a lost node or dead rank ends this topology with its log tail, not with cells of errors
+                    await running.check_alive()
                     warnings = await _measure_cell(item.topology, concurrency, first_run, session, store, progress,
                                                    outcome, spec.runs)
                     meta["warnings"].extend(f"{item.topology}: {w}" for w in warnings)
