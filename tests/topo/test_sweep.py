@@ -153,3 +153,37 @@ def test_interrupted_sweep_resumes_without_losing_or_remeasuring(tmp_path: Path)
 def test_resume_of_a_folder_that_is_not_a_sweep(tmp_path: Path) -> None:
     with pytest.raises(ResultsError, match="no meta.json"):
         resume_spec(tmp_path)
+
+
+@pytest.mark.slow
+def test_a_node_lost_mid_sweep_costs_only_that_topology(tmp_path: Path) -> None:
+    cluster = write_local_cluster(tmp_path / "cluster", hardware="gb10")
+    out = tmp_path / "results"
+    args = ["sweep", "--cluster", str(cluster), "-t", "tp2-mp,solo", "-c", "1,2,4", "--runs", "1",
+            "--pp", "256", "--tg", "48", "--out", str(out)]
+    process = subprocess.Popen([*TOPO, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
+    store = ResultsStore(out)
+    rank1_pidfile = cluster.parent / "node2" / "run" / "engine-rank1.pid"
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            if (out / "meta.json").exists() and runs_done(store.read_cells()).get(("tp2-mp", 1)):
+                break
+            time.sleep(0.1)
+        assert process.poll() is None and rank1_pidfile.exists(), "tp2-mp was not measuring"
+        os.killpg(int(rank1_pidfile.read_text()), signal.SIGKILL)  # node 2 is lost
+        output, _ = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 1, output[-3000:]
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["status"] == "incomplete"
+    assert "engine-rank1" in meta["errors"]["tp2-mp"]  # the error names what died
+    cells = store.read_cells()
+    done = runs_done(cells)
+    assert done[("tp2-mp", 1)] == 1  # measured before the loss: kept
+    assert all(done.get(("solo", c)) == 1 for c in (1, 2, 4))  # the next topology still ran
+    assert (cells[cells.topology == "solo"].failed == 0).all()
+    assert_nothing_left(cluster)
