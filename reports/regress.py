@@ -331,8 +331,11 @@ def compare_sweeps(baseline: pd.DataFrame, current: pd.DataFrame, policy: Regres
 
 
 def compare_result_dirs(baseline_dir: Path | str, current_dir: Path | str,
-                        policy: RegressionPolicy | None = None) -> RegressionResult:
-    """compare_sweeps over two results folders; any unreadable folder is a RegressionInputError (exit 2)."""
+                        policy: RegressionPolicy | None = None, *, baseline_label: str | None = None,
+                        current_label: str | None = None) -> RegressionResult:
+    """compare_sweeps over two results folders; any unreadable folder is a RegressionInputError (exit 2).
+
+    The labels name the sweeps in the outputs (default: the folder paths; `topo regress` passes a tag)."""
     from reports.results import load_results
 
     try:
@@ -340,7 +343,8 @@ def compare_result_dirs(baseline_dir: Path | str, current_dir: Path | str,
     except ResultsError as exc:
         raise RegressionInputError(f"cannot compare: {exc}") from exc
     return compare_sweeps(baseline.cells, current.cells, policy, baseline_meta=baseline.meta,
-                          current_meta=current.meta, baseline_label=str(baseline_dir), current_label=str(current_dir))
+                          current_meta=current.meta, baseline_label=baseline_label or str(baseline_dir),
+                          current_label=current_label or str(current_dir))
 
 
 def _cell_list(runs: dict[tuple[str, int], Any]) -> str:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -213,6 +213,14 @@ def resolve_sweep(reference: str | Path, root: Path) -> Path:
                                f"(tags: {known})")
 
 
+def sweep_label(reference: str | Path, folder: Path) -> str:
+    """How the gate names a sweep: `nightly (gemma4-26b-20261123-021500)` for a tag, the folder name else."""
+    text = str(reference)
+    if Path(text) == folder or (Path(text) / CELLS_FILE).is_file():
+        return folder.name or str(folder)
+    return f"{text} ({folder.name})"
+
+
 def find_baseline(reference: str, root: Path) -> Path | None:
     """The nightly's lookup: the folder, or None when the tag is not set yet (a first night)."""
     path = Path(reference)
@@ -310,7 +318,6 @@ class NightlyPaths:
     directory: Path
     junit: Path
     markdown: Path
-    extra: dict[str, Path] = field(default_factory=dict)
 
     @classmethod
     def for_sweep(cls, directory: Path, junit: Path | None = None, markdown: Path | None = None) -> NightlyPaths:

@@ -29,6 +29,7 @@ from topo.nightly import (
     read_entry,
     read_tags,
     same_kind,
+    sweep_label,
 )
 from topo.sweep import SweepSpec, command_line, default_out_dir, plan_sweep, read_meta, run_sweep, write_meta
 from topology.kinds import STUDY_TOPOLOGIES
@@ -70,6 +71,9 @@ def nightly_command(
     require_baseline: Annotated[bool, typer.Option("--require-baseline", help="Exit 2 before sweeping when the "
                                                    "baseline is not set, instead of a first-night exit 0.")]
     = False,
+    out: Annotated[Path, typer.Option("--out", "-o", help="The sweep's folder (default ROOT/<model>-<time>); "
+                                      "keep it directly under ROOT, where the history and tags are read.")]
+    = None,  # type: ignore[assignment]
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Resolve the baseline, plan every topology and print "
                                           "what would run; start nothing.")] = False,
 ) -> None:
@@ -98,7 +102,10 @@ def nightly_command(
         raise RegressionInputError(f"--baseline {baseline}: no such tag in {root / BASELINES_FILE} "
                                    f"({_known_tags(root)}) and --require-baseline is set")
     sweep = plan_sweep(spec)
-    directory = default_out_dir(spec, root)
+    directory = out or default_out_dir(spec, root)
+    if directory.resolve().parent != root.resolve():
+        console.print(f"[yellow]note:[/] {directory} is not directly under --root {root}: later nightlies will "
+                      "not see it in their history")
     paths = NightlyPaths.for_sweep(directory, junit, md)
     if dry_run:
         console.print(f"[bold]nightly[/] of {escape(spec.model)} on {escape(sweep.cluster.name)} -> {directory}")
@@ -121,7 +128,10 @@ def nightly_command(
         raise ResultsError(f"the nightly sweep measured nothing ({'; '.join(outcome.errors.values()) or 'no cell'});"
                            f" details in {directory / 'meta.json'}")
 
-    regression = compare_result_dirs(baseline_dir, directory, policy) if baseline_dir is not None else None
+    regression = None
+    if baseline_dir is not None:
+        regression = compare_result_dirs(baseline_dir, directory, policy, current_label=directory.name,
+                                         baseline_label=sweep_label(baseline, baseline_dir))
     results = load_results(directory)
     trend_of = same_kind(list_sweeps(root), read_entry(directory))[-history_sweeps:]
     history = query_history(trend_of)

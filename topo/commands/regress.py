@@ -10,7 +10,7 @@ from rich.console import Console
 
 from reports.console import print_regression
 from reports.regress import RegressionPolicy, TestName, compare_result_dirs, parse_threshold, write_gate_outputs
-from topo.nightly import DEFAULT_ROOT, resolve_sweep
+from topo.nightly import DEFAULT_ROOT, resolve_sweep, sweep_label
 
 
 def policy_from_options(threshold: str, alpha: float, test: str) -> RegressionPolicy:
@@ -51,7 +51,8 @@ def regress_command(
     policy = policy_from_options(threshold, alpha, test)
     baseline_dir = resolve_sweep(baseline, root)
     current_dir = resolve_sweep(current, root)
-    result = compare_result_dirs(baseline_dir, current_dir, policy)
+    result = compare_result_dirs(baseline_dir, current_dir, policy, baseline_label=sweep_label(baseline, baseline_dir),
+                                 current_label=sweep_label(current, current_dir))
     print_regression(console, result)
     code = write_gate_outputs(result, junit=junit, markdown=md)
     for label, path in (("JUnit", junit), ("Markdown", md)):
