@@ -3,6 +3,8 @@
     .venv/bin/python benchmarks/calibrate_gb10.py            # predicted vs published, % error per cell,
                                                             # then tp2-mp / tp2-ray / 2x-solo-shuffle
     .venv/bin/python benchmarks/calibrate_gb10.py --fit      # search the `calibrated:` constants again
+    .venv/bin/python benchmarks/calibrate_gb10.py --measured DIR   # also: what `topo bench --out DIR`
+                                                            # measured against `topo twin serve --hardware gb10`
 
 Only the solo column is a fitting target (../shared/reference/gb10_solo_gemma4_26b_fp8.csv). The
 multi-node columns printed at the end come out of the model (link, executor and router constants that
@@ -24,7 +26,7 @@ sys.path.insert(0, str(REPO))
 
 from twin.engine import EngineConfig  # noqa: E402
 from twin.predict import predict_cells  # noqa: E402
-from twin.profiles import HardwareProfile, ModelCard  # noqa: E402
+from twin.profiles import HardwareProfile, ModelCard, describe_sources  # noqa: E402
 
 REFERENCE = Path("/work/shared/reference/gb10_solo_gemma4_26b_fp8.csv")
 METRICS = ("decode_tps", "prefill_tps", "ttft_ms")
@@ -114,6 +116,29 @@ def print_solo(pred: dict[int, dict[str, float]], ref: dict[int, dict[str, float
     return worst
 
 
+def load_measured(path: Path) -> dict[int, dict[str, float]]:
+    """Mean per concurrency of a `topo bench --out DIR` cells.parquet (all rows: one endpoint)."""
+    import pandas as pd
+
+    cells = pd.read_parquet(path / "cells.parquet" if path.is_dir() else path)
+    return mean_by_concurrency(cells.to_dict("records"))
+
+
+def print_measured(measured: dict[int, dict[str, float]], pred: dict[int, dict[str, float]],
+                   ref: dict[int, dict[str, float]]) -> None:
+    print("\nwall-clock twin over HTTP (topo bench) vs published, and vs the virtual-time prediction")
+    header = f"{'c':>3} | " + " | ".join(f"{k + ' measured':>20} {'vs pub':>7} {'vs pred':>7}" for k in METRICS)
+    print(header)
+    print("-" * len(header))
+    for c in sorted(set(measured) & set(ref)):
+        cells = [
+            f"{measured[c][k]:>20.1f} {100 * (measured[c][k] / ref[c][k] - 1):>+6.1f}% "
+            f"{100 * (measured[c][k] / pred[c][k] - 1):>+6.1f}%"
+            for k in METRICS
+        ]
+        print(f"{c:>3} | " + " | ".join(cells))
+
+
 def print_topologies(config: EngineConfig, levels: list[int], runs: int) -> None:
     names = ["solo", "tp2-mp", "tp2-ray", "2x-solo-shuffle"]
     table = {name: predict(config, name, levels, runs) for name in names}
@@ -130,6 +155,7 @@ def main() -> None:
     parser.add_argument("--model", default="gemma4-26b")
     parser.add_argument("--fit", action="store_true", help="search the calibrated constants again")
     parser.add_argument("--runs", type=int, default=3, help="runs per multi-node cell (router splits are random)")
+    parser.add_argument("--measured", type=Path, help="a `topo bench --out` folder (or its cells.parquet) to compare")
     args = parser.parse_args()
 
     ref = load_reference()
@@ -139,8 +165,17 @@ def main() -> None:
         for name, value in values.items():
             print(f"  {name}: {value:.4g}   (was {current(config, name):.4g})")
         config = with_constants(config, values)
+    print(f"calibrated constants ({config.hardware.name}, {config.card.name}):")
+    for section in (config.hardware, config.card):
+        for key, value, source in describe_sources(section):
+            if source.startswith("calibrated:"):
+                print(f"  {key} = {value:g}  -- {source}")
+    print()
     started = time.perf_counter()
-    worst = print_solo(predict(config, "solo", sorted(ref), 1), ref)
+    solo = predict(config, "solo", sorted(ref), 1)
+    worst = print_solo(solo, ref)
+    if args.measured is not None:
+        print_measured(load_measured(args.measured), solo, ref)
     print_topologies(config, sorted(ref), args.runs)
     print(f"\n(predictions took {time.perf_counter() - started:.1f} s of virtual-time simulation)")
     if worst > 0.10:

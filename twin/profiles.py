@@ -163,10 +163,6 @@ class AttentionGroup(SourcedModel):
     window: int | None = Field(default=None, ge=1)  # None = attends to the whole context
     k_eq_v: bool = False  # one tensor serves as K and V (stored once)
 
-    @property
-    def q_width(self) -> int:
-        return self.head_dim  # multiplied by the query head count by the card
-
     def kv_elements_per_token(self, tensor_parallel: int = 1) -> float:
         """K and V elements one token adds to one layer on one rank (KV heads split, or replicated)."""
         heads_per_rank = max(1.0, self.kv_heads / tensor_parallel)
@@ -333,8 +329,6 @@ _TIME_SUFFIXES = ("_ms", "_us")
 
 
 def _scaled(data: Any, speedup: float, note: str) -> Any:
-    if isinstance(data, dict) and set(data) == {"value", "source"}:
-        return data
     if not isinstance(data, dict):
         return data
     out: dict[str, Any] = {}
@@ -400,7 +394,6 @@ def describe_sources(section: SourcedModel, prefix: str = "") -> list[tuple[str,
 
 
 __all__ = [
-    "ConfigError",
     "HardwareProfile",
     "LinkProfile",
     "ExecutorProfile",
