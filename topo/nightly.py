@@ -113,7 +113,13 @@ def list_sweeps(root: Path) -> list[SweepEntry]:
         tags_of.setdefault(folder.resolve(), []).append(tag)
     entries = []
     for directory in sorted(p for p in root.iterdir() if p.is_dir() and (p / CELLS_FILE).is_file()):
-        entries.append(read_entry(directory, sorted(tags_of.get(directory.resolve(), []))))
+        tags = sorted(tags_of.get(directory.resolve(), []))
+        try:
+            entries.append(read_entry(directory, tags))
+        except ResultsError:
+            # one damaged meta.json must not hide the whole history: listed, with its data, facts unknown
+            entries.append(SweepEntry(directory.name, directory, "sweep", "meta.json unreadable", None, None, None,
+                                      None, None, None, tuple(tags)))
     return sorted(entries, key=_entry_order)
 
 

@@ -59,6 +59,16 @@ def test_an_incomplete_sweep_needs_force_to_become_a_baseline(tmp_path: Path) ->
     assert read_tags(tmp_path / "results") == {"nightly": tmp_path / "results" / "partial"}
 
 
+def test_a_damaged_meta_json_does_not_hide_the_history(tmp_path: Path) -> None:
+    root = tmp_path / "results"
+    prediction(root / "a")
+    prediction(root / "b")
+    (root / "a" / "meta.json").write_text("{not json")
+    done = run_topo("history", "--root", root)
+    assert done.returncode == 0, done.output
+    assert "meta.json unreadable" in done.stdout and "complete" in done.stdout
+
+
 def test_regress_names_the_known_tags_when_one_is_unknown(tmp_path: Path) -> None:
     root = tmp_path / "results"
     folder = prediction(root / "a")

@@ -46,13 +46,13 @@ def nightly_command(
     baseline: Annotated[str, typer.Option("--baseline", "-b", help="Tag (ROOT/baselines.json) or results folder "
                                           "to compare with. An unset tag means a first night: sweep, report, "
                                           "exit 0 and say how to set it.")] = "nightly",
-    runs: Annotated[int, typer.Option("--runs", "-r", help="Measured runs per cell: the test needs 2+ per side; "
-                                      "3 separates a real 10% change from noise.", min=1)] = 3,
+    runs: Annotated[int, typer.Option("--runs", "-r", help="Measured runs per cell. The test needs 2+ a side; "
+                                      "more runs, fewer false alarms on noisy cells (a router's random split).", min=1)] = 3,
     concurrency: Annotated[str, typer.Option("--concurrency", "-c", help="Concurrency levels.")]
     = NIGHTLY_CONCURRENCY,
     topologies: Annotated[str, typer.Option("--topologies", "-t", help="Comma-separated topologies.")]
     = ",".join(STUDY_TOPOLOGIES),
-    root: Annotated[Path, typer.Option("--root", help="Results root: the sweep goes to ROOT/<model>-<time>; "
+    root: Annotated[Path, typer.Option("--root", help="Results root: the sweep goes to ROOT/MODEL-TIME; "
                                        "tags and the history are read from here.")] = DEFAULT_ROOT,
     junit: Annotated[Path, typer.Option("--junit", help="JUnit XML of the gate (default: in the sweep's "
                                         "folder, regress.junit.xml).")] = None,  # type: ignore[assignment]
@@ -71,7 +71,7 @@ def nightly_command(
     require_baseline: Annotated[bool, typer.Option("--require-baseline", help="Exit 2 before sweeping when the "
                                                    "baseline is not set, instead of a first-night exit 0.")]
     = False,
-    out: Annotated[Path, typer.Option("--out", "-o", help="The sweep's folder (default ROOT/<model>-<time>); "
+    out: Annotated[Path, typer.Option("--out", "-o", help="The sweep's folder (default ROOT/MODEL-TIME); "
                                       "keep it directly under ROOT, where the history and tags are read.")]
     = None,  # type: ignore[assignment]
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Resolve the baseline, plan every topology and print "
@@ -79,7 +79,7 @@ def nightly_command(
 ) -> None:
     """The nightly job: sweep, compare with the baseline, write the reports, exit with the gate's code.
 
-    1. Sweeps the cluster into ROOT/<model>-<time> (as `topo sweep`, with --runs runs per cell).
+    1. Sweeps the cluster into ROOT/MODEL-TIME (as `topo sweep`, with --runs runs per cell).
     2. Compares it cell by cell with the baseline (as `topo regress`) and writes the JUnit XML and the
        Markdown verdict for CI.
     3. Writes report.md / report.html with the verdict first and each cell's trend over the earlier sweeps

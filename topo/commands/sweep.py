@@ -97,9 +97,10 @@ class RichSweepProgress:
         failed_text = f"  [red]{failed} failed[/]" if failed else ""
         if warnings:  # details go to meta.json and the report's caveats; here one flag keeps the log readable
             failed_text += "  [yellow]client-bound?[/]"
+        # one line in 80 columns: topology, level, the three figures of the winner tables (mean over runs)
         self.console.print(
-            f"  {topology} c{concurrency:<3} decode {mean('decode_tps'):8.1f} t/s   prefill {mean('prefill_tps'):8.0f} t/s"
-            f"   TTFT {mean('ttft_ms'):7.0f} ms   ({len(rows)} run{'s' if len(rows) != 1 else ''}){failed_text}"
+            f"  {topology} c{concurrency:<3} decode {mean('decode_tps'):6.1f} t/s  prefill {mean('prefill_tps'):6.0f} t/s"
+            f"  TTFT {mean('ttft_ms'):6.0f} ms{failed_text}", highlight=False
         )
 
     def topology_failed(self, topology: str, error: TopoError) -> None:
