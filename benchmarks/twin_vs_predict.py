@@ -1,0 +1,89 @@
+"""A wall-clock sweep of the twin next to `topo predict` for the same cells: do the two agree?
+
+    .venv/bin/topo sweep --out /tmp/sweep                    # real processes, HTTP, Ray, LiteLLM (minutes)
+    .venv/bin/python benchmarks/twin_vs_predict.py /tmp/sweep
+
+For every (topology, concurrency) cell of the sweep, predicts the same cell in virtual time (same model
+card, hardware profile, pp/tg, runs) and prints measured vs predicted decode t/s, prefill t/s and TTFT
+with the difference per cell; cells off by more than --tolerance are marked. The twin engine and the
+prediction share the scheduler and cost model, so what differs is what the model leaves out: the real
+HTTP stack, the LiteLLM proxy's real latency, real coordination between ranks, and the router's random
+split (a different draw than the prediction's). Not a test: it prints, it does not assert.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import pandas as pd  # noqa: E402
+
+from common.config import CONFIGS_DIR  # noqa: E402
+from twin.engine import EngineConfig  # noqa: E402
+from twin.predict import predict_cells  # noqa: E402
+
+METRICS = ("decode_tps", "prefill_tps", "ttft_ms")
+
+
+def sweep_settings(results: Path) -> dict[str, Any]:
+    meta = json.loads((results / "meta.json").read_text())
+    spec = meta.get("spec", {})
+    hardware = spec.get("twin_hardware")
+    if not hardware:
+        nodes = meta.get("cluster", {}).get("nodes", [])
+        hardware = next((n.get("engine", {}).get("hardware") for n in nodes if n.get("engine")), None) or "gb10"
+    return {"model": spec.get("model", "gemma4-26b"), "hardware": hardware, "pp": int(spec.get("pp", 1024)),
+            "tg": int(spec.get("tg", 128)), "runs": int(spec.get("runs", 1))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("results", type=Path, help="a `topo sweep --out` folder of a twin cluster")
+    parser.add_argument("--card", help="model card (default: the sweep's model name under configs/cards/)")
+    parser.add_argument("--hardware", help="hardware profile (default: what the sweep's twin nodes ran)")
+    parser.add_argument("--tolerance", type=float, default=0.05, help="mark cells off by more than this")
+    args = parser.parse_args()
+
+    settings = sweep_settings(args.results)
+    card = args.card or settings["model"]
+    if not (CONFIGS_DIR / "cards" / f"{card}.yaml").exists() and not Path(card).exists():
+        parser.error(f"no model card {card!r}; pass --card")
+    hardware = args.hardware or settings["hardware"]
+    config = EngineConfig.from_names(hardware, card)
+    cells = pd.read_parquet(args.results / "cells.parquet")
+    cells = cells[cells["failed"] == 0] if "failed" in cells else cells
+    measured = cells.groupby(["topology", "concurrency"])[list(METRICS)].mean()
+
+    print(f"{args.results}: card {card}, hardware {hardware}, pp{settings['pp']} tg{settings['tg']}, "
+          f"{settings['runs']} run(s) per cell; marked (*) when off by more than {100 * args.tolerance:.0f}%")
+    header = f"{'topology':<16} {'c':>3} | " + " | ".join(f"{m + ' meas':>17} {'pred':>9} {'diff':>7}" for m in METRICS)
+    print(header)
+    print("-" * len(header))
+    worst = 0.0
+    off = 0
+    for topology in dict.fromkeys(measured.index.get_level_values(0)):
+        levels = sorted(int(c) for c in measured.loc[topology].index)
+        rows = predict_cells(topology, config, levels, prompt_tokens=settings["pp"], max_tokens=settings["tg"],
+                             runs=max(settings["runs"], 3), seed=1)
+        predicted = pd.DataFrame(rows).groupby("concurrency")[list(METRICS)].mean()
+        for c in levels:
+            parts = []
+            for metric in METRICS:
+                got, want = measured.loc[(topology, c), metric], predicted.loc[c, metric]
+                diff = got / want - 1
+                worst = max(worst, abs(diff))
+                mark = "*" if abs(diff) > args.tolerance else " "
+                off += mark == "*"
+                parts.append(f"{got:>17.1f} {want:>9.1f} {100 * diff:>+6.1f}%{mark}")
+            print(f"{topology:<16} {c:>3} | " + " | ".join(parts))
+    print(f"\nworst cell: {100 * worst:.1f}%; {off} value(s) beyond {100 * args.tolerance:.0f}%")
+
+
+if __name__ == "__main__":
+    main()
