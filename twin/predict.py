@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any, Callable, Coroutine, Iterable, Literal, Sequence
+from typing import Any, Coroutine, Iterable, Literal, Sequence
 
-from bench.records import CELL_COLUMNS, RequestRecord
+from bench.metrics import run_metrics
+from bench.records import RequestRecord
 from common.errors import ConfigError
 from twin.engine import EngineConfig, EngineCore, Executor, GenerationRequest, VirtualClock, run_step_loop
 from twin.scheduler import EmittedToken
@@ -169,70 +170,10 @@ def simulate_batch(
 # ------------------------------------------------------------------------------------------- metrics
 
 
-def _fallback_run_metrics(records: Sequence[RequestRecord]) -> dict[str, float]:
-    """METRICS.md's per-run figures (used only when bench.metrics is not importable)."""
-    ok = [r for r in records if r.ok and r.first_token is not None and r.token_times]
-    if not ok:
-        return {"decode_tps": 0.0, "prefill_tps": 0.0, "ttft_ms": float("nan"), "peak_tps": 0.0,
-                "decode_tps_req": 0.0, "prefill_tps_req": 0.0}
-    first_tokens = [r.first_token for r in ok]
-    decode_tokens = sum(len(r.token_times) - 1 for r in ok)
-    decode_span = max(r.token_times[-1] for r in ok) - min(first_tokens)  # type: ignore[type-var]
-    prefill_span = max(first_tokens) - min(r.start for r in ok)  # type: ignore[type-var]
-    prompt = sum((r.prompt_tokens or r.prompt_tokens_sent) for r in ok)
-    ttfts = [r.first_token - r.start for r in ok]  # type: ignore[operator]
-    per_decode = [
-        (len(r.token_times) - 1) / (r.token_times[-1] - r.first_token)  # type: ignore[operator]
-        for r in ok
-        if len(r.token_times) > 1 and r.token_times[-1] > r.first_token  # type: ignore[operator]
-    ]
-    per_prefill = []
-    for r in ok:
-        ppt = max(0.0, (r.first_response or r.first_token) - r.start - r.latency_offset)  # type: ignore[operator]
-        if ppt > 0:
-            per_prefill.append((r.prompt_tokens or r.prompt_tokens_sent) / ppt)
-    all_times = sorted(t for r in ok for t in r.token_times)
-    peak, lo = 0, 0
-    for hi, moment in enumerate(all_times):
-        while moment - all_times[lo] > 1.0:
-            lo += 1
-        peak = max(peak, hi - lo + 1)
-    return {
-        "decode_tps": decode_tokens / decode_span if decode_span > 0 else 0.0,
-        "prefill_tps": prompt / prefill_span if prefill_span > 0 else 0.0,
-        "ttft_ms": 1000 * sum(ttfts) / len(ttfts),
-        "peak_tps": float(peak),
-        "decode_tps_req": sum(per_decode) / len(per_decode) if per_decode else 0.0,
-        "prefill_tps_req": sum(per_prefill) / len(per_prefill) if per_prefill else 0.0,
-    }
-
-
-def _metric_function() -> Callable[[Sequence[RequestRecord]], Any]:
-    try:
-        from bench.metrics import run_metrics  # the bench engineer's implementation, when present
-    except ImportError:
-        return _fallback_run_metrics
-    return run_metrics
-
-
 def cell_row(records: Sequence[RequestRecord]) -> dict[str, Any]:
-    """A cells.parquet row (CELL_COLUMNS) for one run's records."""
-    metrics = _metric_function()(records)
-    if not isinstance(metrics, dict):
-        metrics = {key: getattr(metrics, key) for key in CELL_COLUMNS if hasattr(metrics, key)}
-    first = records[0]
-    row: dict[str, Any] = {
-        "topology": first.topology,
-        "concurrency": first.concurrency,
-        "run": first.run,
-        "requests": len(records),
-        "failed": sum(1 for r in records if not r.ok),
-        "max_send_lag_ms": 1000 * max(r.send_lag for r in records),
-    }
-    for key in CELL_COLUMNS:
-        if key not in row:
-            row[key] = metrics.get(key, float("nan"))
-    return {key: row[key] for key in CELL_COLUMNS}
+    """A cells.parquet row (CELL_COLUMNS) for one run's records: bench's own metric code, so predictions
+    and measurements become cells the same way."""
+    return run_metrics(records)
 
 
 def predict_cells(
