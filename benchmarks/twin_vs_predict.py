@@ -7,8 +7,10 @@ For every (topology, concurrency) cell of the sweep, predicts the same cell in v
 card, hardware profile, pp/tg, runs) and prints measured vs predicted decode t/s, prefill t/s and TTFT
 with the difference per cell; cells off by more than --tolerance are marked. The twin engine and the
 prediction share the scheduler and cost model, so what differs is what the model leaves out: the real
-HTTP stack, the LiteLLM proxy's real latency, real coordination between ranks, and the router's random
-split (a different draw than the prediction's). Not a test: it prints, it does not assert.
+HTTP stack, the LiteLLM proxy's real latency (on a 2-core machine the proxy itself gets CPU-bound at high
+concurrency), and real coordination between ranks. For routed topologies the prediction replays the
+sweep's own split of each run (requests.parquet `served_by`), so the router's random draw is not what
+differs. Not a test: it prints, it does not assert.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import pandas as pd  # noqa: E402
 
 from common.config import CONFIGS_DIR  # noqa: E402
 from twin.engine import EngineConfig  # noqa: E402
-from twin.predict import predict_cells  # noqa: E402
+from twin.predict import VirtualDeployment, cell_row, predict_cells, topology_model  # noqa: E402
 
 METRICS = ("decode_tps", "prefill_tps", "ttft_ms")
 
@@ -40,6 +42,22 @@ def sweep_settings(results: Path) -> dict[str, Any]:
         hardware = next((n.get("engine", {}).get("hardware") for n in nodes if n.get("engine")), None) or "gb10"
     return {"model": spec.get("model", "gemma4-26b"), "hardware": hardware, "pp": int(spec.get("pp", 1024)),
             "tg": int(spec.get("tg", 128)), "runs": int(spec.get("runs", 1))}
+
+
+def replayed_cells(topology: str, config: EngineConfig, requests: pd.DataFrame, pp: int, tg: int) -> pd.DataFrame:
+    """Predicted rows for a routed topology, one per measured run, each with that run's measured split."""
+    rows = []
+    replicas = topology_model(topology).replicas
+    for (concurrency, run), batch in requests[requests["topology"] == topology].groupby(["concurrency", "run"]):
+        names = sorted(batch["served_by"].dropna().unique())
+        if len(names) > replicas or batch["served_by"].isna().any():
+            continue  # the split is not known for every request
+        index = {name: i for i, name in enumerate(names)}
+        assignment = [index[name] for name in batch.sort_values("index")["served_by"]]
+        deployment = VirtualDeployment(topology, config, seed=1)
+        deployment.run_batch(int(concurrency), pp, tg, run=-1)  # warm-up, as the sweep did
+        rows.append(cell_row(deployment.run_batch(int(concurrency), pp, tg, run=int(run), assignment=assignment)))
+    return pd.DataFrame(rows)
 
 
 def main() -> None:
@@ -59,6 +77,8 @@ def main() -> None:
     cells = pd.read_parquet(args.results / "cells.parquet")
     cells = cells[cells["failed"] == 0] if "failed" in cells else cells
     measured = cells.groupby(["topology", "concurrency"])[list(METRICS)].mean()
+    requests_path = args.results / "requests.parquet"
+    requests = pd.read_parquet(requests_path) if requests_path.exists() else None
 
     print(f"{args.results}: card {card}, hardware {hardware}, pp{settings['pp']} tg{settings['tg']}, "
           f"{settings['runs']} run(s) per cell; marked (*) when off by more than {100 * args.tolerance:.0f}%")
@@ -69,9 +89,15 @@ def main() -> None:
     off = 0
     for topology in dict.fromkeys(measured.index.get_level_values(0)):
         levels = sorted(int(c) for c in measured.loc[topology].index)
-        rows = predict_cells(topology, config, levels, prompt_tokens=settings["pp"], max_tokens=settings["tg"],
-                             runs=max(settings["runs"], 3), seed=1)
-        predicted = pd.DataFrame(rows).groupby("concurrency")[list(METRICS)].mean()
+        replayed = pd.DataFrame()
+        if topology_model(topology).routed and requests is not None and "served_by" in requests:
+            replayed = replayed_cells(topology, config, requests, settings["pp"], settings["tg"])
+        if not replayed.empty:
+            predicted = replayed.groupby("concurrency")[list(METRICS)].mean()
+        else:
+            rows = predict_cells(topology, config, levels, prompt_tokens=settings["pp"], max_tokens=settings["tg"],
+                                 runs=max(settings["runs"], 3), seed=1)
+            predicted = pd.DataFrame(rows).groupby("concurrency")[list(METRICS)].mean()
         for c in levels:
             parts = []
             for metric in METRICS:

@@ -107,11 +107,26 @@ class VirtualDeployment:
         self.now = 0.0
         self._ids = 0
 
-    def run_batch(self, concurrency: int, prompt_tokens: int, max_tokens: int, *, run: int = 0) -> list[RequestRecord]:
+    def run_batch(
+        self,
+        concurrency: int,
+        prompt_tokens: int,
+        max_tokens: int,
+        *,
+        run: int = 0,
+        assignment: Sequence[int] | None = None,
+    ) -> list[RequestRecord]:
+        """One closed batch. `assignment` (replica per request) replays a measured router split instead of
+        drawing one."""
         if concurrency < 1:
             raise ConfigError(f"concurrency must be >= 1 (got {concurrency})")
         batch_start = self.now
-        assignment = [self.rng.randrange(len(self.cores)) for _ in range(concurrency)]
+        if assignment is None:
+            assignment = [self.rng.randrange(len(self.cores)) for _ in range(concurrency)]
+        elif len(assignment) != concurrency or not all(0 <= r < len(self.cores) for r in assignment):
+            raise ConfigError(
+                f"assignment must name one of {len(self.cores)} replicas for each of {concurrency} requests"
+            )
         ids: list[str] = []
         for index, replica in enumerate(assignment):
             self._ids += 1
@@ -162,9 +177,12 @@ def simulate_batch(
     prompt_tokens: int,
     max_tokens: int,
     seed: int = 0,
+    assignment: Sequence[int] | None = None,
 ) -> list[RequestRecord]:
     """One closed batch of `concurrency` requests on fresh engines, virtual timestamps from 0."""
-    return VirtualDeployment(topology, config, seed=seed).run_batch(concurrency, prompt_tokens, max_tokens)
+    return VirtualDeployment(topology, config, seed=seed).run_batch(
+        concurrency, prompt_tokens, max_tokens, assignment=assignment
+    )
 
 
 # ------------------------------------------------------------------------------------------- metrics

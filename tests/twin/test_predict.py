@@ -74,6 +74,17 @@ def test_router_adds_its_latency_and_splits_at_random(tiny_fast):
     assert again == [r.served_by for r in simulate_batch("2x-solo-shuffle", tiny_fast, 16, 64, 2, seed=3)]
 
 
+def test_a_measured_split_can_be_replayed(tiny_fast):
+    split = [0, 0, 0, 1]
+    records = simulate_batch("2x-solo-shuffle", tiny_fast, 4, 64, 4, assignment=split)
+    assert [r.served_by for r in records] == ["replica0", "replica0", "replica0", "replica1"]
+    # the lone request on replica1 is served like a solo c1 request behind the router
+    (alone,) = simulate_batch("2x-solo-shuffle", tiny_fast, 1, 64, 4, assignment=[1])
+    assert records[3].token_times == pytest.approx(alone.token_times)
+    with pytest.raises(ConfigError):
+        simulate_batch("2x-solo-shuffle", tiny_fast, 2, 64, 4, assignment=[0, 2])
+
+
 def test_tensor_parallel_comes_out_of_the_model(gemma_gb10):
     solo = predict_cells("solo", gemma_gb10, [1], runs=1)[0]
     mp = predict_cells("tp2-mp", gemma_gb10, [1], runs=1)[0]
