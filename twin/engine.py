@@ -20,7 +20,7 @@ import itertools
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import AsyncIterator, Literal, Protocol
+from typing import Literal, Protocol
 
 from common.errors import ConfigError, EngineRequestError
 from twin.costmodel import CostModel, SeqWork, StepCost
@@ -406,7 +406,42 @@ async def run_step_loop(
 # -------------------------------------------------------------------------------- the wall-clock engine
 
 
-_FINISHED = object()
+class TokenStream:
+    """The tokens of one request, as an async iterator; `aclose()` (or leaving the loop early and closing
+    it) withdraws the request from the engine, whether or not iteration has started."""
+
+    def __init__(self, engine: Engine, request_id: str, queue: asyncio.Queue[TokenEvent]) -> None:
+        self._engine = engine
+        self.request_id = request_id
+        self._queue = queue
+        self._done = False  # finished or closed
+
+    def __aiter__(self) -> TokenStream:
+        return self
+
+    async def __anext__(self) -> TokenEvent:
+        if self._done:
+            raise StopAsyncIteration
+        try:
+            event = await self._queue.get()
+        except BaseException:
+            await self.aclose()  # cancelled while waiting: the client went away
+            raise
+        if event.finished:
+            self._done = True
+            self._engine._release(self.request_id, finished=True)
+        return event
+
+    async def aclose(self) -> None:
+        if not self._done:
+            self._done = True
+            self._engine._release(self.request_id, finished=False)
+
+    async def __aenter__(self) -> TokenStream:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
 
 class Engine:
@@ -449,34 +484,27 @@ class Engine:
             if queue is not None:
                 queue.put_nowait(TokenEvent(token.index, token.time, token.finished))
 
-    def generate(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
+    def generate(self, request: GenerationRequest) -> TokenStream:
         """Submit a request; iterate its tokens. Raises EngineRequestError at once if it cannot be served.
 
-        Closing the iterator early (the client went away) takes the request out of the batch and frees
-        its KV cache.
+        Closing the stream early (`await stream.aclose()`, also before the first token) takes the request
+        out of the batch and frees its KV cache.
         """
         if self._task is None:
             raise RuntimeError("Engine.generate() before Engine.start()")
         if self._task.done():
-            exc = self._task.exception()
+            exc = self._task.exception() if not self._task.cancelled() else None
             raise RuntimeError("the twin engine's step loop has stopped") from exc
         queue: asyncio.Queue[TokenEvent] = asyncio.Queue()
         self.core.submit(request, self.clock.now())
         self._queues[request.request_id] = queue
         self._work.set()
-        return self._stream(request, queue)
+        return TokenStream(self, request.request_id, queue)
 
-    async def _stream(self, request: GenerationRequest, queue: asyncio.Queue[TokenEvent]) -> AsyncIterator[TokenEvent]:
-        finished = False
-        try:
-            while not finished:
-                event = await queue.get()
-                finished = event.finished
-                yield event
-        finally:
-            self._queues.pop(request.request_id, None)
-            if not finished:
-                self.core.abort(request.request_id)
+    def _release(self, request_id: str, finished: bool) -> None:
+        self._queues.pop(request_id, None)
+        if not finished:
+            self.core.abort(request_id)
 
     def stats(self) -> EngineStats:
         return self.core.stats()
@@ -494,6 +522,7 @@ __all__ = [
     "StepHook",
     "TokenEvent",
     "TTFT_BUCKETS",
+    "TokenStream",
     "VirtualClock",
     "WallClock",
     "run_step_loop",

@@ -252,3 +252,28 @@ async def test_an_overdue_request_keeps_its_modeled_times():
         assert engine.stats().ttft_seconds[0] == pytest.approx(first - arrival)
     finally:
         await engine.stop()
+
+
+async def test_a_stream_closed_before_its_first_token_is_withdrawn():
+    engine = Engine(EngineConfig.from_names("fast", "tiny"))
+    await engine.start()
+    try:
+        never_read = engine.generate(GenerationRequest("never-read", 200, 50))
+        await never_read.aclose()
+        assert "never-read" not in engine.core.scheduler.by_id and engine.stats().num_waiting == 0
+        # a consumer task cancelled while it waits for a token withdraws its request too
+        stream = engine.generate(GenerationRequest("cancelled", 200, 1000))
+
+        async def consume() -> None:
+            async for _ in stream:
+                pass
+
+        task = asyncio.create_task(consume())
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert "cancelled" not in engine.core.scheduler.by_id
+        assert engine.stats().kv_cache_usage == 0.0 and not engine._queues
+    finally:
+        await engine.stop()
