@@ -103,6 +103,7 @@ class VirtualDeployment:
         self.rng = random.Random(seed)
         hw = self.config.hardware
         self.router_latency = hw.router.request_latency_ms / 1000 if self.topology.routed else 0.0
+        self.router_serial = hw.router.serial_per_request_ms / 1000 if self.topology.routed else 0.0
         self.response_latency = hw.response_latency_ms / 1000
         self.now = 0.0
         self._ids = 0
@@ -127,14 +128,19 @@ class VirtualDeployment:
             raise ConfigError(
                 f"assignment must name one of {len(self.cores)} replicas for each of {concurrency} requests"
             )
-        ids: list[str] = []
-        for index, replica in enumerate(assignment):
+        # The batch reaches the engines through the router: the proxy's serial part handles one request at
+        # a time, so request i is handed on i x serial after the first, each after the full latency.
+        handovers = sorted(
+            ((batch_start + self.router_latency + index * self.router_serial, index, replica)
+             for index, replica in enumerate(assignment)),
+        )
+        ids = [""] * concurrency
+        for handover, index, replica in handovers:
             self._ids += 1
             request_id = f"req-{self._ids}"
-            ids.append(request_id)
-            clock = self.clocks[replica]
-            clock.advance_to(batch_start + self.router_latency)
-            self.cores[replica].submit(GenerationRequest(request_id, prompt_tokens, max_tokens), clock.now())
+            ids[index] = request_id
+            self.clocks[replica].advance_to(batch_start)
+            self.cores[replica].submit(GenerationRequest(request_id, prompt_tokens, max_tokens), handover)
         times: dict[str, list[float]] = {request_id: [] for request_id in ids}
 
         def collect(tokens: list[EmittedToken]) -> None:

@@ -97,6 +97,9 @@ class RouterProfile(SourcedModel):
     """An HTTP proxy in front of several engines."""
 
     request_latency_ms: float = Field(ge=0)  # added to each request's time to first response
+    # The proxy is one Python process: this part of each request's handling is done one request at a time,
+    # so a burst of c requests reaches the engines spread over c x this.
+    serial_per_request_ms: float = Field(default=0.0, ge=0)
 
 
 class HardwareProfile(SourcedModel):
