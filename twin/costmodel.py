@@ -200,7 +200,11 @@ class CostModel:
         return block_size * self.card.kv_bytes_per_token(self.kv_bytes_per_element, self.tp)
 
     def kv_capacity_blocks(self, gpu_memory_utilization: float, block_size: int) -> int:
-        """Blocks of KV one rank can hold: its share of memory minus its weights and reserved memory."""
+        """Blocks of KV one rank can hold: its share of memory minus its weights and reserved memory.
+
+        A block holds `block_size` tokens of every layer; vLLM's hybrid allocator would free sliding-window
+        layers' blocks beyond the window, which only matters past window-length contexts (not counted).
+        """
         budget = self.hw.memory_gb * 1e9 * gpu_memory_utilization
         free = budget - self.card.weights_bytes(self.bytes_per_param, self.tp) - self.hw.reserved_memory_gb * 1e9
         if free <= 0:
