@@ -192,17 +192,23 @@ def failures(junit: Path) -> set[tuple[str, str]]:
 
 @pytest.mark.slow
 def test_first_night_then_a_clean_night_then_a_slower_decode(tmp_path: Path) -> None:
-    # gb10 x5: the modeled decode steps (~5 ms) stand well above this machine's scheduling jitter, so the
-    # wall-clock twin shows a 10% decode change; `fast` (x50) is dominated by HTTP and CPU noise
+    """The command's whole path in wall-clock time on a private local twin cluster.
+
+    gb10 x5: the modeled decode steps (~5 ms) stand well above this machine's scheduling jitter (`fast`, x50,
+    is dominated by HTTP and CPU noise). Between two sweeps on a shared 2-core machine the load drifts by a
+    few percent, more than the runs inside one sweep show, so at the 5% threshold a clean night here is
+    flagged now and then (seen: TP=2 c1 prefill -6.4%, p = 0.048). The exact 10%-at-5% case is proven in
+    virtual time (test_gate_on_predictions.py); here decode is made 25% slower and the threshold is 12%:
+    above the drift, well below the change."""
     profiles = tmp_path / "profiles"
     profiles.mkdir()
     normal, slower = profiles / "gb10-x5.yaml", profiles / "gb10-x5-slower-decode.yaml"
     normal.write_text("name: gb10-x5\nderived_from: gb10\nspeedup: 5\n")
-    slower.write_text("name: gb10-x5-slower-decode\nderived_from: gb10\nspeedup: 5\ndecode_slowdown: 1.1\n")
+    slower.write_text("name: gb10-x5-slower-decode\nderived_from: gb10\nspeedup: 5\ndecode_slowdown: 1.25\n")
     cluster = write_local_cluster(tmp_path / "cluster", hardware=str(normal))
     root = tmp_path / "results"
     nightly = ("nightly", "--cluster", cluster, "--model", "gemma4-26b", "-t", "solo,tp2-mp", "-c", "1,2",
-               "--runs", "3", "--pp", "256", "--tg", "32", "--root", root)
+               "--runs", "3", "--pp", "256", "--tg", "32", "--root", root, "--threshold", "12%")
 
     first = topo_process(*nightly, "--out", root / "1-first")
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
@@ -211,17 +217,18 @@ def test_first_night_then_a_clean_night_then_a_slower_decode(tmp_path: Path) -> 
     assert topo_process("baseline", "set", root / "1-first", "--root", root).returncode == 0
 
     clean = topo_process(*nightly, "--out", root / "2-clean")
-    assert clean.returncode == 0, clean.stdout[-4000:]  # the same profile again: no false alarm
+    assert clean.returncode == 0, clean.stdout[-4000:]  # the same profile again: no alarm
     assert failures(root / "2-clean" / "regress.junit.xml") == set()
 
     slow = topo_process(*nightly, "--out", root / "3-slow", "--twin-hardware", slower)
     assert slow.returncode == 1, slow.stdout[-4000:]
     flagged = failures(root / "3-slow" / "regress.junit.xml")
-    assert ("solo", "c1 decode_tps") in flagged
+    # c1 is pure decode after the first token (-20% by the model): both layouts must show it
+    assert {("solo", "c1 decode_tps"), ("tp2-mp", "c1 decode_tps")} <= flagged
     assert {name.split()[1] for _, name in flagged} == {"decode_tps"}  # prefill and TTFT did not move
     meta = json.loads((root / "3-slow" / "meta.json").read_text())
     assert meta["nightly"]["exit_code"] == 1 and meta["nightly"]["baseline_folder"].endswith("1-first")
-    # the HTML report carries the verdict and each cell's trend over the three nights
+    # the report carries the verdict first and each cell's trend over the three nights
     report = (root / "3-slow" / "report.md").read_text()
     assert report.index("Regression gate") < report.index("Trend: Decode")
     trend = report.split("Trend: Decode")[1]
