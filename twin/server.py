@@ -267,7 +267,8 @@ class TwinServer:
     def _start_run(self, record: ServedRequest) -> _Run:
         from twin.engine import GenerationRequest
 
-        request = GenerationRequest(record.request_id, record.prompt_tokens, record.target_tokens)
+        # the arrival lets the engine form the first step from what had arrived, not from tokenizer jitter
+        request = GenerationRequest(record.request_id, record.prompt_tokens, record.target_tokens, arrival=record.arrival)
         try:
             events = self.engine.generate(request)
         except EngineRequestError as exc:
