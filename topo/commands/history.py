@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated
 
@@ -33,22 +34,35 @@ RootOption = Annotated[Path, typer.Option(
 
 
 def _when(entry: SweepEntry) -> str:
-    started = entry.started
-    return started.astimezone().strftime("%Y-%m-%d %H:%M") if started else "—"
+    return _local_time(entry.started_at)
+
+
+def _local_time(text: str | None, short: bool = False) -> str:
+    """ISO time -> `2026-11-23 20:08` in the local zone (what a person compares with their clock)."""
+    if not text:
+        return "—"
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return text
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone().strftime("%m-%d %H:%M" if short else "%Y-%m-%d %H:%M")
 
 
 def sweeps_table(entries: list[SweepEntry], first_index: int) -> Table:
-    table = Table(title="Sweeps (oldest first)", title_style="bold", box=box.SIMPLE_HEAVY)
+    # the year is in the folder name already: the short time keeps the list within 100 columns
+    table = Table(title="Sweeps (oldest first)", title_style="bold", box=box.SIMPLE_HEAVY, pad_edge=False)
     show_kind = any(e.kind != "sweep" for e in entries)  # `topo predict --out` folders sit there too
     headers = ["#", "Started", "Folder", *(["Kind"] if show_kind else []), "Model", "Cluster", "Status", "Tags",
                "git"]
     for header in headers:
         table.add_column(header, justify="right" if header == "#" else "left",
-                         no_wrap=header in ("#", "Started", "Folder"), overflow="fold")
+                         no_wrap=header in ("#", "Started", "Folder", "Model", "Status"), overflow="fold")
     for index, entry in enumerate(entries, start=first_index):
         status = entry.status or "—"
         colour = "green" if status == "complete" else "yellow"
-        table.add_row(str(index), _when(entry), escape(entry.name), *([entry.kind] if show_kind else []),
+        table.add_row(str(index), _local_time(entry.started_at, short=True), escape(entry.name), *([entry.kind] if show_kind else []),
                       escape(entry.model or "—"), escape(entry.cluster or "—"), f"[{colour}]{escape(status)}[/]",
                       escape(", ".join(entry.tags)), escape(entry.git_describe or "—"))
     return table
@@ -165,9 +179,9 @@ def baseline_list(root: RootOption = DEFAULT_ROOT) -> None:
     if not details:
         console.print(f"no baseline tags under {root}; mark a good sweep with `topo baseline set DIR --tag nightly`")
         return
-    table = Table(title="Baselines", title_style="bold", box=box.SIMPLE_HEAVY)
+    table = Table(title="Baselines", title_style="bold", box=box.SIMPLE_HEAVY, pad_edge=False)
     for header in ("Tag", "Folder", "Model", "Started", "Status", "Set at"):
-        table.add_column(header, overflow="fold")
+        table.add_column(header, overflow="fold", no_wrap=True)
     for tag, item in sorted(details.items()):
         folder = root / str(item["folder"])
         if (folder / "cells.parquet").is_file():
@@ -175,7 +189,7 @@ def baseline_list(root: RootOption = DEFAULT_ROOT) -> None:
             facts = [escape(entry.model or "—"), _when(entry), escape(entry.status or "—")]
         else:
             facts = ["[red]folder missing[/]", "", ""]
-        table.add_row(escape(tag), escape(str(item["folder"])), *facts, escape(str(item.get("set_at", "—"))))
+        table.add_row(escape(tag), escape(str(item["folder"])), *facts, _local_time(item.get("set_at")))
     console.print(table)
 
 
