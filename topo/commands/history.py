@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated
 
+import pandas as pd
 import typer
 from rich import box
 from rich.console import Console
@@ -14,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from reports.names import display_name, ordered_topologies
-from reports.tables import format_pct, format_value
+from reports.tables import MetricSpec, format_pct, format_value
 from topo.nightly import (
     BASELINES_FILE,
     DEFAULT_ROOT,
@@ -120,7 +121,8 @@ def history_command(
                   f"Change = last vs first shown, red when more than 5% worse[/]")
 
 
-def trend_table(summary, sweeps: list[str], numbers: dict[str, int], spec) -> Table:  # type: ignore[no-untyped-def]
+def trend_table(summary: pd.DataFrame, sweeps: list[str], numbers: dict[str, int], spec: MetricSpec) -> Table:
+    """Rows = (topology, c), one column per sweep (#n as in the list), then the change first -> last shown."""
     table = Table(title=f"Trend: {spec.title} ({spec.unit})", title_style="bold", box=box.SIMPLE_HEAVY)
     table.add_column("Topology")
     table.add_column("c", justify="right")
