@@ -128,15 +128,22 @@ def nightly_command(
         raise ResultsError(f"the nightly sweep measured nothing ({'; '.join(outcome.errors.values()) or 'no cell'});"
                            f" details in {directory / 'meta.json'}")
 
-    regression = None
+    regression, unusable = None, None
     if baseline_dir is not None:
-        regression = compare_result_dirs(baseline_dir, directory, policy, current_label=directory.name,
-                                         baseline_label=sweep_label(baseline, baseline_dir))
+        try:
+            regression = compare_result_dirs(baseline_dir, directory, policy, current_label=directory.name,
+                                             baseline_label=sweep_label(baseline, baseline_dir))
+        except RegressionInputError as exc:
+            unusable = exc  # the night's report is still written before exit 2
     results = load_results(directory)
-    trend_of = same_kind(list_sweeps(root), read_entry(directory))[-history_sweeps:]
+    current = read_entry(directory)
+    trend_of = [e for e in same_kind(list_sweeps(root), current) if e.path.resolve() != directory.resolve()]
+    trend_of = [*trend_of[-(history_sweeps - 1):], current] if history_sweeps > 1 else [current]
     history = query_history(trend_of)
     report = build_report(results.cells, results.meta, results.requests, history=history, regression=regression)
     md_path, html_path = write_report(directory, report)
+    if unusable is not None:
+        raise unusable
 
     meta = read_meta(directory)
     meta["nightly"] = {"baseline": baseline, "baseline_folder": str(baseline_dir) if baseline_dir else None}
