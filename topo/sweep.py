@@ -114,7 +114,7 @@ def _with_twin_hardware(cluster: Cluster, hardware: str) -> Cluster:
         if isinstance(node.engine, TwinEngine) else node
         for node in cluster.nodes
     )
-    if nodes == cluster.nodes or not any(isinstance(n.engine, TwinEngine) for n in cluster.nodes):
+    if not any(isinstance(n.engine, TwinEngine) for n in cluster.nodes):
         raise ConfigError(f"--twin-hardware {hardware}: cluster {cluster.name!r} has no twin engine to apply it to")
     return cluster.model_copy(update={"nodes": nodes})
 

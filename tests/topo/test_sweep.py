@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -32,6 +33,28 @@ def assert_nothing_left(cluster_yaml: Path) -> None:
     assert pidfiles == [], f"processes left behind: {pidfiles}"
 
 
+def interrupt_sweep(args: list[str], out: Path, when: Callable[[pd.DataFrame], bool],
+                    act: Callable[[subprocess.Popen[str]], None]) -> tuple[int, str]:
+    """Start `topo ARGS` in its own session; once `when(stored cells)` holds, `act` on it (a signal, a kill
+    of one of its nodes); return its exit code and output. The sweep must still be running by then."""
+    process = subprocess.Popen([*TOPO, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
+    store = ResultsStore(out)
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            if (out / "meta.json").exists() and when(store.read_cells()):
+                break
+            time.sleep(0.1)
+        assert process.poll() is None, "the sweep ended before the test could act on it"
+        act(process)
+        output, _ = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    return process.returncode, output
+
+
 def test_spec_rejects_bad_values() -> None:
     with pytest.raises(ConfigError, match="runs"):
         SweepSpec(runs=0)
@@ -46,6 +69,7 @@ def test_plan_sweep_plans_every_topology_before_anything_runs(tmp_path: Path) ->
     sweep = plan_sweep(SweepSpec(cluster=str(cluster), concurrency=(1, 4), twin_hardware="gb10"))
     assert [t.topology for t in sweep.topologies] == ["solo", "tp2-mp", "tp2-ray", "2x-solo-shuffle"]
     assert len(sweep.cells()) == 8
+    plan_sweep(SweepSpec(cluster=str(cluster), twin_hardware="fast"))  # the cluster's own profile is fine too
     # --twin-hardware reaches every twin engine's argv
     for item in sweep.topologies:
         for step in item.launch.steps():
@@ -109,23 +133,11 @@ def test_interrupted_sweep_resumes_without_losing_or_remeasuring(tmp_path: Path)
     out = tmp_path / "results"
     args = ["sweep", "--cluster", str(cluster), "-t", "solo,tp2-mp", "-c", "1,2,4", "--runs", "2",
             "--pp", "256", "--tg", "32", "--out", str(out)]
-    process = subprocess.Popen([*TOPO, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               start_new_session=True)
     store = ResultsStore(out)
-    deadline = time.monotonic() + 240
-    try:
-        # Ctrl-C once a few runs are stored but before the sweep is through.
-        while time.monotonic() < deadline and process.poll() is None:
-            if (out / "meta.json").exists() and sum(runs_done(store.read_cells()).values()) >= 3:
-                break
-            time.sleep(0.2)
-        assert process.poll() is None, "the sweep ended before it could be interrupted"
-        os.killpg(process.pid, signal.SIGINT)
-        output, _ = process.communicate(timeout=120)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-    assert process.returncode == 130, output[-3000:]
+    # Ctrl-C once a few runs are stored but before the sweep is through.
+    returncode, output = interrupt_sweep(args, out, lambda cells: sum(runs_done(cells).values()) >= 3,
+                                         lambda process: os.killpg(process.pid, signal.SIGINT))
+    assert returncode == 130, output[-3000:]
     assert f"topo sweep --resume {out}" in output
     assert json.loads((out / "meta.json").read_text())["status"] == "interrupted"
     assert_nothing_left(cluster)
@@ -161,23 +173,13 @@ def test_a_node_lost_mid_sweep_costs_only_that_topology(tmp_path: Path) -> None:
     out = tmp_path / "results"
     args = ["sweep", "--cluster", str(cluster), "-t", "tp2-mp,solo", "-c", "1,2,4", "--runs", "1",
             "--pp", "256", "--tg", "48", "--out", str(out)]
-    process = subprocess.Popen([*TOPO, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               start_new_session=True)
     store = ResultsStore(out)
     rank1_pidfile = cluster.parent / "node2" / "run" / "engine-rank1.pid"
-    deadline = time.monotonic() + 240
-    try:
-        while time.monotonic() < deadline and process.poll() is None:
-            if (out / "meta.json").exists() and runs_done(store.read_cells()).get(("tp2-mp", 1)):
-                break
-            time.sleep(0.1)
-        assert process.poll() is None and rank1_pidfile.exists(), "tp2-mp was not measuring"
-        os.killpg(int(rank1_pidfile.read_text()), signal.SIGKILL)  # node 2 is lost
-        output, _ = process.communicate(timeout=300)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-    assert process.returncode == 1, output[-3000:]
+    returncode, output = interrupt_sweep(
+        args, out, lambda cells: bool(runs_done(cells).get(("tp2-mp", 1))),
+        lambda _: os.killpg(int(rank1_pidfile.read_text()), signal.SIGKILL),  # node 2 is lost
+    )
+    assert returncode == 1, output[-3000:]
     meta = json.loads((out / "meta.json").read_text())
     assert meta["status"] == "incomplete"
     assert "engine-rank1" in meta["errors"]["tp2-mp"]  # the error names what died

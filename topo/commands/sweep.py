@@ -140,7 +140,7 @@ def sweep_command(
     latency_mode: str = typer.Option("api", "--latency-mode", help="api, generation or none (see METRICS.md)."),
     twin_hardware: str = typer.Option(None, "--twin-hardware", help="Override the hardware profile of every twin "
                                       "node (e.g. `fast` for a quick check, or a profile YAML path)."),
-    out: Path = typer.Option(None, "--out", "-o", help="Results folder (default: results/<model>-<time>)."),
+    out: Path = typer.Option(None, "--out", "-o", help="Results folder (default: results/MODEL-TIME)."),
     resume: Path = typer.Option(None, "--resume", help="Continue a sweep that stopped: measures only the runs "
                                 "missing in that folder, with the settings stored in its meta.json."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print every topology's commands and the cells; "
