@@ -186,8 +186,9 @@ def sweep_command(
                                             resume=resume is not None))
         except KeyboardInterrupt:
             progress.progress.stop()
+            # soft_wrap: a command to copy must not be broken across lines at the terminal's width
             console.print(f"[yellow]interrupted[/]: every finished run is kept in {directory}; continue with\n"
-                          f"  topo sweep --resume {directory}")
+                          f"  topo sweep --resume {directory}", soft_wrap=True, highlight=False)
             raise typer.Exit(130) from None
     if outcome.measured_runs or resume is not None:
         report, md_path, html_path = render_results(directory)
@@ -199,7 +200,7 @@ def sweep_command(
     if outcome.errors:
         console.print(f"[bold red]{len(outcome.errors)} topolog{'y' if len(outcome.errors) == 1 else 'ies'} failed[/]: "
                       f"{', '.join(outcome.errors)} (details in {directory}/meta.json); after fixing, "
-                      f"`topo sweep --resume {directory}` measures only what is missing")
+                      f"`topo sweep --resume {directory}` measures only what is missing", soft_wrap=True, highlight=False)
         raise typer.Exit(1)
 
 
