@@ -155,7 +155,7 @@ def nightly_command(
         console.print(f"[bold yellow]no baseline yet[/]: tag {escape(baseline)!r} is not set in "
                       f"{root / BASELINES_FILE} ({_known_tags(root)}), so nothing was compared.")
         console.print(f"If this sweep is good, make it the baseline:\n  topo baseline set {directory} "
-                      f"--tag {baseline} --root {root}")
+                      f"--tag {baseline} --root {root}", soft_wrap=True, highlight=False)  # a command to copy: unwrapped
     else:
         code = write_gate_outputs(regression, junit=paths.junit, markdown=paths.markdown)
         meta["nightly"]["exit_code"] = code
