@@ -66,3 +66,20 @@ CELL_COLUMNS: tuple[str, ...] = (
     "max_send_lag_ms",  # the client's worst scheduling lag in the run
     "client_cpu_frac",  # client process CPU seconds / run wall seconds (near 1: the client was the bottleneck)
 )
+
+
+# When a run measured the client more than the server. bench/ warns per run, reports/ flags cells: one rule.
+CLIENT_BOUND_LAG_SHARE = 0.10  # the worst send lag is over this share of the mean TTFT ...
+CLIENT_BOUND_LAG_FLOOR_MS = 5.0  # ... and over this floor (below it, it is scheduling jitter)
+CLIENT_BOUND_CPU_SHARE = 0.80  # or the client process used more than this share of a CPU
+
+
+def send_lag_bound(max_send_lag_ms: float, mean_ttft_ms: float) -> bool:
+    """The client's own queueing was a large part of the TTFT it measured (NaN in, False out)."""
+    return (mean_ttft_ms > 0 and max_send_lag_ms > CLIENT_BOUND_LAG_FLOOR_MS
+            and max_send_lag_ms > CLIENT_BOUND_LAG_SHARE * mean_ttft_ms)
+
+
+def client_cpu_bound(client_cpu_frac: float) -> bool:
+    """The client process was busy for most of the run's wall time (NaN in, False out)."""
+    return client_cpu_frac > CLIENT_BOUND_CPU_SHARE

@@ -15,14 +15,9 @@ from typing import Any
 from bench.client import BenchClient, Endpoint, LatencyMode
 from bench.metrics import e2e_ttft, run_metrics
 from bench.prompts import LocalTokenizer, PromptFactory, TokenCounter
-from bench.records import RequestRecord
+from bench.records import CLIENT_BOUND_LAG_SHARE, RequestRecord, client_cpu_bound, send_lag_bound
 from common.errors import ConfigError
 
-# A cell is flagged client-bound when the client's own queueing is a large part of what it measured, or
-# when the client process was busy for most of the run's wall time (then its timestamps lag the wire).
-SEND_LAG_WARN_FRACTION = 0.10
-SEND_LAG_WARN_FLOOR_S = 0.005
-CLIENT_CPU_WARN_FRACTION = 0.80
 
 
 @dataclass
@@ -58,10 +53,10 @@ def client_bound_reasons(records: list[RequestRecord], client_cpu_frac: float) -
     max_lag = max((r.send_lag for r in records), default=0.0)
     if ttfts:
         mean_ttft = sum(ttfts) / len(ttfts)
-        if max_lag > SEND_LAG_WARN_FLOOR_S and max_lag > SEND_LAG_WARN_FRACTION * mean_ttft:
-            reasons.append(f"max send lag {max_lag * 1000:.1f} ms is over {SEND_LAG_WARN_FRACTION:.0%} of the "
+        if send_lag_bound(max_lag * 1000, mean_ttft * 1000):
+            reasons.append(f"max send lag {max_lag * 1000:.1f} ms is over {CLIENT_BOUND_LAG_SHARE:.0%} of the "
                            f"mean TTFT {mean_ttft * 1000:.1f} ms")
-    if not math.isnan(client_cpu_frac) and client_cpu_frac > CLIENT_CPU_WARN_FRACTION:
+    if client_cpu_bound(client_cpu_frac):
         reasons.append(f"the client process used {client_cpu_frac:.0%} of a CPU during the run")
     return reasons
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from bench.records import client_cpu_bound, send_lag_bound
 from reports.names import BASELINE_TOPOLOGY, display_name, ordered_topologies
 from reports.recommend import Recommendation, recommend
 from reports.tables import (
@@ -35,9 +36,6 @@ if TYPE_CHECKING:
 # A cell whose client needed more than this share of the TTFT (and more than the floor) just to put its
 # batch on the wire did not load the server with c simultaneous requests: the client set the pace. The
 # same rule as bench/runner.py's per-run warning, applied to the stored cells.
-CLIENT_BOUND_SHARE = 0.10
-CLIENT_BOUND_FLOOR_MS = 5.0
-CLIENT_CPU_SHARE = 0.80  # client CPU seconds per wall second of a run above this: the client was busy
 FAILED_MARK = "⚠"
 MISSING = "—"
 
@@ -195,17 +193,14 @@ def build_report(cells: pd.DataFrame, meta: dict[str, Any] | None = None, reques
 
 
 def find_client_bound(cells: pd.DataFrame) -> list[ClientBoundCell]:
-    """Cells whose worst send lag exceeds the floor and CLIENT_BOUND_SHARE of their mean TTFT, or whose client
-    process was nearly CPU-saturated (client_cpu_frac, when recorded)."""
+    """Cells whose worst send lag or client CPU makes them client-bound by bench.records' rule (the one the
+    bench runner warns with)."""
     found = []
     for (topology, concurrency), rows in cells.groupby(["topology", "concurrency"], sort=True):
         lag = rows["max_send_lag_ms"].max() if "max_send_lag_ms" in rows else math.nan
         cpu = rows["client_cpu_frac"].max() if "client_cpu_frac" in rows else math.nan
         ttft = rows["ttft_ms"].mean()
-        lagging = (pd.notna(lag) and pd.notna(ttft) and ttft > 0 and lag > CLIENT_BOUND_FLOOR_MS
-                   and lag > CLIENT_BOUND_SHARE * ttft)
-        busy = pd.notna(cpu) and cpu > CLIENT_CPU_SHARE
-        if lagging or busy:
+        if send_lag_bound(lag, ttft) or client_cpu_bound(cpu):
             found.append(ClientBoundCell(str(topology), int(concurrency), float(lag), float(ttft), float(cpu)))
     order = ordered_topologies(c.topology for c in found)
     return sorted(found, key=lambda c: (order.index(c.topology), c.concurrency))
@@ -238,10 +233,10 @@ def caveats(cells: pd.DataFrame, winners: dict[str, WinnerTable], client_bound: 
     notes = []
     for cell in client_bound:
         why = []
-        if cell.max_send_lag_ms > CLIENT_BOUND_FLOOR_MS and cell.max_send_lag_ms > CLIENT_BOUND_SHARE * cell.ttft_ms:
+        if send_lag_bound(cell.max_send_lag_ms, cell.ttft_ms):
             why.append(f"the client took up to {cell.max_send_lag_ms:.1f} ms to send its batch, "
                        f"{cell.max_send_lag_ms / cell.ttft_ms:.0%} of the mean TTFT ({cell.ttft_ms:.0f} ms)")
-        if cell.client_cpu_frac > CLIENT_CPU_SHARE:
+        if client_cpu_bound(cell.client_cpu_frac):
             why.append(f"the client process used {cell.client_cpu_frac:.0%} of a CPU")
         notes.append(f"{display_name(cell.topology)} at c{cell.concurrency} may be client-bound: {'; '.join(why)}; "
                      f"the figures may describe the client more than the server.")
