@@ -336,8 +336,9 @@ async def run_sweep(
     write_meta(directory, meta)
 
     spec = sweep.spec
-    total = len(sweep.cells()) * spec.runs
-    already = sum(min(n, spec.runs) for key, n in done.items() if key in set(sweep.cells()))
+    cells = set(sweep.cells())
+    total = len(cells) * spec.runs
+    already = sum(min(n, spec.runs) for key, n in done.items() if key in cells)
     progress.sweep_started(total, already)
     outcome = SweepOutcome(directory, "running")
     status: Status = "failed"
