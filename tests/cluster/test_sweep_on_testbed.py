@@ -35,7 +35,9 @@ def test_sweep_of_tp2_mp_and_shuffle_over_ssh(bed: Testbed, tmp_path: Path) -> N
     cells = pd.read_parquet(out / "cells.parquet")
     assert len(cells) == 2 * 2 * 2 and (cells.failed == 0).all()
     requests = pd.read_parquet(out / "requests.parquet")
-    # both nodes' engines answered through the proxy, which ran on a node, not on the controller
-    assert set(requests[requests.topology == "2x-solo-shuffle"].served_by.dropna()) == {n.name for n in bed.nodes}
+    # each request through the proxy (which ran on a node, not on the controller) names a node's engine;
+    # six requests are too few to demand both (all on one node: 1 in 32)
+    shuffled = requests[requests.topology == "2x-solo-shuffle"].served_by
+    assert shuffled.notna().all() and set(shuffled) <= {n.name for n in bed.nodes}
     assert "When to use" in (out / "report.md").read_text()
     assert foreign_processes(bed) == {}  # nothing of either topology is left on any node

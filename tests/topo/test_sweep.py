@@ -112,9 +112,10 @@ def test_full_sweep_of_the_four_topologies(tmp_path: Path) -> None:
     requests = pd.read_parquet(out / "requests.parquet")
     assert len(requests) == 4 * (1 + 2) * 2  # sum of c over levels, x runs, x topologies
     assert requests.error.isna().all()
-    # the proxy really spread requests over both engines
-    shuffled = requests[requests.topology == "2x-solo-shuffle"].served_by.dropna()
-    assert set(shuffled) == {"node1", "node2"}
+    # every request through the proxy names the engine that served it (that the shuffle really spreads
+    # requests is shown with enough of them in tests/topology/test_topology_local_twin_up.py)
+    shuffled = requests[requests.topology == "2x-solo-shuffle"].served_by
+    assert shuffled.notna().all() and set(shuffled) <= {"node1", "node2"}
 
     assert meta["status"] == "complete"
     assert set(meta["startup_s"]) == set(topologies) and all(v > 0 for v in meta["startup_s"].values())

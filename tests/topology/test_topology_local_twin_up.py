@@ -8,6 +8,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from tests.support.local_cluster import write_local_cluster
 from topology.inventory import load_cluster
 from topology.kinds import PlanSecrets, parse_topology, plan
 from topology.plan import reveal
@@ -17,10 +18,10 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("topology_name", ["solo", "tp2-mp", "2x-solo-shuffle"])
-async def test_local_twin_plan_serves_a_request(topology_name):
+async def test_local_twin_plan_serves_a_request(topology_name, tmp_path):
     from cluster.bringup import bring_up, open_cluster
 
-    cluster = load_cluster("local-twin")
+    cluster = load_cluster(str(write_local_cluster(tmp_path / "cluster")))
     launch_plan = plan(parse_topology(topology_name), cluster, load_recipe("tiny"), secrets=PlanSecrets.generate())
     headers = {key: reveal(value) for key, value in launch_plan.endpoint_headers.items()}
     async with open_cluster(cluster) as access:
@@ -35,6 +36,18 @@ async def test_local_twin_plan_serves_a_request(topology_name):
                 assert response.json()["model"] == "tiny"
                 if topology_name == "2x-solo-shuffle":
                     assert response.headers["x-litellm-model-id"] in {"node1", "node2"}
+                    # Equal-weight simple-shuffle sends 32 requests all to one node with probability 2**-31;
+                    # fewer (a short sweep's six) made this check flaky.
+                    served_by = set()
+                    for _ in range(32):
+                        more = await client.post(
+                            f"{launch_plan.endpoint}/chat/completions",
+                            headers=headers,
+                            json={"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1},
+                        )
+                        assert more.status_code == 200, more.text
+                        served_by.add(more.headers["x-litellm-model-id"])
+                    assert served_by == {"node1", "node2"}
                     wrong_key = await client.get(
                         f"{launch_plan.endpoint}/models", headers={"Authorization": "Bearer sk-wrong"}
                     )
