@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import re
 import secrets as secrets_module
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Literal, Union
 
@@ -436,6 +437,32 @@ def render_router_config(served_model_name: str, backends: list[tuple[str, str]]
     return yaml.safe_dump(config, sort_keys=False)
 
 
+# LiteLLM keeps an idle upstream connection for 120 s, vLLM (and the twin) close theirs after 5 s: a request
+# the proxy sends down a connection the engine is closing fails ("Cannot write to closing transport"),
+# which a CPU-bound proxy hits within minutes. The proxy must give idle connections up first.
+PROXY_POOL_IDLE_ENV = "AIOHTTP_KEEPALIVE_TIMEOUT"
+ENGINE_KEEP_ALIVE_ENV = "VLLM_HTTP_TIMEOUT_KEEP_ALIVE"
+ENGINE_DEFAULT_KEEP_ALIVE_S = 5
+
+
+def _proxy_pool_idle_s(nodes: Sequence[Node], recipe: Recipe) -> int:
+    """Half the shortest keep-alive of the engines behind the proxy (whole seconds, as LiteLLM reads it)."""
+    keep_alives = []
+    for node in nodes:
+        raw = {**recipe.env, **node.env}.get(ENGINE_KEEP_ALIVE_ENV, str(ENGINE_DEFAULT_KEEP_ALIVE_S))
+        try:
+            keep_alives.append(int(raw))
+        except ValueError:
+            raise PlanError(f"node {node.name!r}: {ENGINE_KEEP_ALIVE_ENV}={raw!r} is not a whole number of seconds")
+    idle = min(keep_alives) // 2
+    if idle < 1:
+        raise PlanError(
+            f"{ENGINE_KEEP_ALIVE_ENV}={min(keep_alives)} is too short for an engine behind the proxy: the proxy "
+            "must drop idle connections at least a second before the engine does; use 2 or more"
+        )
+    return idle
+
+
 def _plan_solo_shuffle(
     topology: SoloShuffle, cluster: Cluster, recipe: Recipe, plan_secrets: PlanSecrets
 ) -> tuple[list[Stage], str, dict[str, ArgOrSecret]]:
@@ -461,7 +488,11 @@ def _plan_solo_shuffle(
     workdir = proxy.workdir or (proxy_node.workdir if proxy_node is not None else "/tmp/topo")
     config_path = _joined_workdir(workdir, topology.name, ROUTER_CONFIG_NAME)
     env: dict[str, ArgOrSecret] = dict(proxy_node.env) if proxy_node is not None else {}
-    env.update({"LITELLM_MASTER_KEY": plan_secrets.litellm_master_key, "LITELLM_LOCAL_MODEL_COST_MAP": "True"})
+    env.update({
+        "LITELLM_MASTER_KEY": plan_secrets.litellm_master_key,
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        PROXY_POOL_IDLE_ENV: str(_proxy_pool_idle_s(nodes, recipe)),
+    })
     proxy_host = "127.0.0.1" if proxy_node is None else proxy_node.reachable_host
     proxy_step = Step(
         name="proxy",

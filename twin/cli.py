@@ -294,6 +294,24 @@ def bind_host(args: ServeArgs) -> str:
     return args.host if args.host is not None else "0.0.0.0"
 
 
+HTTP_KEEP_ALIVE_ENV = "VLLM_HTTP_TIMEOUT_KEEP_ALIVE"
+DEFAULT_HTTP_KEEP_ALIVE_S = 5  # vLLM's default, and uvicorn's
+
+
+def http_keep_alive_s() -> int:
+    """How long an idle HTTP connection is kept open: VLLM_HTTP_TIMEOUT_KEEP_ALIVE (like vLLM), else 5 s."""
+    raw = os.environ.get(HTTP_KEEP_ALIVE_ENV, "").strip()
+    if not raw:
+        return DEFAULT_HTTP_KEEP_ALIVE_S
+    try:
+        seconds = int(raw)
+    except ValueError:
+        seconds = -1
+    if seconds < 1:
+        raise ConfigError(f"{HTTP_KEEP_ALIVE_ENV}={raw!r}: expected a whole number of seconds, at least 1")
+    return seconds
+
+
 def local_rank_address() -> str | None:
     """This node's address for rank traffic: VLLM_HOST_IP when set (like vLLM), else the OS's choice."""
     return os.environ.get("VLLM_HOST_IP") or None

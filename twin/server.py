@@ -699,11 +699,12 @@ def make_rank_group(args: Any) -> RankGroup:
 
 async def serve(args: Any) -> None:
     """Run what the flags say until stopped (SIGINT/SIGTERM) or, for a headless rank, until rank 0 leaves."""
-    from twin.cli import bind_host, engine_config_kwargs, local_rank_address
+    from twin.cli import bind_host, engine_config_kwargs, http_keep_alive_s, local_rank_address
     from twin.distributed import run_headless_rank
     from twin.engine import Engine, EngineConfig
     from twin.profiles import load_card, load_hardware
 
+    keep_alive_s = http_keep_alive_s()  # a bad value fails before anything starts
     card = load_card(args.card)
     config = EngineConfig(hardware=load_hardware(args.hardware), card=card,
                           **engine_config_kwargs(args, card.quantization_bytes))
@@ -732,7 +733,8 @@ async def serve(args: Any) -> None:
         f"KV cache {engine.stats().kv_capacity_tokens} tokens) on http://{host}:{args.port}"
     )
     server = _QuietSignalsServer(uvicorn.Config(app, host=host, port=args.port, log_level="warning",
-                                                access_log=False, lifespan="off", timeout_graceful_shutdown=5))
+                                                access_log=False, lifespan="off", timeout_graceful_shutdown=5,
+                                                timeout_keep_alive=keep_alive_s))
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, server.request_exit)

@@ -170,6 +170,23 @@ def test_shuffle_router_config_and_secret_wiring(two_sparks, gemma, plan_secrets
     assert isinstance(proxy.probe, HttpProbe) and proxy.probe.urls == ("http://10.88.0.1:4000/health/liveliness",)
 
 
+def test_the_proxy_drops_idle_engine_connections_before_the_engines_do(two_sparks, gemma, plan_secrets):
+    def pool_idle(cluster: Cluster, recipe=gemma) -> str:
+        launch_plan = plan(parse_topology("2x-solo-shuffle"), cluster, recipe, secrets=plan_secrets)
+        return launch_plan.steps()[-1].env["AIOHTTP_KEEPALIVE_TIMEOUT"]
+
+    assert pool_idle(two_sparks) == "2"  # vLLM closes idle connections after 5 s; LiteLLM would keep them 120 s
+    longer = gemma.model_copy(update={"env": {**gemma.env, "VLLM_HTTP_TIMEOUT_KEEP_ALIVE": "30"}})
+    assert pool_idle(two_sparks, longer) == "15"
+    # the node's own setting wins over the recipe's, and the shortest engine decides
+    one_short = node_update(two_sparks, 1, env={"VLLM_HTTP_TIMEOUT_KEEP_ALIVE": "8"})
+    assert pool_idle(one_short, longer) == "4"
+    with pytest.raises(PlanError, match="VLLM_HTTP_TIMEOUT_KEEP_ALIVE=1 is too short"):
+        pool_idle(node_update(two_sparks, 0, env={"VLLM_HTTP_TIMEOUT_KEEP_ALIVE": "1"}))
+    with pytest.raises(PlanError, match="node 'spark1': VLLM_HTTP_TIMEOUT_KEEP_ALIVE='soon'"):
+        pool_idle(node_update(two_sparks, 0, env={"VLLM_HTTP_TIMEOUT_KEEP_ALIVE": "soon"}))
+
+
 def test_proxy_on_the_controller_reaches_engines_at_their_client_address(two_sparks, gemma, plan_secrets):
     cluster = two_sparks.model_copy(update={"proxy": two_sparks.proxy.model_copy(update={"node": "controller"})})
     launch_plan = plan(parse_topology("2x-solo-shuffle"), cluster, gemma, secrets=plan_secrets)
