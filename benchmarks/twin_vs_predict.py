@@ -7,8 +7,9 @@ For every (topology, concurrency) cell of the sweep, predicts the same cell in v
 card, hardware profile, pp/tg, runs) and prints measured vs predicted decode t/s, prefill t/s and TTFT
 with the difference per cell; cells off by more than --tolerance are marked. The twin engine and the
 prediction share the scheduler and cost model, so what differs is what the model leaves out: the real
-HTTP stack, the LiteLLM proxy's real latency (on a 2-core machine the proxy itself gets CPU-bound at high
-concurrency), and real coordination between ranks. For routed topologies the prediction replays the
+HTTP stack, the LiteLLM proxy beyond its measured constants (benchmarks/proxy_cost.py; the model does
+not queue its chunks, and on a 2-core machine the proxy competes for CPU), and real coordination between
+ranks. For routed topologies the prediction replays the
 sweep's own split of each run (requests.parquet `served_by`), so the router's random draw is not what
 differs. Not a test: it prints, it does not assert.
 """

@@ -6,9 +6,10 @@ predictions and measurements into cells. `predict_cells()` runs a warm-up batch 
 concurrency and returns rows with the columns of cells.parquet.
 
 A topology is a number of independent engine replicas (each TP=k over k nodes) behind a router when there
-is more than one. The router picks a replica at random per request (LiteLLM's simple-shuffle), and adds
-its per-request latency. Replicas share nothing, so each is simulated on its own clock; a batch ends when
-the slowest replica is done, and the next batch starts then.
+is more than one. The router picks a replica at random per request (LiteLLM's simple-shuffle), hands a
+burst on in a clump (twin.profiles.RouterProfile: one asyncio process accepts every request of the burst
+before it dispatches any) and adds its latency to every chunk back. Replicas share nothing, so each is
+simulated on its own clock; a batch ends when the slowest replica is done, and the next batch starts then.
 """
 
 from __future__ import annotations
@@ -102,9 +103,8 @@ class VirtualDeployment:
         self.clocks = [VirtualClock() for _ in self.cores]
         self.rng = random.Random(seed)
         hw = self.config.hardware
-        self.router_latency = hw.router.request_latency_ms / 1000 if self.topology.routed else 0.0
-        self.router_serial = hw.router.serial_per_request_ms / 1000 if self.topology.routed else 0.0
-        self.response_latency = hw.response_latency_ms / 1000
+        self.router = hw.router if self.topology.routed else None
+        self.response_latency = (hw.response_latency_ms + (self.router.response_latency_ms if self.router else 0)) / 1000
         self.now = 0.0
         self._ids = 0
 
@@ -128,11 +128,10 @@ class VirtualDeployment:
             raise ConfigError(
                 f"assignment must name one of {len(self.cores)} replicas for each of {concurrency} requests"
             )
-        # The batch reaches the engines through the router: the proxy's serial part handles one request at
-        # a time, so request i is handed on i x serial after the first, each after the full latency.
+        # Through a router the burst reaches the engines in a clump (RouterProfile), in the order sent.
         handovers = sorted(
-            ((batch_start + self.router_latency + index * self.router_serial, index, replica)
-             for index, replica in enumerate(assignment)),
+            (batch_start + (self.router.handover_s(concurrency, index + 1) if self.router else 0.0), index, replica)
+            for index, replica in enumerate(assignment)
         )
         ids = [""] * concurrency
         for handover, index, replica in handovers:

@@ -94,12 +94,21 @@ class ExecutorProfile(SourcedModel):
 
 
 class RouterProfile(SourcedModel):
-    """An HTTP proxy in front of several engines."""
+    """An HTTP proxy in front of several engines: one asyncio process, so a burst is handled in a clump.
 
-    request_latency_ms: float = Field(ge=0)  # added to each request's time to first response
-    # The proxy is one Python process: this part of each request's handling is done one request at a time,
-    # so a burst of c requests reaches the engines spread over c x this.
-    serial_per_request_ms: float = Field(default=0.0, ge=0)
+    Request k of a burst of c (k = 1..c) reaches its engine at request_latency + c x accept + k x dispatch:
+    every request's first part (read and check the body) is done for the whole burst before any request's
+    second part (pick a backend, open its stream). Each chunk back is response_latency later at the client.
+    benchmarks/proxy_cost.py measures all four on a host."""
+
+    request_latency_ms: float = Field(ge=0)
+    accept_per_request_ms: float = Field(default=0.0, ge=0)
+    dispatch_per_request_ms: float = Field(default=0.0, ge=0)
+    response_latency_ms: float = Field(default=0.0, ge=0)
+
+    def handover_s(self, burst: int, k: int) -> float:
+        """When request k (1-based) of a burst that arrived at once reaches its engine, after the burst."""
+        return (self.request_latency_ms + burst * self.accept_per_request_ms + k * self.dispatch_per_request_ms) / 1000
 
 
 class HardwareProfile(SourcedModel):

@@ -63,12 +63,12 @@ def test_batch_records_have_the_bench_shape(tiny_fast):
 def test_router_adds_its_latency_and_splits_at_random(tiny_fast):
     (solo,) = simulate_batch("solo", tiny_fast, 1, 100, 4)
     (routed,) = simulate_batch("2x-solo-shuffle", tiny_fast, 1, 100, 4)
-    router = tiny_fast.hardware.router.request_latency_ms / 1000
-    assert routed.first_token - routed.start == pytest.approx(solo.first_token - solo.start + router)
-    # a burst through the proxy: its serial part spreads the requests' hand-over
-    burst = simulate_batch("2x-solo-shuffle", tiny_fast, 4, 100, 4, assignment=[0, 1, 0, 1])
-    serial = tiny_fast.hardware.router.serial_per_request_ms / 1000
-    assert burst[1].first_token - burst[1].start == pytest.approx(solo.first_token - solo.start + router + serial)
+    router = tiny_fast.hardware.router
+    # one request: the way in (latency + its own accept and dispatch parts) and the first chunk's way back
+    one_way_in = (router.request_latency_ms + router.accept_per_request_ms + router.dispatch_per_request_ms) / 1000
+    assert routed.first_token - routed.start == pytest.approx(
+        solo.first_token - solo.start + one_way_in + router.response_latency_ms / 1000
+    )
     splits = []
     for seed in range(12):
         records = simulate_batch("2x-solo-shuffle", tiny_fast, 16, 64, 2, seed=seed)
@@ -83,12 +83,13 @@ def test_a_measured_split_can_be_replayed(tiny_fast):
     split = [0, 0, 0, 1]
     records = simulate_batch("2x-solo-shuffle", tiny_fast, 4, 64, 4, assignment=split)
     assert [r.served_by for r in records] == ["replica0", "replica0", "replica0", "replica1"]
-    # the lone request on replica1 is served like a c1 request behind the router, handed on 3 x the
-    # proxy's serial part later (it is the 4th the proxy handles)
+    # the lone request on replica1 is served like a c1 request behind the router, but handed on later: the
+    # proxy accepts all four first (3 more accept parts), and it is the 4th dispatched (3 more dispatch parts)
     (alone,) = simulate_batch("2x-solo-shuffle", tiny_fast, 1, 64, 4, assignment=[1])
-    serial = tiny_fast.hardware.router.serial_per_request_ms / 1000
-    assert serial > 0
-    assert records[3].token_times == pytest.approx([t + 3 * serial for t in alone.token_times])
+    router = tiny_fast.hardware.router
+    later = 3 * (router.accept_per_request_ms + router.dispatch_per_request_ms) / 1000
+    assert later > 0
+    assert records[3].token_times == pytest.approx([t + later for t in alone.token_times])
     with pytest.raises(ConfigError):
         simulate_batch("2x-solo-shuffle", tiny_fast, 2, 64, 4, assignment=[0, 2])
 
@@ -145,3 +146,18 @@ def test_calibrated_solo_column_within_ten_percent(gemma_gb10):
         ref = published[row["concurrency"]]
         for key in ("decode_tps", "prefill_tps", "ttft_ms"):
             assert row[key] == pytest.approx(float(ref[key]), rel=0.10), (row["concurrency"], key)
+
+
+def test_a_burst_reaches_the_engines_through_the_proxy_in_a_clump():
+    from twin.profiles import RouterProfile
+
+    def estimate(value: float) -> dict[str, object]:
+        return {"value": value, "source": "estimate: test"}
+
+    router = RouterProfile.model_validate({"request_latency_ms": estimate(3.0), "accept_per_request_ms": estimate(5.9),
+                                           "dispatch_per_request_ms": estimate(3.7)})
+    assert router.handover_s(1, 1) == pytest.approx(0.0126)  # 3 + 5.9 + 3.7 ms
+    # 64 at once: nothing leaves before all 64 are accepted (377.6 ms), then one every 3.7 ms
+    assert router.handover_s(64, 1) == pytest.approx(0.3843)
+    assert router.handover_s(64, 64) == pytest.approx(0.6174)
+    assert router.handover_s(64, 2) - router.handover_s(64, 1) == pytest.approx(0.0037)
