@@ -16,12 +16,15 @@ from pathlib import Path
 import pytest
 
 from common.errors import ConfigError
-from twin.cli import http_keep_alive_s
+from topology.kinds import ENGINE_DEFAULT_KEEP_ALIVE_S, ENGINE_KEEP_ALIVE_ENV
+from twin.cli import DEFAULT_HTTP_KEEP_ALIVE_S, HTTP_KEEP_ALIVE_ENV, http_keep_alive_s
 
 from test_distributed import free_port, health, stop, wait_for
 
 
 def test_keep_alive_comes_from_the_vllm_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the planner sizes the proxy's pool from the same variable and default the twin (and vLLM) obey
+    assert (HTTP_KEEP_ALIVE_ENV, DEFAULT_HTTP_KEEP_ALIVE_S) == (ENGINE_KEEP_ALIVE_ENV, ENGINE_DEFAULT_KEEP_ALIVE_S)
     monkeypatch.delenv("VLLM_HTTP_TIMEOUT_KEEP_ALIVE", raising=False)
     assert http_keep_alive_s() == 5
     monkeypatch.setenv("VLLM_HTTP_TIMEOUT_KEEP_ALIVE", "12")
