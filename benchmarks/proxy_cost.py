@@ -125,11 +125,11 @@ async def measure(cluster: Cluster, concurrencies: list[int], runs: int, pp: int
 
         await burst(2, 1, 1)  # warm-up: imports and first-use caches are charged to no figure
         single, _ = await burst(1, 1, max(runs * 2, 8))
-        clumps = {}
-        for c in concurrencies:
-            clumps[c], cpu_short = await burst(c, 1, runs)
-        c = concurrencies[-1]
-        _, cpu_long = await burst(c, long_tg, runs)
+        clumps, short_cpu = {}, {}
+        for size in concurrencies:
+            clumps[size], short_cpu[size] = await burst(size, 1, runs)
+        largest = concurrencies[-1]  # the CPU comparison: same bursts, tg=1 against tg=long_tg
+        _, long_cpu = await burst(largest, long_tg, runs)
 
     alone = statistics.median(one.first_arrival for one in single)
     print(f"LiteLLM proxy on {cluster.name}, pp{pp}, {runs} burst(s) each; medians over bursts")
@@ -150,9 +150,10 @@ async def measure(cluster: Cluster, concurrencies: list[int], runs: int, pp: int
     accept, dispatch = accept_sum / weights, spread / weights
     print(f"  -> request_latency_ms {alone - accept - dispatch:.1f}, accept_per_request_ms {accept:.2f}, "
           f"dispatch_per_request_ms {dispatch:.2f}")
-    requests = c * runs
-    print(f"  CPU at c{c}: {cpu_short / requests * 1000:.1f} ms per request (tg=1), "
-          f"{(cpu_long - cpu_short) / (requests * (long_tg - 1)) * 1000:.3f} ms per further chunk (tg={long_tg})")
+    requests = largest * runs
+    print(f"  CPU at c{largest}: {short_cpu[largest] / requests * 1000:.1f} ms per request (tg=1), "
+          f"{(long_cpu - short_cpu[largest]) / (requests * (long_tg - 1)) * 1000:.3f} ms per further chunk "
+          f"(tg={long_tg})")
 
 
 def main() -> None:
