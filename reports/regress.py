@@ -36,7 +36,7 @@ import pandas as pd
 
 from common.errors import RegressionInputError, ResultsError
 from reports.names import display_name, ordered_topologies
-from reports.report import DisplayTable, markdown_table
+from reports.display import DisplayTable, markdown_table
 from reports.tables import METRICS, MetricSpec, format_pct, validate_cells
 
 TestName = Literal["welch", "mannwhitney"]
@@ -328,23 +328,6 @@ def compare_sweeps(baseline: pd.DataFrame, current: pd.DataFrame, policy: Regres
             notes.append(f"With these run counts Mann-Whitney cannot reach p < {policy.alpha:g} on any cell; "
                          f"use more runs (4 per side for α = 0.05) or Welch's t-test.")
     return RegressionResult(policy, comparisons, baseline_label, current_label, notes)
-
-
-def compare_result_dirs(baseline_dir: Path | str, current_dir: Path | str,
-                        policy: RegressionPolicy | None = None, *, baseline_label: str | None = None,
-                        current_label: str | None = None) -> RegressionResult:
-    """compare_sweeps over two results folders; any unreadable folder is a RegressionInputError (exit 2).
-
-    The labels name the sweeps in the outputs (default: the folder paths; `topo regress` passes a tag)."""
-    from reports.results import load_results
-
-    try:
-        baseline, current = load_results(baseline_dir), load_results(current_dir)
-    except ResultsError as exc:
-        raise RegressionInputError(f"cannot compare: {exc}") from exc
-    return compare_sweeps(baseline.cells, current.cells, policy, baseline_meta=baseline.meta,
-                          current_meta=current.meta, baseline_label=baseline_label or str(baseline_dir),
-                          current_label=current_label or str(current_dir))
 
 
 def _cell_list(runs: dict[tuple[str, int], Any]) -> str:

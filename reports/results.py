@@ -10,7 +10,9 @@ from typing import Any
 import pandas as pd
 import pyarrow.parquet as pq
 
-from common.errors import ResultsError
+from common.errors import RegressionInputError, ResultsError
+from reports.html import render_html
+from reports.regress import RegressionPolicy, RegressionResult, compare_sweeps
 from reports.report import Report, build_report
 from reports.tables import validate_cells
 
@@ -72,7 +74,7 @@ def write_report(directory: Path | str, report: Report) -> tuple[Path, Path]:
     md_path, html_path = directory / REPORT_MD, directory / REPORT_HTML
     try:
         md_path.write_text(report.to_markdown(), encoding="utf-8")
-        html_path.write_text(report.to_html(), encoding="utf-8")
+        html_path.write_text(render_html(report), encoding="utf-8")
     except OSError as exc:
         raise ResultsError(f"{directory}: cannot write the report ({exc})") from exc
     return md_path, html_path
@@ -84,3 +86,18 @@ def render_results(directory: Path | str) -> tuple[Report, Path, Path]:
     report = build_report(results.cells, results.meta, results.requests)
     md_path, html_path = write_report(results.directory, report)
     return report, md_path, html_path
+
+
+def compare_result_dirs(baseline_dir: Path | str, current_dir: Path | str,
+                        policy: RegressionPolicy | None = None, *, baseline_label: str | None = None,
+                        current_label: str | None = None) -> RegressionResult:
+    """compare_sweeps over two results folders; any unreadable folder is a RegressionInputError (exit 2).
+
+    The labels name the sweeps in the outputs (default: the folder paths; `topo regress` passes a tag)."""
+    try:
+        baseline, current = load_results(baseline_dir), load_results(current_dir)
+    except ResultsError as exc:
+        raise RegressionInputError(f"cannot compare: {exc}") from exc
+    return compare_sweeps(baseline.cells, current.cells, policy, baseline_meta=baseline.meta,
+                          current_meta=current.meta, baseline_label=baseline_label or str(baseline_dir),
+                          current_label=current_label or str(current_dir))

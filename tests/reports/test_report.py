@@ -14,6 +14,7 @@ from rich.console import Console
 
 from common.errors import ResultsError
 from reports.console import print_report
+from reports.names import topology_colours
 from bench.records import CLIENT_BOUND_LAG_SHARE
 from reports.report import build_report, ttft_percentiles
 from reports.results import load_results, render_results
@@ -176,12 +177,10 @@ def test_topo_report_command(tmp_path: Path, capsys: pytest.CaptureFixture[str],
 
 
 def test_a_topology_keeps_its_colour_when_another_is_missing() -> None:
-    from reports.html import topology_colours
-
     full = topology_colours(["solo", "tp2-mp", "tp2-ray", "2x-solo-shuffle"])
-    partial = topology_colours(["solo", "tp2-mp", "2x-solo-shuffle", "tp4-mp"])
+    partial = topology_colours(["solo", "tp2-mp", "2x-solo-shuffle", "tp4-mp", "tp8-mp", "3x-solo-shuffle"])
     assert partial["2x-solo-shuffle"] == full["2x-solo-shuffle"]
-    assert len(set(partial.values())) == 4
+    assert len(set(partial.values())) == 6
 
 
 def test_a_narrow_terminal_gets_the_wide_tables_in_parts() -> None:

@@ -13,9 +13,9 @@ from rich.markup import escape
 
 from common.errors import RegressionInputError, ResultsError
 from reports.console import print_regression
-from reports.regress import check_comparable, compare_result_dirs, write_gate_outputs
+from reports.regress import check_comparable, write_gate_outputs
 from reports.report import build_report
-from reports.results import load_results, write_report
+from reports.results import compare_result_dirs, load_results, write_report
 from topo.commands.bench import parse_concurrency
 from topo.commands.regress import policy_from_options
 from topo.commands.sweep import RichSweepProgress
