@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from bench.results_folder import ResultsFolder
 from bench.workload import Load
 from common.errors import ConfigError, TopoError
 from reports.console import print_report
@@ -196,10 +197,10 @@ def sweep_command(
         print_report(console, report)
         console.print(f"\nwrote [bold]{md_path}[/] and [bold]{html_path}[/]")
     else:
-        console.print(f"[red]nothing was measured[/]; what happened is in {directory}/meta.json")
+        console.print(f"[red]nothing was measured[/]; what happened is in {ResultsFolder(directory).meta_path}")
     if outcome.errors:
         console.print(f"[bold red]{len(outcome.errors)} topolog{'y' if len(outcome.errors) == 1 else 'ies'} failed[/]: "
-                      f"{', '.join(outcome.errors)} (details in {directory}/meta.json); after fixing, "
+                      f"{', '.join(outcome.errors)} (details in {ResultsFolder(directory).meta_path}); after fixing, "
                       f"`topo sweep --resume {directory}` measures only what is missing", soft_wrap=True, highlight=False)
         raise typer.Exit(1)
 
