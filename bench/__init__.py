@@ -1,4 +1,4 @@
-"""Load against one OpenAI-compatible endpoint, with llama-benchy's semantics (see METRICS.md).
+"""Load against one OpenAI-compatible endpoint, with llama-benchy's semantics (see docs/METRICS.md).
 
     records.py   RequestRecord (raw perf_counter timestamps per request), CELL_COLUMNS   (the contract)
     prompts.py   PromptFactory: prompts of exactly pp (+ depth) tokens; LocalTokenizer / ServerTokenizer

@@ -1,4 +1,4 @@
-"""One cell: a discarded warm-up batch, then `runs` closed batches of exactly c requests (METRICS.md).
+"""One cell: a discarded warm-up batch, then `runs` closed batches of exactly c requests (docs/METRICS.md).
 
 `run_cell` hands every finished run to `on_run` as soon as it is measured, so a caller (the CLI, the
 sweep) can store it at once: nothing measured is lost when a later run or the process dies.

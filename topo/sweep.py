@@ -4,8 +4,8 @@
     sweep = plan_sweep(spec)            # pure: loads configs, plans every topology (errors before anything runs)
     outcome = await run_sweep(sweep, out_dir, progress)
 
-The results folder (DESIGN.md "Results") is written as the sweep goes: meta.json first (status "running"),
-every measured run appended to the store the moment it finishes (bench/store.py: crash-safe part files),
+The results folder (docs/DESIGN.md, "The results folder") is written as the sweep goes: meta.json first
+(status "running"), every measured run appended to the store the moment it finishes (bench/store.py: crash-safe part files),
 start-up time per topology into meta.json, and report.md/report.html at the end. A sweep that dies keeps
 every finished run; `resume_spec(DIR)` reads the spec back and the next run measures only what is missing
 (the missing runs of a partly measured cell, then the untouched cells), never re-measuring a finished run.

@@ -1,4 +1,4 @@
-"""`topo bench`: load against one OpenAI-compatible endpoint, with llama-benchy's semantics (METRICS.md)."""
+"""`topo bench`: load against one OpenAI-compatible endpoint, with llama-benchy's semantics (docs/METRICS.md)."""
 
 from __future__ import annotations
 
@@ -10,26 +10,23 @@ from typing import Any
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from bench.client import LATENCY_MODES, Endpoint
-from bench.metrics import cell_summary
-from bench.records import RequestRecord
-from bench.runner import RunDone
+from bench.client import Endpoint
 from bench.session import BenchSession
-from bench.store import ResultsStore
 from common.errors import ConfigError
-
-
-def parse_concurrency(text: str) -> list[int]:
-    try:
-        levels = [int(part) for part in text.replace(" ", "").split(",") if part]
-    except ValueError as exc:
-        raise ConfigError(f"-c {text!r}: expected comma-separated integers such as 1,2,4") from exc
-    if not levels or any(level < 1 for level in levels):
-        raise ConfigError(f"-c {text!r}: expected one or more integers >= 1")
-    return levels
+from topo.bench import run_bench
+from topo.options import (
+    ConcurrencyOption,
+    GeneratedTokensOption,
+    LatencyModeOption,
+    OutOption,
+    PromptTokensOption,
+    RunsOption,
+    SeedOption,
+    latency_mode,
+    parse_concurrency,
+)
 
 
 def _fmt(mean: float, std: float | None = None) -> str:
@@ -63,67 +60,16 @@ def summary_table(model: str, pp: int, tg: int, depth: int, summaries: list[dict
     return table
 
 
-async def _bench(session: BenchSession, levels: list[int], runs: int, topology: str, out: Path | None,
-                 console: Console) -> tuple[str, list[dict[str, Any]], list[str], list[str]]:
-    store = ResultsStore(out) if out is not None else None
-    summaries: list[dict[str, Any]] = []
-    warnings: list[str] = []
-    try:
-        model = await session.open()
-        console.print(f"[bold]{escape(model)}[/] at {escape(str(session.endpoint))}; latency "
-                      f"({session.latency_mode}) {session.latency * 1000:.2f} ms", highlight=False)
-        for note in session.notes:
-            console.print(f"  {escape(note)}", highlight=False)
-        session.notes.clear()
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=console, transient=False) as progress:
-            for level in levels:
-                task = progress.add_task(f"c={level:<3} warm-up", total=(runs + 1) * level)
-                failures: list[int] = []
-
-                def on_request(record: RequestRecord, task: Any = task) -> None:
-                    progress.advance(task)
-
-                def on_run(done: RunDone, task: Any = task, level: int = level, failures: list[int] = failures) -> None:
-                    if not done.warmup and store is not None:
-                        store.append(done.records, [done.row] if done.row else [])
-                    failures.append(sum(1 for r in done.records if not r.ok) if not done.warmup else 0)
-                    finished = "warm-up done" if done.warmup else f"run {done.run + 1}/{runs} done"
-                    progress.update(task, description=f"c={level:<3} {finished}" + (
-                        f" [red]{sum(failures)} failed[/]" if sum(failures) else ""))
-                    if done.warmup:
-                        first_error = next((r.error for r in done.records if r.error), None)
-                        if first_error:
-                            progress.console.print(f"[yellow]warm-up c={level}: {escape(first_error)}[/]")
-
-                result = await session.cell(level, runs, topology=topology, on_run=on_run, on_request=on_request)
-                summaries.append(cell_summary(result.run_rows, result.records))
-                warnings.extend(result.warnings)
-                if store is not None:
-                    store.compact()
-        return model, summaries, warnings, list(session.notes)
-    finally:
-        await session.close()
-        if store is not None and store.directory.exists():
-            store.compact()
-
-
 def bench_command(
     url: str = typer.Option(..., "--url", "-u", help="Base URL of the OpenAI-compatible server, e.g. "
                             "http://127.0.0.1:8000 (a trailing /v1 is accepted)."),
     model: str = typer.Option(None, "--model", "-m", help="Model name as the server lists it in /v1/models; "
                               "default: the server's only model."),
-    pp: int = typer.Option(1024, "--pp", help="Prompt tokens per request, as the server counts them "
-                           "(the prompt is adapted once to the chat template)."),
-    tg: int = typer.Option(128, "--tg", help="Generated tokens per request (max_tokens = min_tokens = tg, "
-                           "ignore_eos)."),
-    concurrency: str = typer.Option("1,2,4", "--concurrency", "-c", help="Concurrency levels, comma-separated: "
-                                    "each run sends exactly c requests at once and waits for all."),
-    runs: int = typer.Option(3, "--runs", "-r", help="Measured runs per concurrency level, after one "
-                             "discarded warm-up batch."),
-    latency_mode: str = typer.Option("api", "--latency-mode", help="Network/API offset subtracted from the "
-                                     "time to first response for est_ppt and prefill t/s (req): api = mean of "
-                                     "3 GET /v1/models, generation = mean of 3 one-token requests, none = 0."),
+    pp: PromptTokensOption = 1024,
+    tg: GeneratedTokensOption = 128,
+    concurrency: ConcurrencyOption = "1,2,4",
+    runs: RunsOption = 3,
+    latency: LatencyModeOption = "api",
     depth: int = typer.Option(0, "--depth", help="Context tokens before the prompt (a system message), "
                               "like llama-benchy's --depth."),
     tokenizer: Path = typer.Option(None, "--tokenizer", help="tokenizer.json or a HuggingFace model folder to "
@@ -133,31 +79,33 @@ def bench_command(
                                 "natural-text corpus)."),
     api_key: str = typer.Option(None, "--api-key", envvar="TOPO_API_KEY", help="Bearer token, e.g. a LiteLLM "
                                 "proxy's key (also read from TOPO_API_KEY). Never printed."),
-    out: Path = typer.Option(None, "--out", "-o", help="Folder for requests.parquet (one row per request, raw "
-                             "timestamps) and cells.parquet (one row per concurrency x run); every run is "
-                             "stored as soon as it is measured."),
+    out: OutOption = None,  # type: ignore[assignment]
     topology: str = typer.Option("endpoint", "--topology", help="Label stored in the results' topology column."),
     timeout: float = typer.Option(600.0, "--timeout", help="Seconds a request may stay silent before it is "
                                   "recorded as timed out."),
     cache_bust: bool = typer.Option(True, "--cache-bust/--no-cache-bust", help="Start each prompt with a unique "
                                     "tag so a server's prefix cache cannot hit (on by default)."),
-    seed: int = typer.Option(None, "--seed", help="Seed for the prompt offsets (default: random)."),
+    seed: SeedOption = None,  # type: ignore[assignment]
 ) -> None:
     """Benchmark one OpenAI-compatible endpoint with llama-benchy's load shape and metrics.
 
-    For each concurrency level: one discarded warm-up batch, then --runs closed batches of exactly c streamed chat requests. Prints prefill (pp) and decode (tg) t/s as mean ± population std over runs, peak t/s, TTFT mean and p50/p90/p99, and failed requests. A wrong URL or model fails before any load.
+    For each concurrency level: one discarded warm-up batch, then --runs closed batches of exactly c streamed
+    chat requests (the server counts the prompt tokens; the prompt is adapted once to the chat template;
+    max_tokens = min_tokens = tg with ignore_eos). Prints prefill (pp) and decode (tg) t/s as mean ±
+    population std over runs, peak t/s, TTFT mean and p50/p90/p99, and failed requests. A wrong URL or
+    model fails before any load. With --out, requests.parquet (one row per request, raw timestamps) and
+    cells.parquet (one row per concurrency x run) are written as each run finishes.
     """
-    if latency_mode not in LATENCY_MODES:
-        raise ConfigError(f"--latency-mode {latency_mode!r}: expected one of {', '.join(LATENCY_MODES)}")
+    mode = latency_mode(latency)
     if runs < 1:
         raise ConfigError(f"--runs must be at least 1 (got {runs})")
     levels = parse_concurrency(concurrency)
     session = BenchSession(Endpoint.from_url(url, api_key), model, pp=pp, tg=tg, depth=depth,
-                           latency_mode=latency_mode,  # type: ignore[arg-type]
+                           latency_mode=mode,  # type: ignore[arg-type]
                            tokenizer=tokenizer, corpus=corpus, unique_prefix=cache_bust, request_timeout=timeout,
                            seed=seed)
     err = Console(stderr=True, highlight=False)
-    served, summaries, warnings, notes = asyncio.run(_bench(session, levels, runs, topology, out, err))
+    served, summaries, warnings, notes = asyncio.run(run_bench(session, levels, runs, topology, out, err))
     stdout = Console(highlight=False)
     if not stdout.is_terminal:
         stdout.width = max(stdout.width, 150)  # a piped table keeps one line per row
