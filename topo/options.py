@@ -16,7 +16,6 @@ from typing import Annotated, cast
 import typer
 from rich.console import Console
 
-from bench.client import LATENCY_MODES
 from common.errors import ConfigError
 from reports.regress import RegressionPolicy, TestName, parse_threshold
 from topology.registry import REGISTERED, STUDY_TOPOLOGIES, parse_topology
@@ -86,12 +85,6 @@ def parse_topologies(values: str | list[str] | None, default: tuple[str, ...] = 
 def regression_policy(threshold: str, alpha: float, test: str) -> RegressionPolicy:
     # RegressionPolicy checks the test's name and says which ones exist
     return RegressionPolicy(threshold_pct=parse_threshold(threshold), alpha=alpha, test=cast(TestName, test))
-
-
-def latency_mode(value: str) -> str:
-    if value not in LATENCY_MODES:
-        raise ConfigError(f"--latency-mode {value!r}: expected one of {', '.join(LATENCY_MODES)}")
-    return value
 
 
 def deprecated_cluster_flag(command: str, cluster: str, old_flag: str | None, console: Console) -> str:

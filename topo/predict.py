@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any
 
 import pandas as pd
 
 from bench.records import CELL_COLUMNS
+from bench.results_folder import FolderMeta
 from common.errors import ConfigError
 from reports.report import Report, build_report
+from topo.sweep import now_utc
 from twin.engine import EngineConfig
 from twin.predict import predict_sweep, topologies_for_nodes, topology_model
 from twin.profiles import load_card
@@ -37,7 +37,7 @@ class PredictSpec:
 @dataclass(frozen=True)
 class Prediction:
     cells: pd.DataFrame
-    meta: dict[str, Any]
+    meta: FolderMeta
     report: Report
     elapsed_s: float
 
@@ -58,16 +58,13 @@ def run_predict(spec: PredictSpec) -> Prediction:
     rows = predict_sweep(names, config, levels, prompt_tokens=spec.pp, max_tokens=spec.tg, runs=spec.runs,
                          seed=spec.seed)
     cells = pd.DataFrame(rows, columns=list(CELL_COLUMNS))
-    meta = {
-        "schema": 1,
-        "kind": "prediction",
-        "status": "complete",
-        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "spec": {"model": spec.model, "hardware": spec.hardware, "topologies": names, "concurrency": levels,
-                 "runs": spec.runs, "pp": spec.pp, "tg": spec.tg, "quantization": spec.quantization,
-                 "nodes": spec.nodes, "seed": spec.seed},
-        "title": f"Prediction: {spec.model} on {spec.hardware} (twin, virtual time)",
-    }
+    meta = FolderMeta(
+        kind="prediction", status="complete", started_at=now_utc(),
+        spec={"model": spec.model, "hardware": spec.hardware, "topologies": names, "concurrency": levels,
+              "runs": spec.runs, "pp": spec.pp, "tg": spec.tg, "quantization": spec.quantization, "nodes": spec.nodes,
+              "seed": spec.seed},
+        title=f"Prediction: {spec.model} on {spec.hardware} (twin, virtual time)",
+    )
     elapsed_s = time.perf_counter() - began
     return Prediction(cells, meta, build_report(cells, meta), elapsed_s)
 

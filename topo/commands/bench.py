@@ -13,7 +13,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from bench.client import Endpoint
-from bench.session import BenchSession
+from bench.results_folder import ResultsFolder
+from bench.session import BenchSession, BenchSettings
 from common.errors import ConfigError
 from topo.bench import run_bench
 from topo.options import (
@@ -24,7 +25,6 @@ from topo.options import (
     PromptTokensOption,
     RunsOption,
     SeedOption,
-    latency_mode,
     parse_concurrency,
 )
 
@@ -93,17 +93,16 @@ def bench_command(
     chat requests (the server counts the prompt tokens; the prompt is adapted once to the chat template;
     max_tokens = min_tokens = tg with ignore_eos). Prints prefill (pp) and decode (tg) t/s as mean ±
     population std over runs, peak t/s, TTFT mean and p50/p90/p99, and failed requests. A wrong URL or
-    model fails before any load. With --out, requests.parquet (one row per request, raw timestamps) and
-    cells.parquet (one row per concurrency x run) are written as each run finishes.
+    model fails before any load. With --out, requests.parquet (one row per request, raw timestamps),
+    cells.parquet (one row per concurrency x run) and meta.json are written as each run finishes.
     """
-    mode = latency_mode(latency)
     if runs < 1:
         raise ConfigError(f"--runs must be at least 1 (got {runs})")
     levels = parse_concurrency(concurrency)
-    session = BenchSession(Endpoint.from_url(url, api_key), model, pp=pp, tg=tg, depth=depth,
-                           latency_mode=mode,  # type: ignore[arg-type]
-                           tokenizer=tokenizer, corpus=corpus, unique_prefix=cache_bust, request_timeout=timeout,
-                           seed=seed)
+    settings = BenchSettings(pp=pp, tg=tg, depth=depth, latency_mode=latency,  # type: ignore[arg-type]
+                             tokenizer=tokenizer, corpus=corpus, unique_prefix=cache_bust, request_timeout=timeout,
+                             seed=seed)
+    session = BenchSession(Endpoint.from_url(url, api_key), model, settings)
     err = Console(stderr=True, highlight=False)
     served, summaries, warnings, notes = asyncio.run(run_bench(session, levels, runs, topology, out, err))
     stdout = Console(highlight=False)
@@ -115,7 +114,8 @@ def bench_command(
     for warning in warnings:
         err.print(f"[yellow]warning:[/] {escape(warning)}")
     if out is not None:
-        err.print(f"results: {out / 'requests.parquet'}, {out / 'cells.parquet'}")
+        folder = ResultsFolder(out)
+        err.print(f"results: {folder.requests_path}, {folder.cells_path}, {folder.meta_path}")
 
 
 def register(app: typer.Typer) -> None:

@@ -17,8 +17,9 @@ from topo.options import (
     parse_concurrency,
     parse_topologies,
 )
+from bench.results_folder import ResultsFolder
 from topo.predict import PredictSpec, run_predict
-from topo.sweep import DEFAULT_CONCURRENCY, write_meta
+from topo.sweep import DEFAULT_CONCURRENCY
 from topology.registry import COMPARED_ON_NODES
 
 
@@ -64,11 +65,11 @@ def predict_command(
     console.print(f"\n[dim]predicted {len(cells)} runs in {prediction.elapsed_s:.1f} s "
                   f"(virtual time; hardware {hardware}, card {model})[/]")
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        cells.to_parquet(out / "cells.parquet", index=False)
-        write_meta(out, meta)
-        md_path, html_path = write_report(out, report)
-        console.print(f"wrote [bold]{out / 'cells.parquet'}[/], {md_path.name} and {html_path.name}")
+        folder = ResultsFolder(out)
+        folder.write_cells(cells)
+        folder.write_meta(meta)
+        md_path, html_path = write_report(folder, report)
+        console.print(f"wrote [bold]{folder.cells_path}[/], {md_path.name} and {html_path.name}")
 
 
 def register(app: typer.Typer) -> None:

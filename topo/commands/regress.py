@@ -9,8 +9,7 @@ import typer
 from rich.console import Console
 
 from reports.console import print_regression
-from reports.regress import write_gate_outputs
-from reports.results import compare_result_dirs
+from reports.regress import compare_result_dirs, write_gate_outputs
 from topo.options import (
     AlphaOption,
     JunitOption,

@@ -23,7 +23,6 @@ from topo.options import (
     SeedOption,
     TopologiesOption,
     TwinHardwareOption,
-    latency_mode,
     parse_concurrency,
     parse_topologies,
 )
@@ -96,7 +95,7 @@ def sweep_command(
             runs=runs,
             pp=pp,
             tg=tg,
-            latency_mode=latency_mode(latency),  # type: ignore[arg-type]
+            latency_mode=latency,  # type: ignore[arg-type]
             twin_hardware=twin_hardware,
             seed=seed,
         )
