@@ -1,6 +1,6 @@
 """Streaming client for one OpenAI-compatible endpoint, recording raw perf_counter timestamps.
 
-Why it is built this way (METRICS.md): a load generator must not measure itself. Before a batch fires,
+Why it is built this way (docs/METRICS.md): a load generator must not measure itself. Before a batch fires,
 every concurrent request gets its own connection (one `httpx.AsyncClient` per slot, opened with a GET) and
 its body serialized; `start` is taken by httpx's trace hook the moment the request headers are written to
 the socket, so the client's own queueing shows up as `send_lag = start - batch_start`, not as TTFT.
@@ -212,7 +212,7 @@ class BenchClient:
         await asyncio.gather(*(touch(i, slot) for i, slot in enumerate(slots)))
 
     async def measure_latency(self, mode: LatencyMode, probes: int = 3) -> float:
-        """METRICS.md `latency`: mean of `probes` GET /v1/models (api) or 1-token requests (generation)."""
+        """docs/METRICS.md `latency`: mean of `probes` GET /v1/models (api) or 1-token requests (generation)."""
         if mode == "none":
             return 0.0
         if mode not in LATENCY_MODES:

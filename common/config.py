@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from importlib.resources import files
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -12,8 +13,19 @@ from common.errors import ConfigError
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-CONFIGS_DIR = REPO_ROOT / "configs"
+REPO_ROOT = Path(__file__).resolve().parent.parent  # the checkout (or site-packages when installed)
+
+
+def _configs_dir() -> Path:
+    """configs/ is a package whose YAML ships as package data: found the same way in a checkout and in a
+    wheel. An editable install made before it became a package does not map it: use the checkout's."""
+    try:
+        return Path(str(files("configs")))
+    except ModuleNotFoundError:
+        return REPO_ROOT / "configs"
+
+
+CONFIGS_DIR = _configs_dir()
 
 
 class StrictModel(BaseModel):

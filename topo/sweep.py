@@ -4,8 +4,9 @@
     sweep = plan_sweep(spec)            # pure: loads configs, plans every topology (errors before anything runs)
     outcome = await run_sweep(sweep, out_dir, progress)
 
-The results folder (DESIGN.md "Results") is written as the sweep goes: meta.json first (status "running"),
-every measured run appended the moment it finishes (bench/results_folder.py: crash-safe part files),
+The results folder (docs/DESIGN.md, "The results folder") is written as the sweep goes: meta.json first
+(status "running"), every measured run appended the moment it finishes (bench/results_folder.py:
+crash-safe part files),
 start-up time per topology into meta.json, and report.md/report.html at the end. A sweep that dies keeps
 every finished run; `resume_spec(DIR)` reads the spec back and the next run measures only what is missing
 (the missing runs of a partly measured cell, then the untouched cells), never re-measuring a finished run.
@@ -69,6 +70,7 @@ class SweepSpec:
             raise ConfigError(f"--pp and --tg must be >= 1 (got pp={self.pp}, tg={self.tg})")
         if len(set(self.topologies)) != len(self.topologies):
             raise ConfigError(f"--topologies lists a topology twice: {', '.join(self.topologies)}")
+        self.bench_settings()  # its own checks (the latency mode) fail here, before anything is brought up
 
     @property
     def loads(self) -> tuple[Load, ...]:
