@@ -28,6 +28,11 @@ from common.errors import ConfigError
 
 CONTROLLER = "controller"  # proxy.node value: run the proxy on the machine running topo, locally
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # used in file names, docker container names, Ray resources
+# A twin node's emulated GPU telemetry lives in <workdir>/twin-gpu: the twin's ranks on the node write their
+# modeled power there and install an `nvidia-smi` stand-in in its bin/ (twin/power.py); the sampler puts
+# that bin/ first on PATH (telemetry/node.py), so on a real node the real nvidia-smi answers.
+TWIN_GPU_SUBDIR = "twin-gpu"
+TWIN_GPU_DIR_ENV = "TOPO_TWIN_GPU_DIR"
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 
@@ -153,9 +158,18 @@ class Node(StrictModel):
         return "127.0.0.1" if isinstance(self.connect, LocalConnect) else self.connect.host
 
     @property
+    def twin_gpu_dir(self) -> str:
+        return twin_gpu_dir(self.workdir)
+
+    @property
     def ray_temp_dir(self) -> str:
         """Per-node --temp-dir (two Ray nodes on one host must not share one)."""
         return f"{self.workdir.rstrip('/')}/ray"
+
+
+def twin_gpu_dir(workdir: str) -> str:
+    """Where a twin node keeps its nvidia-smi stand-in and power state (plan, twin and sampler agree)."""
+    return f"{workdir.rstrip('/')}/{TWIN_GPU_SUBDIR}"
 
 
 class ProxyPlacement(StrictModel):

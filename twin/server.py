@@ -604,6 +604,11 @@ class TwinServer:
                [("", "", stats.generation_tokens_total)])
         family("vllm:num_preemptions_total", "counter", "Cumulative number of preemption from the engine.",
                [("", "", stats.preemptions_total)])
+        # the twin has no prefix cache: every prompt token is a query that misses (vLLM counts tokens)
+        family("vllm:prefix_cache_queries_total", "counter", "Prefix cache queries, in terms of number of queried tokens.",
+               [("", "", stats.prompt_tokens_total)])
+        family("vllm:prefix_cache_hits_total", "counter", "Prefix cache hits, in terms of number of cached tokens.",
+               [("", "", 0)])
         family("vllm:request_success_total", "counter", "Count of successfully processed requests.",
                [("", f'finished_reason="{reason}"', count) for reason, count in sorted(self.finished_by_reason.items())])
         from twin.engine import TTFT_BUCKETS
@@ -691,7 +696,7 @@ def make_rank_group(args: Any) -> RankGroup:
     from twin.distributed import RayRankGroup, TcpRankServer
 
     if args.executor == "ray":
-        return RayRankGroup(args.tensor_parallel_size, ack_timeout_s=args.rank_timeout_s)
+        return RayRankGroup(args.tensor_parallel_size, ack_timeout_s=args.rank_timeout_s, hardware=args.hardware)
     if args.nnodes > 1:
         return TcpRankServer(args.master_addr, args.master_port, args.nnodes, ack_timeout_s=args.rank_timeout_s)
     return LocalRanks()  # all ranks on this node: nothing crosses a network
@@ -699,19 +704,29 @@ def make_rank_group(args: Any) -> RankGroup:
 
 async def serve(args: Any) -> None:
     """Run what the flags say until stopped (SIGINT/SIGTERM) or, for a headless rank, until rank 0 leaves."""
-    from twin.cli import bind_host, engine_config_kwargs, http_keep_alive_s, local_rank_address
-    from twin.distributed import run_headless_rank
-    from twin.engine import Engine, EngineConfig
+    from twin.cli import engine_config_kwargs, http_keep_alive_s
+    from twin.engine import EngineConfig
+    from twin.power import gpu_telemetry_running
     from twin.profiles import load_card, load_hardware
 
     keep_alive_s = http_keep_alive_s()  # a bad value fails before anything starts
     card = load_card(args.card)
     config = EngineConfig(hardware=load_hardware(args.hardware), card=card,
                           **engine_config_kwargs(args, card.quantization_bytes))
+    async with gpu_telemetry_running(config.hardware.power) as gpu:
+        await _serve_with(args, config, card, keep_alive_s, gpu)
+
+
+async def _serve_with(args: Any, config: Any, card: Any, keep_alive_s: float, gpu: Any) -> None:
+    from twin.cli import bind_host, local_rank_address
+    from twin.distributed import run_headless_rank
+    from twin.engine import Engine
+
     if args.headless:
         summary = await run_headless_rank(
             args.master_addr, args.master_port, args.node_rank, args.nnodes,
             local_addr=local_rank_address(), silence_timeout_s=max(10.0, 2 * args.rank_timeout_s),
+            on_step=gpu.on_step if gpu is not None else None,
         )
         _log(f"node rank {summary.node_rank} done after {summary.steps} steps "
              f"({summary.prefill_tokens} prefill + {summary.decode_tokens} decode tokens): {summary.reason}")
@@ -722,7 +737,12 @@ async def serve(args: Any) -> None:
     default_text_source(args.seed or 0)  # build the token table before the port opens, not on request 1
     group = make_rank_group(args)
     await group.start()
-    engine = Engine(config, step_hook=group.step)
+    step_hook = group.step
+    if gpu is not None:
+        async def step_hook(desc: Any) -> None:
+            gpu.on_step(desc)  # this node's modeled power (twin/power.py), then the peers
+            await group.step(desc)
+    engine = Engine(config, step_hook=step_hook)
     await engine.start()
     app = build_app(engine, group, served_model_names=args.served_model_names, model_root=args.model,
                     api_key=args.api_key, seed=args.seed or 0)
