@@ -32,6 +32,7 @@ from reports.tables import (
 
 if TYPE_CHECKING:
     from reports.regress import RegressionResult
+    from reports.telemetry import TelemetrySection
 
 # A cell whose client needed more than this share of the TTFT (and more than the floor) just to put its
 # batch on the wire did not load the server with c simultaneous requests: the client set the pace. The
@@ -74,6 +75,7 @@ class Report:
     caveats: list[str]
     history: pd.DataFrame | None = None  # cells of earlier sweeps with a `sweep` column (reports/history.py)
     regression: RegressionResult | None = None  # the nightly gate's verdict against a baseline
+    telemetry: TelemetrySection | None = None  # energy, the servers' view, roofline (reports/telemetry.py)
 
     @property
     def topologies(self) -> list[str]:
@@ -123,7 +125,10 @@ class Report:
         # the answer first, then the tables it rests on
         tables = [recommendations_display(self.recommendations)]
         tables += [winner_display(self.winners[m.key]) for m in METRICS]
+        telemetry = self.telemetry.tables() if self.telemetry is not None else []
+        tables += telemetry[:1]  # energy right after the winner tables
         tables += [ray_display(t) for t in self.ray]
+        tables += telemetry[1:]
         if self.startup_s:
             tables.append(DisplayTable(
                 "Start-up time per topology", ["Topology", "Start-up (s)"],
@@ -165,12 +170,17 @@ class Report:
 
 
 def build_report(cells: pd.DataFrame, meta: dict[str, Any] | None = None, requests: pd.DataFrame | None = None,
-                 *, history: pd.DataFrame | None = None, regression: RegressionResult | None = None) -> Report:
+                 *, history: pd.DataFrame | None = None, regression: RegressionResult | None = None,
+                 telemetry: pd.DataFrame | None = None) -> Report:
     """Analyse one sweep's cells (cells.parquet rows); meta.json and requests.parquet are optional.
 
     A nightly run adds `history` (earlier sweeps' cells with a `sweep` column, this one included: trend
-    tables and charts) and `regression` (compare_sweeps against the baseline: shown first).
+    tables and charts) and `regression` (compare_sweeps against the baseline: shown first). `telemetry`
+    (telemetry.parquet) adds energy, the servers' view per cell and time charts; the roofline needs only
+    the hardware and model named in meta.
     """
+    from reports.telemetry import telemetry_section
+
     meta = dict(meta or {})
     cells = validate_cells(cells)
     winners = {m.key: winner_table(cells, m) for m in METRICS}
@@ -178,6 +188,9 @@ def build_report(cells: pd.DataFrame, meta: dict[str, Any] | None = None, reques
     client_bound = find_client_bound(cells)
     percentiles = ttft_percentiles(requests) if requests is not None else None
     notes = meta_caveats(meta) + caveats(cells, winners, client_bound)
+    section = telemetry_section(cells, meta, requests, telemetry)
+    if section is not None:
+        notes += section.warnings
     return Report(
         meta=meta,
         winners=winners,
@@ -189,6 +202,7 @@ def build_report(cells: pd.DataFrame, meta: dict[str, Any] | None = None, reques
         caveats=notes,
         history=history,
         regression=regression,
+        telemetry=section,
     )
 
 

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 from common.errors import ResultsError
 from reports.report import Report, build_report
 from reports.tables import validate_cells
+from telemetry.store import TelemetryStore
 
 CELLS_FILE = "cells.parquet"
 REQUESTS_FILE = "requests.parquet"
@@ -27,10 +28,12 @@ class Results:
     cells: pd.DataFrame
     meta: dict[str, Any]
     requests: pd.DataFrame | None
+    telemetry: pd.DataFrame | None = None
 
 
 # what the report uses of requests.parquet (its per-token timestamps are the bulk of the file)
-REQUEST_COLUMNS = ("topology", "concurrency", "run", "start", "first_token", "error")
+REQUEST_COLUMNS = ("topology", "concurrency", "run", "batch_start", "start", "first_token", "end",
+                   "completion_tokens", "error")
 
 
 def _read_parquet(path: Path, columns: tuple[str, ...] | None = None) -> pd.DataFrame:
@@ -63,7 +66,9 @@ def load_results(directory: Path | str) -> Results:
             raise ResultsError(f"{meta_path}: expected a JSON object, got {type(meta).__name__}")
     requests_path = directory / REQUESTS_FILE
     requests = _read_parquet(requests_path, REQUEST_COLUMNS) if requests_path.is_file() else None
-    return Results(directory, cells, meta, requests)
+    store = TelemetryStore(directory)
+    telemetry = store.read() if store.path.is_file() or any((directory / "parts").glob("telemetry-*")) else None
+    return Results(directory, cells, meta, requests, telemetry)
 
 
 def write_report(directory: Path | str, report: Report) -> tuple[Path, Path]:
@@ -81,6 +86,6 @@ def write_report(directory: Path | str, report: Report) -> tuple[Path, Path]:
 def render_results(directory: Path | str) -> tuple[Report, Path, Path]:
     """Re-render a results folder's report from its stored data (what `topo report DIR` does)."""
     results = load_results(directory)
-    report = build_report(results.cells, results.meta, results.requests)
+    report = build_report(results.cells, results.meta, results.requests, telemetry=results.telemetry)
     md_path, html_path = write_report(results.directory, report)
     return report, md_path, html_path

@@ -34,9 +34,11 @@ from bench.client import Endpoint
 from bench.runner import RunDone
 from bench.session import BenchSession
 from bench.store import ResultsStore
-from cluster.bringup import BringUpProgress, bring_up, open_cluster
+from cluster.bringup import BringUpProgress, Running, bring_up, open_cluster
 from common.config import REPO_ROOT
 from common.errors import ConfigError, ResultsError, TopoError
+from telemetry.sampler import DEFAULT_INTERVAL_S, TelemetrySampler, targets_for
+from telemetry.store import TelemetryStore
 from topology.inventory import Cluster, TwinEngine, load_cluster
 from topology.kinds import STUDY_TOPOLOGIES, PlanSecrets, parse_topology, plan
 from topology.plan import LaunchPlan
@@ -62,6 +64,8 @@ class SweepSpec:
     twin_hardware: str | None = None  # override every twin node's --hardware (e.g. `fast` in tests)
     request_timeout_s: float = 600.0
     seed: int | None = None
+    # server and node telemetry (telemetry/sampler.py) every this many seconds during each topology; 0: off
+    telemetry_interval_s: float = DEFAULT_INTERVAL_S
 
     def __post_init__(self) -> None:
         if not self.topologies:
@@ -72,6 +76,8 @@ class SweepSpec:
             raise ConfigError(f"--runs must be >= 1 (got {self.runs})")
         if self.pp < 1 or self.tg < 1:
             raise ConfigError(f"--pp and --tg must be >= 1 (got pp={self.pp}, tg={self.tg})")
+        if self.telemetry_interval_s < 0:
+            raise ConfigError(f"--telemetry-interval must be >= 0 s, 0 switches it off (got {self.telemetry_interval_s})")
         if len(set(self.topologies)) != len(self.topologies):
             raise ConfigError(f"--topologies lists a topology twice: {', '.join(self.topologies)}")
 
@@ -263,42 +269,84 @@ async def _measure_topology(
             meta["startup_s"][item.topology] = round(running.bring_up_s, 3)
             write_meta(directory, meta)
             progress.topology_up(item.topology, running.bring_up_s)
-            api_key = running.endpoint_headers().get("Authorization", "").removeprefix("Bearer ") or None
-            session = BenchSession(
-                Endpoint.from_url(running.endpoint, api_key),
-                item.launch.served_model_name,
-                pp=spec.pp,
-                tg=spec.tg,
-                latency_mode=spec.latency_mode,
-                request_timeout=spec.request_timeout_s,
-                seed=spec.seed,
-            )
+            sampler = None
+            if spec.telemetry_interval_s > 0:
+                http_targets, node_targets = targets_for(item.launch, sweep.cluster, nodes, running.endpoint_headers())
+                sampler = TelemetrySampler(item.topology, http_targets, node_targets,
+                                           interval_s=spec.telemetry_interval_s)
             try:
-                await session.open()
-                for note in session.notes:
-                    progress.note(f"{item.topology}: {note}")
-                for concurrency, first_run in todo:
-                    # a lost node or dead rank ends this topology with its log tail, not with cells of errors
-                    await running.check_alive()
-                    warnings = await _measure_cell(item.topology, concurrency, first_run, session, store, progress,
-                                                   outcome, spec.runs)
-                    meta["warnings"].extend(f"{item.topology}: {w}" for w in warnings)
-                    write_meta(directory, meta)
-                    store.compact()
+                if sampler is not None:
+                    await sampler.__aenter__()
+                await _measure_cells(item, todo, sweep, running, store, meta, directory, progress, outcome, sampler)
             finally:
-                await session.close()
+                if sampler is not None:
+                    # what was sampled is kept, also when the topology failed half-way
+                    await sampler.stop()
+                    TelemetryStore(directory).append(sampler.rows())
+                    for note in sampler.notes:
+                        progress.note(f"{item.topology}: telemetry: {note}")
+
+
+async def _measure_cells(
+    item: TopologyPlan,
+    todo: list[tuple[int, int]],
+    sweep: SweepPlan,
+    running: Running,
+    store: ResultsStore,
+    meta: dict[str, Any],
+    directory: Path,
+    progress: SweepProgress,
+    outcome: SweepOutcome,
+    sampler: TelemetrySampler | None,
+) -> None:
+    """The missing runs of one topology that is up, cell by cell; the sampler learns which cell runs."""
+    spec = sweep.spec
+    api_key = running.endpoint_headers().get("Authorization", "").removeprefix("Bearer ") or None
+    session = BenchSession(
+        Endpoint.from_url(running.endpoint, api_key),
+        item.launch.served_model_name,
+        pp=spec.pp,
+        tg=spec.tg,
+        latency_mode=spec.latency_mode,
+        request_timeout=spec.request_timeout_s,
+        seed=spec.seed,
+    )
+    try:
+        await session.open()
+        for note in session.notes:
+            progress.note(f"{item.topology}: {note}")
+        for concurrency, first_run in todo:
+            # a lost node or dead rank ends this topology with its log tail, not with cells of errors
+            await running.check_alive()
+            if sampler is not None:
+                sampler.mark(concurrency)
+            warnings = await _measure_cell(item.topology, concurrency, first_run, session, store, progress,
+                                           outcome, spec.runs, sampler)
+            if sampler is not None:
+                sampler.mark(None)
+            meta["warnings"].extend(f"{item.topology}: {w}" for w in warnings)
+            write_meta(directory, meta)
+            store.compact()
+    finally:
+        await session.close()
 
 
 async def _measure_cell(topology: str, concurrency: int, first_run: int, session: BenchSession,
-                        store: ResultsStore, progress: SweepProgress, outcome: SweepOutcome, runs: int) -> list[str]:
+                        store: ResultsStore, progress: SweepProgress, outcome: SweepOutcome, runs: int,
+                        sampler: TelemetrySampler | None = None) -> list[str]:
     rows: list[dict[str, Any]] = []
 
     def on_run(done: RunDone) -> None:
+        if sampler is not None:
+            sampler.snapshot()  # a sample at this run's end (and the next one's start) for its counters
         # Stored the moment it is measured: Ctrl-C or a crash in the next run loses nothing of this one.
         if not done.warmup and done.row is not None:
             run = first_run + done.run  # a resumed cell continues its numbering
             for record in done.records:
                 record.run = run
+            if sampler is not None and done.records:
+                ends = [r.end for r in done.records if r.end is not None] or [r.start for r in done.records]
+                sampler.mark_run(concurrency, run, min(r.batch_start for r in done.records), max(ends))
             row = dict(done.row, run=run, topology=topology)
             store.append(done.records, [row])
             rows.append(row)
@@ -365,6 +413,7 @@ async def run_sweep(
         raise
     finally:
         store.compact()
+        TelemetryStore(directory).compact()
         outcome.status = status
         meta["status"] = status
         meta["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -83,6 +83,8 @@ class VllmEngine(StrictModel):
     docker: str = "docker"  # docker launcher: the docker CLI on the node
     volumes: tuple[str, ...] = ()  # docker launcher: `-v` mounts, e.g. "/data/hf:/data/hf" for HF_HOME
     port: Port = 8000  # engine HTTP port on this node
+    # the node's hardware profile (configs/hardware/<name>.yaml): the report's roofline ceilings; None: none
+    hardware: str | None = None
 
     @model_validator(mode="after")
     def _launcher_needs(self) -> VllmEngine:
@@ -190,6 +192,15 @@ class Timeouts(StrictModel):
     ray_stop_grace_s: float = Field(default=10.0, gt=0)
 
 
+class Costs(StrictModel):
+    """Prices for the report's cost per million output tokens (reports/telemetry.py); every one optional."""
+
+    currency: str = "USD"
+    box_price: float | None = Field(default=None, ge=0)  # one inference node
+    kwh_price: float | None = Field(default=None, ge=0)  # electricity
+    amortization_years: float = Field(default=3.0, gt=0)  # the boxes' price spread over this many years
+
+
 class Cluster(StrictModel):
     """The nodes of one installation. Node 0 is the head."""
 
@@ -197,6 +208,7 @@ class Cluster(StrictModel):
     nodes: tuple[Node, ...]
     proxy: ProxyPlacement = Field(default_factory=ProxyPlacement)
     timeouts: Timeouts = Field(default_factory=Timeouts)
+    costs: Costs | None = None
 
     @field_validator("nodes")
     @classmethod
