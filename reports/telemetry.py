@@ -97,8 +97,26 @@ def telemetry_section(cells: pd.DataFrame, meta: dict[str, Any], requests: pd.Da
     costs = topology_costs(summary, (meta.get("cluster") or {}).get("costs"))
     client_ttft = {(str(t), int(c)): float(v) for (t, c), v in cells.groupby(["topology", "concurrency"])["ttft_ms"]
                    .mean().items()}
+    limits = {topology: sentence + queued_before_engines(summary, client_ttft, topology)
+              for topology, sentence in limits.items()}
     return TelemetrySection(summary, table, limits, costs, client_ttft, cell_warnings(summary), telemetry,
                             run_windows(requests) if requests is not None else None)
+
+
+QUEUE_GAP = 2.0  # the client's TTFT this many times the engines' (and 100 ms more): a queue in front of them
+
+
+def queued_before_engines(summary: pd.DataFrame, client_ttft: dict[tuple[str, int], float], topology: str) -> str:
+    """A clause when, at the topology's highest measured load, requests waited mostly before the engines."""
+    rows = summary[summary["topology"] == topology].dropna(subset=["server_ttft_ms"])
+    if rows.empty:
+        return ""
+    top = rows.sort_values("concurrency").iloc[-1]
+    client, server = client_ttft.get((topology, int(top["concurrency"])), math.nan), float(top["server_ttft_ms"])
+    if math.isnan(client) or client < QUEUE_GAP * server or client - server < 100:
+        return ""
+    return (f" At c{int(top['concurrency'])} the client waited {client:.0f} ms for a first token where the engines "
+            f"saw {server:.0f} ms: most of the wait was before the engines (API server, router or network).")
 
 
 # ---- display tables --------------------------------------------------------------------------------------

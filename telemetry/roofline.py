@@ -12,7 +12,8 @@ FLOPs one step must move (twin/costmodel.py counts them from the model card):
 The measured decode t/s and prefill t/s (total, METRICS.md) are set against them as a share. The same
 figures apply to a real engine on that hardware and to the twin. The one sentence per topology uses the
 twin's calibrated cost model to say where a modeled step's time goes (memory at the kernels' effective
-rate, compute, the link's all-reduces, fixed per-step overhead).
+rate, compute, the link's all-reduces, fixed per-step overhead), and flags a cell measured far below the
+twin's own prediction for it (the model does not explain that cell).
 """
 
 from __future__ import annotations
@@ -26,11 +27,11 @@ from twin.costmodel import CostModel, SeqWork
 from twin.predict import TopologyModel, topology_model
 from twin.profiles import HardwareProfile, ModelCard
 
-ROOFLINE_COLUMNS = ("topology", "concurrency", "decode_ceiling_tps", "decode_share", "decode_model_share",
+ROOFLINE_COLUMNS = ("topology", "concurrency", "decode_ceiling_tps", "decode_share", "decode_predicted_share",
                     "prefill_ceiling_tps", "prefill_share")
-# A measurement this far below what the twin's calibrated model expects is held back by something outside
-# the model (the host's CPU under the twin, the client, a slow network).
-BELOW_MODEL = 0.7
+# A measurement this far below what the twin predicts for the same cell (virtual time, twin/predict.py) is
+# held back by something outside the model (the host's CPU under the twin, the client, the router's host).
+BELOW_PREDICTION = 0.7
 
 
 @dataclass(frozen=True)
@@ -73,10 +74,16 @@ def decode_ceiling_tps(shape: EngineShape, topology: TopologyModel, concurrency:
     return topology.replicas * batch / (step_bytes / shape.peak_bandwidth)
 
 
-def modeled_decode_tps(shape: EngineShape, topology: TopologyModel, concurrency: int) -> float:
-    """What the twin's calibrated model expects one steady decode step of the cell to yield."""
-    batch = _batch(concurrency, topology)
-    return topology.replicas * batch / shape.cost_model(topology).step(_decode_seqs(shape, batch)).seconds
+def predicted_decode_tps(shape: EngineShape, topology: TopologyModel, concurrency: int) -> float:
+    """The twin's prediction of the cell's decode t/s (one batch in virtual time, a fraction of a second)."""
+    from twin.engine import EngineConfig
+    from twin.predict import predict_cells
+
+    config = EngineConfig(hardware=shape.hardware, card=shape.card, weight_bytes_per_param=shape.weight_bytes_per_param,
+                          kv_cache_bytes_per_element=shape.kv_bytes_per_element)
+    row = predict_cells(topology, config, (concurrency,), prompt_tokens=shape.pp, max_tokens=shape.tg, runs=1,
+                        warmup=False)[0]
+    return float(row["decode_tps"])
 
 
 def prefill_ceiling_tps(shape: EngineShape, topology: TopologyModel) -> float:
@@ -99,7 +106,7 @@ def roofline(cells: pd.DataFrame, shape: EngineShape) -> pd.DataFrame:
         prefill = prefill_ceiling_tps(shape, topology)
         rows.append({"topology": name, "concurrency": int(concurrency), "decode_ceiling_tps": decode,
                      "decode_share": measured["decode_tps"] / decode,
-                     "decode_model_share": modeled_decode_tps(shape, topology, int(concurrency)) / decode,
+                     "decode_predicted_share": predicted_decode_tps(shape, topology, int(concurrency)) / decode,
                      "prefill_ceiling_tps": prefill,
                      "prefill_share": measured["prefill_tps"] / prefill})
     return pd.DataFrame(rows, columns=list(ROOFLINE_COLUMNS))
@@ -141,10 +148,11 @@ def limit_sentences(table: pd.DataFrame, shape: EngineShape) -> dict[str, str]:
                  + (f", {_pct(high['decode_share'])} at c{int(high['concurrency'])}" if len(rows) > 1 else ""))
         router = "; the router in front adds its own latency to every request" if topology.routed else ""
         below = ""
-        expected = high["decode_model_share"]
-        if high["decode_share"] < BELOW_MODEL * expected:
-            below = (f"; measured well below the model's own {_pct(expected)} at c{int(high['concurrency'])}: "
-                     "something outside the model held it back (the host's CPU, the client or the network)")
+        expected = high["decode_predicted_share"]
+        if high["decode_share"] < BELOW_PREDICTION * expected:
+            below = (f"; measured well below the twin's prediction for c{int(high['concurrency'])} "
+                     f"({_pct(expected)} of the ceiling): something outside the model held it back (the host's "
+                     "CPU, the client, the router's host or the network)")
         sentences[str(name)] = (f"{name}: {share}; a modeled c{int(high['concurrency'])} decode step is "
                                 f"{parts[main]:.0%} {main}" + (f" ({others})" if others else "")
                                 + f", so {_LIMITS[main]} limits it{router}{below}.")
