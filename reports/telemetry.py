@@ -18,6 +18,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from bench.results_folder import FolderMeta
 from common.errors import TopoError
 from reports.names import display_name, ordered_topologies
 from telemetry.roofline import EngineShape, limit_sentences, roofline
@@ -28,7 +29,7 @@ MISSING = "—"
 
 @dataclass(frozen=True)
 class TelemetrySection:
-    summary: pd.DataFrame  # telemetry.summary.SUMMARY_COLUMNS, one row per topology x concurrency
+    summary: pd.DataFrame  # telemetry.summary.SUMMARY_COLUMNS, one row per cell
     roofline: pd.DataFrame  # telemetry.roofline.ROOFLINE_COLUMNS
     limits: dict[str, str]  # topology -> one sentence
     costs: pd.DataFrame
@@ -61,18 +62,20 @@ class TelemetrySection:
         return out
 
 
-def engine_shape(meta: dict[str, Any]) -> EngineShape | None:
-    """The hardware, card and number formats a sweep ran with (meta.json), or None when unknown (a real
-    engine without `hardware:` in the cluster file, an old folder)."""
+def engine_shape(meta: FolderMeta | None) -> EngineShape | None:
+    """The hardware, card and number formats a sweep (or prediction) ran with, or None when unknown (a real
+    engine without `hardware:` in the cluster file, a folder without meta.json)."""
     from twin.cli import KV_CACHE_DTYPE_BYTES
     from twin.profiles import load_card, load_hardware
 
-    spec = meta.get("spec") or {}
-    recipe = meta.get("recipe") or {}
-    nodes = (meta.get("cluster") or {}).get("nodes") or []
+    if meta is None:
+        return None
+    spec = meta.spec
+    recipe = meta.recipe or {}
+    nodes = (meta.cluster or {}).get("nodes") or []
     hardware = spec.get("twin_hardware") or spec.get("hardware") or next(
         (n.get("engine", {}).get("hardware") for n in nodes if n.get("engine", {}).get("hardware")), None)
-    card_name = recipe.get("twin_card") or (spec.get("model") if meta.get("kind") == "prediction" else None)
+    card_name = recipe.get("twin_card") or (spec.get("model") if meta.kind == "prediction" else None)
     if not hardware or not card_name:
         return None
     try:
@@ -86,7 +89,7 @@ def engine_shape(meta: dict[str, Any]) -> EngineShape | None:
         return None
 
 
-def telemetry_section(cells: pd.DataFrame, meta: dict[str, Any], requests: pd.DataFrame | None,
+def telemetry_section(cells: pd.DataFrame, meta: FolderMeta | None, requests: pd.DataFrame | None,
                       telemetry: pd.DataFrame | None) -> TelemetrySection | None:
     summary = cell_telemetry(telemetry, requests)
     shape = engine_shape(meta)
@@ -94,7 +97,7 @@ def telemetry_section(cells: pd.DataFrame, meta: dict[str, Any], requests: pd.Da
     limits = limit_sentences(table, shape) if shape is not None and not table.empty else {}
     if summary.empty and table.empty:
         return None
-    costs = topology_costs(summary, (meta.get("cluster") or {}).get("costs"))
+    costs = topology_costs(summary, ((meta.cluster or {}) if meta else {}).get("costs"))
     client_ttft = {(str(t), int(c)): float(v) for (t, c), v in cells.groupby(["topology", "concurrency"])["ttft_ms"]
                    .mean().items()}
     limits = {topology: sentence + queued_before_engines(summary, client_ttft, topology)
@@ -225,7 +228,7 @@ _SERIES = (("kv_cache_usage", "KV cache", 1), ("requests_running", "running", 2)
 
 def time_chart(samples: pd.DataFrame, windows: pd.DataFrame | None, topology: str) -> go.Figure | None:
     """KV-cache use, running/waiting (summed over engines) and GPU power per node over the topology's time,
-    the measured runs shaded and labelled with their concurrency."""
+    the measured runs shaded and labelled with their load (c4, ...)."""
     if samples.empty:
         return None
     origin = float(samples["t"].min())
@@ -252,7 +255,7 @@ def time_chart(samples: pd.DataFrame, windows: pd.DataFrame | None, topology: st
         for w in windows.itertuples():
             figure.add_vrect(x0=w.start - origin, x1=w.end - origin, fillcolor="#888", opacity=0.12, line_width=0,
                              row="all", col=1)
-            figure.add_annotation(x=(w.start + w.end) / 2 - origin, y=1.0, yref="paper", text=f"c{w.concurrency}",
+            figure.add_annotation(x=(w.start + w.end) / 2 - origin, y=1.0, yref="paper", text=str(w.load),
                                   showarrow=False, font={"size": 10})
     figure.update_layout(title={"text": f"{display_name(topology)} over time (s since its first sample)"},
                          height=520, template="plotly_white", margin={"l": 60, "r": 20, "t": 70, "b": 40},

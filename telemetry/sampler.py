@@ -2,12 +2,12 @@
 
     sampler = TelemetrySampler(topology, http_targets, node_targets, interval_s=1.0)
     async with sampler:                       # a background task; one sample right away, one at the end
-        sampler.mark(concurrency)             # which cell the samples belong to (None between cells)
+        sampler.mark(load)                    # which cell the samples belong to (None between cells)
         ...measure...
-        sampler.mark_run(concurrency, run, t0, t1)   # a measured run's window (perf_counter, the client's clock)
-    rows = sampler.rows()                     # long format, cell keys filled in (telemetry/store.py)
+        sampler.mark_run(load, run, t0, t1)   # a measured run's window (perf_counter, the client's clock)
+    rows = sampler.rows()                     # long format, cell keys filled in (ResultsFolder.append_telemetry)
 
-One row per (scrape, series): topology, concurrency, run, source (`engine:<node>`, `proxy`, `node:<node>`),
+One row per (scrape, series): topology, workload, load, concurrency, run, source (`engine:<node>`, `proxy`, `node:<node>`),
 node, t (time.perf_counter() of this process when the answer arrived: the clock the client stamps requests
 with, so samples line up with runs), unix, metric, le (histogram bucket bound, else NaN), value.
 
@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from bench.workload import DEFAULT_WORKLOAD, Load
 from cluster.bringup import NodeAccess
 from cluster.connector import Connector
 from common.errors import TopoError
@@ -62,7 +63,8 @@ class NodeTarget:
 
 @dataclass(frozen=True)
 class RunWindow:
-    concurrency: int
+    load: str  # the load's label (bench/workload.py)
+    concurrency: int | None
     run: int
     start: float
     end: float
@@ -78,10 +80,12 @@ class TelemetrySampler:
         interval_s: float = DEFAULT_INTERVAL_S,
         clock: Callable[[], float] = time.perf_counter,
         transport: httpx.AsyncBaseTransport | None = None,
+        workload: str = DEFAULT_WORKLOAD,
     ) -> None:
         if interval_s <= 0:
             raise ValueError(f"the sampling interval must be positive (got {interval_s})")
         self.topology = topology
+        self.workload = workload
         self.http_targets = list(http_targets)
         self.node_targets = list(node_targets)
         self.interval_s = interval_s
@@ -91,7 +95,7 @@ class TelemetrySampler:
         self.ticks = 0
         self.skipped = 0  # scrapes skipped because the target's previous one was still running
         self._rows: list[dict[str, Any]] = []
-        self._concurrency: int | None = None
+        self._load: Load | None = None
         self._client = httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(max(0.5, 0.9 * interval_s)))
         self._busy: set[str] = set()
         self._dropped: set[str] = set()
@@ -101,11 +105,11 @@ class TelemetrySampler:
 
     # -- what the sweep tells the sampler -------------------------------------------------------------
 
-    def mark(self, concurrency: int | None) -> None:
-        self._concurrency = concurrency
+    def mark(self, load: Load | None) -> None:
+        self._load = load
 
-    def mark_run(self, concurrency: int, run: int, start: float, end: float) -> None:
-        self.windows.append(RunWindow(concurrency, run, start, end))
+    def mark_run(self, load: Load, run: int, start: float, end: float) -> None:
+        self.windows.append(RunWindow(load.label, _concurrency(load), run, start, end))
 
     def snapshot(self) -> None:
         """Sample now, besides the rhythm (a run just ended): counters are then bracketed by samples right at
@@ -168,7 +172,10 @@ class TelemetrySampler:
         unix = time.time()
         for reading in readings:
             self._rows.append({
-                "topology": self.topology, "concurrency": self._concurrency, "run": None, "source": source,
+                "topology": self.topology, "workload": self.workload,
+                "load": self._load.label if self._load is not None else None,
+                "concurrency": _concurrency(self._load) if self._load is not None else None, "run": None,
+                "source": source,
                 "node": node, "t": t, "unix": unix, "metric": reading.metric,
                 "le": reading.le if reading.le is not None else math.nan, "value": float(reading.value),
             })
@@ -225,16 +232,20 @@ class TelemetrySampler:
         return align_to_runs(self._rows, self.windows)
 
 
+def _concurrency(load: Load) -> int | None:
+    return getattr(load, "concurrency", None)  # a closed load's c; other load shapes have none
+
+
 def align_to_runs(rows: Sequence[dict[str, Any]], windows: Sequence[RunWindow]) -> list[dict[str, Any]]:
-    """Copies of `rows`; a row whose `t` falls in a run window [start, end] gets that window's concurrency
-    and run. Others keep the concurrency marked at sampling time (warm-up, between runs) and run None."""
+    """Copies of `rows`; a row whose `t` falls in a run window [start, end] gets that window's load and run.
+    Others keep the load marked at sampling time (warm-up, between runs) and run None."""
     ordered = sorted(windows, key=lambda w: w.start)
     out = []
     for row in rows:
         row = dict(row)
         for window in ordered:
             if window.start <= row["t"] <= window.end:
-                row["concurrency"], row["run"] = window.concurrency, window.run
+                row["load"], row["concurrency"], row["run"] = window.load, window.concurrency, window.run
                 break
         out.append(row)
     return out

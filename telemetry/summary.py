@@ -15,7 +15,7 @@ telemetry samples carry the same clock (telemetry/sampler.py), so a window selec
   run's successful requests; tokens/s per W = output tokens / energy (the same figure inverted, in the unit
   published benchmarks use).
 
-    cell_telemetry(telemetry, requests) -> DataFrame, one row per (topology, concurrency)
+    cell_telemetry(telemetry, requests) -> DataFrame, one row per cell (topology, workload, load)
     topology_costs(cell_table, costs) -> DataFrame, one row per topology
 """
 
@@ -28,33 +28,35 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bench.results_folder import fill_load_keys
 from telemetry.prometheus import counter_increase, histogram_quantile
 
 # A window whose nearest power sample is further than this is not measured (the sampler was not running).
 MAX_GAP_S = 2.5
 KV_FULL = 0.99  # KV-cache use at or above this counts as a full cache (vLLM then preempts or queues)
-CELL_KEY = ["topology", "concurrency"]
+CELL_KEY = ["topology", "workload", "load"]
 SUMMARY_COLUMNS = (
-    "topology", "concurrency", "runs", "kv_cache_mean", "kv_cache_max", "running_mean", "waiting_mean",
+    "topology", "workload", "load", "concurrency", "runs", "kv_cache_mean", "kv_cache_max", "running_mean", "waiting_mean",
     "preemptions", "prefix_cache_hit_rate", "server_ttft_ms", "server_ttft_p90_ms", "power_w", "energy_j",
     "output_tokens", "seconds", "j_per_token", "tokens_per_s_per_w", "power_nodes",
 )
 
 
 def run_windows(requests: pd.DataFrame) -> pd.DataFrame:
-    """(topology, concurrency, run) -> start, end, output_tokens of successful requests."""
-    columns = ["topology", "concurrency", "run", "start", "end", "output_tokens"]
+    """(topology, workload, load, run) -> concurrency, start, end, output_tokens of successful requests."""
+    columns = [*CELL_KEY, "run", "concurrency", "start", "end", "output_tokens"]
     if requests is None or requests.empty:
         return pd.DataFrame(columns=columns)
-    frame = requests.copy()
+    frame = fill_load_keys(requests)
     begin = frame["batch_start"] if "batch_start" in frame else frame["start"]
     frame["_begin"] = begin
     frame["_end"] = frame["end"].fillna(frame["start"]) if "end" in frame else frame["start"]
     ok = frame["error"].isna() if "error" in frame else pd.Series(True, index=frame.index)
     tokens = frame["completion_tokens"] if "completion_tokens" in frame else pd.Series(np.nan, index=frame.index)
     frame["_tokens"] = tokens.where(ok, 0).fillna(0)
-    grouped = frame.groupby(["topology", "concurrency", "run"], as_index=False).agg(
-        start=("_begin", "min"), end=("_end", "max"), output_tokens=("_tokens", "sum"))
+    grouped = frame.groupby([*CELL_KEY, "run"], as_index=False).agg(
+        concurrency=("concurrency", "first"), start=("_begin", "min"), end=("_end", "max"),
+        output_tokens=("_tokens", "sum"))
     return grouped[columns]
 
 
@@ -142,12 +144,13 @@ def _window_summary(samples: pd.DataFrame, start: float, end: float) -> dict[str
 
 
 def cell_telemetry(telemetry: pd.DataFrame | None, requests: pd.DataFrame | None) -> pd.DataFrame:
-    """One row per (topology, concurrency) that has both request windows and telemetry (SUMMARY_COLUMNS)."""
+    """One row per cell (topology, workload, load) with request windows and telemetry (SUMMARY_COLUMNS)."""
     if telemetry is None or telemetry.empty or requests is None or requests.empty:
         return pd.DataFrame(columns=list(SUMMARY_COLUMNS))
     windows = run_windows(requests)
     rows = []
-    for (topology, concurrency), cell in windows.groupby(CELL_KEY):
+    for (topology, workload, load), cell in windows.groupby(CELL_KEY):
+        concurrency = cell["concurrency"].iloc[0]
         samples = telemetry[telemetry["topology"] == topology]
         if samples.empty:
             continue
@@ -168,7 +171,8 @@ def cell_telemetry(telemetry: pd.DataFrame | None, requests: pd.DataFrame | None
         energies = [p["energy_j"] for p, _ in parts]
         energy = math.nan if any(math.isnan(e) for e in energies) else float(sum(energies))
         rows.append({
-            "topology": topology, "concurrency": int(concurrency), "runs": len(parts),
+            "topology": topology, "workload": workload, "load": load,
+            "concurrency": int(concurrency) if pd.notna(concurrency) else None, "runs": len(parts),
             "kv_cache_mean": mean_of("kv_cache_mean"),
             "kv_cache_max": max((p["kv_cache_max"] for p, _ in parts if not math.isnan(p["kv_cache_max"])),
                                 default=math.nan),
@@ -193,10 +197,10 @@ def cell_warnings(summary: pd.DataFrame) -> list[str]:
     lines = []
     for row in summary.itertuples():
         if row.preemptions and not math.isnan(row.preemptions) and row.preemptions > 0:
-            lines.append(f"{row.topology} c{row.concurrency}: {int(row.preemptions)} preemption(s) during the cell "
+            lines.append(f"{row.topology} {row.load}: {int(row.preemptions)} preemption(s) during the cell "
                          "(the KV cache ran out; requests were recomputed)")
         if not math.isnan(row.kv_cache_max) and row.kv_cache_max >= KV_FULL:
-            lines.append(f"{row.topology} c{row.concurrency}: the KV cache was full ({row.kv_cache_max:.0%}); "
+            lines.append(f"{row.topology} {row.load}: the KV cache was full ({row.kv_cache_max:.0%}); "
                          "requests waited for cache space")
     return lines
 

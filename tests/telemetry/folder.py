@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from telemetry.store import TelemetryStore
+from bench.results_folder import ResultsFolder
 from tests.reports.fixtures import cell_rows, frame
 
 # (topology, nodes, watts per node while a run is on); idle 12 W between runs
@@ -44,9 +44,10 @@ def write_folder(directory: Path, *, preempt: bool = False) -> Path:
             t = end + 1.0
     frame(cells).to_parquet(directory / "cells.parquet")
     pd.DataFrame(requests).to_parquet(directory / "requests.parquet")
-    store = TelemetryStore(directory)
-    store.append([{**s, "concurrency": None, "run": None, "le": float("nan")} for s in samples])
-    store.compact()
+    folder = ResultsFolder(directory)
+    folder.append_telemetry([{**s, "workload": "default", "load": None, "concurrency": None, "run": None,
+                              "le": float("nan")} for s in samples])
+    folder.compact()
     meta = {"kind": "sweep", "status": "complete",
             "spec": {"model": "gemma4-26b", "pp": 1024, "tg": 128},
             "recipe": {"name": "gemma4-26b", "twin_card": "gemma4-26b", "quantization": "fp8", "kv_cache_dtype": "fp8"},
