@@ -15,7 +15,8 @@ from telemetry.summary import cell_telemetry, cell_warnings, integrate_power, to
 
 def sample(t: float, source: str, metric: str, value: float, *, topology: str = "solo", le: float = math.nan,
            node: str = "node1") -> dict:
-    return {"topology": topology, "concurrency": None, "run": None, "source": source, "node": node, "t": t,
+    return {"topology": topology, "workload": "default", "load": None, "concurrency": None, "run": None,
+            "source": source, "node": node, "t": t,
             "unix": 1e9 + t, "metric": metric, "le": le, "value": value}
 
 
@@ -28,10 +29,10 @@ def requests(topology: str, concurrency: int, run: int, start: float, end: float
 
 def test_samples_take_the_keys_of_the_run_window_they_fall_in() -> None:
     rows = [sample(t, "node:node1", "gpu_power_w", 40) for t in (0.5, 1.5, 2.5, 3.5)]
-    rows[0]["concurrency"] = 1  # marked during c1's warm-up
-    windows = [RunWindow(1, 0, 1.0, 2.0), RunWindow(1, 1, 2.2, 3.0)]
+    rows[0]["load"], rows[0]["concurrency"] = "c1", 1  # marked during c1's warm-up
+    windows = [RunWindow("c1", 1, 0, 1.0, 2.0), RunWindow("c1", 1, 1, 2.2, 3.0)]
     aligned = align_to_runs(rows, windows)
-    assert [(r["concurrency"], r["run"]) for r in aligned] == [(1, None), (1, 0), (1, 1), (None, None)]
+    assert [(r["load"], r["run"]) for r in aligned] == [("c1", None), ("c1", 0), ("c1", 1), (None, None)]
     assert rows[1]["run"] is None  # the sampler's own rows are not changed
 
 
