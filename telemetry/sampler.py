@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -157,9 +157,22 @@ class TelemetrySampler:
 
     async def tick(self) -> None:
         self.ticks += 1
-        scrapes = [self._scrape_http(t) for t in self.http_targets if t.source not in self._dropped]
-        scrapes += [self._scrape_node(t) for t in self.node_targets]
+        scrapes = [self._exclusive(t.source, self._scrape_http(t)) for t in self.http_targets
+                   if t.source not in self._dropped]
+        scrapes += [self._exclusive(t.source, self._scrape_node(t)) for t in self.node_targets]
         await asyncio.gather(*scrapes)
+
+    async def _exclusive(self, source: str, scrape: Coroutine[Any, Any, None]) -> None:
+        """Run a target's scrape unless its previous one still runs (then skip: never queue behind it)."""
+        if source in self._busy:
+            scrape.close()
+            self.skipped += 1
+            return
+        self._busy.add(source)
+        try:
+            await scrape
+        finally:
+            self._busy.discard(source)
 
     # -- one target ------------------------------------------------------------------------------------
 
@@ -181,10 +194,6 @@ class TelemetrySampler:
             })
 
     async def _scrape_http(self, target: HttpTarget) -> None:
-        if target.source in self._busy:
-            self.skipped += 1
-            return
-        self._busy.add(target.source)
         try:
             response = await self._client.get(target.url, headers=target.headers)
             t = self.clock()
@@ -200,14 +209,8 @@ class TelemetrySampler:
             self._note_once(target.source, f"{target.source}: scraping {target.url} failed ({type(exc).__name__})")
         except TopoError as exc:
             self._note_once(target.source, f"{target.source}: {exc}")
-        finally:
-            self._busy.discard(target.source)
 
     async def _scrape_node(self, target: NodeTarget) -> None:
-        if target.source in self._busy:
-            self.skipped += 1
-            return
-        self._busy.add(target.source)
         try:
             done = await target.connector.run(node_probe_argv(target.workdir), timeout=max(2.0, 2 * self.interval_s))
             t = self.clock()
@@ -222,8 +225,6 @@ class TelemetrySampler:
             self._add(target.source, target.node, readings, t)
         except TopoError as exc:
             self._note_once(target.source, f"{target.source}: node probe failed ({exc})")
-        finally:
-            self._busy.discard(target.source)
 
     # -- results ----------------------------------------------------------------------------------------
 
