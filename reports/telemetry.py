@@ -20,6 +20,7 @@ from plotly.subplots import make_subplots
 
 from bench.results_folder import FolderMeta
 from common.errors import TopoError
+from reports.display import DisplayTable
 from reports.names import display_name, ordered_topologies
 from telemetry.roofline import EngineShape, limit_sentences, roofline
 from telemetry.summary import cell_telemetry, cell_warnings, run_windows, topology_costs
@@ -38,7 +39,7 @@ class TelemetrySection:
     telemetry: pd.DataFrame | None = None  # raw samples, for the time charts
     windows: pd.DataFrame | None = None  # run windows, for the cell boundaries
 
-    def tables(self) -> list[Any]:
+    def tables(self) -> list[DisplayTable]:
         tables = []
         if not self.summary.empty:
             tables.append(energy_display(self.summary))
@@ -141,9 +142,7 @@ def _pivot(frame: pd.DataFrame, render) -> tuple[list[str], list[str], list[list
     return topologies, [display_name(t) for t in topologies], rows
 
 
-def energy_display(summary: pd.DataFrame) -> Any:
-    from reports.report import DisplayTable
-
+def energy_display(summary: pd.DataFrame) -> DisplayTable:
     topologies, names, rows = _pivot(summary, lambda r: (
         f"{_fmt(r['j_per_token'], '.2f')} J · {_fmt(r['tokens_per_s_per_w'], '.2f')} t/s/W"
         if not math.isnan(r["j_per_token"]) else MISSING))
@@ -164,9 +163,7 @@ def energy_display(summary: pd.DataFrame) -> Any:
     )
 
 
-def server_display(summary: pd.DataFrame, client_ttft: dict[tuple[str, int], float]) -> Any:
-    from reports.report import DisplayTable
-
+def server_display(summary: pd.DataFrame, client_ttft: dict[tuple[str, int], float]) -> DisplayTable:
     headers = ["Topology", "c", "KV cache mean / max", "Running", "Waiting", "Preemptions", "Prefix-cache hits",
                "Server TTFT mean / p90 (ms)", "Client TTFT (ms)", "GPU power (W)"]
     rows = []
@@ -188,9 +185,7 @@ def server_display(summary: pd.DataFrame, client_ttft: dict[tuple[str, int], flo
     )
 
 
-def roofline_display(table: pd.DataFrame, limits: dict[str, str]) -> Any:
-    from reports.report import DisplayTable
-
+def roofline_display(table: pd.DataFrame, limits: dict[str, str]) -> DisplayTable:
     _, names, rows = _pivot(table, lambda r: f"{_fmt(r['decode_share'], '.0%')} of {r['decode_ceiling_tps']:.0f}")
     prefill = {str(r["topology"]): r for r in table.groupby("topology").first().reset_index().to_dict("records")}
     notes = [limits[t] for t in ordered_topologies(limits)]
@@ -206,9 +201,7 @@ def roofline_display(table: pd.DataFrame, limits: dict[str, str]) -> Any:
     )
 
 
-def cost_display(costs: pd.DataFrame) -> Any:
-    from reports.report import DisplayTable
-
+def cost_display(costs: pd.DataFrame) -> DisplayTable:
     currency = str(costs["currency"].iloc[0])
     rows = [[display_name(str(r["topology"])), str(r["concurrency"]), str(r["boxes"]), _fmt(r["box_cost"], ",.0f"),
              _fmt(r["energy_per_mtok"], ".3f"), _fmt(r["hardware_per_mtok"], ".3f"), _fmt(r["total_per_mtok"], ".3f")]

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import pandas as pd
 
 from twin.costmodel import CostModel, SeqWork
-from twin.predict import TopologyModel, topology_model
+from topology.registry import Topology
+from twin.predict import topology_model
 from twin.profiles import HardwareProfile, ModelCard
 
 ROOFLINE_COLUMNS = ("topology", "concurrency", "decode_ceiling_tps", "decode_share", "decode_predicted_share",
@@ -45,7 +46,7 @@ class EngineShape:
     pp: int = 1024
     tg: int = 128
 
-    def cost_model(self, topology: TopologyModel) -> CostModel:
+    def cost_model(self, topology: Topology) -> CostModel:
         return CostModel(self.hardware, self.card, tensor_parallel=topology.tensor_parallel,
                          executor=topology.executor, weight_bytes_per_param=self.weight_bytes_per_param,
                          kv_cache_bytes_per_element=self.kv_bytes_per_element)
@@ -58,7 +59,7 @@ class EngineShape:
         return self.hardware.effective_flops(model.bytes_per_param) / self.hardware.compute_efficiency
 
 
-def _batch(concurrency: int, topology: TopologyModel) -> int:
+def _batch(concurrency: int, topology: Topology) -> int:
     return max(1, round(concurrency / topology.replicas))
 
 
@@ -66,7 +67,7 @@ def _decode_seqs(shape: EngineShape, batch: int) -> list[SeqWork]:
     return [SeqWork(1, shape.pp + shape.tg // 2)] * batch
 
 
-def decode_ceiling_tps(shape: EngineShape, topology: TopologyModel, concurrency: int) -> float:
+def decode_ceiling_tps(shape: EngineShape, topology: Topology, concurrency: int) -> float:
     model = shape.cost_model(topology)
     batch = _batch(concurrency, topology)
     seqs = _decode_seqs(shape, batch)
@@ -74,7 +75,7 @@ def decode_ceiling_tps(shape: EngineShape, topology: TopologyModel, concurrency:
     return topology.replicas * batch / (step_bytes / shape.peak_bandwidth)
 
 
-def predicted_decode_tps(shape: EngineShape, topology: TopologyModel, concurrency: int) -> float:
+def predicted_decode_tps(shape: EngineShape, topology: Topology, concurrency: int) -> float:
     """The twin's prediction of the cell's decode t/s (one batch in virtual time, a fraction of a second)."""
     from twin.engine import EngineConfig
     from twin.predict import predict_cells
@@ -86,7 +87,7 @@ def predicted_decode_tps(shape: EngineShape, topology: TopologyModel, concurrenc
     return float(row["decode_tps"])
 
 
-def prefill_ceiling_tps(shape: EngineShape, topology: TopologyModel) -> float:
+def prefill_ceiling_tps(shape: EngineShape, topology: Topology) -> float:
     model = shape.cost_model(topology)
     flops = model.flops([SeqWork(shape.pp, 0)])  # per rank
     return topology.replicas * shape.pp / (flops / shape.peak_flops(model))
@@ -112,7 +113,7 @@ def roofline(cells: pd.DataFrame, shape: EngineShape) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(ROOFLINE_COLUMNS))
 
 
-def step_breakdown(shape: EngineShape, topology: TopologyModel, concurrency: int) -> dict[str, float]:
+def step_breakdown(shape: EngineShape, topology: Topology, concurrency: int) -> dict[str, float]:
     """Where a modeled decode step's time goes (shares of the step): memory, compute, link, overhead."""
     model = shape.cost_model(topology)
     cost = model.step(_decode_seqs(shape, _batch(concurrency, topology)))

@@ -190,3 +190,22 @@ def test_a_node_lost_mid_sweep_costs_only_that_topology(tmp_path: Path) -> None:
     assert all(done.get(("solo", "default", f"c{c}")) == 1 for c in (1, 2, 4))  # the next topology still ran
     assert (cells[cells.topology == "solo"].failed == 0).all()
     assert_nothing_left(cluster)
+
+
+@pytest.mark.slow
+def test_four_node_layouts_sweep_on_the_local_twin_of_four(tmp_path: Path) -> None:
+    """Every kind of four-node layout comes up and is measured on local-twin-4 (about 100 s)."""
+    cluster = write_local_cluster(tmp_path / "cluster", source="local-twin-4")
+    out = tmp_path / "results"
+    topologies = ["tp4-mp", "2x-tp2-shuffle", "4x-solo-shuffle"]
+    done = topo("sweep", "--cluster", str(cluster), "--model", "tiny", "-t", ",".join(topologies), "-c", "1,4",
+                "--pp", "256", "--tg", "16", "--out", str(out))
+    meta = json.loads((out / "meta.json").read_text())
+    assert done.returncode == 0, f"{meta['errors']}\n{done.stderr[-3000:]}"
+    cells = pd.read_parquet(out / "cells.parquet")
+    assert sorted(cells.topology.unique()) == sorted(topologies) and len(cells) == 3 * 2
+    assert (cells.failed == 0).all() and (cells.decode_tps > 0).all()
+    requests = pd.read_parquet(out / "requests.parquet")
+    served = requests[requests.topology == "2x-tp2-shuffle"].served_by
+    assert served.notna().all() and set(served) <= {"node1", "node3"}  # the replicas' rank-0 nodes
+    assert_nothing_left(cluster)

@@ -17,6 +17,7 @@ from reports.report import build_report
 from reports.results import write_report
 from topo.commands.bench import parse_concurrency
 from topo.sweep import DEFAULT_CONCURRENCY, now_utc
+from topology.registry import COMPARED_ON_NODES
 from twin.engine import EngineConfig
 from twin.predict import predict_sweep, topologies_for_nodes, topology_model
 
@@ -28,8 +29,8 @@ def predict_command(
                                  "(gb10, fast) or a YAML path — e.g. a copy with other bandwidth or link figures."),
     topologies: str = typer.Option(None, "--topologies", "-t", help="Comma-separated topologies (default: the "
                                    "layouts worth comparing on --nodes nodes)."),
-    nodes: int = typer.Option(2, "--nodes", "-n", help="2: solo, tp2-mp, tp2-ray, 2x-solo-shuffle. 4: adds tp4, "
-                              "2x tp2 behind a router and 4x solo."),
+    nodes: int = typer.Option(2, "--nodes", "-n", help="Nodes to lay out; compares " + "; ".join(
+                              f"{count}: {', '.join(names)}" for count, names in COMPARED_ON_NODES.items()) + "."),
     concurrency: str = typer.Option(",".join(map(str, DEFAULT_CONCURRENCY)), "--concurrency", "-c",
                                     help="Concurrency levels (closed batches of exactly c requests)."),
     runs: int = typer.Option(3, "--runs", "-r", help="Simulated runs per cell (they differ by the router's "
