@@ -70,6 +70,9 @@ def sweep_command(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print every topology's commands and the cells; "
                                  "start nothing."),
     seed: SeedOption = None,  # type: ignore[assignment]
+    telemetry_interval: float = typer.Option(1.0, "--telemetry-interval", help="Seconds between samples of every "
+                                             "engine's /metrics and every node (nvidia-smi, memory, CPU) into "
+                                             "telemetry.parquet; 0 switches sampling off."),
 ) -> None:
     """Bring the cluster up in each topology, sweep the concurrency levels, tear it down, write a report.
 
@@ -99,6 +102,7 @@ def sweep_command(
             latency_mode=latency,  # type: ignore[arg-type]
             twin_hardware=twin_hardware,
             seed=seed,
+            telemetry_interval_s=telemetry_interval,
         )
         directory = out or default_out_dir(spec)
     sweep = plan_sweep(spec)
