@@ -76,16 +76,51 @@ def shell_command(argv: Argv, env: Env | None = None) -> str:
     return shlex.join(words)
 
 
+# A pidfile names its process and proves it is still the same one (a pid is reused after the process ends):
+#     PID
+#     start BOOT_ID START_TICKS      (/proc/sys/kernel/random/boot_id; field 22 of /proc/PID/stat)
+#     command MASKED COMMAND LINE     (for the humans reading `topo down`'s report)
+# cluster/supervise.py reads it and compares the identity before it signals anything.
+BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
+PIDFILE_START = "start"
+PIDFILE_COMMAND = "command"
+
+
+PIDFILE_COMMAND_CHARS = 200
+
+
+def pidfile_text(pid: int, identity: str, command: str) -> str:
+    return f"{pid}\n{PIDFILE_START} {identity}\n{PIDFILE_COMMAND} {_pidfile_command(command)}\n"
+
+
+def _pidfile_command(command: str) -> str:
+    return command.replace("\n", " ")[:PIDFILE_COMMAND_CHARS]
+
+
+def local_identity(pid: int) -> str:
+    """`BOOT_ID START_TICKS` of a process on this machine ('' when it is gone already)."""
+    try:
+        boot = Path(BOOT_ID_PATH).read_text().strip()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return f"{boot} {stat.rsplit(') ', 1)[1].split()[19]}"
+
+
 def supervised_shell_command(argv: Argv, env: Env | None, log_path: str, pidfile: str) -> str:
     """Start a process in its own session (so its pid is also its process group id), detached from the
-    connection, with output in `log_path`; the shell writes the pid to `pidfile` before printing it, so
-    a pid is never lost even when the caller is cancelled while waiting for the answer."""
+    connection, with output in `log_path`; the shell writes the pidfile (pid and identity) before printing
+    the pid, so a pid is never lost even when the caller is cancelled while waiting for the answer."""
     log_dir = str(Path(log_path).parent)
     pid_dir = str(Path(pidfile).parent)
+    # `sed` drops "pid (comm) " (comm may hold spaces and parentheses): field 22 of stat is then field 20.
+    identity = (f"$(cat {BOOT_ID_PATH}) $(sed 's/.*) //' /proc/$pid/stat 2>/dev/null | cut -d' ' -f20)")
+    command = shlex.quote(_pidfile_command(masked_command(argv)))
     return (
         f"mkdir -p {shlex.quote(log_dir)} {shlex.quote(pid_dir)} && "
-        f"{{ nohup setsid {shell_command(argv, env)} >{shlex.quote(log_path)} 2>&1 </dev/null & "
-        f"echo $! >{shlex.quote(pidfile)}; echo $!; }}"
+        f"{{ nohup setsid {shell_command(argv, env)} >{shlex.quote(log_path)} 2>&1 </dev/null & pid=$!; "
+        f"printf '%s\\n{PIDFILE_START} %s\\n{PIDFILE_COMMAND} %s\\n' \"$pid\" \"{identity}\" {command} "
+        f">{shlex.quote(pidfile)}; echo $pid; }}"
     )
 
 
@@ -198,7 +233,7 @@ class LocalConnector:
             raise RemoteCommandError(self.node, command, None, f"cannot start: {exc.strerror or exc}") from exc
         _reap_in_background(process)
         try:
-            Path(pidfile).write_text(f"{process.pid}\n")
+            Path(pidfile).write_text(pidfile_text(process.pid, local_identity(process.pid), command))
         except OSError as exc:
             os.killpg(process.pid, signal.SIGKILL)
             raise RemoteCommandError(self.node, f"write {pidfile}", None, str(exc)) from exc

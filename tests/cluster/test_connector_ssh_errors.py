@@ -116,7 +116,7 @@ async def test_one_connection_is_reused_and_commands_are_quoted_once(monkeypatch
     assert pgid == 4242 and len(connects) == 1
     assert connection.commands[0] == "env 'A=b c' echo 'two words' k3y"
     assert "nohup setsid env T=tok sleep 9 >/w/logs/s.log 2>&1 </dev/null &" in connection.commands[1]
-    assert "echo $! >/w/run/s.pid; echo $!" in connection.commands[1]
+    assert "pid=$!; printf" in connection.commands[1] and ">/w/run/s.pid; echo $pid; }" in connection.commands[1]
     assert connection.inputs[2] == "x: 1\n" and "600" in connection.commands[2]
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import typer
+from rich.markup import escape
 from rich.console import Console
 
-from cluster.bringup import bring_up, open_cluster, stop_leftovers, teardown_on_signals
+from cluster.bringup import Leftovers, bring_up, open_cluster, stop_leftovers, teardown_on_signals
 from cluster.progress import ConsoleProgress
 from topology.inventory import load_cluster
 from topology.kinds import PlanSecrets, parse_topology, plan
@@ -65,20 +66,26 @@ def down_command(
     grace: float = typer.Option(30.0, "--grace", help="Seconds between TERM and KILL for each process group."),
 ) -> None:
     """Stop every process an earlier topo run left on the cluster's nodes (found by the pidfiles in each
-    node's workdir/run/): TERM to its process group, KILL after --grace, group proven empty."""
+    node's workdir/run/): TERM to its process group, KILL after --grace, group proven empty. A pidfile
+    whose process is no longer the one topo started (start time and boot id differ) is reported and left
+    alone: exit 3 then, after the rest was stopped."""
     loaded = load_cluster(cluster)
 
-    async def run() -> int:
+    async def run() -> Leftovers:
         async with open_cluster(loaded) as nodes:
-            outcomes = await stop_leftovers(nodes, grace_s=grace)
-        for outcome in outcomes:
-            console.print(
-                f"stopped {outcome.step} on {outcome.node} (process group {outcome.pgid})" + (" with KILL" if outcome.killed else "")
-            )
-        return len(outcomes)
+            return await stop_leftovers(nodes, grace_s=grace)
 
-    stopped = asyncio.run(run())
+    leftovers = asyncio.run(run())
+    for outcome in leftovers.stopped:
+        console.print(
+            f"stopped {outcome.step} on {outcome.node} (process group {outcome.pgid})" + (" with KILL" if outcome.killed else "")
+        )
+    for note in leftovers.foreign:
+        console.print(f"[yellow]not stopped:[/] {escape(note)}")
+    stopped = len(leftovers.stopped)
     console.print(f"{stopped} leftover process group(s) stopped" if stopped else "nothing left over")
+    if leftovers.foreign:
+        raise typer.Exit(3)
 
 
 def register(app: typer.Typer) -> None:
