@@ -21,6 +21,7 @@ per-token timestamp list, so a claim above the requested `max_tokens` is an erro
 from __future__ import annotations
 
 import asyncio
+import base64
 import gc
 import json
 import math
@@ -28,7 +29,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import httpx
 
@@ -37,6 +38,7 @@ from bench.records import RequestRecord
 from bench.wire import SENT_AT, WireTransport
 from bench.workload import DEFAULT_WORKLOAD
 from common.errors import ConfigError, EndpointError, StreamError
+from common.masking import mask_url_credentials
 
 LatencyMode = Literal["api", "generation", "none"]
 LATENCY_MODES: tuple[str, ...] = ("api", "generation", "none")
@@ -58,27 +60,38 @@ DEADLINE_FACTOR = 10.0  # default overall deadline: this many progress deadlines
 
 @dataclass(frozen=True)
 class Endpoint:
-    """Where the server is and how to talk to it. `base_url` has no trailing `/v1`."""
+    """Where the server is and how to talk to it. `base_url` has no trailing `/v1` and never credentials:
+    a `user:password@` in the given URL becomes HTTP basic auth, kept out of every printed or stored URL."""
 
     base_url: str
     api_key: str | None = field(default=None, repr=False)
+    basic_auth: tuple[str, str] | None = field(default=None, repr=False)
 
     @classmethod
     def from_url(cls, url: str, api_key: str | None = None) -> Endpoint:
         parts = urlsplit(url.strip())
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ConfigError(f"--url {url!r}: expected http(s)://HOST:PORT (optionally ending in /v1)")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"--url {mask_url_credentials(url)!r}: expected http(s)://HOST:PORT (optionally "
+                              "ending in /v1)")
         path = parts.path.rstrip("/")
         if path.endswith("/v1"):
             path = path[: -len("/v1")]
-        return cls(base_url=f"{parts.scheme}://{parts.netloc}{path}", api_key=api_key or None)
+        host = parts.netloc.rpartition("@")[2]
+        basic = (unquote(parts.username or ""), unquote(parts.password or "")) if "@" in parts.netloc else None
+        return cls(base_url=f"{parts.scheme}://{host}{path}", api_key=api_key or None, basic_auth=basic)
 
     @property
     def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        if self.api_key:
+            return {"Authorization": f"Bearer {self.api_key}"}
+        if self.basic_auth:
+            token = base64.b64encode(":".join(self.basic_auth).encode()).decode()
+            return {"Authorization": f"Basic {token}"}
+        return {}
 
     def __str__(self) -> str:
-        return self.base_url + (" (api key ***)" if self.api_key else "")
+        return self.base_url + (" (api key ***)" if self.api_key else "") + \
+            (" (basic auth ***)" if self.basic_auth and not self.api_key else "")
 
     @property
     def chat_url(self) -> str:
@@ -372,7 +385,7 @@ class BenchClient:
                 if response.status_code != 200:
                     body = (await _read_capped(response, ERROR_BODY_BYTES)).decode("utf-8", "replace")
                     record.end = time.perf_counter()
-                    record.error = f"HTTP {response.status_code} from POST {_safe_url(request.url)}: {body}"
+                    record.error = f"HTTP {response.status_code} from POST {request.url}: {body}"
                     return record, chunks
                 async for data in response.aiter_bytes():
                     now = time.perf_counter()
@@ -522,11 +535,6 @@ async def _read_capped(response: httpx.Response, limit: int) -> bytes:
 def _header(response: httpx.Response, name: str) -> str | None:
     value = response.headers.get(name)
     return value[:200] if value is not None else None
-
-
-def _safe_url(url: httpx.URL) -> str:
-    """A URL as it may be printed or stored: credentials in it masked."""
-    return str(url.copy_with(password="***")) if url.password else str(url)
 
 
 @dataclass

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import shlex
 import signal
 import subprocess
@@ -107,7 +108,12 @@ def local_identity(pid: int) -> str:
     return f"{boot} {stat.rsplit(') ', 1)[1].split()[19]}"
 
 
-def supervised_shell_command(argv: Argv, env: Env | None, log_path: str, pidfile: str) -> str:
+# Read a 0600 env file of secrets ($1), delete it, run the command (the rest of the arguments) in this process.
+SOURCE_SECRETS_AND_EXEC = 'set -a && . "$1" && set +a && rm -f "$1" && shift && exec "$@"'
+
+
+def supervised_shell_command(argv: Argv, env: Env | None, log_path: str, pidfile: str, *,
+                             shown: str | None = None) -> str:
     """Start a process in its own session (so its pid is also its process group id), detached from the
     connection, with output in `log_path`; the shell writes the pidfile (pid and identity) before printing
     the pid, so a pid is never lost even when the caller is cancelled while waiting for the answer."""
@@ -115,7 +121,7 @@ def supervised_shell_command(argv: Argv, env: Env | None, log_path: str, pidfile
     pid_dir = str(Path(pidfile).parent)
     # `sed` drops "pid (comm) " (comm may hold spaces and parentheses): field 22 of stat is then field 20.
     identity = (f"$(cat {BOOT_ID_PATH}) $(sed 's/.*) //' /proc/$pid/stat 2>/dev/null | cut -d' ' -f20)")
-    command = shlex.quote(_pidfile_command(masked_command(argv)))
+    command = shlex.quote(_pidfile_command(shown if shown is not None else masked_command(argv)))
     return (
         f"mkdir -p {shlex.quote(log_dir)} {shlex.quote(pid_dir)} && "
         f"{{ nohup setsid {shell_command(argv, env)} >{shlex.quote(log_path)} 2>&1 </dev/null & pid=$!; "
@@ -346,7 +352,24 @@ class SshConnector:
     async def run(
         self, argv: Argv, *, env: Env | None = None, timeout: float = DEFAULT_TIMEOUT_S, input: str | None = None
     ) -> Completed:
-        return await self._run_shell(shell_command(argv, env), masked_command(argv, env), timeout, input)
+        masked = masked_command(argv, env)
+        argv, env = await self._hand_over_secrets(argv, env, f"/tmp/topo-secret-{secrets.token_hex(8)}.env")
+        return await self._run_shell(shell_command(argv, env), masked, timeout, input)
+
+    async def _hand_over_secrets(self, argv: Argv, env: Env | None, path: str) -> tuple[Argv, Env | None]:
+        """Secret env values must not ride on a command line (the node's `ps`, sshd's exec request): they
+        go through stdin into a 0600 file that the command's shell reads, deletes, then execs the command."""
+        secret = {key: value for key, value in (env or {}).items() if isinstance(value, Secret)}
+        if not secret:
+            return argv, env
+        text = "".join(f"{key}={shlex.quote(reveal(value))}\n" for key, value in secret.items())
+        write = 'umask 077 && mkdir -p "$(dirname "$1")" && cat >"$1"'
+        done = await self._run_shell(shlex.join(["sh", "-c", write, "sh", path]), f"write secrets to {path}",
+                                     DEFAULT_TIMEOUT_S, text)
+        if not done.ok:
+            raise RemoteCommandError(self.node, f"write secrets to {path}", done.exit_status, done.output_tail())
+        plain = {key: value for key, value in (env or {}).items() if key not in secret}
+        return ["sh", "-c", SOURCE_SECRETS_AND_EXEC, "sh", path, *argv], plain
 
     async def _run_shell(self, command: str, masked: str, timeout: float, input: str | None = None) -> Completed:
         connection = await self.connect()
@@ -364,8 +387,9 @@ class SshConnector:
         return Completed(exit_status, _text(result.stdout), _text(result.stderr))
 
     async def start(self, argv: Argv, *, env: Env | None = None, log_path: str, pidfile: str) -> int:
-        command = supervised_shell_command(argv, env, log_path, pidfile)
         masked = masked_command(argv, env)
+        argv, env = await self._hand_over_secrets(argv, env, f"{pidfile}.env")
+        command = supervised_shell_command(argv, env, log_path, pidfile, shown=masked)
         done = await self._run_shell(command, masked, DEFAULT_TIMEOUT_S)
         return _parse_pid(self.node, masked, done)
 

@@ -259,3 +259,15 @@ def test_token_times_follow_streamed_usage_then_tokenizer_then_one_per_chunk():
     # cumulative streamed usage wins: 1, then 3 (2 more), then 4 (1 more)
     streamed = [_Chunk(1.0, "a", 1), _Chunk(2.0, "bb", 3), _Chunk(3.0, "c", 4)]
     assert assign_token_times(streamed, 4, None) == [1.0, 1.5, 2.0, 3.0]
+
+
+async def test_url_credentials_become_basic_auth_and_never_reach_a_record(factory):
+    endpoint = Endpoint.from_url("http://alice:pa%40ss@127.0.0.1:9/v1")
+    assert endpoint.base_url == "http://127.0.0.1:9" and "pa@ss" not in str(endpoint) + repr(endpoint)
+    assert endpoint.headers == {"Authorization": "Basic YWxpY2U6cGFAc3M="}  # alice:pa@ss
+    with FakeServer(Behaviour(mode="http500")) as server:
+        url = server.url.replace("http://", "http://alice:pa%40ss@")
+        async with BenchClient(Endpoint.from_url(url)) as client:
+            await client.preflight()
+            (r,) = await client.run_batch([factory.build()], 2)
+    assert r.error.startswith(f"HTTP 500 from POST {server.url}/v1/chat/completions") and "pa" not in r.error.split("127")[0]
