@@ -35,6 +35,7 @@ from cluster.bringup import BringUpProgress, Running, bring_up, open_cluster
 from common.config import REPO_ROOT
 from common.errors import ConfigError, ResultsError, TopoError
 from telemetry.sampler import DEFAULT_INTERVAL_S, TelemetrySampler, targets_for
+from common.masking import mask_command_line
 from topology.inventory import Cluster, TwinEngine, load_cluster
 from topology.kinds import STUDY_TOPOLOGIES, PlanSecrets, parse_topology, plan
 from topology.plan import LaunchPlan
@@ -376,4 +377,5 @@ async def run_sweep(
 
 
 def command_line() -> list[str]:
-    return [Path(sys.argv[0]).name, *sys.argv[1:]]
+    """This process's command line as it may be stored: secret option values and URL credentials masked."""
+    return mask_command_line([Path(sys.argv[0]).name, *sys.argv[1:]])

@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from cluster.bringup import Running, bring_up, open_cluster, stop_leftovers, teardown_on_signals
-from cluster.supervise import StopOutcome
+from cluster.bringup import Leftovers, Running, bring_up, open_cluster, stop_leftovers, teardown_on_signals
 from cluster.progress import ConsoleProgress
 from topology.inventory import load_cluster
 from topology.kinds import PlanSecrets, parse_topology, plan
@@ -40,11 +39,11 @@ def run_up(launch: LaunchPlan, cluster: str, hold_s: float,
     asyncio.run(run())
 
 
-def run_down(cluster: str, grace_s: float) -> list[StopOutcome]:
+def run_down(cluster: str, grace_s: float) -> Leftovers:
     """Stop every process group an earlier run left on the cluster's nodes (found by their pidfiles)."""
     loaded = load_cluster(cluster)
 
-    async def run() -> list[StopOutcome]:
+    async def run() -> Leftovers:
         async with open_cluster(loaded) as nodes:
             return await stop_leftovers(nodes, grace_s=grace_s)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import typer
+from rich.markup import escape
 from rich.console import Console
 
 from cluster.bringup import Running
@@ -56,13 +57,20 @@ def down_command(
     old_cluster: DeprecatedClusterFlag = None,  # type: ignore[assignment]
 ) -> None:
     """Stop every process an earlier topo run left on the cluster's nodes (found by the pidfiles in each
-    node's workdir/run/): TERM to its process group, KILL after --grace, group proven empty."""
+    node's workdir/run/): TERM to its process group, KILL after --grace, group proven empty. A pidfile
+    whose process is no longer the one topo started (start time and boot id differ) is reported and left
+    alone: exit 3 then, after the rest was stopped."""
     cluster = deprecated_cluster_flag("down", cluster, old_cluster, Console(stderr=True))
-    outcomes = run_down(cluster, grace)
-    for outcome in outcomes:
+    leftovers = run_down(cluster, grace)
+    for outcome in leftovers.stopped:
         console.print(f"stopped {outcome.step} on {outcome.node} (process group {outcome.pgid})"
                       + (" with KILL" if outcome.killed else ""))
-    console.print(f"{len(outcomes)} leftover process group(s) stopped" if outcomes else "nothing left over")
+    for note in leftovers.foreign:
+        console.print(f"[yellow]not stopped:[/] {escape(note)}")
+    stopped = len(leftovers.stopped)
+    console.print(f"{stopped} leftover process group(s) stopped" if stopped else "nothing left over")
+    if leftovers.foreign:
+        raise typer.Exit(3)
 
 
 def register(app: typer.Typer) -> None:
