@@ -23,6 +23,7 @@ from reports.history import trend_display
 from reports.names import BASELINE_TOPOLOGY, display_name, executor_partner, ordered_topologies
 from reports.recommend import Recommendation, recommend
 from reports.regress import RegressionResult
+from reports.telemetry import TelemetrySection, telemetry_section
 from reports.tables import (
     METRICS,
     CellStat,
@@ -62,6 +63,7 @@ class Report:
     caveats: list[str]
     history: pd.DataFrame | None = None  # cells of earlier sweeps with a `sweep` column (reports/history.py)
     regression: RegressionResult | None = None  # the nightly gate's verdict against a baseline
+    telemetry: TelemetrySection | None = None  # energy, the servers' view, roofline (reports/telemetry.py)
 
     @property
     def topologies(self) -> list[str]:
@@ -108,7 +110,10 @@ class Report:
         # the answer first, then the tables it rests on
         tables = [recommendations_display(self.recommendations)]
         tables += [winner_display(self.winners[m.key]) for m in METRICS]
+        telemetry = self.telemetry.tables() if self.telemetry is not None else []
+        tables += telemetry[:1]  # energy right after the winner tables
         tables += [ray_display(t) for t in self.ray]
+        tables += telemetry[1:]
         if self.startup_s:
             tables.append(DisplayTable(
                 "Start-up time per topology", ["Topology", "Start-up (s)"],
@@ -143,12 +148,14 @@ class Report:
 
 def build_report(cells: pd.DataFrame, meta: FolderMeta | None = None, requests: pd.DataFrame | None = None,
                  *, history: pd.DataFrame | None = None, regression: RegressionResult | None = None,
-                 unmerged_parts: int = 0) -> Report:
+                 unmerged_parts: int = 0, telemetry: pd.DataFrame | None = None) -> Report:
     """Analyse one sweep's cells (cells.parquet rows); meta.json and requests.parquet are optional.
 
     A nightly run adds `history` (earlier sweeps' cells with a `sweep` column, this one included: trend
     tables and charts) and `regression` (compare_sweeps against the baseline: shown first).
     `unmerged_parts` counts the folder's part files not merged yet (their rows are in `cells`).
+    `telemetry` (telemetry.parquet) adds energy, the servers' view per cell and time charts; the roofline
+    needs only the hardware and model the meta names.
     """
     cells = validate_cells(cells)
     winners = {m.key: winner_table(cells, m) for m in METRICS}
@@ -159,6 +166,9 @@ def build_report(cells: pd.DataFrame, meta: FolderMeta | None = None, requests: 
     if unmerged_parts:
         notes.append(f"{unmerged_parts} part file(s) of this folder are not merged yet (a sweep still running, or "
                      "one that stopped before its end); their runs are included here.")
+    section = telemetry_section(cells, meta, requests, telemetry)
+    if section is not None:
+        notes += section.warnings
     return Report(
         meta=meta,
         winners=winners,
@@ -170,6 +180,7 @@ def build_report(cells: pd.DataFrame, meta: FolderMeta | None = None, requests: 
         caveats=notes,
         history=history,
         regression=regression,
+        telemetry=section,
     )
 
 

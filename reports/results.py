@@ -12,7 +12,8 @@ from reports.regress import RegressionResult
 from reports.report import Report, build_report
 
 # what the report uses of requests.parquet (its per-token timestamps are the bulk of the file)
-REPORT_REQUEST_COLUMNS = ("topology", "concurrency", "run", "start", "first_token", "error")
+REPORT_REQUEST_COLUMNS = ("topology", "concurrency", "run", "batch_start", "start", "first_token", "end",
+                          "completion_tokens", "error")
 
 
 def folder_report(folder: ResultsFolder, *, history: pd.DataFrame | None = None,
@@ -20,7 +21,7 @@ def folder_report(folder: ResultsFolder, *, history: pd.DataFrame | None = None,
     """The report of one folder's stored data (unmerged parts included, and named in the caveats)."""
     contents = folder.load(REPORT_REQUEST_COLUMNS)
     return build_report(contents.cells, contents.meta, contents.requests, history=history, regression=regression,
-                        unmerged_parts=contents.unmerged_parts)
+                        unmerged_parts=contents.unmerged_parts, telemetry=contents.telemetry)
 
 
 def write_report(folder: ResultsFolder, report: Report) -> tuple[Path, Path]:

@@ -31,9 +31,10 @@ from bench.client import Endpoint
 from bench.results_folder import FolderMeta, ResultsFolder, Status
 from bench.session import BenchSession, BenchSettings, RunDone
 from bench.workload import DEFAULT_WORKLOAD, ClosedLoad, Load
-from cluster.bringup import BringUpProgress, bring_up, open_cluster
+from cluster.bringup import BringUpProgress, Running, bring_up, open_cluster
 from common.config import REPO_ROOT
 from common.errors import ConfigError, ResultsError, TopoError
+from telemetry.sampler import DEFAULT_INTERVAL_S, TelemetrySampler, targets_for
 from topology.inventory import Cluster, TwinEngine, load_cluster
 from topology.kinds import STUDY_TOPOLOGIES, PlanSecrets, parse_topology, plan
 from topology.plan import LaunchPlan
@@ -58,12 +59,16 @@ class SweepSpec:
     request_timeout_s: float = 600.0
     seed: int | None = None
     workload: str = DEFAULT_WORKLOAD  # the request shape's name (pp/tg prompts: `default`)
+    # server and node telemetry (telemetry/sampler.py) every this many seconds during each topology; 0: off
+    telemetry_interval_s: float = DEFAULT_INTERVAL_S
 
     def __post_init__(self) -> None:
         if not self.topologies:
             raise ConfigError("--topologies: give at least one topology")
         if not self.concurrency or any(c < 1 for c in self.concurrency):
             raise ConfigError(f"-c: concurrency levels must be >= 1 (got {list(self.concurrency)})")
+        if self.telemetry_interval_s < 0:
+            raise ConfigError(f"--telemetry-interval must be >= 0 s, 0 switches it off (got {self.telemetry_interval_s})")
         if self.runs < 1:
             raise ConfigError(f"--runs must be >= 1 (got {self.runs})")
         if self.pp < 1 or self.tg < 1:
@@ -246,26 +251,58 @@ async def _measure_topology(item: TopologyPlan, todo: list[tuple[Load, int]], st
             state.meta.startup_s[item.topology] = round(running.bring_up_s, 3)
             state.save_meta()
             state.progress.topology_up(item.topology, running.bring_up_s)
-            api_key = running.endpoint_headers().get("Authorization", "").removeprefix("Bearer ") or None
-            async with BenchSession(Endpoint.from_url(running.endpoint, api_key), item.launch.served_model_name,
-                                    spec.bench_settings()) as session:
-                for note in session.notes:
-                    state.progress.note(f"{item.topology}: {note}")
-                for load, first_run in todo:
-                    # a lost node or dead rank ends this topology with its log tail, not with cells of errors
-                    await running.check_alive()
-                    warnings = await _measure_cell(item.topology, load, first_run, session, state)
-                    state.meta.warnings.extend(f"{item.topology}: {w}" for w in warnings)
-                    state.save_meta()
-                    state.folder.compact()
+            sampler = None
+            if spec.telemetry_interval_s > 0:
+                http_targets, node_targets = targets_for(item.launch, state.sweep.cluster, nodes,
+                                                         running.endpoint_headers())
+                sampler = TelemetrySampler(item.topology, http_targets, node_targets,
+                                           interval_s=spec.telemetry_interval_s, workload=spec.workload)
+            try:
+                if sampler is not None:
+                    await sampler.__aenter__()
+                await _measure_cells(item, todo, running, state, sampler)
+            finally:
+                if sampler is not None:
+                    # what was sampled is kept, also when the topology failed half-way
+                    await sampler.stop()
+                    state.folder.append_telemetry(sampler.rows())
+                    for note in sampler.notes:
+                        state.progress.note(f"{item.topology}: telemetry: {note}")
 
 
-async def _measure_cell(topology: str, load: Load, first_run: int, session: BenchSession, state: _Run) -> list[str]:
+async def _measure_cells(item: TopologyPlan, todo: list[tuple[Load, int]], running: Running, state: _Run,
+                         sampler: TelemetrySampler | None) -> None:
+    """The missing runs of one topology that is up, cell by cell; the sampler learns which cell runs."""
+    api_key = running.endpoint_headers().get("Authorization", "").removeprefix("Bearer ") or None
+    async with BenchSession(Endpoint.from_url(running.endpoint, api_key), item.launch.served_model_name,
+                            state.sweep.spec.bench_settings()) as session:
+        for note in session.notes:
+            state.progress.note(f"{item.topology}: {note}")
+        for load, first_run in todo:
+            # a lost node or dead rank ends this topology with its log tail, not with cells of errors
+            await running.check_alive()
+            if sampler is not None:
+                sampler.mark(load)
+            warnings = await _measure_cell(item.topology, load, first_run, session, state, sampler)
+            if sampler is not None:
+                sampler.mark(None)
+            state.meta.warnings.extend(f"{item.topology}: {w}" for w in warnings)
+            state.save_meta()
+            state.folder.compact()
+
+
+async def _measure_cell(topology: str, load: Load, first_run: int, session: BenchSession, state: _Run,
+                        sampler: TelemetrySampler | None = None) -> list[str]:
     rows: list[dict[str, Any]] = []
 
     def on_run(done: RunDone) -> None:
+        if sampler is not None:
+            sampler.snapshot()  # a sample at this run's end (and the next one's start) for its counters
         # Stored the moment it is measured: Ctrl-C or a crash in the next run loses nothing of this one.
         if not done.warmup and done.row is not None:
+            if sampler is not None and done.records:
+                ends = [r.end for r in done.records if r.end is not None] or [r.start for r in done.records]
+                sampler.mark_run(load, done.run, min(r.batch_start for r in done.records), max(ends))
             state.folder.append(done.records, [done.row])
             rows.append(done.row)
             state.outcome.measured_runs += 1

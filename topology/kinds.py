@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import yaml
 
 from common.errors import PlanError
-from topology.inventory import CONTROLLER, Cluster, Node, TwinEngine, VllmEngine
+from topology.inventory import CONTROLLER, TWIN_GPU_DIR_ENV, Cluster, Node, TwinEngine, VllmEngine
 from topology.plan import (
     ArgOrSecret,
     CommandProbe,
@@ -87,6 +87,9 @@ def _node_env(node: Node, recipe: Recipe, extra: dict[str, str] | None = None) -
                 f"{source} sets {', '.join(clashes)}: these come from the node's fast_link (ip, interface); "
                 "set them there instead"
             )
+    if isinstance(node.engine, TwinEngine):
+        # every twin rank on this node (server, headless rank, Ray actor) reports its modeled power there
+        env[TWIN_GPU_DIR_ENV] = node.twin_gpu_dir
     merged = {**env, **recipe.env, **node.env}
     if extra:
         merged.update(extra)

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from bench.results_folder import ResultsFolder
 from common.errors import ConfigError
 from reports.console import print_report
 from reports.results import render_results
@@ -69,6 +70,9 @@ def sweep_command(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print every topology's commands and the cells; "
                                  "start nothing."),
     seed: SeedOption = None,  # type: ignore[assignment]
+    telemetry_interval: float = typer.Option(1.0, "--telemetry-interval", help="Seconds between samples of every "
+                                             "engine's /metrics and every node (nvidia-smi, memory, CPU) into "
+                                             "telemetry.parquet; 0 switches sampling off."),
 ) -> None:
     """Bring the cluster up in each topology, sweep the concurrency levels, tear it down, write a report.
 
@@ -98,6 +102,7 @@ def sweep_command(
             latency_mode=latency,  # type: ignore[arg-type]
             twin_hardware=twin_hardware,
             seed=seed,
+            telemetry_interval_s=telemetry_interval,
         )
         directory = out or default_out_dir(spec)
     sweep = plan_sweep(spec)
@@ -120,10 +125,10 @@ def sweep_command(
         print_report(console, report)
         console.print(f"\nwrote [bold]{md_path}[/] and [bold]{html_path}[/]")
     else:
-        console.print(f"[red]nothing was measured[/]; what happened is in {directory}/meta.json")
+        console.print(f"[red]nothing was measured[/]; what happened is in {ResultsFolder(directory).meta_path}")
     if outcome.errors:
         console.print(f"[bold red]{len(outcome.errors)} topolog{'y' if len(outcome.errors) == 1 else 'ies'} failed[/]: "
-                      f"{', '.join(outcome.errors)} (details in {directory}/meta.json); after fixing, "
+                      f"{', '.join(outcome.errors)} (details in {ResultsFolder(directory).meta_path}); after fixing, "
                       f"`topo sweep --resume {directory}` measures only what is missing", soft_wrap=True, highlight=False)
         raise typer.Exit(1)
 
