@@ -8,7 +8,7 @@ alternating rounds: without a sampler, then with the sweep's sampler (telemetry/
 /metrics and every node's probe) at each --intervals value, in the same process and event loop as the load
 client, as in a sweep. Alternating rounds keep a drift of the shared machine from looking like an effect.
 Per condition it prints the client's scheduling lag (send_lag = when a request's bytes went on the wire
-minus when its batch fired; METRICS.md), TTFT and decode t/s, and the ratio against no sampling.
+minus when its batch fired; docs/METRICS.md), TTFT and decode t/s, and the ratio against no sampling.
 
 Not a test: it prints, it does not assert.
 """
