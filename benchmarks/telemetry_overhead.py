@@ -5,8 +5,8 @@
 
 Brings one topology up on the cluster (gb10 twins on the embedded default) and measures the same cell in
 alternating rounds: without a sampler, then with the sweep's sampler (telemetry/sampler.py: every engine's
-/metrics and every node's probe) at each --intervals value, in the same process and event loop as the load
-client, as in a sweep. Alternating rounds keep a drift of the shared machine from looking like an effect.
+/metrics and every node's probe) in its agent process at each --intervals value, as in a sweep, and the same
+SampleLoop run on the client's own event loop (in-loop: what the agent process avoids). Alternating rounds keep a drift of the shared machine from looking like an effect.
 Per condition it prints the client's scheduling lag (send_lag = when a request's bytes went on the wire
 minus when its batch fired; METRICS.md), TTFT and decode t/s, and the ratio against no sampling.
 
@@ -20,14 +20,16 @@ import asyncio
 import statistics
 import sys
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.client import Endpoint  # noqa: E402
-from bench.session import BenchSession  # noqa: E402
+from bench.session import BenchSession, BenchSettings  # noqa: E402
 from cluster.bringup import bring_up, open_cluster  # noqa: E402
-from telemetry.sampler import TelemetrySampler, targets_for  # noqa: E402
+from bench.workload import ClosedLoad  # noqa: E402
+from telemetry.sampler import SampleLoop, TelemetrySampler, targets_for  # noqa: E402
 from topology.inventory import load_cluster  # noqa: E402
 from topology.kinds import PlanSecrets, parse_topology, plan  # noqa: E402
 from topology.recipe import load_recipe  # noqa: E402
@@ -43,19 +45,24 @@ async def measure(args: argparse.Namespace) -> None:
         headers = running.endpoint_headers()
         api_key = headers.get("Authorization", "").removeprefix("Bearer ") or None
         session = BenchSession(Endpoint.from_url(running.endpoint, api_key), launch.served_model_name,
-                               pp=args.pp, tg=args.tg, latency_mode="none", seed=1)
+                               BenchSettings(pp=args.pp, tg=args.tg, latency_mode="none", seed=1))
         await session.open()
         try:
+            http, node_targets = targets_for(launch, cluster, headers)
+            connectors = {name: nodes[name].connector for name in nodes}
+            conditions = [("off", 0.0, False)] + [(f"agent {i:g} s", i, False) for i in intervals]
+            conditions += [(f"in-loop {i:g} s", i, True) for i in intervals[:1]]
             for round_index in range(args.rounds):
-                for interval in [0.0, *intervals]:
-                    label = "off" if interval == 0 else f"every {interval:g} s"
-                    sampler = None
-                    if interval > 0:
-                        http, node_targets = targets_for(launch, cluster, nodes, headers)
-                        sampler = TelemetrySampler(args.topology, http, node_targets, interval_s=interval)
-                        await sampler.__aenter__()
+                for label, interval, in_loop in conditions:
+                    sampler: Any = None
+                    if in_loop:  # the SampleLoop on the client's own event loop: what the agent avoids
+                        sampler = SampleLoop(args.topology, http, node_targets, connectors, interval_s=interval)
+                    elif interval > 0:
+                        sampler = TelemetrySampler(args.topology, http, node_targets, cluster, interval_s=interval)
+                    if sampler is not None:
+                        await sampler.start()
                     try:
-                        result = await session.cell(args.concurrency, 1, topology=args.topology)
+                        result = await session.run(ClosedLoad(args.concurrency), 1, topology=args.topology)
                     finally:
                         if sampler is not None:
                             await sampler.stop()
@@ -64,7 +71,8 @@ async def measure(args: argparse.Namespace) -> None:
                     row = result.run_rows[0]
                     results.setdefault(label, []).append({
                         "lag_mean": statistics.fmean(lags), "lag_max": max(lags), "ttft": statistics.fmean(ttfts),
-                        "decode": row["decode_tps"], "samples": float(len(sampler.rows())) if sampler else 0.0,
+                               "decode": row["decode_tps"], "samples": float(len(sampler.rows() if callable(sampler.rows) else sampler.rows))
+                        if sampler else 0.0,
                     })
                     print(f"round {round_index + 1} {label:>12}: send lag mean {statistics.fmean(lags):6.2f} ms, "
                           f"max {max(lags):6.2f} ms; TTFT {statistics.fmean(ttfts):7.1f} ms; "
