@@ -8,7 +8,10 @@ alternating rounds: without a sampler, then with the sweep's sampler (telemetry/
 /metrics and every node's probe) in its agent process at each --intervals value, as in a sweep, and the same
 SampleLoop run on the client's own event loop (in-loop: what the agent process avoids). Alternating rounds keep a drift of the shared machine from looking like an effect.
 Per condition it prints the client's scheduling lag (send_lag = when a request's bytes went on the wire
-minus when its batch fired; METRICS.md), TTFT and decode t/s, and the ratio against no sampling.
+minus when its batch fired; METRICS.md), TTFT and decode t/s, the ratio against no sampling, and how late
+the client's event loop woke from 5 ms sleeps during the cell (p99 and max: a stall there delays sends and
+token timestamps alike). On a shared machine a whole batch is sometimes held by other processes' load, in
+every condition alike: compare several rounds, not one.
 
 Not a test: it prints, it does not assert.
 """
@@ -33,6 +36,34 @@ from telemetry.sampler import SampleLoop, TelemetrySampler, targets_for  # noqa:
 from topology.inventory import load_cluster  # noqa: E402
 from topology.kinds import PlanSecrets, parse_topology, plan  # noqa: E402
 from topology.recipe import load_recipe  # noqa: E402
+
+
+class LoopLag:
+    """How late the client's event loop wakes from 5 ms sleeps while a cell runs: every stall of the loop
+    (a page parsed on it, a probe spawned from it, the machine's other load) delays sends and token stamps."""
+
+    def __init__(self) -> None:
+        self.lags: list[float] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def _watch(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + 0.005
+            await asyncio.sleep(0.005)
+            self.lags.append((loop.time() - due) * 1000)
+
+    def __enter__(self) -> LoopLag:
+        self._task = asyncio.create_task(self._watch())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    def quantile(self, q: float) -> float:
+        ordered = sorted(self.lags)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
 async def measure(args: argparse.Namespace) -> None:
@@ -62,7 +93,8 @@ async def measure(args: argparse.Namespace) -> None:
                     if sampler is not None:
                         await sampler.start()
                     try:
-                        result = await session.run(ClosedLoad(args.concurrency), 1, topology=args.topology)
+                        with LoopLag() as lag:
+                            result = await session.run(ClosedLoad(args.concurrency), 1, topology=args.topology)
                     finally:
                         if sampler is not None:
                             await sampler.stop()
@@ -71,12 +103,14 @@ async def measure(args: argparse.Namespace) -> None:
                     row = result.run_rows[0]
                     results.setdefault(label, []).append({
                         "lag_mean": statistics.fmean(lags), "lag_max": max(lags), "ttft": statistics.fmean(ttfts),
+                        "loop_p99": lag.quantile(0.99), "loop_max": lag.quantile(1.0),
                                "decode": row["decode_tps"], "samples": float(len(sampler.rows() if callable(sampler.rows) else sampler.rows))
                         if sampler else 0.0,
                     })
                     print(f"round {round_index + 1} {label:>12}: send lag mean {statistics.fmean(lags):6.2f} ms, "
                           f"max {max(lags):6.2f} ms; TTFT {statistics.fmean(ttfts):7.1f} ms; "
-                          f"decode {row['decode_tps']:7.1f} t/s", flush=True)
+                          f"decode {row['decode_tps']:7.1f} t/s; loop lag p99 {lag.quantile(0.99):5.1f} ms, "
+                          f"max {lag.quantile(1.0):5.1f} ms", flush=True)
         finally:
             await session.close()
     base = results["off"]
@@ -89,6 +123,7 @@ async def measure(args: argparse.Namespace) -> None:
               f"max {mean('lag_max'):6.2f} ms (x{mean('lag_max') / mean('lag_max', base):.2f}); "
               f"TTFT {mean('ttft'):7.1f} ms (x{mean('ttft') / mean('ttft', base):.2f}); "
               f"decode {mean('decode'):7.1f} t/s (x{mean('decode') / mean('decode', base):.2f}); "
+              f"loop lag p99 {mean('loop_p99'):5.1f} ms, max {mean('loop_max'):5.1f} ms; "
               f"{mean('samples'):.0f} samples a cell")
 
 
