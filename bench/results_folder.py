@@ -21,6 +21,8 @@ each delete parts the other merged.
 Older folders load through migrations, never by rewriting them:
 - meta.json schema 1 (`"schema": 1`, topo before the typed meta) -> 2: the key is `schema_version`.
 - Parquet schema 1 (before the load as a value) -> 2: `workload` is `default`, `load` is `c{concurrency}`.
+- A column other than the row key that a file lacks (a metric added after it was written) is empty, so
+  adding a metric to CELL_COLUMNS needs no new schema version.
 - A file without a schema version (written by pandas: `topo predict --out` before schema 2) is read when
   it holds the columns a report needs; the other columns are empty.
 """
@@ -54,6 +56,7 @@ from bench.records import (
 from bench.workload import DEFAULT_WORKLOAD
 from common.config import describe_validation_error
 from common.errors import ResultsError
+from common.masking import mask_url_credentials
 
 META_FILE = "meta.json"
 REQUESTS_FILE = "requests.parquet"
@@ -485,7 +488,9 @@ class ResultsFolder:
 
     @staticmethod
     def _migrated(kind: _Kind, path: Path, schema: pa.Schema) -> pa.Table:
-        """One file as `schema` (schema 2); older files get the columns their version lacks as nulls."""
+        """One file as `schema` (the current one). The row key must be there (but for what a version before
+        it lacked); any other column a file lacks is empty: a metric added later is unknown for older rows,
+        so adding one needs no new schema version."""
         try:
             stored = pq.read_schema(path)
             version = (stored.metadata or {}).get(SCHEMA_KEY)
@@ -493,21 +498,18 @@ class ResultsFolder:
             table = pq.read_table(path, columns=[n for n in schema.names if n in present])
         except (OSError, pa.ArrowInvalid) as exc:
             raise ResultsError(f"{path}: not a readable parquet file ({exc})") from exc
-        current = str(SCHEMA_VERSION).encode()
+        known = {str(v).encode(): v for v in range(1, SCHEMA_VERSION + 1)}
         if version is None:
             missing = [c for c in kind.legacy_required if c not in present]
             if missing:
                 raise ResultsError(f"{path}: no topo schema version, and missing column(s) {', '.join(missing)}")
-            may_lack = set(schema.names)
-        elif version == b"1":
-            may_lack = _LOAD_COLUMNS
-        elif version == current:
-            may_lack = set()
+        elif version in known:
+            required = [c for c in kind.key if not (known[version] == 1 and c in _LOAD_COLUMNS)]
+            missing = [c for c in required if c not in present]
+            if missing:
+                raise ResultsError(f"{path}: missing columns {missing}")
         else:
             raise ResultsError(f"{path}: schema version {version!r}, this topo reads 1 to {SCHEMA_VERSION}")
-        missing = [n for n in schema.names if n not in present]
-        if set(missing) - may_lack:
-            raise ResultsError(f"{path}: missing columns {sorted(set(missing) - may_lack)}")
         arrays = [table.column(f.name) if f.name in present else pa.nulls(table.num_rows, f.type) for f in schema]
         try:
             return pa.Table.from_arrays(arrays, schema=schema.remove_metadata()).cast(schema)

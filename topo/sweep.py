@@ -4,8 +4,9 @@
     sweep = plan_sweep(spec)            # pure: loads configs, plans every topology (errors before anything runs)
     outcome = await run_sweep(sweep, out_dir, progress)
 
-The results folder (DESIGN.md "Results") is written as the sweep goes: meta.json first (status "running"),
-every measured run appended the moment it finishes (bench/results_folder.py: crash-safe part files),
+The results folder (docs/DESIGN.md, "The results folder") is written as the sweep goes: meta.json first
+(status "running"), every measured run appended the moment it finishes (bench/results_folder.py:
+crash-safe part files),
 start-up time per topology into meta.json, and report.md/report.html at the end. A sweep that dies keeps
 every finished run; `resume_spec(DIR)` reads the spec back and the next run measures only what is missing
 (the missing runs of a partly measured cell, then the untouched cells), never re-measuring a finished run.
@@ -34,6 +35,7 @@ from cluster.bringup import BringUpProgress, Running, bring_up, open_cluster
 from common.config import REPO_ROOT
 from common.errors import ConfigError, ResultsError, TopoError
 from telemetry.sampler import DEFAULT_INTERVAL_S, TelemetrySampler, targets_for
+from common.masking import mask_command_line
 from topology.inventory import Cluster, TwinEngine, load_cluster
 from topology.kinds import STUDY_TOPOLOGIES, PlanSecrets, parse_topology, plan
 from topology.plan import LaunchPlan
@@ -74,6 +76,7 @@ class SweepSpec:
             raise ConfigError(f"--pp and --tg must be >= 1 (got pp={self.pp}, tg={self.tg})")
         if len(set(self.topologies)) != len(self.topologies):
             raise ConfigError(f"--topologies lists a topology twice: {', '.join(self.topologies)}")
+        self.bench_settings()  # its own checks (the latency mode) fail here, before anything is brought up
 
     @property
     def loads(self) -> tuple[Load, ...]:
@@ -374,4 +377,5 @@ async def run_sweep(
 
 
 def command_line() -> list[str]:
-    return [Path(sys.argv[0]).name, *sys.argv[1:]]
+    """This process's command line as it may be stored: secret option values and URL credentials masked."""
+    return mask_command_line([Path(sys.argv[0]).name, *sys.argv[1:]])

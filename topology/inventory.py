@@ -23,7 +23,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import Field, field_validator, model_validator
 
-from common.config import StrictModel, read_yaml, resolve_config, validate_model
+from common.config import EnvMap, StrictModel, read_yaml, resolve_config, validate_model
 from common.errors import ConfigError
 
 CONTROLLER = "controller"  # proxy.node value: run the proxy on the machine running topo, locally
@@ -138,7 +138,7 @@ class Node(StrictModel):
     # HTTP ports. Default: the SSH host, or 127.0.0.1 for a local node.
     client_host: str | None = None
     workdir: str = "/tmp/topo"  # logs, pidfiles, rendered configs on that node
-    env: dict[str, str] = Field(default_factory=dict)  # extra env for every process on the node
+    env: EnvMap = Field(default_factory=dict)  # extra env for every process on the node
     engine: Engine
     ray: RayNode = Field(default_factory=RayNode)
     master_port: Port = 29501  # torch distributed rendezvous, used on the head (rank 0's node)
@@ -292,7 +292,8 @@ class _Resolver:
         where = f"nodes.{index}"
         update: dict[str, object] = {
             "workdir": self.node_path(node, f"{where}.workdir", node.workdir, bare_name_ok=False),
-            "env": {key: substitute_placeholders(val, self.python) for key, val in node.env.items()},
+            "env": {key: substitute_placeholders(val, self.python) if isinstance(val, str) else val
+                    for key, val in node.env.items()},
             "ray": node.ray.model_copy(
                 update={"bin": self.node_path(node, f"{where}.ray.bin", node.ray.bin, bare_name_ok=True)}
             ),

@@ -178,7 +178,7 @@ def test_a_node_lost_mid_sweep_costs_only_that_topology(tmp_path: Path) -> None:
     rank1_pidfile = cluster.parent / "node2" / "run" / "engine-rank1.pid"
     returncode, output = interrupt_sweep(
         args, out, lambda cells: bool(runs_per_cell(cells).get(("tp2-mp", "default", "c1"))),
-        lambda _: os.killpg(int(rank1_pidfile.read_text()), signal.SIGKILL),  # node 2 is lost
+        lambda _: os.killpg(int(rank1_pidfile.read_text().splitlines()[0]), signal.SIGKILL),  # node 2 is lost
     )
     assert returncode == 1, output[-3000:]
     meta = json.loads((out / "meta.json").read_text())
