@@ -254,9 +254,9 @@ async def _measure_topology(item: TopologyPlan, todo: list[tuple[Load, int]], st
             state.progress.topology_up(item.topology, running.bring_up_s)
             sampler = None
             if spec.telemetry_interval_s > 0:
-                http_targets, node_targets = targets_for(item.launch, state.sweep.cluster, nodes,
+                http_targets, node_targets = targets_for(item.launch, state.sweep.cluster,
                                                          running.endpoint_headers())
-                sampler = TelemetrySampler(item.topology, http_targets, node_targets,
+                sampler = TelemetrySampler(item.topology, http_targets, node_targets, state.sweep.cluster,
                                            interval_s=spec.telemetry_interval_s, workload=spec.workload)
             try:
                 if sampler is not None:
