@@ -15,11 +15,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn, Sequence
 
 from common.config import CONFIGS_DIR
 from common.errors import ConfigError
+from twin.profiles import TRANSPORTS, transport_from_env
 
 # What the twin's --kv-cache-dtype values cost per element (vLLM's names; "auto" = the engine's default).
 KV_CACHE_DTYPE_BYTES: dict[str, float | None] = {
@@ -74,7 +76,7 @@ class ServeArgs:
     load_format: str
     seed: int | None
     api_key: str | None
-    link: str  # twin: roce | sockets, the cost model's link between TP ranks
+    link: str | None  # twin: roce2 | roce1 | sockets; None = what NCCL's env implies (transport_from_env)
     rank_timeout_s: float  # twin: how long rank 0 waits for an ack / peers wait to join
 
     @property
@@ -142,8 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="hardware profile: a name in configs/hardware (gb10, fast) or a YAML path")
     twin.add_argument("--card", default=None,
                       help="model card: a name in configs/cards or a YAML path (default: the card of MODEL)")
-    twin.add_argument("--link", choices=("roce", "sockets"), default="roce",
-                      help="how TP ranks talk in the cost model: NCCL over RoCE, or plain TCP sockets")
+    twin.add_argument("--link", choices=TRANSPORTS, default=None,
+                      help="how TP ranks talk in the cost model: NCCL over both RoCE twins, one, or TCP sockets "
+                           "(default: what this process's NCCL_IB_HCA / NCCL_IB_DISABLE imply, like NCCL)")
     twin.add_argument("--rank-timeout", type=float, default=30.0,
                       help="seconds rank 0 waits for a peer's ack before declaring it lost (default 30)")
     return p
@@ -260,11 +263,14 @@ def parse_serve_args(argv: Sequence[str]) -> ServeArgs:
     )
 
 
-def engine_config_kwargs(args: ServeArgs, quantization_bytes: dict[str, float] | None = None) -> dict[str, Any]:
+def engine_config_kwargs(
+    args: ServeArgs, quantization_bytes: dict[str, float] | None = None, env: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     """Keyword arguments for `EngineConfig.from_names(args.hardware, args.card, **kw)`.
 
     `quantization_bytes` is the card's table (bytes per weight by format); a --quantization the card does
-    not list is an error naming the choices.
+    not list is an error naming the choices. Without --link the link is the transport NCCL would pick from
+    `env` (default: this process's environment, i.e. the env the plan rendered for the engine).
     """
     weight_bytes: float | None = None
     if args.quantization is not None:
@@ -285,7 +291,7 @@ def engine_config_kwargs(args: ServeArgs, quantization_bytes: dict[str, float] |
         "gpu_memory_utilization": args.gpu_memory_utilization,
         "weight_bytes_per_param": weight_bytes,
         "kv_cache_bytes_per_element": KV_CACHE_DTYPE_BYTES[args.kv_cache_dtype],
-        "link": args.link,
+        "link": args.link or transport_from_env(os.environ if env is None else env),
     }
 
 

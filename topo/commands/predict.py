@@ -17,7 +17,9 @@ from reports.report import build_report
 from reports.results import write_report
 from topo.commands.bench import parse_concurrency
 from topo.sweep import DEFAULT_CONCURRENCY, write_meta
+from topo.transport import planned_transport
 from twin.engine import EngineConfig
+from twin.profiles import TRANSPORTS
 from twin.predict import predict_sweep, topologies_for_nodes, topology_model
 
 
@@ -42,6 +44,11 @@ def predict_command(
     gpu_memory_utilization: float = typer.Option(0.70, "--gpu-memory-utilization", help="Share of memory the "
                                                  "engine may use for weights and KV cache."),
     seed: int = typer.Option(0, "--seed", help="Seed of the router's random split."),
+    link: str = typer.Option(None, "--link", help="What-if: the NCCL transport between TP ranks, roce2 (both "
+                             "RoCE twins), roce1 (one) or sockets (TCP). Default: what the env a TP=2 plan "
+                             "renders implies (NCCL_IB_HCA / NCCL_IB_DISABLE), as the twin engine decides it."),
+    cluster: str = typer.Option(None, "--cluster", help="Cluster whose rendered engine env decides the default "
+                                "--link (default: the recipe's env alone)."),
     out: Path = typer.Option(None, "--out", "-o", help="Write DIR/cells.parquet (the sweep's columns), "
                              "meta.json, report.md and report.html."),
 ) -> None:
@@ -60,9 +67,16 @@ def predict_command(
         if model_of.nodes > nodes and topologies:
             raise ConfigError(f"--topologies {name} needs {model_of.nodes} nodes; --nodes is {nodes}")
     levels = parse_concurrency(concurrency)
+    if link is not None and link not in TRANSPORTS:
+        raise ConfigError(f"--link {link!r}: one of {', '.join(TRANSPORTS)}")
+    if link is None:
+        rendered = planned_transport(model, cluster)
+        link, link_why = rendered.transport, rendered.why
+    else:
+        link_why = "--link"
     config = EngineConfig.from_names(
         hardware, model, max_num_batched_tokens=max_num_batched_tokens, gpu_memory_utilization=gpu_memory_utilization,
-        weight_bytes_per_param=_bytes_per_weight(quantization, model) if quantization else None,
+        weight_bytes_per_param=_bytes_per_weight(quantization, model) if quantization else None, link=link,
     )
     began = time.perf_counter()
     rows = predict_sweep(names, config, levels, prompt_tokens=pp, max_tokens=tg, runs=runs, seed=seed)
@@ -73,13 +87,14 @@ def predict_command(
         "status": "complete",
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "spec": {"model": model, "hardware": hardware, "topologies": names, "concurrency": levels, "runs": runs,
-                 "pp": pp, "tg": tg, "quantization": quantization, "nodes": nodes, "seed": seed},
+                 "pp": pp, "tg": tg, "quantization": quantization, "nodes": nodes, "seed": seed, "link": link,
+                 "link_from": link_why},
         "title": f"Prediction: {model} on {hardware} (twin, virtual time)",
     }
     report = build_report(cells, meta)
     print_report(console, report)
     console.print(f"\n[dim]predicted {len(cells)} runs in {time.perf_counter() - began:.1f} s "
-                  f"(virtual time; hardware {hardware}, card {model})[/]")
+                  f"(virtual time; hardware {hardware}, card {model}, link {link} from {link_why})[/]")
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         cells.to_parquet(out / "cells.parquet", index=False)
