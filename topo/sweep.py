@@ -108,7 +108,8 @@ class SweepPlan:
         return [(t.topology, c) for t in self.topologies for c in self.spec.concurrency]
 
 
-def _with_twin_hardware(cluster: Cluster, hardware: str) -> Cluster:
+def with_twin_hardware(cluster: Cluster, hardware: str) -> Cluster:
+    """Every twin node of `cluster` with `--hardware hardware` (sweeps and calibrations of twin clusters)."""
     nodes = tuple(
         node.model_copy(update={"engine": node.engine.model_copy(update={"hardware": hardware})})
         if isinstance(node.engine, TwinEngine) else node
@@ -123,7 +124,7 @@ def plan_sweep(spec: SweepSpec, *, secrets: PlanSecrets | None = None) -> SweepP
     """Load the cluster and recipe and plan every topology. No I/O but reading the YAML files."""
     cluster = load_cluster(spec.cluster)
     if spec.twin_hardware:
-        cluster = _with_twin_hardware(cluster, spec.twin_hardware)
+        cluster = with_twin_hardware(cluster, spec.twin_hardware)
     recipe = load_recipe(spec.model)
     secrets = secrets or PlanSecrets.generate()
     plans = tuple(

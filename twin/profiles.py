@@ -418,11 +418,9 @@ def _scaled(data: Any, speedup: float, note: str) -> Any:
     return out
 
 
-def load_hardware(name_or_path: str | Path) -> HardwareProfile:
-    """`gb10` -> configs/hardware/gb10.yaml; a path is loaded as it is.
-
-    A file with `derived_from: OTHER` and `speedup: X` is OTHER with rates x X and latencies / X.
-    """
+def hardware_data(name_or_path: str | Path) -> tuple[dict[str, Any], str]:
+    """The profile's YAML as a mapping ({value, source} pairs kept), a derived profile resolved; and what it
+    was read from. `topo calibrate` writes a profile from it with some constants replaced."""
     path = resolve_config("hardware", str(name_or_path))
     data = read_yaml(path)
     if isinstance(data, dict) and "derived_from" in data:
@@ -439,10 +437,21 @@ def load_hardware(name_or_path: str | Path) -> HardwareProfile:
         scaled["description"] = derived.description or note
         if derived.decode_slowdown is not None:
             scaled["decode_slowdown"] = derived.decode_slowdown
-        return validate_model(HardwareProfile, scaled, source=f"{path} (derived from {base_path})")
+        return scaled, f"{path} (derived from {base_path})"
     if data is None:
         raise ConfigError(f"{path}: the file is empty (expected a hardware profile)")
-    return validate_model(HardwareProfile, data, source=str(path))
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a hardware profile (a mapping), got {type(data).__name__}")
+    return data, str(path)
+
+
+def load_hardware(name_or_path: str | Path) -> HardwareProfile:
+    """`gb10` -> configs/hardware/gb10.yaml; a path is loaded as it is.
+
+    A file with `derived_from: OTHER` and `speedup: X` is OTHER with rates x X and latencies / X.
+    """
+    data, source = hardware_data(name_or_path)
+    return validate_model(HardwareProfile, data, source=source)
 
 
 def load_card(name_or_path: str | Path) -> ModelCard:
@@ -479,6 +488,7 @@ __all__ = [
     "AttentionGroup",
     "expected_distinct_experts",
     "load_hardware",
+    "hardware_data",
     "load_card",
     "describe_sources",
 ]
