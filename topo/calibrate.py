@@ -5,20 +5,22 @@
     fit = fit_profile(base, card_config, measured, link)                  # virtual-time twin vs the cells
     write_profile(path, base_data, fit, ...)                              # calibrated constants name their cells
 
-Each cell is chosen to pin one constant of the twin's cost model (twin/costmodel.py), the others held at
-the base profile's values:
+Each metric of a cell is chosen to pin one constant of the twin's model (twin/costmodel.py, twin/engine.py),
+everything else held at the base profile's values:
 
-- solo decode at c1 (one sequence: the per-step overhead and the weights read) and at c16 (more distinct
-  experts read per step: the memory bandwidth, the overhead being the same per step);
+- solo decode at c1 (one sequence: the per-step overhead on top of the weights read) and at c16 (more
+  distinct experts read per step: the memory bandwidth); their TTFT: the engine's pickup (c1) and the
+  serial per-request frontend (16 requests at once);
 - solo prefill of one full step (max_num_batched_tokens tokens: the compute efficiency);
 - tp2-mp decode at c1 (2 x layers small all-reduces a step: the link's per-hop latency);
-- tp2-mp prefill of one full step (all-reduces of MBs: the link's bandwidth).
+- tp2-mp prefill of one full step (all-reduces of MBs: the link's bandwidth);
+- 2x-solo-shuffle TTFT at c1 (the proxy's request latency) and c8 (its per-request burst cost; the
+  accept and dispatch parts move together), predicted with the split the router really made.
 
 The link fitted is the transport the TP=2 plan's env implies (topo/transport.py), the one the engines really
-use; the other transports keep the base profile's figures. Executor and router constants are kept from the
-base profile (the proxy's costs are measured by benchmarks/proxy_cost.py, not here). The fit is a least-squares
-solve of log(predicted / measured) over the cells, the predictions coming from the same scheduler and cost
-model `topo predict` runs, so a calibrated profile predicts what the nodes measure.
+use; the other transports and the executors keep the base profile's figures. The fit is a least-squares
+solve of log(predicted / measured) over the cells' metrics, the predictions coming from the same scheduler
+and cost model `topo predict` runs, so a calibrated profile predicts what the nodes measure.
 """
 
 from __future__ import annotations
@@ -41,47 +43,71 @@ from topology.inventory import Cluster
 from topology.kinds import PlanSecrets, parse_topology, plan
 from topology.recipe import Recipe
 from twin.engine import EngineConfig
-from twin.predict import predict_cells
+from twin.predict import VirtualDeployment, cell_row, predict_cells, topology_model
 from twin.profiles import HardwareProfile, Transport, load_card
 
-Metric = Literal["decode_tps", "prefill_tps"]
+Metric = Literal["decode_tps", "prefill_tps", "ttft_ms"]
+CalibratedTopology = Literal["solo", "tp2-mp", "2x-solo-shuffle"]
 
 
 @dataclass(frozen=True)
 class CalibrationCell:
-    topology: Literal["solo", "tp2-mp"]
+    topology: CalibratedTopology
     concurrency: int
     pp: int
     tg: int
-    metric: Metric
-    pins: str  # the constant it pins, for printing
+    targets: tuple[tuple[Metric, str], ...]  # (metric, the KNOBS constant it pins)
 
     @property
     def label(self) -> str:
-        return f"{self.topology} c{self.concurrency} pp{self.pp} tg{self.tg} {self.metric}"
+        return f"{self.topology} c{self.concurrency} pp{self.pp} tg{self.tg}"
 
 
-def default_cells(max_num_batched_tokens: int = 8192) -> tuple[CalibrationCell, ...]:
-    """Five cells, one per fitted constant (see the module docstring)."""
+def default_cells(max_num_batched_tokens: int = 8192, *, router: bool = True) -> tuple[CalibrationCell, ...]:
+    """The cells and what each of their metrics pins (see the module docstring)."""
     prefill_pp = max(64, max_num_batched_tokens // 4)  # 4 requests fill one step
-    return (
-        CalibrationCell("solo", 1, 64, 64, "decode_tps", "step_overhead_ms"),
-        CalibrationCell("solo", 16, 64, 64, "decode_tps", "bandwidth_efficiency"),
-        CalibrationCell("solo", 4, prefill_pp, 2, "prefill_tps", "compute_efficiency"),
-        CalibrationCell("tp2-mp", 1, 64, 64, "decode_tps", "link latency_us"),
-        CalibrationCell("tp2-mp", 4, prefill_pp, 2, "prefill_tps", "link efficiency"),
-    )
+    cells = [
+        CalibrationCell("solo", 1, 64, 64, (("decode_tps", "step_overhead_ms"), ("ttft_ms", "engine_pickup_ms"))),
+        CalibrationCell("solo", 16, 64, 64, (("decode_tps", "bandwidth_efficiency"),
+                                             ("ttft_ms", "frontend_ms_per_request"))),
+        CalibrationCell("solo", 4, prefill_pp, 2, (("prefill_tps", "compute_efficiency"),)),
+        CalibrationCell("tp2-mp", 1, 64, 64, (("decode_tps", "link latency_us"),)),
+        CalibrationCell("tp2-mp", 4, prefill_pp, 2, (("prefill_tps", "link efficiency"),)),
+    ]
+    if router:
+        cells += [
+            CalibrationCell("2x-solo-shuffle", 1, 64, 8, (("ttft_ms", "router request_latency_ms"),)),
+            CalibrationCell("2x-solo-shuffle", 8, 64, 8, (("ttft_ms", "router per_request_ms"),)),
+        ]
+    return tuple(cells)
 
 
 @dataclass
 class MeasuredCell:
     cell: CalibrationCell
-    values: list[float]  # the metric of each measured run
+    rows: list[dict[str, Any]]  # the cells.parquet row of each measured run
+    assignments: list[list[int]]  # routed: the replica each request of each run went to, in request order
     requests: int  # requests sent for the cell (warm-up included)
 
-    @property
-    def value(self) -> float:
-        return sum(self.values) / len(self.values)
+    def value(self, metric: str) -> float:
+        return sum(float(row[metric]) for row in self.rows) / len(self.rows)
+
+    def shown(self) -> str:
+        return ", ".join(f"{metric} {self.value(metric):.4g}" for metric, _ in self.cell.targets)
+
+
+def replica_assignments(records: Sequence[RequestRecord], replicas: int) -> list[list[int]]:
+    """Per measured run, the replica (0-based, by the backend names' order) of each request, as the router
+    reported it. Empty when some request does not say which backend served it."""
+    runs: dict[int, list[RequestRecord]] = {}
+    for record in records:
+        runs.setdefault(record.run, []).append(record)
+    names = sorted({r.served_by for r in records if r.served_by})
+    if len(names) > replicas or any(r.served_by is None for r in records):
+        return []
+    index = {name: i for i, name in enumerate(names)}
+    return [[index[r.served_by] for r in sorted(batch, key=lambda r: r.index)]  # type: ignore[index]
+            for _, batch in sorted(runs.items())]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -117,11 +143,20 @@ async def measure(
                         result = await session.cell(cell.concurrency, runs, topology=topology, on_request=sent.append)
                     finally:
                         await session.close()
-                    values = [float(row[cell.metric]) for row in result.run_rows if row["failed"] == 0]
-                    if not values or any(math.isnan(v) or v <= 0 for v in values):
+                    rows = [row for row in result.run_rows if row["failed"] == 0]
+                    unusable = [m for row in rows for m, _ in cell.targets if not float(row[m]) > 0]
+                    if not rows or unusable:
                         raise TopoError(f"calibration cell {cell.label}: no usable measurement "
-                                        f"({len(result.run_rows)} runs, values {values})")
-                    done = MeasuredCell(cell, values, len(sent))
+                                        f"({len(result.run_rows)} runs, {len(rows)} without failures)")
+                    assignments: list[list[int]] = []
+                    replicas = topology_model(topology).replicas
+                    if replicas > 1:
+                        ok_runs = {row["run"] for row in rows}
+                        assignments = replica_assignments([r for r in result.records if r.run in ok_runs], replicas)
+                        if not assignments:
+                            raise TopoError(f"calibration cell {cell.label}: the router did not say which engine "
+                                            "served each request (no x-litellm-model-id)")
+                    done = MeasuredCell(cell, rows, assignments, len(sent))
                     measured.append(done)
                     if on_cell:
                         on_cell(done)
@@ -134,62 +169,107 @@ async def measure(
 
 @dataclass(frozen=True)
 class Knob:
-    """A constant the fit moves: a top-level key of the profile or links.<transport>.<key>."""
+    """A constant the fit moves: `path` into the profile's data ("links.{link}" is the fitted transport's);
+    `tied` are keys of the same section moved by the same factor (the router's burst costs)."""
 
-    key: str
+    path: tuple[str, ...]
     low: float
     high: float
-    link: bool = False  # a key of the fitted transport's link
+    tied: tuple[str, ...] = ()
+
+    def resolved(self, transport: str) -> tuple[str, ...]:
+        return tuple(transport if part == "{link}" else part for part in self.path)
 
     def name(self, transport: str) -> str:
-        return f"links.{transport}.{self.key}" if self.link else self.key
+        return ".".join(self.resolved(transport))
 
     def get(self, hw: HardwareProfile, transport: str) -> float:
-        return float(getattr(hw.links[transport], self.key) if self.link else getattr(hw, self.key))
+        node: Any = hw
+        for part in self.resolved(transport):
+            node = node[part] if isinstance(node, dict) else getattr(node, part)
+        return float(node)
 
 
 KNOBS: dict[str, Knob] = {
-    "step_overhead_ms": Knob("step_overhead_ms", 0.001, 100.0),
-    "bandwidth_efficiency": Knob("bandwidth_efficiency", 0.02, 1.0),
-    "compute_efficiency": Knob("compute_efficiency", 0.005, 1.0),
-    "link latency_us": Knob("latency_us", 0.001, 10_000.0, link=True),
-    "link efficiency": Knob("efficiency", 0.001, 1.0, link=True),
+    "step_overhead_ms": Knob(("step_overhead_ms",), 0.001, 100.0),
+    "bandwidth_efficiency": Knob(("bandwidth_efficiency",), 0.02, 1.0),
+    "compute_efficiency": Knob(("compute_efficiency",), 0.005, 1.0),
+    "engine_pickup_ms": Knob(("engine_pickup_ms",), 0.001, 1000.0),
+    "frontend_ms_per_request": Knob(("frontend_ms_per_request",), 0.001, 1000.0),
+    "link latency_us": Knob(("links", "{link}", "latency_us"), 0.001, 10_000.0),
+    "link efficiency": Knob(("links", "{link}", "efficiency"), 0.001, 1.0),
+    "router request_latency_ms": Knob(("router", "request_latency_ms"), 0.001, 5000.0),
+    "router per_request_ms": Knob(("router", "accept_per_request_ms"), 0.001, 1000.0,
+                                  tied=("dispatch_per_request_ms",)),
 }
 
 
 def with_values(hw: HardwareProfile, values: dict[str, float], transport: str) -> HardwareProfile:
-    """`hw` with the knobs' values (by KNOBS name) replaced."""
-    top = {KNOBS[name].key: value for name, value in values.items() if not KNOBS[name].link}
-    link_update = {KNOBS[name].key: value for name, value in values.items() if KNOBS[name].link}
+    """`hw` with the knobs' values (by KNOBS name) replaced; tied keys move by the same factor."""
+    top: dict[str, Any] = {}
+    sections: dict[tuple[str, ...], dict[str, float]] = {}
+    for name, value in values.items():
+        knob = KNOBS[name]
+        *parent, key = knob.resolved(transport)
+        if not parent:
+            top[key] = value
+            continue
+        update = sections.setdefault(tuple(parent), {})
+        update[key] = value
+        if knob.tied:
+            old = knob.get(hw, transport)
+            factor = value / old if old > 0 else 1.0
+            section: Any = hw
+            for part in parent:
+                section = section[part] if isinstance(section, dict) else getattr(section, part)
+            for tied in knob.tied:
+                update[tied] = getattr(section, tied) * factor
     links = dict(hw.links)
-    if link_update:
-        links[transport] = links[transport].model_copy(update=link_update)
-    return hw.model_copy(update={**top, "links": links})
+    router = hw.router
+    for parent, update in sections.items():
+        if parent[0] == "links":
+            links[parent[1]] = links[parent[1]].model_copy(update=update)
+        elif parent == ("router",):
+            router = router.model_copy(update=update)
+        else:
+            raise ConfigError(f"no knob section {'.'.join(parent)}")
+    return hw.model_copy(update={**top, "links": links, "router": router})
 
 
-def predict_cell(config: EngineConfig, cell: CalibrationCell) -> float:
-    """The cell as `topo predict` sees it: a warm-up, then one run (solo and TP=2 are deterministic)."""
-    (row,) = predict_cells(cell.topology, config, [cell.concurrency], prompt_tokens=cell.pp, max_tokens=cell.tg,
-                           runs=1, seed=0)
-    return float(row[cell.metric])
+def predict_cell(config: EngineConfig, measured: MeasuredCell) -> dict[str, float]:
+    """The cell's metrics as `topo predict` sees them: a warm-up, then each run (routed: replaying the split the
+    router made in that run; solo and TP=2 are deterministic, so one run stands for all)."""
+    cell = measured.cell
+    metrics = [metric for metric, _ in cell.targets]
+    if not measured.assignments:
+        (row,) = predict_cells(cell.topology, config, [cell.concurrency], prompt_tokens=cell.pp,
+                               max_tokens=cell.tg, runs=1, seed=0)
+        return {m: float(row[m]) for m in metrics}
+    rows = []
+    for run, assignment in enumerate(measured.assignments):
+        deployment = VirtualDeployment(cell.topology, config, seed=run)
+        deployment.run_batch(cell.concurrency, cell.pp, cell.tg, run=-1)
+        rows.append(cell_row(deployment.run_batch(cell.concurrency, cell.pp, cell.tg, run=run, assignment=assignment)))
+    return {m: sum(float(r[m]) for r in rows) / len(rows) for m in metrics}
 
 
 @dataclass
 class Fit:
     values: dict[str, float]  # by KNOBS name
     before: dict[str, float]  # the base profile's values
-    predicted: dict[str, float] = field(default_factory=dict)  # cell label -> predicted with the fit
-    worst: float = 0.0  # largest |predicted / measured - 1| over the cells
+    predicted: dict[tuple[str, str], float] = field(default_factory=dict)  # (cell label, metric) -> predicted
+    worst: float = 0.0  # largest |predicted / measured - 1| over the cells' targets
 
 
 def fit_constants(config: EngineConfig, measured: Sequence[MeasuredCell]) -> Fit:
-    """Least squares over log(predicted / measured): each knob a cell pins, from the base profile's value."""
+    """Least squares over log(predicted / measured) of every cell's targets, from the base profile's values."""
     from scipy.optimize import least_squares
 
     transport = config.link
-    names = list(dict.fromkeys(m.cell.pins for m in measured if m.cell.pins in KNOBS))
-    if not names:
-        raise ConfigError("no calibration cell pins a constant the fit knows")
+    names = list(dict.fromkeys(knob for m in measured for _, knob in m.cell.targets))
+    unknown = [n for n in names if n not in KNOBS]
+    if unknown or not names:
+        raise ConfigError(f"calibration cells pin constants the fit does not know: {unknown or 'none'}")
     before = {name: KNOBS[name].get(config.hardware, transport) for name in names}
 
     def configured(x: Sequence[float]) -> EngineConfig:
@@ -198,17 +278,25 @@ def fit_constants(config: EngineConfig, measured: Sequence[MeasuredCell]) -> Fit
 
     def residuals(x: Sequence[float]) -> list[float]:
         trial = configured(x)
-        return [math.log(predict_cell(trial, m.cell) / m.value) for m in measured]
+        out = []
+        for m in measured:
+            predicted = predict_cell(trial, m)
+            out.extend(math.log(predicted[metric] / m.value(metric)) for metric, _ in m.cell.targets)
+        return out
 
     low = [math.log(KNOBS[n].low) for n in names]
     high = [math.log(KNOBS[n].high) for n in names]
     start = [min(max(math.log(before[n]), lo + 1e-9), hi - 1e-9) for n, lo, hi in zip(names, low, high)]
-    # relative steps of 1%: the predictions are piecewise smooth (whole steps, whole experts)
-    solved = least_squares(residuals, start, bounds=(low, high), diff_step=1e-3, x_scale="jac", xtol=1e-10, ftol=1e-12, gtol=1e-12)
+    solved = least_squares(residuals, start, bounds=(low, high), diff_step=1e-3, x_scale="jac", xtol=1e-10,
+                           ftol=1e-12, gtol=1e-12)
     values = {name: math.exp(v) for name, v in zip(names, solved.x)}
     fitted = configured(solved.x)
-    predicted = {m.cell.label: predict_cell(fitted, m.cell) for m in measured}
-    worst = max(abs(predicted[m.cell.label] / m.value - 1) for m in measured)
+    predicted: dict[tuple[str, str], float] = {}
+    for m in measured:
+        for metric, value in predict_cell(fitted, m).items():
+            predicted[(m.cell.label, metric)] = value
+    worst = max(abs(predicted[(m.cell.label, metric)] / m.value(metric) - 1)
+                for m in measured for metric, _ in m.cell.targets)
     return Fit(values, before, predicted, worst)
 
 
@@ -232,17 +320,22 @@ def calibrated_data(
     data = yaml.safe_load(yaml.safe_dump(base))  # a deep copy of plain data
     for knob_name, value in fit.values.items():
         knob = KNOBS[knob_name]
-        cells = [m for m in measured if m.cell.pins == knob_name]
-        others = [m for m in measured if m.cell.pins != knob_name]
-        said = "; ".join(f"{m.cell.label} measured {m.value:.4g}" for m in cells)
+        pinned_by = [(m, metric) for m in measured for metric, pins in m.cell.targets if pins == knob_name]
+        said = "; ".join(f"{m.cell.label} {metric} measured {m.value(metric):.4g}" for m, metric in pinned_by)
+        others = sorted({m.cell.label for m in measured} - {m.cell.label for m, _ in pinned_by})
         source = (f"calibrated: topo calibrate on cluster {cluster}, {stamp}, pinned by {said} "
-                  f"(jointly with {len(others)} other cells: "
-                  + ", ".join(m.cell.label for m in others) + f"); base value {fit.before[knob_name]:.4g}")
-        entry = {"value": round(value, 6), "source": source}
-        if knob.link:
-            data["links"][transport][knob.key] = entry
-        else:
-            data[knob.key] = entry
+                  f"(fitted jointly with {', '.join(others)}); base value {fit.before[knob_name]:.4g}")
+        *parent, key = knob.resolved(transport)
+        section = data
+        for part in parent:
+            section = section[part]
+        factor = value / fit.before[knob_name] if fit.before[knob_name] > 0 else 1.0
+        section[key] = {"value": round(value, 6), "source": source}
+        for tied in knob.tied:
+            entry = section[tied]
+            entry["value"] = round(entry["value"] * factor, 6)
+            entry["source"] = (f"calibrated: topo calibrate on cluster {cluster}, {stamp}: moved with {key} "
+                               f"(x{factor:.3g}), pinned by {said}")
     data["name"] = name
     data["description"] = (f"{base.get('name', 'base')} calibrated on cluster {cluster} ({stamp}; TP link "
                            f"{transport}): {', '.join(KNOBS[k].name(transport) for k in fit.values)}")

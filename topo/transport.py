@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.errors import ConfigError
+from topology.inventory import Cluster
 from topology.plan import Step, reveal
 from twin.profiles import Transport, transport_from_env
 
@@ -38,7 +39,7 @@ def _nccl_vars(env: dict[str, str]) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(shown.items())) or "no NCCL_IB_HCA"
 
 
-def planned_transport(model: str, cluster: str | Path | None) -> RenderedTransport:
+def planned_transport(model: str, cluster: str | Path | Cluster | None) -> RenderedTransport:
     """The transport of a TP=2 engine of recipe `model` as the plan renders it on `cluster`.
 
     Without a cluster, only the recipe's env is known (a node's fast link adds the socket interface
@@ -58,7 +59,8 @@ def planned_transport(model: str, cluster: str | Path | None) -> RenderedTranspo
         return RenderedTransport(transport_from_env(env), f"recipe {recipe.name} env ({_nccl_vars(env)}; no cluster given)")
     from topology.inventory import load_cluster
 
-    launched = plan(parse_topology("tp2-mp"), load_cluster(cluster), recipe, secrets=PlanSecrets.generate())
+    inventory = cluster if isinstance(cluster, Cluster) else load_cluster(cluster)
+    launched = plan(parse_topology("tp2-mp"), inventory, recipe, secrets=PlanSecrets.generate())
     engine = next(step for step in launched.steps() if step.role == "engine")
     env = engine_env(engine)
     return RenderedTransport(transport_from_env(env), f"tp2-mp plan on {launched.cluster} ({_nccl_vars(env)})")
