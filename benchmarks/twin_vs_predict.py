@@ -23,7 +23,6 @@ such a run.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ sys.path.insert(0, str(REPO))
 
 import pandas as pd  # noqa: E402
 
+from bench.results_folder import ResultsFolder  # noqa: E402
 from common.config import CONFIGS_DIR  # noqa: E402
 from topo.transport import planned_transport  # noqa: E402
 from topology.inventory import cluster_from_data  # noqa: E402
@@ -44,11 +44,11 @@ METRICS = ("decode_tps", "prefill_tps", "ttft_ms")
 
 
 def sweep_settings(results: Path) -> dict[str, Any]:
-    meta = json.loads((results / "meta.json").read_text())
-    spec = meta.get("spec", {})
+    meta = ResultsFolder(results).read_meta()
+    spec = meta.spec
     hardware = spec.get("twin_hardware")
     if not hardware:
-        nodes = meta.get("cluster", {}).get("nodes", [])
+        nodes = (meta.cluster or {}).get("nodes", [])
         hardware = next((n.get("engine", {}).get("hardware") for n in nodes if n.get("engine")), None) or "gb10"
     return {"model": spec.get("model", "gemma4-26b"), "hardware": hardware, "pp": int(spec.get("pp", 1024)),
             "tg": int(spec.get("tg", 128)), "runs": int(spec.get("runs", 1))}
@@ -87,11 +87,10 @@ def median_run(
 
 def sweep_link(results: Path, model: str) -> str:
     """The TP link the sweep's engines had: what the env its TP=2 plan rendered implies (topo/transport.py)."""
-    meta = json.loads((results / "meta.json").read_text())
-    data = meta.get("cluster")
+    data = ResultsFolder(results).read_meta().cluster
     if not data:
         return planned_transport(model, None).transport
-    cluster = cluster_from_data(data, source=f"{results / 'meta.json'} cluster", base_dir=results)
+    cluster = cluster_from_data(data, source=f"{results} meta cluster", base_dir=results)
     return planned_transport(model, cluster).transport
 
 
@@ -105,12 +104,12 @@ def compare(results: Path, *, card: str | None = None, hardware: str | None = No
     hardware = hardware or settings["hardware"]
     link = link or sweep_link(results, settings["model"])
     config = EngineConfig.from_names(hardware, card, link=link)
-    cells = pd.read_parquet(results / "cells.parquet")
+    folder = ResultsFolder(results)
+    cells = folder.read_cells()
     cells = cells[cells["failed"] == 0] if "failed" in cells else cells
     measured_runs = cells.set_index(["topology", "concurrency", "run"])[list(METRICS)].sort_index()
     measured = measured_runs.groupby(level=["topology", "concurrency"]).mean()
-    requests_path = results / "requests.parquet"
-    requests = pd.read_parquet(requests_path) if requests_path.exists() else None
+    requests = folder.read_requests() if folder.requests_path.exists() else None
 
     print(f"{results}: card {card}, hardware {hardware}, link {link}, pp{settings['pp']} tg{settings['tg']}, "
           f"{settings['runs']} run(s) per cell, their {statistic}; marked (*) when off by more than "

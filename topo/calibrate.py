@@ -36,7 +36,8 @@ import yaml
 
 from bench.client import Endpoint
 from bench.records import RequestRecord
-from bench.session import BenchSession
+from bench.session import BenchSession, BenchSettings
+from bench.workload import ClosedLoad
 from cluster.bringup import BringUpProgress, bring_up, open_cluster
 from common.errors import ConfigError, TopoError
 from topology.inventory import Cluster
@@ -136,13 +137,11 @@ async def measure(
                 for cell in (c for c in cells if c.topology == topology):
                     await running.check_alive()
                     sent: list[RequestRecord] = []
-                    session = BenchSession(Endpoint.from_url(running.endpoint, api_key), launch.served_model_name,
-                                           pp=cell.pp, tg=cell.tg, seed=0)
-                    try:
-                        await session.open()
-                        result = await session.cell(cell.concurrency, runs, topology=topology, on_request=sent.append)
-                    finally:
-                        await session.close()
+                    settings = BenchSettings(pp=cell.pp, tg=cell.tg, seed=0, workload="calibration")
+                    async with BenchSession(Endpoint.from_url(running.endpoint, api_key), launch.served_model_name,
+                                            settings) as session:
+                        result = await session.run(ClosedLoad(cell.concurrency), runs, topology=topology,
+                                                   on_request=sent.append)
                     rows = [row for row in result.run_rows if row["failed"] == 0]
                     unusable = [m for row in rows for m, _ in cell.targets if not float(row[m]) > 0]
                     if not rows or unusable:
@@ -353,7 +352,8 @@ def write_profile(path: Path, data: dict[str, Any], header: str) -> None:
 def engine_config(recipe: Recipe, hardware: HardwareProfile, link: Transport) -> EngineConfig:
     """The twin's engine as the recipe serves the model: its solo serve flags through the twin's own flag
     parser (batch budget, memory share, weight and KV formats), on `hardware`, with the TP link `link`."""
-    from twin.cli import engine_config_kwargs, parse_serve_args
+    from twin.cli import parse_serve_args
+    from twin.launch import engine_config_kwargs
 
     args = parse_serve_args([recipe.weights, *recipe.serve_flags(1), "--card", recipe.twin_card, "--link", link])
     card = load_card(args.card)
