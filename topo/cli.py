@@ -33,6 +33,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "topo.commands.up",
     "topo.commands.sweep",
     "topo.commands.predict",
+    "topo.commands.calibrate",
     "topo.commands.history",
     "topo.commands.regress",
     "topo.commands.nightly",

@@ -123,7 +123,8 @@ class SweepPlan:
         return [self.cell_key(t.topology, load) for t in self.topologies for load in self.spec.loads]
 
 
-def _with_twin_hardware(cluster: Cluster, hardware: str) -> Cluster:
+def with_twin_hardware(cluster: Cluster, hardware: str) -> Cluster:
+    """Every twin node of `cluster` with `--hardware hardware` (sweeps and calibrations of twin clusters)."""
     nodes = tuple(
         node.model_copy(update={"engine": node.engine.model_copy(update={"hardware": hardware})})
         if isinstance(node.engine, TwinEngine) else node
@@ -138,7 +139,7 @@ def plan_sweep(spec: SweepSpec, *, secrets: PlanSecrets | None = None) -> SweepP
     """Load the cluster and recipe and plan every topology. No I/O but reading the YAML files."""
     cluster = load_cluster(spec.cluster)
     if spec.twin_hardware:
-        cluster = _with_twin_hardware(cluster, spec.twin_hardware)
+        cluster = with_twin_hardware(cluster, spec.twin_hardware)
     recipe = load_recipe(spec.model)
     secrets = secrets or PlanSecrets.generate()
     plans = tuple(
