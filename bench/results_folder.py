@@ -54,7 +54,6 @@ from bench.records import (
 from bench.workload import DEFAULT_WORKLOAD
 from common.config import describe_validation_error
 from common.errors import ResultsError
-from common.masking import mask_url_credentials
 
 META_FILE = "meta.json"
 REQUESTS_FILE = "requests.parquet"

@@ -68,6 +68,8 @@ class SweepSpec:
             raise ConfigError(f"--runs must be >= 1 (got {self.runs})")
         if self.pp < 1 or self.tg < 1:
             raise ConfigError(f"--pp and --tg must be >= 1 (got pp={self.pp}, tg={self.tg})")
+        if self.request_timeout_s <= 0:
+            raise ConfigError(f"--timeout must be positive (got {self.request_timeout_s})")
         if len(set(self.topologies)) != len(self.topologies):
             raise ConfigError(f"--topologies lists a topology twice: {', '.join(self.topologies)}")
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import re
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,8 @@ from bench.results_folder import FolderMeta, ResultsFolder
 from bench.session import BenchSession, BenchSettings, RunDone
 from bench.workload import ClosedLoad
 from common.errors import ConfigError
+from common.masking import mask_url_credentials
+from topo.exits import EXIT_CODES_HELP, EXIT_FAILURES
 from topo.sweep import command_line, now_utc
 
 
@@ -67,7 +68,7 @@ def summary_table(model: str, pp: int, tg: int, depth: int, summaries: list[dict
 
 def _bench_meta(session: BenchSession, levels: list[int], runs: int, topology: str) -> FolderMeta:
     settings = session.settings
-    endpoint = re.sub(r"//[^/@]*@", "//***@", session.endpoint.base_url)  # no user:password from the URL
+    endpoint = mask_url_credentials(session.endpoint.base_url)  # Endpoint strips them; a second guard
     return FolderMeta(kind="bench", status="running", started_at=now_utc(), command_line=command_line(),
                       spec={"endpoint": endpoint, "model": session.model, "topology": topology,
                             "workload": settings.workload, "concurrency": levels, "runs": runs, "pp": settings.pp,
@@ -160,8 +161,11 @@ def bench_command(
                              "timestamps) and cells.parquet (one row per concurrency x run); every run is "
                              "stored as soon as it is measured."),
     topology: str = typer.Option("endpoint", "--topology", help="Label stored in the results' topology column."),
-    timeout: float = typer.Option(600.0, "--timeout", help="Seconds a request may stay silent before it is "
-                                  "recorded as timed out."),
+    timeout: float = typer.Option(600.0, "--timeout", help="Deadline on progress: a request that receives no "
+                                  "generated token for this many seconds (whatever else the server sends, e.g. "
+                                  "keep-alive comments) is recorded as timed out."),
+    deadline: float = typer.Option(None, "--deadline", help="Seconds a whole request may take at most "
+                                   "(default: 10 x --timeout)."),
     cache_bust: bool = typer.Option(True, "--cache-bust/--no-cache-bust", help="Start each prompt with a unique "
                                     "tag so a server's prefix cache cannot hit (on by default)."),
     seed: int = typer.Option(None, "--seed", help="Seed for the prompt offsets (default: random)."),
@@ -175,6 +179,7 @@ def bench_command(
     levels = parse_concurrency(concurrency)
     settings = BenchSettings(pp=pp, tg=tg, depth=depth, latency_mode=latency_mode,  # type: ignore[arg-type]
                              tokenizer=tokenizer, corpus=corpus, unique_prefix=cache_bust, request_timeout=timeout,
+                             request_deadline=deadline,
                              seed=seed)
     session = BenchSession(Endpoint.from_url(url, api_key), model, settings)
     err = Console(stderr=True, highlight=False)
@@ -190,8 +195,13 @@ def bench_command(
     if out is not None:
         folder = ResultsFolder(out)
         err.print(f"results: {folder.requests_path}, {folder.cells_path}, {folder.meta_path}")
+    failed = sum(s["failed"] for s in summaries)
+    if failed:
+        err.print(f"[red]{failed} request(s) failed[/] (the table's `failed` column; the errors are in the "
+                  "request rows)")
+        raise typer.Exit(EXIT_FAILURES)
 
 
 def register(app: typer.Typer) -> None:
-    app.command("bench")(bench_command)
+    app.command("bench", epilog=EXIT_CODES_HELP)(bench_command)
 

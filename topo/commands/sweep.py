@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from bench.workload import Load
 from common.errors import ConfigError, TopoError
+from topo.exits import EXIT_CODES_HELP, EXIT_FAILURES, interrupted_exit_code
 from reports.console import print_report
 from reports.results import render_results
 from topo.commands.bench import parse_concurrency
@@ -146,6 +147,9 @@ def sweep_command(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print every topology's commands and the cells; "
                                  "start nothing."),
     seed: int = typer.Option(None, "--seed", help="Seed for prompt offsets (default: random)."),
+    timeout: float = typer.Option(600.0, "--timeout", help="Deadline on progress: a request without a generated "
+                                  "token for this many seconds is recorded as failed (a whole request may take "
+                                  "10 x this at most)."),
 ) -> None:
     """Bring the cluster up in each topology, sweep the concurrency levels, tear it down, write a report.
 
@@ -154,7 +158,8 @@ def sweep_command(
     tokens and TG generated tokens), tear it down (always, also on failure and Ctrl-C). Every measured run is
     written at once to the results folder; report.md and report.html (winner tables for decode, prefill and
     TTFT, Ray vs no-Ray, recommendations, charts) are written at the end. A topology that fails to come up
-    is recorded and the sweep goes on. Ctrl-C stops cleanly; `--resume DIR` continues where it stopped.
+    is recorded and the sweep goes on. Ctrl-C, SIGTERM and SIGHUP stop cleanly; `--resume DIR` continues
+    where it stopped.
     """
     console = Console()
     if resume is not None:
@@ -174,6 +179,7 @@ def sweep_command(
             latency_mode=_latency_mode(latency_mode),
             twin_hardware=twin_hardware,
             seed=seed,
+            request_timeout_s=timeout,
         )
         directory = out or default_out_dir(spec)
     sweep = plan_sweep(spec)
@@ -189,7 +195,7 @@ def sweep_command(
             # soft_wrap: a command to copy must not be broken across lines at the terminal's width
             console.print(f"[yellow]interrupted[/]: every finished run is kept in {directory}; continue with\n"
                           f"  topo sweep --resume {directory}", soft_wrap=True, highlight=False)
-            raise typer.Exit(130) from None
+            raise typer.Exit(interrupted_exit_code()) from None
     if outcome.measured_runs or resume is not None:
         report, md_path, html_path = render_results(directory)
         console.print()
@@ -201,7 +207,7 @@ def sweep_command(
         console.print(f"[bold red]{len(outcome.errors)} topolog{'y' if len(outcome.errors) == 1 else 'ies'} failed[/]: "
                       f"{', '.join(outcome.errors)} (details in {directory}/meta.json); after fixing, "
                       f"`topo sweep --resume {directory}` measures only what is missing", soft_wrap=True, highlight=False)
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_FAILURES)
 
 
 def _latency_mode(value: str) -> Any:
@@ -211,4 +217,4 @@ def _latency_mode(value: str) -> Any:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("sweep")(sweep_command)
+    app.command("sweep", epilog=EXIT_CODES_HELP)(sweep_command)

@@ -8,8 +8,9 @@ import typer
 from rich.markup import escape
 from rich.console import Console
 
-from cluster.bringup import Leftovers, bring_up, open_cluster, stop_leftovers, teardown_on_signals
+from cluster.bringup import Leftovers, bring_up, open_cluster, stop_leftovers
 from cluster.progress import ConsoleProgress
+from topo.exits import EXIT_CODES_HELP, interrupted_exit_code
 from topology.inventory import load_cluster
 from topology.kinds import PlanSecrets, parse_topology, plan
 from topology.recipe import load_recipe
@@ -30,15 +31,11 @@ def up_command(
     ),
 ) -> None:
     """Bring a topology up (the very plan `topo plan` prints), print its endpoint, keep it up until Ctrl-C
-    or --hold seconds, then tear it down and prove nothing is left. Pre-flight first: nodes reachable,
+    or --hold seconds (SIGTERM and SIGHUP count as Ctrl-C), then tear it down and prove nothing is left. Pre-flight first: nodes reachable,
     ports free, no processes of an earlier run. A failure shows the failing process's log tail.
     """
     loaded = load_cluster(cluster)
     launch = plan(parse_topology(topology), loaded, load_recipe(model), secrets=PlanSecrets.generate())
-
-    async def run() -> None:
-        with teardown_on_signals():
-            await hold_up()
 
     async def hold_up() -> None:
         async with open_cluster(loaded) as nodes:
@@ -56,9 +53,10 @@ def up_command(
                         await asyncio.Event().wait()
 
     try:
-        asyncio.run(run())
+        asyncio.run(hold_up())
     except (KeyboardInterrupt, asyncio.CancelledError):
         console.print("torn down after an interrupt")
+        raise typer.Exit(interrupted_exit_code()) from None
 
 
 def down_command(
@@ -89,5 +87,5 @@ def down_command(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("up")(up_command)
+    app.command("up", epilog=EXIT_CODES_HELP)(up_command)
     app.command("down")(down_command)
