@@ -58,3 +58,7 @@ def main() -> None:
     except KeyboardInterrupt:
         stderr.print("[yellow]interrupted[/]")
         sys.exit(interrupted_exit_code())
+    except OSError as exc:  # a disk or file error no layer translated: still one line, still exit 2
+        where = f" ({exc.filename})" if exc.filename else ""
+        stderr.print(f"[bold red]error:[/] {escape(exc.strerror or str(exc))}{escape(where)}", highlight=False)
+        sys.exit(EXIT_USAGE)

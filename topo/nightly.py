@@ -409,7 +409,7 @@ async def run_nightly(plan: NightlyPlan, progress: SweepProgress, *, command_lin
     meta.nightly = NightlyFacts(baseline=plan.baseline,
                                 baseline_folder=str(plan.baseline_dir) if plan.baseline_dir else None)
     if regression is None:
-        code = EXIT_FAILURES if swept.errors else NO_BASELINE_EXIT
+        code = EXIT_FAILURES if swept.errors or swept.short_cells else NO_BASELINE_EXIT
     else:
         code = write_gate_outputs(regression, junit=plan.paths.junit, markdown=plan.paths.markdown)
         meta.nightly.summary = regression.summary()

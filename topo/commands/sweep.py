@@ -150,6 +150,9 @@ def sweep_command(
     timeout: float = typer.Option(600.0, "--timeout", help="Deadline on progress: a request without a generated "
                                   "token for this many seconds is recorded as failed (a whole request may take "
                                   "10 x this at most)."),
+    max_failed_share: float = typer.Option(0.0, "--max-failed-share", help="A run counts as measured only when "
+                                           "at most this share of its requests failed (default 0: all succeeded); "
+                                           "other runs are stored as failed and `--resume` measures them again."),
 ) -> None:
     """Bring the cluster up in each topology, sweep the concurrency levels, tear it down, write a report.
 
@@ -180,6 +183,7 @@ def sweep_command(
             twin_hardware=twin_hardware,
             seed=seed,
             request_timeout_s=timeout,
+            max_failed_share=max_failed_share,
         )
         directory = out or default_out_dir(spec)
     sweep = plan_sweep(spec)
@@ -205,8 +209,13 @@ def sweep_command(
         console.print(f"[red]nothing was measured[/]; what happened is in {directory}/meta.json")
     if outcome.errors:
         console.print(f"[bold red]{len(outcome.errors)} topolog{'y' if len(outcome.errors) == 1 else 'ies'} failed[/]: "
-                      f"{', '.join(outcome.errors)} (details in {directory}/meta.json); after fixing, "
-                      f"`topo sweep --resume {directory}` measures only what is missing", soft_wrap=True, highlight=False)
+                      f"{', '.join(outcome.errors)} (details in {directory}/meta.json)", soft_wrap=True, highlight=False)
+    if outcome.short_cells:
+        console.print(f"[bold red]{len(outcome.short_cells)} cell(s) short of measured runs[/]: "
+                      + escape("; ".join(outcome.short_cells)), soft_wrap=True, highlight=False)
+    if outcome.errors or outcome.short_cells:
+        console.print(f"after fixing the cause, `topo sweep --resume {directory}` measures only what is missing "
+                      "or failed", soft_wrap=True, highlight=False)
         raise typer.Exit(EXIT_FAILURES)
 
 
