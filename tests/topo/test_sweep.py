@@ -180,7 +180,7 @@ def test_a_node_lost_mid_sweep_costs_only_that_topology(tmp_path: Path) -> None:
         args, out, lambda cells: bool(runs_per_cell(cells).get(("tp2-mp", "default", "c1"))),
         lambda _: os.killpg(int(rank1_pidfile.read_text().splitlines()[0]), signal.SIGKILL),  # node 2 is lost
     )
-    assert returncode == 1, output[-3000:]
+    assert returncode == 3, output[-3000:]
     meta = json.loads((out / "meta.json").read_text())
     assert meta["status"] == "incomplete"
     assert "engine-rank1" in meta["errors"]["tp2-mp"]  # the error names what died
