@@ -75,6 +75,7 @@ REPORT_HTML = "report.html"
 # meta.json
 
 META_SCHEMA_VERSION = 2
+META_SLACK_BYTES = 1024
 FolderKind = Literal["sweep", "prediction", "bench"]
 Status = Literal["running", "complete", "incomplete", "interrupted", "failed"]
 
@@ -335,17 +336,26 @@ class ResultsFolder:
         """Atomic: a crash while writing never leaves half a meta.json behind. When the disk is full, the
         status must still come true: the file is then rewritten in place, in the blocks it already has."""
         self._mkdir(self.directory)
-        data = (json.dumps(meta.model_dump(mode="json"), indent=2) + "\n").encode()
+
+        def encoded(value: FolderMeta) -> bytes:
+            return (json.dumps(value.model_dump(mode="json"), indent=2) + "\n").encode()
+
+        data = encoded(meta)
         try:
-            _write_atomically(self.meta_path, lambda handle: handle.write(data))
+            # Trailing blanks (valid JSON) keep blocks in hand to record the final status on a full disk.
+            _write_atomically(self.meta_path, lambda handle: handle.write(data + b" " * META_SLACK_BYTES))
         except StorageError:
-            if not self._rewrite_in_place(data):
+            # The status matters most (a reader must not think the sweep still runs): if the whole meta does
+            # not fit in the old file's blocks, the error texts are shortened (they are printed anyway).
+            shorter = meta.model_copy(update={"errors": {key: text[:60] for key, text in meta.errors.items()}})
+            terse = meta.model_copy(update={"errors": {key: "" for key in meta.errors}})
+            if not any(self._rewrite_in_place(candidate) for candidate in (data, encoded(shorter), encoded(terse))):
                 raise
 
     def _rewrite_in_place(self, data: bytes) -> bool:
         try:
             with open(self.meta_path, "r+b") as handle:
-                if len(data) > os.fstat(handle.fileno()).st_size:
+                if len(data) > os.fstat(handle.fileno()).st_blocks * 512:
                     return False  # would need new blocks: leave the old, complete file
                 handle.write(data)
                 handle.truncate()

@@ -395,7 +395,7 @@ async def run_sweep(
                     todo.append((load, spec.runs - cell.measured, cell.next_run))
             if not todo:
                 continue
-            progress.topology_started(item.topology, [load for load, _ in todo])
+            progress.topology_started(item.topology, [load for load, _, _ in todo])
             try:
                 await _measure_topology(item, todo, state)
             except StorageError:
