@@ -316,7 +316,7 @@ def calibrated_data(
     """The base profile's data with every fitted constant replaced by `{value, source: "calibrated: ..."}`
     naming the cluster, the date and the cells it came from."""
     stamp = (when or datetime.now(timezone.utc)).strftime("%Y-%m-%d %H:%M UTC")
-    data = yaml.safe_load(yaml.safe_dump(base))  # a deep copy of plain data
+    data = yaml.safe_load(yaml.safe_dump(base, sort_keys=False))  # a deep copy of plain data, in its order
     for knob_name, value in fit.values.items():
         knob = KNOBS[knob_name]
         pinned_by = [(m, metric) for m in measured for metric, pins in m.cell.targets if pins == knob_name]

@@ -14,7 +14,6 @@ from typer.testing import CliRunner
 from bench.records import RequestRecord
 from topo.calibrate import (
     KNOBS,
-    CalibrationCell,
     MeasuredCell,
     calibrated_data,
     default_cells,
@@ -107,7 +106,8 @@ def test_the_profile_names_cluster_date_and_cells_and_predict_loads_it(tmp_path:
                            when=when)
     path = tmp_path / "mine.yaml"
     write_profile(path, data, "made by a test\nsecond line")
-    assert path.read_text().startswith("# made by a test\n# second line\n")
+    text = path.read_text()
+    assert text.startswith("# made by a test\n# second line\nname: my-sparks-calibrated\n")
     profile = load_hardware(path)
     assert profile.name == "my-sparks-calibrated"
     assert profile.step_overhead_ms == pytest.approx(truth["step_overhead_ms"], rel=0.01)
