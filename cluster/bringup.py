@@ -45,7 +45,17 @@ from cluster.supervise import (
 )
 from common.errors import BringUpError, ConfigError, ReadinessTimeout, RemoteCommandError, TeardownError, TopoError
 from topology.inventory import CONTROLLER, Cluster, LocalConnect
-from topology.plan import CommandProbe, HttpProbe, LaunchPlan, NoProbe, Stage, Step, StopByCommand, reveal
+from topology.plan import (
+    CommandProbe,
+    HttpProbe,
+    LaunchPlan,
+    NoProbe,
+    Stage,
+    Step,
+    StopByCommand,
+    StopContainer,
+    reveal,
+)
 
 CONTROLLER_WORKDIR = "/tmp/topo"
 _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -210,6 +220,14 @@ class _BringUp:
                 f"node {node.name!r} still runs processes of an earlier topo run: {'; '.join(stale)}. "
                 "Stop them with `topo down --cluster ...` first"
             )
+        for step in self.plan.steps():
+            if step.node == node.name and isinstance(step.stop, StopContainer):
+                found = await run_checked(node.connector, step.stop.exists_argv(), timeout=timeout)
+                if found.stdout.strip():
+                    raise BringUpError(
+                        f"node {node.name!r}: a container named {step.stop.container} already exists (an earlier "
+                        f"run's?); remove it with `{' '.join(step.stop.remove_argv())}` or `topo down`"
+                    )
         wanted = {port for step in self.plan.steps() if step.node == node.name for port in step.stop.ports}
         busy = sorted(wanted & await listening_ports(node.connector))
         if busy:
@@ -348,6 +366,8 @@ class _BringUp:
         connector = self.node(step).connector
         stop = step.stop
         grace = self.settings.stop_grace_s
+        if isinstance(stop, StopContainer):
+            return await self._stop_container(step, stop, process)
         if isinstance(stop, StopByCommand):
             started = time.monotonic()
             done = await connector.run(stop.argv, timeout=self.settings.command_timeout_s)
@@ -365,6 +385,23 @@ class _BringUp:
             ports=stop.ports,
             prove_s=self.settings.prove_s,
         )
+
+    async def _stop_container(self, step: Step, stop: StopContainer, process: Supervised) -> StopOutcome:
+        """`docker stop` (the engine's own TERM-then-KILL), `docker rm -f`, the name proven gone; the
+        foreground `docker run` we supervise then exits by itself (its group is stopped if it does not)."""
+        connector = self.node(step).connector
+        grace = self.settings.stop_grace_s if self.settings.stop_grace_s is not None else stop.grace_s
+        stop = stop.model_copy(update={"grace_s": grace})
+        started = time.monotonic()
+        timeout = self.settings.command_timeout_s + grace
+        stopped = await connector.run(stop.stop_argv(), timeout=timeout)
+        removed = await connector.run(stop.remove_argv(), timeout=self.settings.command_timeout_s)
+        left = await connector.run(stop.exists_argv(), timeout=self.settings.command_timeout_s)
+        if not left.ok or left.stdout.strip():
+            detail = (removed.output_tail(200) or stopped.output_tail(200)) if left.ok else left.output_tail(200)
+            raise TeardownError(f"{step.name} on node {step.node!r}: container {stop.container} is not gone ({detail})")
+        outcome = await stop_group(connector, process, grace_s=10.0, ports=stop.ports, prove_s=self.settings.prove_s)
+        return StopOutcome(step.name, step.node, process.pgid, outcome.killed, time.monotonic() - started)
 
     async def _leftovers(self) -> list[str]:
         """Checked, not assumed: no group of ours alive on any node, no pidfile of ours left."""
