@@ -33,9 +33,9 @@ from cluster.connector import Connector, LocalConnector, SshConnector, run_check
 from cluster.supervise import (
     StopOutcome,
     Supervised,
-    group_alive,
     listening_ports,
     live_groups,
+    live_leftovers,
     log_tail,
     prove_ports_closed,
     read_pidfiles,
@@ -45,6 +45,7 @@ from cluster.supervise import (
 )
 from common.errors import BringUpError, ConfigError, ReadinessTimeout, RemoteCommandError, TeardownError, TopoError
 from topology.inventory import CONTROLLER, Cluster, LocalConnect
+from topology.kinds import CONTAINER_LABEL
 from topology.plan import (
     CommandProbe,
     HttpProbe,
@@ -209,12 +210,7 @@ class _BringUp:
     async def _preflight_node(self, node: NodeAccess) -> None:
         timeout = self.settings.command_timeout_s
         await run_checked(node.connector, ["true"], timeout=timeout)  # reachable (ConnectError otherwise)
-        stale = []
-        for entry in await read_pidfiles(node.connector, node.workdir):
-            if entry.pgid is not None and await group_alive(node.connector, entry.pgid):
-                stale.append(f"{entry.step} (process group {entry.pgid}, {entry.pidfile})")
-            else:
-                await node.connector.run(["rm", "-f", entry.pidfile], timeout=timeout)
+        stale = await live_leftovers(node.connector, node.workdir, remove_stale=True)
         if stale:
             raise BringUpError(
                 f"node {node.name!r} still runs processes of an earlier topo run: {'; '.join(stale)}. "
@@ -530,6 +526,23 @@ async def stop_leftovers(nodes: Mapping[str, NodeAccess], *, grace_s: float = 30
     return outcomes
 
 
+async def remove_leftover_containers(cluster: Cluster, nodes: Mapping[str, NodeAccess]) -> list[str]:
+    """`topo down` for the docker launcher: every container topo started for this cluster (found by its
+    label) is removed, running or not; returns "node: name" of each."""
+    removed = []
+    for node in cluster.nodes:
+        if node.engine.launcher != "docker":
+            continue
+        connector = nodes[node.name].connector
+        docker = node.engine.docker
+        listed = await run_checked(connector, [docker, "ps", "-a", "--filter",
+                                               f"label={CONTAINER_LABEL}={cluster.name}", "--format", "{{.Names}}"])
+        for name in listed.stdout.split():
+            await run_checked(connector, [docker, "rm", "-f", name], timeout=120)
+            removed.append(f"{node.name}: {name}")
+    return removed
+
+
 __all__ = [
     "BringUpProgress",
     "BringUpSettings",
@@ -539,6 +552,7 @@ __all__ = [
     "bring_up",
     "open_cluster",
     "prove_ports_closed",
+    "remove_leftover_containers",
     "signal_group",
     "stop_leftovers",
     "teardown_on_signals",

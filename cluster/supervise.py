@@ -244,3 +244,16 @@ async def read_pidfiles(connector: Connector, workdir: str) -> list[PidfileEntry
         step = PurePosixPath(path).name.removesuffix(".pid")
         entries.append(PidfileEntry(step, path, int(text) if text.isdigit() else None))
     return entries
+
+
+async def live_leftovers(connector: Connector, workdir: str, *, remove_stale: bool = False) -> list[str]:
+    """Processes of an earlier run still alive on the node (found by their pidfiles), described for a
+    human; with `remove_stale`, pidfiles of processes that are gone are deleted on the way."""
+    alive = await live_groups(connector)
+    left = []
+    for entry in await read_pidfiles(connector, workdir):
+        if entry.pgid is not None and entry.pgid in alive:
+            left.append(f"{entry.step} (process group {entry.pgid}, {entry.pidfile})")
+        elif remove_stale:
+            await connector.run(["rm", "-f", entry.pidfile], timeout=30)
+    return left

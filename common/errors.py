@@ -11,7 +11,8 @@ cause stays in the traceback, and the CLI turns any ``TopoError`` into one red l
     ├── ConnectError                a node cannot be reached or authenticated (host key, key, timeout)
     ├── RemoteCommandError          a command on a node exited non-zero (argv, exit code, output tail)
     ├── BringUpError                a topology did not come up: process died, readiness timed out
-    │   └── ReadinessTimeout        (carries the log tail of the process that did not get ready)
+    │   ├── ReadinessTimeout        (carries the log tail of the process that did not get ready)
+    │   └── NodesNotReady           `topo doctor`'s blocking checks failed before a sweep started anything
     ├── TeardownError               something a topology started could not be proven stopped
     ├── EndpointError               an OpenAI-compatible endpoint is unusable: wrong URL, unknown model,
     │                               refused connection at the first probe (per-request failures during a
@@ -57,6 +58,10 @@ class RemoteCommandError(TopoError):
 
 class BringUpError(TopoError):
     """A topology did not come up."""
+
+
+class NodesNotReady(BringUpError):
+    """A blocking `topo doctor` check failed: nothing was started."""
 
 
 class ReadinessTimeout(BringUpError):

@@ -35,6 +35,7 @@ from bench.runner import RunDone
 from bench.session import BenchSession
 from bench.store import ResultsStore
 from cluster.bringup import BringUpProgress, bring_up, open_cluster
+from cluster.doctor import require_ready
 from common.config import REPO_ROOT
 from common.errors import ConfigError, ResultsError, TopoError
 from topology.inventory import Cluster, TwinEngine, load_cluster
@@ -318,8 +319,12 @@ async def run_sweep(
     command_line: Sequence[str] = (),
     resume: bool = False,
     on_topology_done: Callable[[str], None] | None = None,
+    check_nodes: bool = True,
 ) -> SweepOutcome:
-    """Measure every missing run of the sweep into `directory`; see the module docstring."""
+    """Measure every missing run of the sweep into `directory`; see the module docstring.
+    First (unless `check_nodes` is off) `topo doctor`'s blocking checks: NodesNotReady, nothing started."""
+    if check_nodes:
+        await require_ready(sweep.cluster, sweep.recipe)
     directory.mkdir(parents=True, exist_ok=True)
     store = ResultsStore(directory)
     if resume:

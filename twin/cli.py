@@ -317,12 +317,25 @@ def local_rank_address() -> str | None:
     return os.environ.get("VLLM_HOST_IP") or None
 
 
+def twin_version() -> str:
+    """The twin ships with topo: its version is topo's."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("topo")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """`twin serve ...`: parse, then run rank 0 (HTTP) or a headless rank until stopped."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: twin serve [MODEL] [vLLM serving flags] [--hardware NAME|PATH] [--card NAME|PATH]")
         print("       twin serve --help   for every flag")
+        return
+    if argv[0] == "--version":  # like `vllm --version`: what `topo doctor` compares across nodes
+        print(twin_version())
         return
     if argv[0] != "serve":
         raise ConfigError(f"twin: unknown command {argv[0]!r} (the only command is `serve`)")

@@ -15,11 +15,13 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from typer.testing import CliRunner
 
 from cluster.bringup import BringUpSettings, bring_up, open_cluster
 from common.errors import BringUpError
 from support.docker_twin import containers_labelled, docker_unavailable, twin_container_env, twin_docker_engine, twin_image
 from support.local_cluster import write_local_cluster
+from topo.cli import app
 from topology.inventory import load_cluster
 from topology.kinds import PlanSecrets, parse_topology, plan
 from topology.recipe import load_recipe
@@ -100,9 +102,10 @@ async def test_container_killed_from_outside_is_a_dead_engine(tmp_path: Path) ->
     assert containers_labelled(cluster_name) == []  # the killed container was removed too
 
 
-async def test_a_leftover_container_blocks_bring_up_before_anything_starts(tmp_path: Path) -> None:
+async def test_a_leftover_container_blocks_bring_up_and_topo_down_removes_it(tmp_path: Path) -> None:
     cluster_name = f"dk-left-{tmp_path.name[-8:]}".replace("_", "-")
-    cluster = load_cluster(docker_cluster(tmp_path, cluster_name))
+    cluster_file = docker_cluster(tmp_path, cluster_name)
+    cluster = load_cluster(cluster_file)
     launch = plan(parse_topology("solo"), cluster, load_recipe("tiny"), secrets=PlanSecrets.generate())
     container = launch.steps()[0].stop.container  # type: ignore[union-attr]
     subprocess.run(["docker", "create", "--name", container, "--label", f"topo.cluster={cluster_name}", twin_image(),
@@ -113,5 +116,8 @@ async def test_a_leftover_container_blocks_bring_up_before_anything_starts(tmp_p
                 async with bring_up(launch, nodes):
                     pass
         assert not list(tmp_path.rglob("run/*.pid"))
+        down = await asyncio.to_thread(CliRunner().invoke, app, ["down", "--cluster", str(cluster_file)])
+        assert down.exit_code == 0 and f"removed container node1: {container}" in down.output, down.output
+        assert containers_labelled(cluster_name) == []
     finally:
         subprocess.run(["docker", "rm", "-f", container], capture_output=True, timeout=30)

@@ -146,6 +146,8 @@ def sweep_command(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print every topology's commands and the cells; "
                                  "start nothing."),
     seed: int = typer.Option(None, "--seed", help="Seed for prompt offsets (default: random)."),
+    no_doctor: bool = typer.Option(False, "--no-doctor", help="Skip `topo doctor`'s blocking checks, which "
+                                   "otherwise run before anything starts."),
 ) -> None:
     """Bring the cluster up in each topology, sweep the concurrency levels, tear it down, write a report.
 
@@ -183,7 +185,7 @@ def sweep_command(
     with RichSweepProgress(console) as progress:
         try:
             outcome = asyncio.run(run_sweep(sweep, directory, progress, command_line=command_line(),
-                                            resume=resume is not None))
+                                            resume=resume is not None, check_nodes=not no_doctor))
         except KeyboardInterrupt:
             progress.progress.stop()
             # soft_wrap: a command to copy must not be broken across lines at the terminal's width

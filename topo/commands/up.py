@@ -7,7 +7,7 @@ import asyncio
 import typer
 from rich.console import Console
 
-from cluster.bringup import bring_up, open_cluster, stop_leftovers, teardown_on_signals
+from cluster.bringup import bring_up, open_cluster, remove_leftover_containers, stop_leftovers, teardown_on_signals
 from cluster.progress import ConsoleProgress
 from topology.inventory import load_cluster
 from topology.kinds import PlanSecrets, parse_topology, plan
@@ -71,14 +71,17 @@ def down_command(
     async def run() -> int:
         async with open_cluster(loaded) as nodes:
             outcomes = await stop_leftovers(nodes, grace_s=grace)
+            containers = await remove_leftover_containers(loaded, nodes)
         for outcome in outcomes:
             console.print(
                 f"stopped {outcome.step} on {outcome.node} (process group {outcome.pgid})" + (" with KILL" if outcome.killed else "")
             )
-        return len(outcomes)
+        for container in containers:
+            console.print(f"removed container {container}")
+        return len(outcomes) + len(containers)
 
     stopped = asyncio.run(run())
-    console.print(f"{stopped} leftover process group(s) stopped" if stopped else "nothing left over")
+    console.print(f"{stopped} leftover(s) stopped" if stopped else "nothing left over")
 
 
 def register(app: typer.Typer) -> None:
