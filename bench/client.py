@@ -94,6 +94,25 @@ def chat_payload(model: str, prompt: Prompt, tg: int) -> dict[str, Any]:
     }
 
 
+@dataclass
+class StreamActivity:
+    """How many requests are in flight and when any of them last received bytes (perf_counter): what a
+    watchdog reads to tell a hung engine from a slow one."""
+
+    in_flight: int = 0
+    last_data: float = field(default_factory=time.perf_counter)
+
+    def started(self) -> None:
+        self.in_flight += 1
+        self.last_data = time.perf_counter()  # a new request gets a whole stall period for its first token
+
+    def received(self, now: float) -> None:
+        self.last_data = now
+
+    def finished(self) -> None:
+        self.in_flight -= 1
+
+
 class BenchClient:
     """Drives closed batches against one endpoint. Use as `async with BenchClient(...) as client:`."""
 
@@ -117,6 +136,7 @@ class BenchClient:
         self._slots: list[httpx.AsyncClient] = []
         self._slot_used: list[float] = []  # perf_counter of each slot's last request
         self._slot_transports: list[httpx.AsyncBaseTransport] = []
+        self.activity = StreamActivity()
 
     async def __aenter__(self) -> BenchClient:
         return self
@@ -325,6 +345,7 @@ class BenchClient:
         chunks: list[_Chunk] = []
         fallback_start = time.perf_counter()  # used only when the transport has no trace hook (tests, h2)
         response: httpx.Response | None = None
+        self.activity.started()
         try:
             response = await slot.send(request, stream=True)
             self._note_start(record, request, fallback_start)
@@ -338,6 +359,7 @@ class BenchClient:
             async for data in response.aiter_bytes():
                 now = time.perf_counter()
                 record.end = now
+                self.activity.received(now)
                 for event in parser.feed(data):
                     self._on_event(record, event, now, chunks, parser)
             record.end = time.perf_counter() if record.end is None else record.end
@@ -362,6 +384,7 @@ class BenchClient:
         except httpx.HTTPError as exc:
             record.error = f"request failed: {type(exc).__name__}: {exc}"
         finally:
+            self.activity.finished()
             self._slot_used[index] = time.perf_counter()
             self._note_start(record, request, fallback_start)
             if record.end is None:

@@ -14,6 +14,8 @@ cause stays in the traceback, and the CLI turns any ``TopoError`` into one red l
     │   ├── ReadinessTimeout        (carries the log tail of the process that did not get ready)
     │   └── NodesNotReady           `topo doctor`'s blocking checks failed before a sweep started anything
     ├── TeardownError               something a topology started could not be proven stopped
+    ├── TopologyHung                the sweep's watchdog saw a topology stop serving (no token, /health,
+    │                               metrics that stopped moving); the reason is the message
     ├── EndpointError               an OpenAI-compatible endpoint is unusable: wrong URL, unknown model,
     │                               refused connection at the first probe (per-request failures during a
     │                               run are data in the request rows, never this exception)
@@ -58,6 +60,10 @@ class RemoteCommandError(TopoError):
 
 class BringUpError(TopoError):
     """A topology did not come up."""
+
+
+class TopologyHung(TopoError):
+    """A topology that was up stopped serving (the sweep's watchdog)."""
 
 
 class NodesNotReady(BringUpError):

@@ -225,6 +225,12 @@ def meta_caveats(meta: dict[str, Any]) -> list[str]:
     for topology, error in (meta.get("errors") or {}).items():
         notes.append(f"{display_name(str(topology))} failed during the sweep: {first_line(str(error))} "
                      f"(the whole message is in meta.json under errors).")
+    for incident in meta.get("incidents") or []:  # the watchdog's: a topology that stopped serving
+        runs = incident.get("runs_failed") or []
+        failed = f"; run(s) {', '.join(map(str, runs))} of that cell failed with it" if runs else ""
+        notes.append(f"Incident: {display_name(str(incident.get('topology')))} hung at concurrency "
+                     f"{incident.get('concurrency')} ({first_line(str(incident.get('reason', '')))}){failed}; "
+                     f"{incident.get('action', '')}.")
     notes += [f"Recorded during the sweep: {warning}" for warning in meta.get("warnings") or []]
     return notes
 

@@ -21,7 +21,7 @@ import platform
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
@@ -37,7 +37,8 @@ from bench.store import ResultsStore
 from cluster.bringup import BringUpProgress, bring_up, open_cluster
 from cluster.doctor import require_ready
 from common.config import REPO_ROOT
-from common.errors import ConfigError, ResultsError, TopoError
+from common.errors import ConfigError, ResultsError, TopoError, TopologyHung
+from topo.watchdog import WatchdogSettings, watch
 from topology.inventory import Cluster, TwinEngine, load_cluster
 from topology.kinds import STUDY_TOPOLOGIES, PlanSecrets, parse_topology, plan
 from topology.plan import LaunchPlan
@@ -256,8 +257,52 @@ async def _measure_topology(
     directory: Path,
     progress: SweepProgress,
     outcome: SweepOutcome,
+    watchdog: WatchdogSettings | None,
 ) -> None:
-    """Bring one topology up, measure its missing runs cell by cell, tear it down (always)."""
+    """Bring one topology up, measure its missing runs cell by cell, tear it down (always). When the
+    watchdog calls it hung: record the incident, tear down, bring it up again and retry the cell (at most
+    `watchdog.restarts` times; then TopologyHung ends this topology and the sweep goes on)."""
+    remaining = list(todo)  # (concurrency, first run still to measure); the head is the cell in progress
+    restarts = 0
+    while remaining:
+        stored_in_cell = [0]  # runs of the head cell stored during this bring-up
+        try:
+            await _up_and_measure(item, remaining, stored_in_cell, sweep, store, meta, directory, progress,
+                                  outcome, watchdog)
+        except TopologyHung as hang:
+            concurrency, first_run = remaining[0]
+            given_up = watchdog is None or restarts >= watchdog.restarts
+            incident = {
+                "topology": item.topology,
+                "concurrency": concurrency,
+                "runs_failed": list(range(first_run + stored_in_cell[0], sweep.spec.runs)),
+                "reason": str(hang),
+                "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "action": ("torn down; given up after " f"{restarts} restart(s)" if given_up
+                           else "torn down, brought up again, cell retried"),
+            }
+            meta.setdefault("incidents", []).append(incident)
+            write_meta(directory, meta)
+            progress.note(f"{item.topology} hung at c={concurrency}: {hang}; {incident['action']}")
+            if given_up:
+                raise
+            restarts += 1
+            remaining[0] = (concurrency, first_run + stored_in_cell[0])  # runs stored before the hang stay
+
+
+async def _up_and_measure(
+    item: TopologyPlan,
+    remaining: list[tuple[int, int]],
+    stored_in_cell: list[int],
+    sweep: SweepPlan,
+    store: ResultsStore,
+    meta: dict[str, Any],
+    directory: Path,
+    progress: SweepProgress,
+    outcome: SweepOutcome,
+    watchdog: WatchdogSettings | None,
+) -> None:
+    """One bring-up: measure the cells of `remaining` in order, removing each when it is done."""
     spec = sweep.spec
     async with open_cluster(sweep.cluster) as nodes:
         async with bring_up(item.launch, nodes, progress=progress) as running:
@@ -274,24 +319,57 @@ async def _measure_topology(
                 request_timeout=spec.request_timeout_s,
                 seed=spec.seed,
             )
-            try:
+
+            async def measure() -> None:
                 await session.open()
                 for note in session.notes:
                     progress.note(f"{item.topology}: {note}")
-                for concurrency, first_run in todo:
+                while remaining:
+                    concurrency, first_run = remaining[0]
                     # a lost node or dead rank ends this topology with its log tail, not with cells of errors
                     await running.check_alive()
+                    stored_in_cell[0] = 0
                     warnings = await _measure_cell(item.topology, concurrency, first_run, session, store, progress,
-                                                   outcome, spec.runs)
+                                                   outcome, spec.runs, stored_in_cell)
+                    remaining.pop(0)
                     meta["warnings"].extend(f"{item.topology}: {w}" for w in warnings)
                     write_meta(directory, meta)
                     store.compact()
+
+            try:
+                if watchdog is None:
+                    await measure()
+                else:
+                    await _watched(measure(), watch(item.launch, lambda: session.client.activity if session.client
+                                                    else None, watchdog))
             finally:
                 await session.close()
 
 
+async def _watched(work: Coroutine[Any, Any, None], watchdog: Coroutine[Any, Any, str]) -> None:
+    """Run `work`; if the watchdog returns first, cancel the work and raise TopologyHung with its reason."""
+    work_task = asyncio.ensure_future(work)
+    dog_task = asyncio.ensure_future(watchdog)
+    try:
+        done, _ = await asyncio.wait({work_task, dog_task}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # cancelled from outside (Ctrl-C, SIGTERM): both go
+        for task in (work_task, dog_task):
+            task.cancel()
+        await asyncio.gather(work_task, dog_task, return_exceptions=True)
+        raise
+    if work_task in done:
+        dog_task.cancel()
+        await asyncio.gather(dog_task, return_exceptions=True)
+        work_task.result()  # the work's own error, if any
+        return
+    work_task.cancel()  # the runs it stored stay stored; the requests in flight are abandoned
+    await asyncio.gather(work_task, return_exceptions=True)
+    raise TopologyHung(dog_task.result())
+
+
 async def _measure_cell(topology: str, concurrency: int, first_run: int, session: BenchSession,
-                        store: ResultsStore, progress: SweepProgress, outcome: SweepOutcome, runs: int) -> list[str]:
+                        store: ResultsStore, progress: SweepProgress, outcome: SweepOutcome, runs: int,
+                        stored_in_cell: list[int] | None = None) -> list[str]:
     rows: list[dict[str, Any]] = []
 
     def on_run(done: RunDone) -> None:
@@ -304,6 +382,8 @@ async def _measure_cell(topology: str, concurrency: int, first_run: int, session
             store.append(done.records, [row])
             rows.append(row)
             outcome.measured_runs += 1
+            if stored_in_cell is not None:
+                stored_in_cell[0] += 1
         progress.run_done(topology, concurrency, first_run + max(done.run, 0), done.warmup)
 
     result = await session.cell(concurrency, runs - first_run, topology=topology, on_run=on_run)
@@ -320,6 +400,7 @@ async def run_sweep(
     resume: bool = False,
     on_topology_done: Callable[[str], None] | None = None,
     check_nodes: bool = True,
+    watchdog: WatchdogSettings | None = WatchdogSettings(),
 ) -> SweepOutcome:
     """Measure every missing run of the sweep into `directory`; see the module docstring.
     First (unless `check_nodes` is off) `topo doctor`'s blocking checks: NodesNotReady, nothing started."""
@@ -355,7 +436,7 @@ async def run_sweep(
                 continue
             progress.topology_started(item.topology, [c for c, _ in todo])
             try:
-                await _measure_topology(item, todo, sweep, store, meta, directory, progress, outcome)
+                await _measure_topology(item, todo, sweep, store, meta, directory, progress, outcome, watchdog)
             except TopoError as exc:
                 # One topology failing (a node that does not come up) must not cost the others' cells.
                 outcome.errors[item.topology] = str(exc)

@@ -702,6 +702,7 @@ async def serve(args: Any) -> None:
     from twin.cli import bind_host, engine_config_kwargs, http_keep_alive_s, local_rank_address
     from twin.distributed import run_headless_rank
     from twin.engine import Engine, EngineConfig
+    from twin.hang_fault import hang_fault_from_env
     from twin.profiles import load_card, load_hardware
 
     keep_alive_s = http_keep_alive_s()  # a bad value fails before anything starts
@@ -722,7 +723,7 @@ async def serve(args: Any) -> None:
     default_text_source(args.seed or 0)  # build the token table before the port opens, not on request 1
     group = make_rank_group(args)
     await group.start()
-    engine = Engine(config, step_hook=group.step)
+    engine = Engine(config, step_hook=hang_fault_from_env(group.step))
     await engine.start()
     app = build_app(engine, group, served_model_names=args.served_model_names, model_root=args.model,
                     api_key=args.api_key, seed=args.seed or 0)

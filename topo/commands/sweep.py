@@ -17,6 +17,7 @@ from common.errors import ConfigError, TopoError
 from reports.console import print_report
 from reports.results import render_results
 from topo.commands.bench import parse_concurrency
+from topo.watchdog import WatchdogSettings
 from topo.sweep import (
     DEFAULT_CONCURRENCY,
     SweepPlan,
@@ -148,6 +149,10 @@ def sweep_command(
     seed: int = typer.Option(None, "--seed", help="Seed for prompt offsets (default: random)."),
     no_doctor: bool = typer.Option(False, "--no-doctor", help="Skip `topo doctor`'s blocking checks, which "
                                    "otherwise run before anything starts."),
+    stall_timeout: float = typer.Option(WatchdogSettings.stall_s, "--stall-timeout", min=1.0, help="Watchdog: "
+                                        "seconds without a token on any in-flight request before the topology "
+                                        "counts as hung (it is then restarted once and the cell retried)."),
+    no_watchdog: bool = typer.Option(False, "--no-watchdog", help="Never restart a topology that stops serving."),
 ) -> None:
     """Bring the cluster up in each topology, sweep the concurrency levels, tear it down, write a report.
 
@@ -185,7 +190,8 @@ def sweep_command(
     with RichSweepProgress(console) as progress:
         try:
             outcome = asyncio.run(run_sweep(sweep, directory, progress, command_line=command_line(),
-                                            resume=resume is not None, check_nodes=not no_doctor))
+                                            resume=resume is not None, check_nodes=not no_doctor,
+                                            watchdog=None if no_watchdog else WatchdogSettings(stall_s=stall_timeout)))
         except KeyboardInterrupt:
             progress.progress.stop()
             # soft_wrap: a command to copy must not be broken across lines at the terminal's width
