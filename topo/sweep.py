@@ -248,102 +248,92 @@ class SweepOutcome:
 # The run
 
 
-async def _measure_topology(
-    item: TopologyPlan,
-    todo: list[tuple[int, int]],
-    sweep: SweepPlan,
-    store: ResultsStore,
-    meta: dict[str, Any],
-    directory: Path,
-    progress: SweepProgress,
-    outcome: SweepOutcome,
-    watchdog: WatchdogSettings | None,
-) -> None:
-    """Bring one topology up, measure its missing runs cell by cell, tear it down (always). When the
-    watchdog calls it hung: record the incident, tear down, bring it up again and retry the cell (at most
-    `watchdog.restarts` times; then TopologyHung ends this topology and the sweep goes on)."""
-    remaining = list(todo)  # (concurrency, first run still to measure); the head is the cell in progress
-    restarts = 0
-    while remaining:
-        stored_in_cell = [0]  # runs of the head cell stored during this bring-up
-        try:
-            await _up_and_measure(item, remaining, stored_in_cell, sweep, store, meta, directory, progress,
-                                  outcome, watchdog)
-        except TopologyHung as hang:
-            concurrency, first_run = remaining[0]
-            given_up = watchdog is None or restarts >= watchdog.restarts
-            incident = {
-                "topology": item.topology,
-                "concurrency": concurrency,
-                "runs_failed": list(range(first_run + stored_in_cell[0], sweep.spec.runs)),
-                "reason": str(hang),
-                "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "action": ("torn down; given up after " f"{restarts} restart(s)" if given_up
-                           else "torn down, brought up again, cell retried"),
-            }
-            meta.setdefault("incidents", []).append(incident)
-            write_meta(directory, meta)
-            progress.note(f"{item.topology} hung at c={concurrency}: {hang}; {incident['action']}")
-            if given_up:
-                raise
-            restarts += 1
-            remaining[0] = (concurrency, first_run + stored_in_cell[0])  # runs stored before the hang stay
+@dataclass
+class _TopologyRun:
+    """What measuring one topology needs from the sweep around it."""
 
+    item: TopologyPlan
+    sweep: SweepPlan
+    store: ResultsStore
+    meta: dict[str, Any]
+    directory: Path
+    progress: SweepProgress
+    outcome: SweepOutcome
+    watchdog: WatchdogSettings | None
 
-async def _up_and_measure(
-    item: TopologyPlan,
-    remaining: list[tuple[int, int]],
-    stored_in_cell: list[int],
-    sweep: SweepPlan,
-    store: ResultsStore,
-    meta: dict[str, Any],
-    directory: Path,
-    progress: SweepProgress,
-    outcome: SweepOutcome,
-    watchdog: WatchdogSettings | None,
-) -> None:
-    """One bring-up: measure the cells of `remaining` in order, removing each when it is done."""
-    spec = sweep.spec
-    async with open_cluster(sweep.cluster) as nodes:
-        async with bring_up(item.launch, nodes, progress=progress) as running:
-            meta["startup_s"][item.topology] = round(running.bring_up_s, 3)
-            write_meta(directory, meta)
-            progress.topology_up(item.topology, running.bring_up_s)
-            api_key = running.endpoint_headers().get("Authorization", "").removeprefix("Bearer ") or None
-            session = BenchSession(
-                Endpoint.from_url(running.endpoint, api_key),
-                item.launch.served_model_name,
-                pp=spec.pp,
-                tg=spec.tg,
-                latency_mode=spec.latency_mode,
-                request_timeout=spec.request_timeout_s,
-                seed=spec.seed,
-            )
-
-            async def measure() -> None:
-                await session.open()
-                for note in session.notes:
-                    progress.note(f"{item.topology}: {note}")
-                while remaining:
-                    concurrency, first_run = remaining[0]
-                    # a lost node or dead rank ends this topology with its log tail, not with cells of errors
-                    await running.check_alive()
-                    stored_in_cell[0] = 0
-                    warnings = await _measure_cell(item.topology, concurrency, first_run, session, store, progress,
-                                                   outcome, spec.runs, stored_in_cell)
-                    remaining.pop(0)
-                    meta["warnings"].extend(f"{item.topology}: {w}" for w in warnings)
-                    write_meta(directory, meta)
-                    store.compact()
-
+    async def measure(self, todo: list[tuple[int, int]]) -> None:
+        """Bring the topology up, measure its missing runs cell by cell, tear it down (always). When the
+        watchdog calls it hung: record the incident, tear down, bring it up again and retry the cell (at
+        most `watchdog.restarts` times; then TopologyHung ends this topology and the sweep goes on)."""
+        remaining = list(todo)  # (concurrency, first run still to measure); the head is the cell in progress
+        restarts = 0
+        while remaining:
+            stored_in_cell = [0]  # runs of the head cell stored during this bring-up
             try:
-                if watchdog is None:
-                    await measure()
-                else:
-                    await _watched(measure(), watch(item.launch, lambda: session.client.activity if session.client
-                                                    else None, watchdog))
-            finally:
-                await session.close()
+                await self._up_and_measure(remaining, stored_in_cell)
+            except TopologyHung as hang:
+                concurrency, first_run = remaining[0]
+                given_up = self.watchdog is None or restarts >= self.watchdog.restarts
+                incident = {
+                    "topology": self.item.topology,
+                    "concurrency": concurrency,
+                    "runs_failed": list(range(first_run + stored_in_cell[0], self.sweep.spec.runs)),
+                    "reason": str(hang),
+                    "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "action": (f"torn down; given up after {restarts} restart(s)" if given_up
+                               else "torn down, brought up again, cell retried"),
+                }
+                self.meta.setdefault("incidents", []).append(incident)
+                write_meta(self.directory, self.meta)
+                self.progress.note(f"{self.item.topology} hung at c={concurrency}: {hang}; {incident['action']}")
+                if given_up:
+                    raise
+                restarts += 1
+                remaining[0] = (concurrency, first_run + stored_in_cell[0])  # runs stored before the hang stay
+
+    async def _up_and_measure(self, remaining: list[tuple[int, int]], stored_in_cell: list[int]) -> None:
+        """One bring-up: measure the cells of `remaining` in order, removing each when it is done."""
+        item, spec, meta, progress = self.item, self.sweep.spec, self.meta, self.progress
+        async with open_cluster(self.sweep.cluster) as nodes:
+            async with bring_up(item.launch, nodes, progress=progress) as running:
+                meta["startup_s"][item.topology] = round(running.bring_up_s, 3)
+                write_meta(self.directory, meta)
+                progress.topology_up(item.topology, running.bring_up_s)
+                api_key = running.endpoint_headers().get("Authorization", "").removeprefix("Bearer ") or None
+                session = BenchSession(
+                    Endpoint.from_url(running.endpoint, api_key),
+                    item.launch.served_model_name,
+                    pp=spec.pp,
+                    tg=spec.tg,
+                    latency_mode=spec.latency_mode,
+                    request_timeout=spec.request_timeout_s,
+                    seed=spec.seed,
+                )
+
+                async def measure() -> None:
+                    await session.open()
+                    for note in session.notes:
+                        progress.note(f"{item.topology}: {note}")
+                    while remaining:
+                        concurrency, first_run = remaining[0]
+                        # a lost node or dead rank ends this topology with its log tail, not cells of errors
+                        await running.check_alive()
+                        stored_in_cell[0] = 0
+                        warnings = await _measure_cell(item.topology, concurrency, first_run, session, self.store,
+                                                       progress, self.outcome, spec.runs, stored_in_cell)
+                        remaining.pop(0)
+                        meta["warnings"].extend(f"{item.topology}: {w}" for w in warnings)
+                        write_meta(self.directory, meta)
+                        self.store.compact()
+
+                try:
+                    if self.watchdog is None:
+                        await measure()
+                    else:
+                        await _watched(measure(), watch(item.launch, lambda: session.client.activity
+                                                        if session.client else None, self.watchdog))
+                finally:
+                    await session.close()
 
 
 async def _watched(work: Coroutine[Any, Any, None], watchdog: Coroutine[Any, Any, str]) -> None:
@@ -436,7 +426,7 @@ async def run_sweep(
                 continue
             progress.topology_started(item.topology, [c for c, _ in todo])
             try:
-                await _measure_topology(item, todo, sweep, store, meta, directory, progress, outcome, watchdog)
+                await _TopologyRun(item, sweep, store, meta, directory, progress, outcome, watchdog).measure(todo)
             except TopoError as exc:
                 # One topology failing (a node that does not come up) must not cost the others' cells.
                 outcome.errors[item.topology] = str(exc)
