@@ -577,6 +577,12 @@ class TwinServer:
         return JSONResponse({"count": len(tokens), "max_model_len": self.max_model_len, "tokens": tokens,
                              "token_strs": None})
 
+    async def version(self, request: Request) -> Response:
+        """Like vLLM's GET /version: what topo records as the engine version of a sweep."""
+        from twin.cli import twin_version
+
+        return JSONResponse({"version": twin_version(), "engine": "twin"})
+
     async def metrics(self, request: Request) -> Response:
         return PlainTextResponse(self.render_metrics(), media_type="text/plain; version=0.0.4")
 
@@ -662,6 +668,7 @@ def build_app(
         Route("/health", server.health, methods=["GET"]),
         Route("/tokenize", server.tokenize, methods=["POST"]),
         Route("/metrics", server.metrics, methods=["GET"]),
+        Route("/version", server.version, methods=["GET"]),
         Route("/twin/requests", server.twin_requests, methods=["GET", "DELETE"]),
         Route("/twin/ranks", server.twin_ranks, methods=["GET"]),
     ]
