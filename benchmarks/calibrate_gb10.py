@@ -118,10 +118,12 @@ def print_solo(pred: dict[int, dict[str, float]], ref: dict[int, dict[str, float
 
 
 def load_measured(path: Path) -> dict[int, dict[str, float]]:
-    """Mean per concurrency of a `topo bench --out DIR` cells.parquet (all rows: one endpoint)."""
+    """Mean per concurrency of a `topo bench --out DIR` folder's cells, or of one cells file (one endpoint)."""
     import pandas as pd
 
-    cells = pd.read_parquet(path / "cells.parquet" if path.is_dir() else path)
+    from bench.results_folder import ResultsFolder
+
+    cells = ResultsFolder(path).read_cells() if path.is_dir() else pd.read_parquet(path)
     return mean_by_concurrency(cells.to_dict("records"))
 
 

@@ -129,8 +129,9 @@ async def _node_facts(node: Node, recipe: Recipe, connector: Connector, steps: l
 async def what_ran(plan: LaunchPlan, cluster: Cluster, recipe: Recipe, connectors: Mapping[str, Connector],
                    logs: Mapping[str, str], *, transport: httpx.AsyncBaseTransport | None = None) -> dict[str, Any]:
     """{executor, nodes: {node: facts}} of a topology that is up; `logs` maps step name -> its log path."""
-    engine_nodes = sorted({step.node for step in plan.steps() if step.node in connectors},
-                          key=lambda name: [node.name for node in cluster.nodes].index(name))
+    order = [node.name for node in cluster.nodes]  # the proxy may run on the controller: not a node
+    engine_nodes = sorted({step.node for step in plan.steps() if step.node in order and step.node in connectors},
+                          key=order.index)
     facts = await asyncio.gather(*(
         _node_facts(cluster.node(name), recipe, connectors[name], [s for s in plan.steps() if s.node == name],
                     {s.name: logs[s.name] for s in plan.steps() if s.node == name and s.name in logs})

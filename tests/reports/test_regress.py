@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from bench.results_folder import FolderMeta
 from common.errors import RegressionInputError
 from reports.regress import (
     RegressionPolicy,
@@ -173,7 +174,8 @@ def test_unusable_input_is_a_regression_input_error(tmp_path: Path) -> None:
         compare_sweeps(frame(cell_rows("solo", 1, [1])), frame(cell_rows("solo", 2, [1])))
     with pytest.raises(RegressionInputError, match="pp is 1024 in the baseline and 512"):
         compare_sweeps(frame(cell_rows("solo", 1, [1])), frame(cell_rows("solo", 1, [1])),
-                       baseline_meta={"spec": {"pp": 1024}}, current_meta={"pp": 512})
+                       baseline_meta=FolderMeta(kind="sweep", spec={"pp": 1024}),
+                       current_meta=FolderMeta(kind="prediction", spec={"pp": 512}))
     with pytest.raises(RegressionInputError, match="missing column"):
         compare_sweeps(pd.DataFrame({"topology": ["solo"]}), frame(cell_rows("solo", 1, [1])))
     with pytest.raises(RegressionInputError, match="cannot compare: .*no such results folder"):

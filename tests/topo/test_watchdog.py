@@ -205,6 +205,6 @@ def test_twin_hangs_mid_cell_and_the_sweep_recovers_retries_once_and_completes(t
     assert sorted(zip(cells.concurrency, cells.run)) == [(1, 0), (1, 1), (1, 2), (2, 0), (2, 1), (2, 2)]
     assert (cells.failed == 0).all()  # the retried runs are clean; the failed attempt is the incident
     report = (out / "report.md").read_text()
-    assert "Incident: " in report and f"hung at concurrency {incident['concurrency']}" in report
+    assert "Incident: " in report and f"hung at {incident['load']}" in report
     assert "brought up again, cell retried" in report
     assert sorted(str(p) for p in cluster.parent.rglob("run/*.pid")) == []
