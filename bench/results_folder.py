@@ -113,11 +113,53 @@ class NodeFacts(BaseModel):
     env: dict[str, dict[str, str]] = {}  # step -> the link variables its process got (secrets masked)
 
 
+    def summary(self, *, with_link: bool = True) -> str:
+        """One line for a report header: engine and version, image, NCCL (and over what, `with_link`: an
+        engine on one node has no NCCL traffic to speak of), driver, kernel."""
+        parts = [" ".join(p for p in (self.engine, self.engine_version) if p) or "engine ?"]
+        if self.engine_commit:
+            parts[0] += f" (commit {self.engine_commit})"
+        if self.image:
+            parts.append(f"image {self.image}" + (f" {self.image_id[:19]}" if self.image_id else ""))
+        link = next(iter(self.env.values()), {})
+        if link.get("NCCL_IB_HCA") and link.get("NCCL_IB_DISABLE") != "1":
+            transport = f"over RoCE {link['NCCL_IB_HCA']}"
+        else:
+            transport = f"over sockets {link.get('NCCL_SOCKET_IFNAME', '?')}"
+        if with_link:
+            parts.append(f"NCCL {self.nccl or '-'} {transport}")
+        parts += [f"driver {self.driver}"] if self.driver else []
+        parts += [f"kernel {self.kernel}"] if self.kernel else []
+        return ", ".join(parts)
+
+
 class WhatRan(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     executor: str  # mp | ray | uni
     nodes: dict[str, NodeFacts] = {}
+
+
+# What `topo regress` compares between two sweeps' records of what ran (besides executor and link env).
+COMPARED_FACTS = ("engine_version", "engine_commit", "image_id", "nccl", "driver", "kernel")
+
+
+def ran_differences(baseline: dict[str, WhatRan], current: dict[str, WhatRan]) -> list[str]:
+    """Per topology and node, what ran differently in two sweeps; a side without a record says nothing."""
+    found = []
+    for topology in sorted(set(baseline) & set(current)):
+        base, cur = baseline[topology], current[topology]
+        if base.executor != cur.executor:
+            found.append(f"{topology}: executor {base.executor} -> {cur.executor}")
+        for node in sorted(set(base.nodes) & set(cur.nodes)):
+            was, now = base.nodes[node], cur.nodes[node]
+            for fact in COMPARED_FACTS:
+                before, after = getattr(was, fact), getattr(now, fact)
+                if before is not None and after is not None and before != after:
+                    found.append(f"{topology} on {node}: {fact} {before} -> {after}")
+            if was.env and now.env and was.env != now.env:
+                found.append(f"{topology} on {node}: the NCCL/GLOO environment changed")
+    return found
 
 
 class FolderMeta(BaseModel):

@@ -35,8 +35,6 @@ LINK_ENV_PREFIXES = ("NCCL_", "GLOO_", "UCX_", "OMPI_MCA_", "TP_SOCKET_", "VLLM_
 _SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD", re.IGNORECASE)
 _COMMIT = re.compile(r"\+g([0-9a-f]{7,40})")
 _NCCL_IN_LOG = re.compile(r"nccl==(\d+(?:\.\d+)+)|NCCL version (\d+(?:\.\d+)+)")
-# Which facts regress compares between two sweeps (and the report header shows).
-COMPARED_FACTS = ("engine_version", "engine_commit", "image_id", "nccl", "driver", "kernel")
 
 
 def split_version(text: str | None) -> tuple[str | None, str | None]:
@@ -148,21 +146,3 @@ async def what_ran(plan: LaunchPlan, cluster: Cluster, recipe: Recipe, connector
         version, commit = split_version(versions.get(name, rank0))
         node_facts["engine_version"], node_facts["engine_commit"] = version, commit
     return {"executor": executor(plan), "nodes": nodes}
-
-
-def differences(baseline: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """Per topology and node, the COMPARED_FACTS (and the link env) that differ between two sweeps'
-    `ran` records; a side without a record is not compared."""
-    found = []
-    for topology in sorted(set(baseline) & set(current)):
-        base, cur = baseline[topology] or {}, current[topology] or {}
-        if base.get("executor") and cur.get("executor") and base["executor"] != cur["executor"]:
-            found.append(f"{topology}: executor {base['executor']} -> {cur['executor']}")
-        base_nodes, cur_nodes = base.get("nodes") or {}, cur.get("nodes") or {}
-        for node in sorted(set(base_nodes) & set(cur_nodes)):
-            for fact in (*COMPARED_FACTS, "env"):
-                was, now = base_nodes[node].get(fact), cur_nodes[node].get(fact)
-                if was is not None and now is not None and was != now:
-                    shown = "changed" if fact == "env" else f"{was} -> {now}"
-                    found.append(f"{topology} on {node}: {fact} {shown}")
-    return found

@@ -114,6 +114,10 @@ class Report:
         add("Twin hardware", meta.spec.get("twin_hardware"))
         add("Git", meta.git_describe)
         add("Versions", ", ".join(f"{k} {v}" for k, v in meta.versions.items() if v))
+        for topology, ran in meta.ran.items():  # what ran on each node (cluster/provenance.py)
+            spans = ran.executor != "uni"  # NCCL crosses the link only when one engine spans nodes
+            nodes = "; ".join(f"{node}: {facts.summary(with_link=spans)}" for node, facts in ran.nodes.items())
+            lines.append(f"Ran {display_name(topology)}: executor {ran.executor}; {nodes}")
         add("Command", meta.command_line)
         return lines
 

@@ -9,7 +9,8 @@ import httpx
 
 from cluster.connector import Completed
 from cluster.fake import FakeConnector
-from cluster.provenance import differences, executor, link_env, nccl_from_log, split_version, what_ran
+from bench.results_folder import NodeFacts, WhatRan, ran_differences
+from cluster.provenance import executor, link_env, nccl_from_log, split_version, what_ran
 from topology.inventory import load_cluster
 from topology.kinds import PlanSecrets, parse_topology, plan
 from topology.recipe import load_recipe
@@ -85,14 +86,27 @@ def test_versions_logs_and_masking() -> None:
 def test_differences_name_topology_node_and_fact() -> None:
     node = {"engine_version": "0.19.1", "engine_commit": None, "image_id": "sha256:a", "nccl": "2.27.3",
             "driver": "580.95.05", "kernel": "6.11", "env": {"engine": {"NCCL_IB_HCA": "a,b"}}}
-    baseline = {"tp2-mp": {"executor": "mp", "nodes": {"spark1": node}}}
-    same = json.loads(json.dumps(baseline))
-    assert differences(baseline, same) == []
-    changed = json.loads(json.dumps(baseline))
-    changed["tp2-mp"]["nodes"]["spark1"].update(engine_version="0.19.2", driver="580.99", env={"engine": {}})
-    assert differences(baseline, changed) == [
+    baseline = {"tp2-mp": WhatRan(executor="mp", nodes={"spark1": NodeFacts(**node)})}
+    assert ran_differences(baseline, {k: v.model_copy(deep=True) for k, v in baseline.items()}) == []
+    changed = {"tp2-mp": WhatRan(executor="mp", nodes={"spark1": NodeFacts(**{
+        **node, "engine_version": "0.19.2", "driver": "580.99", "engine_commit": "abc", "env": {}})})}
+    assert ran_differences(baseline, changed) == [
         "tp2-mp on spark1: engine_version 0.19.1 -> 0.19.2",
         "tp2-mp on spark1: driver 580.95.05 -> 580.99",
-        "tp2-mp on spark1: env changed",
-    ]
-    assert differences(baseline, {"solo": {}}) == []  # nothing in common: nothing to say
+    ]  # a commit only one side knows, and an env one side lacks, say nothing
+    changed["tp2-mp"].nodes["spark1"].env = {"engine": {"NCCL_IB_HCA": "a"}}
+    changed["tp2-mp"].executor = "ray"
+    assert ran_differences(baseline, changed)[0] == "tp2-mp: executor mp -> ray"
+    assert ran_differences(baseline, changed)[-1] == "tp2-mp on spark1: the NCCL/GLOO environment changed"
+    assert ran_differences(baseline, {}) == []  # nothing in common: nothing to say
+
+
+def test_header_summary_of_a_node() -> None:
+    facts = NodeFacts(engine="vllm", engine_version="0.19.2.dev7+g1a2b3c4", engine_commit="1a2b3c4",
+                      image="vllm/vllm-openai:v0.19.1", image_id="sha256:feed0001feed0001feed", nccl="2.27.3",
+                      driver="580.95.05", kernel="6.11.0", env={"engine": {"NCCL_IB_HCA": "rocep1s0f1,roceP2p1s0f1"}})
+    assert facts.summary() == ("vllm 0.19.2.dev7+g1a2b3c4 (commit 1a2b3c4), image vllm/vllm-openai:v0.19.1 "
+                               "sha256:feed0001feed, NCCL 2.27.3 over RoCE rocep1s0f1,roceP2p1s0f1, "
+                               "driver 580.95.05, kernel 6.11.0")
+    assert NodeFacts(engine="twin", env={"e": {"NCCL_SOCKET_IFNAME": "lo"}}).summary() == (
+        "twin, NCCL - over sockets lo")
