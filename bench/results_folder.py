@@ -4,7 +4,7 @@
     DIR/requests.parquet    one row per request, raw timestamps (bench/records.py RequestRecord)
     DIR/cells.parquet       one row per (topology, workload, load) cell and run (bench/records.py CELL_COLUMNS)
     DIR/parts/              appended rows not merged yet (a sweep running, or one that died)
-    DIR/telemetry.parquet   reserved for server-side telemetry
+    DIR/telemetry.parquet   samples of every engine's /metrics and every node (telemetry/sampler.py)
     DIR/report.md, DIR/report.html   rendered by reports/ from the data above
 
 Every reader and writer goes through `ResultsFolder` (the sweep, `topo bench`, `topo predict`, the nightly
@@ -21,6 +21,8 @@ each delete parts the other merged.
 Older folders load through migrations, never by rewriting them:
 - meta.json schema 1 (`"schema": 1`, topo before the typed meta) -> 2: the key is `schema_version`.
 - Parquet schema 1 (before the load as a value) -> 2: `workload` is `default`, `load` is `c{concurrency}`.
+- A column other than the row key that a file lacks (a metric added after it was written) is empty, so
+  adding a metric to CELL_COLUMNS needs no new schema version.
 - A file without a schema version (written by pandas: `topo predict --out` before schema 2) is read when
   it holds the columns a report needs; the other columns are empty.
 """
@@ -54,6 +56,7 @@ from bench.records import (
 from bench.workload import DEFAULT_WORKLOAD
 from common.config import describe_validation_error
 from common.errors import ResultsError
+from common.masking import mask_url_credentials
 
 META_FILE = "meta.json"
 REQUESTS_FILE = "requests.parquet"
@@ -270,6 +273,27 @@ CELL_SCHEMA = pa.schema(
 )
 _LOAD_COLUMNS = {"workload", "load"}  # what schema 2 added
 
+# telemetry.parquet: one row per (scrape, series), long format. Samples are never deduplicated (each is one
+# moment of one source); the cell keys are those of the run window the sample fell in (null outside).
+TELEMETRY_SCHEMA_KEY = b"topo.telemetry_schema"
+TELEMETRY_SCHEMA = pa.schema(
+    [
+        pa.field("topology", pa.string()),
+        pa.field("workload", pa.string()),
+        pa.field("load", pa.string()),  # null: sampled outside any cell (start-up, between cells)
+        pa.field("concurrency", pa.int64()),
+        pa.field("run", pa.int64()),  # null: outside a measured run (warm-up, between runs)
+        pa.field("source", pa.string()),  # engine:<node> | proxy | node:<node>
+        pa.field("node", pa.string()),
+        pa.field("t", pa.float64()),  # perf_counter of the sweep process: the clock of requests.parquet
+        pa.field("unix", pa.float64()),
+        pa.field("metric", pa.string()),
+        pa.field("le", pa.float64()),  # histogram bucket bound; NaN otherwise
+        pa.field("value", pa.float64()),
+    ],
+    metadata={TELEMETRY_SCHEMA_KEY: b"1"},
+)
+
 
 @dataclass(frozen=True)
 class _Kind:
@@ -313,6 +337,7 @@ class FolderContents:
     meta: FolderMeta | None
     requests: pd.DataFrame | None
     unmerged_parts: int  # part files not merged into the main files yet (their rows are in the frames)
+    telemetry: pd.DataFrame | None = None  # telemetry.parquet (and its parts), when the sweep sampled
 
 
 class ResultsFolder:
@@ -359,7 +384,10 @@ class ResultsFolder:
         return self.cells_path.is_file() or bool(self._part_files(_CELLS))
 
     def unmerged_parts(self) -> list[Path]:
-        return self._part_files(_REQUESTS) + self._part_files(_CELLS)
+        return self._part_files(_REQUESTS) + self._part_files(_CELLS) + self._telemetry_parts()
+
+    def has_telemetry(self) -> bool:
+        return self.telemetry_path.is_file() or bool(self._telemetry_parts())
 
     # -- meta.json ----------------------------------------------------------------------------------------
 
@@ -404,6 +432,23 @@ class ResultsFolder:
             table = pa.Table.from_pylist([{c: row[c] for c in CELL_COLUMNS} for row in run_rows], schema=CELL_SCHEMA)
             self._write(table, self.parts / f"{_CELLS.name}-{stamp}.parquet")
 
+    def append_telemetry(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Store samples (telemetry/sampler.py rows) as one new part file."""
+        if not rows:
+            return
+        self._mkdir(self.parts)
+        stamp = f"{time.time_ns():020d}-{os.getpid()}-{next(_sequence):06d}"
+        table = pa.Table.from_pylist([{name: row.get(name) for name in TELEMETRY_SCHEMA.names} for row in rows],
+                                     schema=TELEMETRY_SCHEMA)
+        self._write(table, self.parts / f"telemetry-{stamp}.parquet")
+
+    def read_telemetry(self) -> pd.DataFrame:
+        """Every sample (main file and parts); an empty frame of the schema when there is none."""
+        paths = ([self.telemetry_path] if self.telemetry_path.is_file() else []) + self._telemetry_parts()
+        if not paths:
+            return TELEMETRY_SCHEMA.empty_table().to_pandas()
+        return pa.concat_tables([self._telemetry_table(path) for path in paths]).to_pandas()
+
     def write_cells(self, cells: pd.DataFrame) -> None:
         """Replace cells.parquet with these rows (a prediction's whole table at once)."""
         self._mkdir(self.directory)
@@ -444,6 +489,12 @@ class ResultsFolder:
             self._write(merged, main)
             for part in part_files:  # only after the merged file is in place
                 part.unlink(missing_ok=True)
+        telemetry_parts = self._telemetry_parts()
+        if telemetry_parts:
+            paths = ([self.telemetry_path] if self.telemetry_path.is_file() else []) + telemetry_parts
+            self._write(pa.concat_tables([self._telemetry_table(path) for path in paths]), self.telemetry_path)
+            for part in telemetry_parts:
+                part.unlink(missing_ok=True)
         if self.parts.exists() and not any(self.parts.iterdir()):
             self.parts.rmdir()
 
@@ -459,7 +510,9 @@ class ResultsFolder:
         cells = self.read_cells()
         has_requests = with_requests and (self.requests_path.is_file() or bool(self._part_files(_REQUESTS)))
         requests = self.read_requests(request_columns) if has_requests else None
-        return FolderContents(self.directory, cells, self.meta_or_none(), requests, len(self.unmerged_parts()))
+        telemetry = self.read_telemetry() if self.has_telemetry() else None
+        return FolderContents(self.directory, cells, self.meta_or_none(), requests, len(self.unmerged_parts()),
+                              telemetry)
 
     def write_report(self, markdown: str, html: str) -> tuple[Path, Path]:
         md_path, html_path = self.report_paths
@@ -478,6 +531,21 @@ class ResultsFolder:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ResultsError(f"cannot create {path}: {exc.strerror}") from exc
+
+    def _telemetry_parts(self) -> list[Path]:
+        return sorted(self.parts.glob("telemetry-*.parquet")) if self.parts.is_dir() else []
+
+    @staticmethod
+    def _telemetry_table(path: Path) -> pa.Table:
+        try:
+            table = pq.read_table(path)
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise ResultsError(f"{path}: not a readable parquet file ({exc})") from exc
+        version = (table.schema.metadata or {}).get(TELEMETRY_SCHEMA_KEY)
+        if version != TELEMETRY_SCHEMA.metadata[TELEMETRY_SCHEMA_KEY]:
+            raise ResultsError(f"{path}: telemetry schema {version!r}, this topo reads "
+                               f"{TELEMETRY_SCHEMA.metadata[TELEMETRY_SCHEMA_KEY]!r}")
+        return table.select(TELEMETRY_SCHEMA.names).cast(TELEMETRY_SCHEMA)
 
     def _part_files(self, kind: _Kind) -> list[Path]:
         return sorted(self.parts.glob(f"{kind.name}-*.parquet")) if self.parts.is_dir() else []
@@ -502,7 +570,9 @@ class ResultsFolder:
 
     @staticmethod
     def _migrated(kind: _Kind, path: Path, schema: pa.Schema) -> pa.Table:
-        """One file as `schema` (schema 2); older files get the columns their version lacks as nulls."""
+        """One file as `schema` (the current one). The row key must be there (but for what a version before
+        it lacked); any other column a file lacks is empty: a metric added later is unknown for older rows,
+        so adding one needs no new schema version."""
         try:
             stored = pq.read_schema(path)
             version = (stored.metadata or {}).get(SCHEMA_KEY)
@@ -510,21 +580,18 @@ class ResultsFolder:
             table = pq.read_table(path, columns=[n for n in schema.names if n in present])
         except (OSError, pa.ArrowInvalid) as exc:
             raise ResultsError(f"{path}: not a readable parquet file ({exc})") from exc
-        current = str(SCHEMA_VERSION).encode()
+        known = {str(v).encode(): v for v in range(1, SCHEMA_VERSION + 1)}
         if version is None:
             missing = [c for c in kind.legacy_required if c not in present]
             if missing:
                 raise ResultsError(f"{path}: no topo schema version, and missing column(s) {', '.join(missing)}")
-            may_lack = set(schema.names)
-        elif version == b"1":
-            may_lack = _LOAD_COLUMNS
-        elif version == current:
-            may_lack = set()
+        elif version in known:
+            required = [c for c in kind.key if not (known[version] == 1 and c in _LOAD_COLUMNS)]
+            missing = [c for c in required if c not in present]
+            if missing:
+                raise ResultsError(f"{path}: missing columns {missing}")
         else:
             raise ResultsError(f"{path}: schema version {version!r}, this topo reads 1 to {SCHEMA_VERSION}")
-        missing = [n for n in schema.names if n not in present]
-        if set(missing) - may_lack:
-            raise ResultsError(f"{path}: missing columns {sorted(set(missing) - may_lack)}")
         arrays = [table.column(f.name) if f.name in present else pa.nulls(table.num_rows, f.type) for f in schema]
         try:
             return pa.Table.from_arrays(arrays, schema=schema.remove_metadata()).cast(schema)

@@ -6,7 +6,7 @@
 
 `topo bench`, the sweep and benchmarks/ use it. A session shares across its cells: the preflight, the token
 counter decision, one prompt factory (the prompt is adapted to the chat template once, after the first
-warm-up) and one client (connections reused). A cell (METRICS.md) is a discarded warm-up batch, then
+warm-up) and one client (connections reused). A cell (docs/METRICS.md) is a discarded warm-up batch, then
 `runs` batches of the load; `on_run` gets every finished run as soon as it is measured, so a caller stores
 it at once: nothing measured is lost when a later run or the process dies.
 """
@@ -43,7 +43,7 @@ class BenchSettings:
     tg: int = 128  # generated tokens (max_tokens = min_tokens, ignore_eos)
     depth: int = 0  # context tokens before the prompt
     workload: str = DEFAULT_WORKLOAD  # the request shape's name, stored with every row
-    latency_mode: LatencyMode = "api"  # how the network/API offset is measured (METRICS.md `latency`)
+    latency_mode: LatencyMode = "api"  # how the network/API offset is measured (docs/METRICS.md `latency`)
     tokenizer: Path | None = None  # count prompt tokens with this tokenizer (default: see choose_counter)
     corpus: Path | None = None  # text to cut prompts from (default: the built-in corpus)
     unique_prefix: bool = True  # a unique tag at the start of each prompt: no prefix-cache hits

@@ -35,8 +35,10 @@ from cluster.supervise import (
     Supervised,
     listening_ports,
     live_groups,
+    foreign_note,
     live_leftovers,
     log_tail,
+    pidfile_state,
     prove_ports_closed,
     read_pidfiles,
     signal_group,
@@ -512,18 +514,33 @@ def teardown_on_signals(signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGHU
             loop.remove_signal_handler(signum)
 
 
-async def stop_leftovers(nodes: Mapping[str, NodeAccess], *, grace_s: float = 30.0) -> list[StopOutcome]:
-    """`topo down`: stop every process an earlier run left behind (found by its pidfile) on every node."""
-    outcomes: list[StopOutcome] = []
+@dataclass
+class Leftovers:
+    """What `topo down` did: the groups it stopped, and the pidfiles it refused to act on."""
+
+    stopped: list[StopOutcome]
+    foreign: list[str]  # one sentence each: which pidfile, why, what to do
+    containers: list[str] = field(default_factory=list)  # "node: name" of each container removed
+
+
+async def stop_leftovers(nodes: Mapping[str, NodeAccess], *, grace_s: float = 30.0) -> Leftovers:
+    """`topo down`: stop every process an earlier run left behind (found by its pidfile) on every node.
+    Only a group whose leader is provably the process topo started is signalled; a pidfile whose pid now
+    belongs to someone else (or that carries no identity) is reported and kept, never acted on."""
+    result = Leftovers([], [])
     for name, node in nodes.items():
         for entry in await read_pidfiles(node.connector, node.workdir):
-            if entry.pgid is None or entry.pgid <= 1:
+            state = await pidfile_state(node.connector, entry)
+            if state == "gone":
                 await node.connector.run(["rm", "-f", entry.pidfile])
-                continue
-            paths = step_paths(node.workdir, entry.step)
-            process = Supervised(entry.step, name, entry.pgid, paths.log, entry.pidfile)
-            outcomes.append(await stop_group(node.connector, process, grace_s=grace_s))
-    return outcomes
+            elif state == "foreign":
+                result.foreign.append(foreign_note(name, entry))
+            else:
+                assert entry.pgid is not None
+                paths = step_paths(node.workdir, entry.step)
+                process = Supervised(entry.step, name, entry.pgid, paths.log, entry.pidfile)
+                result.stopped.append(await stop_group(node.connector, process, grace_s=grace_s))
+    return result
 
 
 async def remove_leftover_containers(cluster: Cluster, nodes: Mapping[str, NodeAccess]) -> list[str]:
@@ -546,6 +563,7 @@ async def remove_leftover_containers(cluster: Cluster, nodes: Mapping[str, NodeA
 __all__ = [
     "BringUpProgress",
     "BringUpSettings",
+    "Leftovers",
     "ClusterAccess",
     "NodeAccess",
     "Running",

@@ -36,6 +36,7 @@ from cluster.supervise import listening_ports, live_leftovers
 from common.errors import ConnectError, NodesNotReady, RemoteCommandError, TopoError
 from topology.inventory import CONTROLLER, Cluster, Node, TwinEngine, VllmEngine
 from topology.kinds import CONTAINER_LABEL
+from topology.plan import ArgOrSecret, config_env
 from topology.recipe import Recipe
 
 Verdict = Literal["ok", "warn", "fail", "skip"]
@@ -78,7 +79,7 @@ class DoctorContext:
         return [node for node in self.cluster.nodes if node.name not in self.unreachable]
 
     async def run(self, node: Node, argv: Sequence[str], timeout: float | None = None,
-                  env: Mapping[str, str] | None = None) -> Completed:
+                  env: Mapping[str, ArgOrSecret] | None = None) -> Completed:
         return await self.connectors[node.name].run(argv, env=env, timeout=timeout or self.settings.command_timeout_s)
 
 
@@ -235,7 +236,8 @@ async def check_engine(ctx: DoctorContext) -> list[Finding]:
     async def version(node: Node) -> tuple[str | None, str]:
         argv, what = engine_version_argv(node, ctx.recipe)
         # with the node's env, as the engine will run (PATH, PYTHONPATH, LD_LIBRARY_PATH decide what runs)
-        done = await ctx.run(node, argv, timeout=max(ctx.settings.command_timeout_s, 60), env=node.env or None)
+        env = config_env(node.env, f"node {node.name!r}") or None
+        done = await ctx.run(node, argv, timeout=max(ctx.settings.command_timeout_s, 60), env=env)
         lines = done.stdout.strip().splitlines()
         if not done.ok or not lines:
             hint = f" (docker pull it on {node.name})" if node.engine.launcher == "docker" else ""

@@ -18,7 +18,7 @@ import plotly.graph_objects as go
 from bench.results_folder import ResultsFolder
 from common.errors import ResultsError
 from reports.names import display_name, ordered_topologies
-from reports.report import DisplayTable
+from reports.display import DisplayTable
 from reports.tables import MetricSpec, format_value, validate_cells
 
 TREND_COLUMNS_SHOWN = 10  # sweeps in a Markdown trend table (the chart shows them all)

@@ -8,26 +8,14 @@ from __future__ import annotations
 
 import html
 import math
-from typing import TYPE_CHECKING
-
 import plotly.graph_objects as go
 
-from reports.names import DISPLAY_NAMES, display_name
+from reports.display import DisplayTable
+from reports.history import sweep_order, trend_figure
+from reports.names import display_name, topology_colours
+from reports.regress import regression_display
+from reports.report import Report
 from reports.tables import METRICS, WinnerTable
-
-if TYPE_CHECKING:
-    from reports.report import DisplayTable, Report
-
-# Known topologies keep their colour in every report (Shuffle is orange even when tp2-ray failed);
-# others take the remaining colours in display order.
-PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f")
-
-
-def topology_colours(topologies: list[str]) -> dict[str, str]:
-    known = list(DISPLAY_NAMES)
-    others = [t for t in topologies if t not in known]
-    return {t: PALETTE[(known.index(t) if t in known else len(known) + others.index(t)) % len(PALETTE)]
-            for t in topologies}
 
 TEXT_COLUMNS = ("Use case", "Status", "Topology", "Metric")
 
@@ -116,8 +104,6 @@ def render_html(report: Report) -> str:
         ))
     trends = ""
     if report.history is not None:
-        from reports.history import sweep_order, trend_figure
-
         figures = [
             trend_figure(report.history, metric, topology_colours).to_html(
                 full_html=False, include_plotlyjs=False, include_mathjax=False, div_id=f"trend-{metric.key}",
@@ -131,10 +117,18 @@ def render_html(report: Report) -> str:
                   + "".join(f'<div class="trend">{figure}</div>' for figure in figures))
     gate = ""
     if report.regression is not None:
-        from reports.regress import regression_display
-
         verdict = "fail" if report.regression.exit_code else "pass"
         gate = f'<div class="gate {verdict}">{table_html(regression_display(report.regression))}</div>'
+    timelines = ""
+    if report.telemetry is not None and (figures := report.telemetry.figures()):
+        timelines = ("<h2>Over time: KV cache, queues and power</h2><p>Per topology, from the samples of every "
+                     "engine's /metrics and every node's nvidia-smi; the shaded spans are the measured runs, "
+                     "labelled with their concurrency.</p>" + "".join(
+                         '<div class="timeline">' + figure.to_html(
+                             full_html=False, include_plotlyjs=False, include_mathjax=False,
+                             div_id=f"timeline-{topology}",
+                             config={"displaylogo": False, "responsive": True, "displayModeBar": False})
+                         + "</div>" for topology, figure in figures))
     meta = "".join(f"<li>{html.escape(line)}</li>" for line in report.header_lines())
     tables = "\n".join(table_html(t) for t in report.sections())
     caveats = "".join(f"<li>{html.escape(c)}</li>" for c in report.caveats) or "<li>none found in the data.</li>"
@@ -154,6 +148,7 @@ def render_html(report: Report) -> str:
 </div>
 {trends}
 {tables}
+{timelines}
 <h2>Caveats</h2>
 <ul>{caveats}</ul>
 </body>

@@ -37,7 +37,7 @@ import pandas as pd
 from bench.results_folder import FolderMeta, ResultsFolder, ran_differences
 from common.errors import RegressionInputError, ResultsError
 from reports.names import display_name, ordered_topologies
-from reports.report import DisplayTable, markdown_table
+from reports.display import DisplayTable, markdown_table
 from reports.tables import METRICS, MetricSpec, format_pct, validate_cells
 
 TestName = Literal["welch", "mannwhitney"]

@@ -1,9 +1,9 @@
 """A report of one sweep (or one prediction): the analysis, and the same tables for every output format.
 
 `build_report(cells, meta, requests)` computes everything once; `Report.to_markdown()`,
-`Report.to_html()` (reports/html.py) and `print_report(console, report)` (reports/console.py) only lay out
-the display tables of `Report.sections()`, so a sweep, `topo predict` and `topo report` print the same
-figures.
+`render_html(report)` (reports/html.py) and `print_report(console, report)` (reports/console.py) only lay
+out the display tables (reports/display.py) of `Report.sections()`, so a sweep, `topo predict` and `topo
+report` print the same figures.
 """
 
 from __future__ import annotations
@@ -11,15 +11,19 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from bench.records import CELL_KEY, RUN_KEY, client_cpu_bound, send_lag_bound
 from bench.results_folder import FolderMeta
-from reports.names import BASELINE_TOPOLOGY, display_name, ordered_topologies
+from reports.display import DisplayTable, markdown_table
+from reports.history import trend_display
+from reports.names import BASELINE_TOPOLOGY, display_name, executor_partner, ordered_topologies
 from reports.recommend import Recommendation, recommend
+from reports.regress import RegressionResult
+from reports.telemetry import TelemetrySection, telemetry_section
 from reports.tables import (
     METRICS,
     CellStat,
@@ -31,27 +35,11 @@ from reports.tables import (
     winner_table,
 )
 
-if TYPE_CHECKING:
-    from reports.regress import RegressionResult
-
 # A cell whose client needed more than this share of the TTFT (and more than the floor) just to put its
 # batch on the wire did not load the server with c simultaneous requests: the client set the pace. The
 # same rule as bench/session.py's per-run warning, applied to the stored cells.
 FAILED_MARK = "⚠"
 MISSING = "—"
-
-
-@dataclass(frozen=True)
-class DisplayTable:
-    """What every renderer lays out: a title, column headers, rows of strings, notes under the table."""
-
-    title: str
-    headers: list[str]
-    rows: list[list[str]]
-    intro: str = ""
-    notes: list[str] = field(default_factory=list)
-    # where a narrow terminal may split the columns: (label, column indexes) per part; empty = never split
-    parts: list[tuple[str, list[int]]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -75,6 +63,7 @@ class Report:
     caveats: list[str]
     history: pd.DataFrame | None = None  # cells of earlier sweeps with a `sweep` column (reports/history.py)
     regression: RegressionResult | None = None  # the nightly gate's verdict against a baseline
+    telemetry: TelemetrySection | None = None  # energy, the servers' view, roofline (reports/telemetry.py)
 
     @property
     def topologies(self) -> list[str]:
@@ -125,7 +114,10 @@ class Report:
         # the answer first, then the tables it rests on
         tables = [recommendations_display(self.recommendations)]
         tables += [winner_display(self.winners[m.key]) for m in METRICS]
+        telemetry = self.telemetry.tables() if self.telemetry is not None else []
+        tables += telemetry[:1]  # energy right after the winner tables
         tables += [ray_display(t) for t in self.ray]
+        tables += telemetry[1:]
         if self.startup_s:
             tables.append(DisplayTable(
                 "Start-up time per topology", ["Topology", "Start-up (s)"],
@@ -135,8 +127,6 @@ class Report:
         if self.ttft_percentiles is not None and not self.ttft_percentiles.empty:
             tables.append(percentiles_display(self.ttft_percentiles))
         if self.history is not None:
-            from reports.history import trend_display
-
             tables += [trend_display(self.history, m) for m in METRICS]
         return tables
 
@@ -160,20 +150,16 @@ class Report:
         out.append("")
         return "\n".join(out)
 
-    def to_html(self) -> str:
-        from reports.html import render_html
-
-        return render_html(self)
-
-
 def build_report(cells: pd.DataFrame, meta: FolderMeta | None = None, requests: pd.DataFrame | None = None,
                  *, history: pd.DataFrame | None = None, regression: RegressionResult | None = None,
-                 unmerged_parts: int = 0) -> Report:
+                 unmerged_parts: int = 0, telemetry: pd.DataFrame | None = None) -> Report:
     """Analyse one sweep's cells (cells.parquet rows); meta.json and requests.parquet are optional.
 
     A nightly run adds `history` (earlier sweeps' cells with a `sweep` column, this one included: trend
     tables and charts) and `regression` (compare_sweeps against the baseline: shown first).
     `unmerged_parts` counts the folder's part files not merged yet (their rows are in `cells`).
+    `telemetry` (telemetry.parquet) adds energy, the servers' view per cell and time charts; the roofline
+    needs only the hardware and model the meta names.
     """
     cells = validate_cells(cells)
     winners = {m.key: winner_table(cells, m) for m in METRICS}
@@ -184,6 +170,9 @@ def build_report(cells: pd.DataFrame, meta: FolderMeta | None = None, requests: 
     if unmerged_parts:
         notes.append(f"{unmerged_parts} part file(s) of this folder are not merged yet (a sweep still running, or "
                      "one that stopped before its end); their runs are included here.")
+    section = telemetry_section(cells, meta, requests, telemetry)
+    if section is not None:
+        notes += section.warnings
     return Report(
         meta=meta,
         winners=winners,
@@ -195,6 +184,7 @@ def build_report(cells: pd.DataFrame, meta: FolderMeta | None = None, requests: 
         caveats=notes,
         history=history,
         regression=regression,
+        telemetry=section,
     )
 
 
@@ -271,10 +261,10 @@ def caveats(cells: pd.DataFrame, winners: dict[str, WinnerTable], client_bound: 
                      f"`(tie)` is rarely detected; use more runs (--runs) before drawing conclusions.")
     measured = set(decode.topologies)
     for topology in ordered_topologies(measured):
-        for mine, partner in (("-ray", "-mp"), ("-mp", "-ray")):
-            if topology.endswith(mine) and (other := topology[: -len(mine)] + partner) not in measured:
-                notes.append(f"No Ray vs no-Ray table for {display_name(topology)}: {display_name(other)} has no "
-                             f"cells in this sweep.")
+        other = executor_partner(topology)
+        if other is not None and other not in measured:
+            notes.append(f"No Ray vs no-Ray table for {display_name(topology)}: {display_name(other)} has no "
+                         f"cells in this sweep.")
     if BASELINE_TOPOLOGY not in decode.topologies:
         notes.append("Solo was not measured, so there are no `vs solo` figures.")
     return notes
@@ -390,14 +380,6 @@ def percentiles_display(percentiles: pd.DataFrame) -> DisplayTable:
         rows.append(line)
     return DisplayTable("TTFT percentiles (ms, per request)", headers, rows,
                         intro="Over every successful request of the cell (requests.parquet).")
-
-
-def markdown_table(headers: list[str], rows: list[list[str]]) -> list[str]:
-    def line(cells: list[str]) -> str:
-        return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
-
-    aligns = ["---:" if header == "c" else "---" for header in headers]
-    return [line(headers), "|" + "|".join(aligns) + "|"] + [line(row) for row in rows]
 
 
 def _short(value: Any) -> str:

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from bench.results_folder import ResultsFolder
+from reports.html import render_html
+from reports.regress import RegressionResult
 from reports.report import Report, build_report
 
-if TYPE_CHECKING:
-    from reports.regress import RegressionResult
-
 # what the report uses of requests.parquet (its per-token timestamps are the bulk of the file)
-REPORT_REQUEST_COLUMNS = ("topology", "concurrency", "run", "start", "first_token", "error")
+REPORT_REQUEST_COLUMNS = ("topology", "concurrency", "run", "batch_start", "start", "first_token", "end",
+                          "completion_tokens", "error")
 
 
 def folder_report(folder: ResultsFolder, *, history: pd.DataFrame | None = None,
@@ -22,12 +21,12 @@ def folder_report(folder: ResultsFolder, *, history: pd.DataFrame | None = None,
     """The report of one folder's stored data (unmerged parts included, and named in the caveats)."""
     contents = folder.load(REPORT_REQUEST_COLUMNS)
     return build_report(contents.cells, contents.meta, contents.requests, history=history, regression=regression,
-                        unmerged_parts=contents.unmerged_parts)
+                        unmerged_parts=contents.unmerged_parts, telemetry=contents.telemetry)
 
 
 def write_report(folder: ResultsFolder, report: Report) -> tuple[Path, Path]:
     """Write report.md and report.html into the folder; returns their paths."""
-    return folder.write_report(report.to_markdown(), report.to_html())
+    return folder.write_report(report.to_markdown(), render_html(report))
 
 
 def render_results(directory: Path | str) -> tuple[Report, Path, Path]:
@@ -36,3 +35,4 @@ def render_results(directory: Path | str) -> tuple[Report, Path, Path]:
     report = folder_report(folder)
     md_path, html_path = write_report(folder, report)
     return report, md_path, html_path
+

@@ -1,8 +1,8 @@
 """The nightly job: `run_nightly` (sweep, gate against the baseline, report with trends, exit code), and
 its library: the results root as a history, baseline tags.
 
-A results root (default ./results) holds one folder per sweep (DESIGN.md "Results"); nothing else keeps
-state but one small file:
+A results root (default ./results) holds one folder per sweep (docs/DESIGN.md, "The results folder");
+nothing else keeps state but one small file:
 
     ROOT/baselines.json   {"schema": 1, "tags": {"NAME": {"folder": "gemma4-26b-20261123-021500",
                                                          "set_at": "2026-11-23T08:01:00+00:00"}}}

@@ -4,8 +4,9 @@
     sweep = plan_sweep(spec)            # pure: loads configs, plans every topology (errors before anything runs)
     outcome = await run_sweep(sweep, out_dir, progress)
 
-The results folder (DESIGN.md "Results") is written as the sweep goes: meta.json first (status "running"),
-every measured run appended the moment it finishes (bench/results_folder.py: crash-safe part files),
+The results folder (docs/DESIGN.md, "The results folder") is written as the sweep goes: meta.json first
+(status "running"), every measured run appended the moment it finishes (bench/results_folder.py:
+crash-safe part files),
 start-up time per topology into meta.json, and report.md/report.html at the end. A sweep that dies keeps
 every finished run; `resume_spec(DIR)` reads the spec back and the next run measures only what is missing
 (the missing runs of a partly measured cell, then the untouched cells), never re-measuring a finished run.
@@ -30,11 +31,13 @@ from bench.client import Endpoint
 from bench.results_folder import FolderMeta, Incident, ResultsFolder, Status, WhatRan
 from bench.session import BenchSession, BenchSettings, RunDone
 from bench.workload import DEFAULT_WORKLOAD, ClosedLoad, Load
-from cluster.bringup import BringUpProgress, bring_up, open_cluster
+from cluster.bringup import BringUpProgress, Running, bring_up, open_cluster
 from cluster.doctor import require_ready
 from cluster.provenance import what_ran
 from common.config import REPO_ROOT
 from common.errors import ConfigError, ResultsError, TopoError, TopologyHung
+from common.masking import mask_command_line
+from telemetry.sampler import DEFAULT_INTERVAL_S, TelemetrySampler, targets_for
 from topo.watchdog import WatchdogSettings, watch
 from topology.inventory import Cluster, TwinEngine, load_cluster
 from topology.kinds import STUDY_TOPOLOGIES, PlanSecrets, parse_topology, plan
@@ -60,18 +63,23 @@ class SweepSpec:
     request_timeout_s: float = 600.0
     seed: int | None = None
     workload: str = DEFAULT_WORKLOAD  # the request shape's name (pp/tg prompts: `default`)
+    # server and node telemetry (telemetry/sampler.py) every this many seconds during each topology; 0: off
+    telemetry_interval_s: float = DEFAULT_INTERVAL_S
 
     def __post_init__(self) -> None:
         if not self.topologies:
             raise ConfigError("--topologies: give at least one topology")
         if not self.concurrency or any(c < 1 for c in self.concurrency):
             raise ConfigError(f"-c: concurrency levels must be >= 1 (got {list(self.concurrency)})")
+        if self.telemetry_interval_s < 0:
+            raise ConfigError(f"--telemetry-interval must be >= 0 s, 0 switches it off (got {self.telemetry_interval_s})")
         if self.runs < 1:
             raise ConfigError(f"--runs must be >= 1 (got {self.runs})")
         if self.pp < 1 or self.tg < 1:
             raise ConfigError(f"--pp and --tg must be >= 1 (got pp={self.pp}, tg={self.tg})")
         if len(set(self.topologies)) != len(self.topologies):
             raise ConfigError(f"--topologies lists a topology twice: {', '.join(self.topologies)}")
+        self.bench_settings()  # its own checks (the latency mode) fail here, before anything is brought up
 
     @property
     def loads(self) -> tuple[Load, ...]:
@@ -281,32 +289,55 @@ async def _up_and_measure(item: TopologyPlan, remaining: list[tuple[Load, int]],
             state.meta.ran[item.topology] = WhatRan.model_validate(ran)
             state.save_meta()
             state.progress.topology_up(item.topology, running.bring_up_s)
+            sampler = None
+            if spec.telemetry_interval_s > 0:
+                http_targets, node_targets = targets_for(item.launch, state.sweep.cluster, nodes,
+                                                         running.endpoint_headers())
+                sampler = TelemetrySampler(item.topology, http_targets, node_targets,
+                                           interval_s=spec.telemetry_interval_s, workload=spec.workload)
             api_key = running.endpoint_headers().get("Authorization", "").removeprefix("Bearer ") or None
             session = BenchSession(Endpoint.from_url(running.endpoint, api_key), item.launch.served_model_name,
                                    spec.bench_settings())
-
-            async def measure() -> None:
-                await session.open()
-                for note in session.notes:
-                    state.progress.note(f"{item.topology}: {note}")
-                while remaining:
-                    load, first_run = remaining[0]
-                    # a lost node or dead rank ends this topology with its log tail, not with cells of errors
-                    await running.check_alive()
-                    stored_in_cell[0] = 0
-                    warnings = await _measure_cell(item.topology, load, first_run, session, state, stored_in_cell)
-                    remaining.pop(0)
-                    state.meta.warnings.extend(f"{item.topology}: {w}" for w in warnings)
-                    state.save_meta()
-                    state.folder.compact()
-
             try:
+                if sampler is not None:
+                    await sampler.__aenter__()
+                work = _measure_cells(item, remaining, stored_in_cell, running, state, sampler, session)
                 if state.watchdog is None:
-                    await measure()
+                    await work
                 else:
-                    await _watched(measure(), watch(item.launch, lambda: session.activity, state.watchdog))
+                    await _watched(work, watch(item.launch, lambda: session.activity, state.watchdog))
             finally:
                 await session.close()
+                if sampler is not None:
+                    # what was sampled is kept, also when the topology failed half-way
+                    await sampler.stop()
+                    state.folder.append_telemetry(sampler.rows())
+                    for note in sampler.notes:
+                        state.progress.note(f"{item.topology}: telemetry: {note}")
+
+
+async def _measure_cells(item: TopologyPlan, remaining: list[tuple[Load, int]], stored_in_cell: list[int],
+                         running: Running, state: _Run, sampler: TelemetrySampler | None,
+                         session: BenchSession) -> None:
+    """The cells of `remaining` of one topology that is up, in order, each removed when done; the sampler
+    learns which cell runs."""
+    await session.open()
+    for note in session.notes:
+        state.progress.note(f"{item.topology}: {note}")
+    while remaining:
+        load, first_run = remaining[0]
+        # a lost node or dead rank ends this topology with its log tail, not with cells of errors
+        await running.check_alive()
+        if sampler is not None:
+            sampler.mark(load)
+        stored_in_cell[0] = 0
+        warnings = await _measure_cell(item.topology, load, first_run, session, state, stored_in_cell, sampler)
+        if sampler is not None:
+            sampler.mark(None)
+        remaining.pop(0)
+        state.meta.warnings.extend(f"{item.topology}: {w}" for w in warnings)
+        state.save_meta()
+        state.folder.compact()
 
 
 async def _watched(work: Coroutine[Any, Any, None], watchdog: Coroutine[Any, Any, str]) -> None:
@@ -331,12 +362,17 @@ async def _watched(work: Coroutine[Any, Any, None], watchdog: Coroutine[Any, Any
 
 
 async def _measure_cell(topology: str, load: Load, first_run: int, session: BenchSession, state: _Run,
-                        stored_in_cell: list[int]) -> list[str]:
+                        stored_in_cell: list[int], sampler: TelemetrySampler | None = None) -> list[str]:
     rows: list[dict[str, Any]] = []
 
     def on_run(done: RunDone) -> None:
+        if sampler is not None:
+            sampler.snapshot()  # a sample at this run's end (and the next one's start) for its counters
         # Stored the moment it is measured: Ctrl-C or a crash in the next run loses nothing of this one.
         if not done.warmup and done.row is not None:
+            if sampler is not None and done.records:
+                ends = [r.end for r in done.records if r.end is not None] or [r.start for r in done.records]
+                sampler.mark_run(load, done.run, min(r.batch_start for r in done.records), max(ends))
             state.folder.append(done.records, [done.row])
             rows.append(done.row)
             state.outcome.measured_runs += 1
@@ -416,4 +452,5 @@ async def run_sweep(
 
 
 def command_line() -> list[str]:
-    return [Path(sys.argv[0]).name, *sys.argv[1:]]
+    """This process's command line as it may be stored: secret option values and URL credentials masked."""
+    return mask_command_line([Path(sys.argv[0]).name, *sys.argv[1:]])

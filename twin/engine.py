@@ -123,6 +123,9 @@ class StepDescription:
     decode_tokens: int
     num_running: int
     modeled_seconds: float
+    # per rank, inside modeled_seconds: what the power model (twin/power.py) turns into watts on every node
+    memory_seconds: float = 0.0
+    compute_seconds: float = 0.0
 
 
 class StepHook(Protocol):
@@ -307,6 +310,8 @@ class EngineCore:
             decode_tokens=plan.decode_tokens,
             num_running=len(self.scheduler.running),
             modeled_seconds=cost.seconds,
+            memory_seconds=cost.memory_seconds,
+            compute_seconds=cost.compute_seconds,
         )
         return plan, cost, description
 

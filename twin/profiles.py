@@ -111,6 +111,21 @@ class RouterProfile(SourcedModel):
         return (self.request_latency_ms + burst * self.accept_per_request_ms + k * self.dispatch_per_request_ms) / 1000
 
 
+class PowerProfile(SourcedModel):
+    """What one node's GPU draws (nvidia-smi's power.draw) as a function of the work the twin models:
+    idle_w, plus memory_w times the share of time the memory system streams at its effective rate, plus
+    compute_w times the share of time the matrix units run at theirs (twin/power.py). Clock and
+    temperature follow, so the twin's nvidia-smi answers every field topo queries."""
+
+    idle_w: float = Field(ge=0)
+    memory_w: float = Field(ge=0)  # added at 100% of the effective bandwidth, all window long
+    compute_w: float = Field(ge=0)  # added at 100% of the effective FLOP rate, all window long
+    idle_sm_clock_mhz: float = Field(gt=0)
+    busy_sm_clock_mhz: float = Field(gt=0)
+    ambient_c: float
+    heating_c_per_w: float = Field(ge=0)
+
+
 class HardwareProfile(SourcedModel):
     """One inference node (GPU + memory), the link between nodes, executors and a router."""
 
@@ -136,6 +151,7 @@ class HardwareProfile(SourcedModel):
     # this many times its modeled time. 1.1 = "decode got 10% slower" (a kernel or driver regression) while
     # TTFT and prefill stay as they were; the nightly gate's tests use it.
     decode_slowdown: float = Field(default=1.0, gt=0)
+    power: PowerProfile | None = None  # None: the twin's nvidia-smi is not installed (no power figures)
 
     @model_validator(mode="after")
     def _needs_links(self) -> HardwareProfile:
@@ -410,6 +426,7 @@ __all__ = [
     "LinkProfile",
     "ExecutorProfile",
     "RouterProfile",
+    "PowerProfile",
     "ModelCard",
     "AttentionGroup",
     "expected_distinct_experts",

@@ -4,15 +4,17 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from bench.metrics import run_metrics
 from bench.records import CELL_COLUMNS, RequestRecord
-from bench.results_folder import META_SCHEMA_VERSION, SCHEMA_KEY, FolderMeta, ResultsFolder
+from bench.results_folder import CELL_SCHEMA, META_SCHEMA_VERSION, SCHEMA_KEY, FolderMeta, ResultsFolder
 from bench.workload import ClosedLoad, parse_load
 from common.errors import ConfigError, ResultsError
 from reports.results import render_results
@@ -127,3 +129,18 @@ def test_meta_round_trip_and_what_is_refused(tmp_path: Path) -> None:
         folder.read_meta()
     with pytest.raises(ResultsError, match="no meta.json"):
         ResultsFolder(tmp_path / "empty").read_meta()
+
+
+def test_a_metric_added_later_is_empty_in_older_files_but_the_key_is_required(tmp_path: Path) -> None:
+    rows = [run_metrics(records("solo", 2, 0))]
+    folder = ResultsFolder(tmp_path)
+    older = pa.Table.from_pylist([{k: v for k, v in row.items() if k != "peak_tps"} for row in rows],
+                                 schema=CELL_SCHEMA.remove(CELL_SCHEMA.get_field_index("peak_tps")))
+    pq.write_table(older, folder.cells_path)
+    cells = folder.read_cells()
+    assert list(cells.columns) == list(CELL_COLUMNS) and math.isnan(cells.loc[0, "peak_tps"])
+    assert cells.loc[0, "decode_tps"] == rows[0]["decode_tps"]
+    keyless = older.drop(["run"])
+    pq.write_table(keyless.replace_schema_metadata(CELL_SCHEMA.metadata), folder.cells_path)
+    with pytest.raises(ResultsError, match=r"missing columns \['run'\]"):
+        folder.read_cells()

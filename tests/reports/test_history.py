@@ -10,6 +10,7 @@ import pytest
 from bench.results_folder import FolderMeta, ResultsFolder
 from common.errors import ResultsError
 from reports.history import cell_means, load_history, sweep_order, trend_display
+from reports.html import render_html
 from reports.regress import compare_sweeps
 from reports.report import build_report
 from reports.tables import DECODE
@@ -79,7 +80,7 @@ def test_nightly_markdown_puts_the_gate_first_and_shows_trends() -> None:
 
 
 def test_nightly_html_has_the_gate_and_trend_charts() -> None:
-    page = nightly_report().to_html()
+    page = render_html(nightly_report())
     assert 'class="gate fail"' in page
     for metric in ("decode_tps", "prefill_tps", "ttft_ms"):
         assert f'id="trend-{metric}"' in page

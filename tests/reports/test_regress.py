@@ -15,12 +15,12 @@ from common.errors import RegressionInputError
 from reports.regress import (
     RegressionPolicy,
     Status,
-    compare_result_dirs,
     compare_sweeps,
     compare_values,
     min_mannwhitney_p,
     parse_threshold,
 )
+from reports.regress import compare_result_dirs
 from reports.tables import DECODE, PREFILL, TTFT
 from tests.reports.fixtures import cell_rows, frame, study_cells
 

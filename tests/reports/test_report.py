@@ -16,6 +16,7 @@ from bench.records import CLIENT_BOUND_LAG_SHARE
 from bench.results_folder import FolderMeta, ResultsFolder
 from common.errors import ResultsError
 from reports.console import print_report
+from reports.names import topology_colours
 from reports.report import build_report, ttft_percentiles
 from reports.results import render_results
 from tests.reports.fixtures import cell_rows, frame, study_cells
@@ -182,12 +183,10 @@ def test_topo_report_command(tmp_path: Path, capsys: pytest.CaptureFixture[str],
 
 
 def test_a_topology_keeps_its_colour_when_another_is_missing() -> None:
-    from reports.html import topology_colours
-
     full = topology_colours(["solo", "tp2-mp", "tp2-ray", "2x-solo-shuffle"])
-    partial = topology_colours(["solo", "tp2-mp", "2x-solo-shuffle", "tp4-mp"])
+    partial = topology_colours(["solo", "tp2-mp", "2x-solo-shuffle", "tp4-mp", "tp8-mp", "3x-solo-shuffle"])
     assert partial["2x-solo-shuffle"] == full["2x-solo-shuffle"]
-    assert len(set(partial.values())) == 4
+    assert len(set(partial.values())) == 6
 
 
 def test_a_narrow_terminal_gets_the_wide_tables_in_parts() -> None:

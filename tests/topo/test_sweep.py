@@ -178,7 +178,7 @@ def test_a_node_lost_mid_sweep_costs_only_that_topology(tmp_path: Path) -> None:
     rank1_pidfile = cluster.parent / "node2" / "run" / "engine-rank1.pid"
     returncode, output = interrupt_sweep(
         args, out, lambda cells: bool(runs_per_cell(cells).get(("tp2-mp", "default", "c1"))),
-        lambda _: os.killpg(int(rank1_pidfile.read_text()), signal.SIGKILL),  # node 2 is lost
+        lambda _: os.killpg(int(rank1_pidfile.read_text().splitlines()[0]), signal.SIGKILL),  # node 2 is lost
     )
     assert returncode == 1, output[-3000:]
     meta = json.loads((out / "meta.json").read_text())
@@ -189,4 +189,23 @@ def test_a_node_lost_mid_sweep_costs_only_that_topology(tmp_path: Path) -> None:
     assert done[("tp2-mp", "default", "c1")] == 1  # measured before the loss: kept
     assert all(done.get(("solo", "default", f"c{c}")) == 1 for c in (1, 2, 4))  # the next topology still ran
     assert (cells[cells.topology == "solo"].failed == 0).all()
+    assert_nothing_left(cluster)
+
+
+@pytest.mark.slow
+def test_four_node_layouts_sweep_on_the_local_twin_of_four(tmp_path: Path) -> None:
+    """Every kind of four-node layout comes up and is measured on local-twin-4 (about 100 s)."""
+    cluster = write_local_cluster(tmp_path / "cluster", source="local-twin-4")
+    out = tmp_path / "results"
+    topologies = ["tp4-mp", "2x-tp2-shuffle", "4x-solo-shuffle"]
+    done = topo("sweep", "--cluster", str(cluster), "--model", "tiny", "-t", ",".join(topologies), "-c", "1,4",
+                "--pp", "256", "--tg", "16", "--out", str(out))
+    meta = json.loads((out / "meta.json").read_text())
+    assert done.returncode == 0, f"{meta['errors']}\n{done.stderr[-3000:]}"
+    cells = pd.read_parquet(out / "cells.parquet")
+    assert sorted(cells.topology.unique()) == sorted(topologies) and len(cells) == 3 * 2
+    assert (cells.failed == 0).all() and (cells.decode_tps > 0).all()
+    requests = pd.read_parquet(out / "requests.parquet")
+    served = requests[requests.topology == "2x-tp2-shuffle"].served_by
+    assert served.notna().all() and set(served) <= {"node1", "node3"}  # the replicas' rank-0 nodes
     assert_nothing_left(cluster)

@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
-import pandas as pd
 import typer
 from rich.console import Console
 
-from bench.records import CELL_COLUMNS
-from bench.results_folder import FolderMeta, ResultsFolder
-from common.errors import ConfigError
 from reports.console import print_report
-from reports.report import build_report
 from reports.results import write_report
-from topo.commands.bench import parse_concurrency
-from topo.sweep import DEFAULT_CONCURRENCY, now_utc
-from twin.engine import EngineConfig
-from twin.predict import predict_sweep, topologies_for_nodes, topology_model
+from topo.options import (
+    ConcurrencyOption,
+    GeneratedTokensOption,
+    PromptTokensOption,
+    TopologiesOption,
+    parse_concurrency,
+    parse_topologies,
+)
+from bench.results_folder import ResultsFolder
+from topo.predict import PredictSpec, run_predict
+from topo.sweep import DEFAULT_CONCURRENCY
+from topology.registry import COMPARED_ON_NODES
 
 
 def predict_command(
@@ -26,16 +28,14 @@ def predict_command(
                               "configs/cards/ or a YAML path."),
     hardware: str = typer.Option("gb10", "--hardware", help="Hardware profile: a name under configs/hardware/ "
                                  "(gb10, fast) or a YAML path — e.g. a copy with other bandwidth or link figures."),
-    topologies: str = typer.Option(None, "--topologies", "-t", help="Comma-separated topologies (default: the "
-                                   "layouts worth comparing on --nodes nodes)."),
-    nodes: int = typer.Option(2, "--nodes", "-n", help="2: solo, tp2-mp, tp2-ray, 2x-solo-shuffle. 4: adds tp4, "
-                              "2x tp2 behind a router and 4x solo."),
-    concurrency: str = typer.Option(",".join(map(str, DEFAULT_CONCURRENCY)), "--concurrency", "-c",
-                                    help="Concurrency levels (closed batches of exactly c requests)."),
+    topologies: TopologiesOption = None,  # type: ignore[assignment]
+    nodes: int = typer.Option(2, "--nodes", "-n", help="Nodes to lay out; compares " + "; ".join(
+                              f"{count}: {', '.join(names)}" for count, names in COMPARED_ON_NODES.items()) + "."),
+    concurrency: ConcurrencyOption = ",".join(map(str, DEFAULT_CONCURRENCY)),
     runs: int = typer.Option(3, "--runs", "-r", help="Simulated runs per cell (they differ by the router's "
                              "random split)."),
-    pp: int = typer.Option(1024, "--pp", help="Prompt tokens per request."),
-    tg: int = typer.Option(128, "--tg", help="Generated tokens per request."),
+    pp: PromptTokensOption = 1024,
+    tg: GeneratedTokensOption = 128,
     quantization: str = typer.Option(None, "--quantization", "-q", help="Weight format of the card (fp8, nvfp4, "
                                      "bf16) or bytes per weight as a number; default: the card's."),
     max_num_batched_tokens: int = typer.Option(8192, "--max-num-batched-tokens", help="Token budget per step."),
@@ -52,30 +52,17 @@ def predict_command(
     no-Ray table and the recommendations a sweep prints. Only the solo figures of the hardware profile are
     calibrated against a measurement; multi-node behaviour (weights split across nodes, all-reduce over
     the link, executor overhead, the router's random split and its latency) comes out of the model.
+    Without --topologies it predicts the layouts worth comparing on --nodes nodes.
     """
     console = Console()
-    names = [t.strip() for t in topologies.split(",") if t.strip()] if topologies else topologies_for_nodes(nodes)
-    for name in names:
-        model_of = topology_model(name)
-        if model_of.nodes > nodes and topologies:
-            raise ConfigError(f"--topologies {name} needs {model_of.nodes} nodes; --nodes is {nodes}")
-    levels = parse_concurrency(concurrency)
-    config = EngineConfig.from_names(
-        hardware, model, max_num_batched_tokens=max_num_batched_tokens, gpu_memory_utilization=gpu_memory_utilization,
-        weight_bytes_per_param=_bytes_per_weight(quantization, model) if quantization else None,
-    )
-    began = time.perf_counter()
-    rows = predict_sweep(names, config, levels, prompt_tokens=pp, max_tokens=tg, runs=runs, seed=seed)
-    cells = pd.DataFrame(rows, columns=list(CELL_COLUMNS))
-    meta = FolderMeta(
-        kind="prediction", status="complete", started_at=now_utc(),
-        spec={"model": model, "hardware": hardware, "topologies": names, "concurrency": levels, "runs": runs,
-              "pp": pp, "tg": tg, "quantization": quantization, "nodes": nodes, "seed": seed},
-        title=f"Prediction: {model} on {hardware} (twin, virtual time)",
-    )
-    report = build_report(cells, meta)
+    prediction = run_predict(PredictSpec(
+        model=model, hardware=hardware, topologies=tuple(parse_topologies(topologies, default=())), nodes=nodes,
+        concurrency=tuple(parse_concurrency(concurrency)), runs=runs, pp=pp, tg=tg, quantization=quantization,
+        max_num_batched_tokens=max_num_batched_tokens, gpu_memory_utilization=gpu_memory_utilization, seed=seed,
+    ))
+    cells, meta, report = prediction.cells, prediction.meta, prediction.report
     print_report(console, report)
-    console.print(f"\n[dim]predicted {len(cells)} runs in {time.perf_counter() - began:.1f} s "
+    console.print(f"\n[dim]predicted {len(cells)} runs in {prediction.elapsed_s:.1f} s "
                   f"(virtual time; hardware {hardware}, card {model})[/]")
     if out is not None:
         folder = ResultsFolder(out)
@@ -83,22 +70,6 @@ def predict_command(
         folder.write_meta(meta)
         md_path, html_path = write_report(folder, report)
         console.print(f"wrote [bold]{folder.cells_path}[/], {md_path.name} and {html_path.name}")
-
-
-def _bytes_per_weight(quantization: str, card: str) -> float:
-    try:
-        value = float(quantization)
-    except ValueError:
-        from twin.profiles import load_card
-
-        known = load_card(card).quantization_bytes
-        if quantization not in known:
-            raise ConfigError(f"--quantization {quantization!r}: card {card} knows {', '.join(known)} "
-                              "(or give bytes per weight as a number)") from None
-        return known[quantization]
-    if not 0.1 <= value <= 4:
-        raise ConfigError(f"--quantization {quantization}: bytes per weight must be between 0.1 and 4")
-    return value
 
 
 def register(app: typer.Typer) -> None:
