@@ -124,6 +124,25 @@ def chat_payload(model: str, prompt: Prompt, tg: int) -> dict[str, Any]:
     }
 
 
+@dataclass
+class StreamActivity:
+    """How many requests are in flight and when any of them last received bytes (perf_counter): what a
+    watchdog reads to tell a hung engine from a slow one."""
+
+    in_flight: int = 0
+    last_data: float = field(default_factory=time.perf_counter)
+
+    def started(self) -> None:
+        self.in_flight += 1
+        self.last_data = time.perf_counter()  # a new request gets a whole stall period for its first token
+
+    def received(self, now: float) -> None:
+        self.last_data = now
+
+    def finished(self) -> None:
+        self.in_flight -= 1
+
+
 class BenchClient:
     """Drives closed batches against one endpoint. Use as `async with BenchClient(...) as client:`."""
 
@@ -152,6 +171,7 @@ class BenchClient:
         self._slots: list[httpx.AsyncClient] = []
         self._slot_used: list[float] = []  # perf_counter of each slot's last request
         self._slot_transports: list[httpx.AsyncBaseTransport] = []
+        self.activity = StreamActivity()
 
     async def __aenter__(self) -> BenchClient:
         return self
@@ -376,6 +396,7 @@ class BenchClient:
                 return "before the response headers"
             return f"after {parser.events} events ({parser.bytes_seen} bytes, {parser.line} lines)"
 
+        self.activity.started()
         try:
             async with deadline:
                 response = await slot.send(request, stream=True)
@@ -390,6 +411,7 @@ class BenchClient:
                 async for data in response.aiter_bytes():
                     now = time.perf_counter()
                     record.end = now
+                    self.activity.received(now)
                     if parser.bytes_seen + len(data) > max_bytes:
                         raise StreamError(f"the response is longer than {max_bytes} bytes (the cap for "
                                           f"max_tokens={tg}) {where()}")
@@ -422,6 +444,7 @@ class BenchClient:
         except httpx.HTTPError as exc:
             record.error = f"request failed: {type(exc).__name__}: {exc}"
         finally:
+            self.activity.finished()
             self._slot_used[index] = time.perf_counter()
             self._note_start(record, request, fallback_start)
             if record.end is None:

@@ -91,6 +91,86 @@ class NightlyFacts(BaseModel):
     summary: str | None = None
 
 
+class Incident(BaseModel):
+    """A topology that stopped serving mid-sweep (the watchdog's finding) and what the sweep did about it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    topology: str
+    load: str  # the cell in progress, e.g. "c16"
+    runs_failed: list[int] = []  # the runs of that cell that did not finish with this bring-up
+    reason: str
+    at: str
+    action: str
+
+
+class NodeFacts(BaseModel):
+    """What ran on one node for one topology (cluster/provenance.py); None: the node could not say."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    engine: str | None = None  # vllm | twin
+    launcher: str | None = None  # process | docker
+    engine_version: str | None = None
+    engine_commit: str | None = None
+    image: str | None = None
+    image_id: str | None = None
+    image_digests: list[str] = []
+    nccl: str | None = None
+    driver: str | None = None
+    kernel: str | None = None
+    env: dict[str, dict[str, str]] = {}  # step -> the link variables its process got (secrets masked)
+
+
+    def summary(self, *, with_link: bool = True) -> str:
+        """One line for a report header: engine and version, image, NCCL (and over what, `with_link`: an
+        engine on one node has no NCCL traffic to speak of), driver, kernel."""
+        parts = [" ".join(p for p in (self.engine, self.engine_version) if p) or "engine ?"]
+        if self.engine_commit:
+            parts[0] += f" (commit {self.engine_commit})"
+        if self.image:
+            parts.append(f"image {self.image}" + (f" {self.image_id[:19]}" if self.image_id else ""))
+        link = next(iter(self.env.values()), {})
+        if link.get("NCCL_IB_HCA") and link.get("NCCL_IB_DISABLE") != "1":
+            transport = f"over RoCE {link['NCCL_IB_HCA']}"
+        else:
+            transport = f"over sockets {link.get('NCCL_SOCKET_IFNAME', '?')}"
+        if with_link:
+            parts.append(f"NCCL {self.nccl or '-'} {transport}")
+        parts += [f"driver {self.driver}"] if self.driver else []
+        parts += [f"kernel {self.kernel}"] if self.kernel else []
+        return ", ".join(parts)
+
+
+class WhatRan(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    executor: str  # mp | ray | uni
+    nodes: dict[str, NodeFacts] = {}
+
+
+# What `topo regress` compares between two sweeps' records of what ran (besides executor and link env).
+COMPARED_FACTS = ("engine_version", "engine_commit", "image_id", "nccl", "driver", "kernel")
+
+
+def ran_differences(baseline: dict[str, WhatRan], current: dict[str, WhatRan]) -> list[str]:
+    """Per topology and node, what ran differently in two sweeps; a side without a record says nothing."""
+    found = []
+    for topology in sorted(set(baseline) & set(current)):
+        base, cur = baseline[topology], current[topology]
+        if base.executor != cur.executor:
+            found.append(f"{topology}: executor {base.executor} -> {cur.executor}")
+        for node in sorted(set(base.nodes) & set(cur.nodes)):
+            was, now = base.nodes[node], cur.nodes[node]
+            for fact in COMPARED_FACTS:
+                before, after = getattr(was, fact), getattr(now, fact)
+                if before is not None and after is not None and before != after:
+                    found.append(f"{topology} on {node}: {fact} {before} -> {after}")
+            if was.env and now.env and was.env != now.env:
+                found.append(f"{topology} on {node}: the NCCL/GLOO environment changed")
+    return found
+
+
 class FolderMeta(BaseModel):
     """meta.json. `spec` is the writer's own settings (SweepSpec for a sweep, the options of `topo predict`
     or `topo bench`); the facts every kind shares are read from it by the properties below."""
@@ -114,6 +194,8 @@ class FolderMeta(BaseModel):
     startup_s: dict[str, float] = {}
     errors: dict[str, str] = {}
     warnings: list[str] = []
+    incidents: list[Incident] = []
+    ran: dict[str, WhatRan] = {}  # topology -> what ran on each node
     nightly: NightlyFacts | None = None
 
     @property

@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from bench.client import LATENCY_MODES, BenchClient, Endpoint, LatencyMode
+from bench.client import LATENCY_MODES, BenchClient, Endpoint, LatencyMode, StreamActivity
 from bench.metrics import e2e_ttft, run_metrics
 from bench.prompts import LocalTokenizer, PromptFactory, ServerTokenizer, TokenCounter
 from bench.records import CLIENT_BOUND_LAG_SHARE, RequestRecord, client_cpu_bound, send_lag_bound
@@ -135,6 +135,11 @@ class BenchSession:
         self.latency = 0.0  # the measured network/API offset, seconds
         self._client: BenchClient | None = None
         self._prompts: PromptFactory | None = None
+
+    @property
+    def activity(self) -> StreamActivity | None:
+        """The client's in-flight requests and last data time (a watchdog reads it); None before open()."""
+        return self._client.activity if self._client is not None else None
 
     async def __aenter__(self) -> BenchSession:
         await self.open()

@@ -32,9 +32,10 @@ from cluster.connector import Connector, LocalConnector, SshConnector, run_check
 from cluster.supervise import (
     StopOutcome,
     Supervised,
-    foreign_note,
     listening_ports,
     live_groups,
+    foreign_note,
+    live_leftovers,
     log_tail,
     pidfile_state,
     prove_ports_closed,
@@ -45,7 +46,18 @@ from cluster.supervise import (
 )
 from common.errors import BringUpError, ConfigError, ReadinessTimeout, RemoteCommandError, TeardownError, TopoError
 from topology.inventory import CONTROLLER, Cluster, LocalConnect
-from topology.plan import CommandProbe, HttpProbe, LaunchPlan, NoProbe, Stage, Step, StopByCommand, reveal
+from topology.kinds import CONTAINER_LABEL
+from topology.plan import (
+    CommandProbe,
+    HttpProbe,
+    LaunchPlan,
+    NoProbe,
+    Stage,
+    Step,
+    StopByCommand,
+    StopContainer,
+    reveal,
+)
 
 CONTROLLER_WORKDIR = "/tmp/topo"
 _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -199,20 +211,20 @@ class _BringUp:
     async def _preflight_node(self, node: NodeAccess) -> None:
         timeout = self.settings.command_timeout_s
         await run_checked(node.connector, ["true"], timeout=timeout)  # reachable (ConnectError otherwise)
-        stale = []
-        for entry in await read_pidfiles(node.connector, node.workdir):
-            state = await pidfile_state(node.connector, entry)
-            if state == "ours":
-                stale.append(f"{entry.step} (process group {entry.pgid}, {entry.pidfile})")
-            elif state == "foreign":  # not ours to stop, and a person must say that it is safe to go on
-                stale.append(foreign_note(node.name, entry))
-            else:
-                await node.connector.run(["rm", "-f", entry.pidfile], timeout=timeout)
+        stale = await live_leftovers(node.connector, node.workdir, remove_stale=True)
         if stale:
             raise BringUpError(
                 f"node {node.name!r} still runs processes of an earlier topo run: {'; '.join(stale)}. "
                 "Stop them with `topo down --cluster ...` first"
             )
+        for step in self.plan.steps():
+            if step.node == node.name and isinstance(step.stop, StopContainer):
+                found = await run_checked(node.connector, step.stop.exists_argv(), timeout=timeout)
+                if found.stdout.strip():
+                    raise BringUpError(
+                        f"node {node.name!r}: a container named {step.stop.container} already exists (an earlier "
+                        f"run's?); remove it with `{' '.join(step.stop.remove_argv())}` or `topo down`"
+                    )
         wanted = {port for step in self.plan.steps() if step.node == node.name for port in step.stop.ports}
         busy = sorted(wanted & await listening_ports(node.connector))
         if busy:
@@ -351,6 +363,8 @@ class _BringUp:
         connector = self.node(step).connector
         stop = step.stop
         grace = self.settings.stop_grace_s
+        if isinstance(stop, StopContainer):
+            return await self._stop_container(step, stop, process)
         if isinstance(stop, StopByCommand):
             started = time.monotonic()
             done = await connector.run(stop.argv, timeout=self.settings.command_timeout_s)
@@ -368,6 +382,23 @@ class _BringUp:
             ports=stop.ports,
             prove_s=self.settings.prove_s,
         )
+
+    async def _stop_container(self, step: Step, stop: StopContainer, process: Supervised) -> StopOutcome:
+        """`docker stop` (the engine's own TERM-then-KILL), `docker rm -f`, the name proven gone; the
+        foreground `docker run` we supervise then exits by itself (its group is stopped if it does not)."""
+        connector = self.node(step).connector
+        grace = self.settings.stop_grace_s if self.settings.stop_grace_s is not None else stop.grace_s
+        stop = stop.model_copy(update={"grace_s": grace})
+        started = time.monotonic()
+        timeout = self.settings.command_timeout_s + grace
+        stopped = await connector.run(stop.stop_argv(), timeout=timeout)
+        removed = await connector.run(stop.remove_argv(), timeout=self.settings.command_timeout_s)
+        left = await connector.run(stop.exists_argv(), timeout=self.settings.command_timeout_s)
+        if not left.ok or left.stdout.strip():
+            detail = (removed.output_tail(200) or stopped.output_tail(200)) if left.ok else left.output_tail(200)
+            raise TeardownError(f"{step.name} on node {step.node!r}: container {stop.container} is not gone ({detail})")
+        outcome = await stop_group(connector, process, grace_s=10.0, ports=stop.ports, prove_s=self.settings.prove_s)
+        return StopOutcome(step.name, step.node, process.pgid, outcome.killed, time.monotonic() - started)
 
     async def _leftovers(self) -> list[str]:
         """Checked, not assumed: no group of ours alive on any node, no pidfile of ours left."""
@@ -468,6 +499,7 @@ class Leftovers:
 
     stopped: list[StopOutcome]
     foreign: list[str]  # one sentence each: which pidfile, why, what to do
+    containers: list[str] = field(default_factory=list)  # "node: name" of each container removed
 
 
 async def stop_leftovers(nodes: Mapping[str, NodeAccess], *, grace_s: float = 30.0) -> Leftovers:
@@ -490,6 +522,23 @@ async def stop_leftovers(nodes: Mapping[str, NodeAccess], *, grace_s: float = 30
     return result
 
 
+async def remove_leftover_containers(cluster: Cluster, nodes: Mapping[str, NodeAccess]) -> list[str]:
+    """`topo down` for the docker launcher: every container topo started for this cluster (found by its
+    label) is removed, running or not; returns "node: name" of each."""
+    removed = []
+    for node in cluster.nodes:
+        if node.engine.launcher != "docker":
+            continue
+        connector = nodes[node.name].connector
+        docker = node.engine.docker
+        listed = await run_checked(connector, [docker, "ps", "-a", "--filter",
+                                               f"label={CONTAINER_LABEL}={cluster.name}", "--format", "{{.Names}}"])
+        for name in listed.stdout.split():
+            await run_checked(connector, [docker, "rm", "-f", name], timeout=120)
+            removed.append(f"{node.name}: {name}")
+    return removed
+
+
 __all__ = [
     "BringUpProgress",
     "BringUpSettings",
@@ -500,6 +549,7 @@ __all__ = [
     "bring_up",
     "open_cluster",
     "prove_ports_closed",
+    "remove_leftover_containers",
     "signal_group",
     "stop_leftovers",
 ]

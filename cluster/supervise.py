@@ -285,3 +285,20 @@ def foreign_note(node: str, entry: PidfileEntry) -> str:
     return (f"node {node!r}: {entry.pidfile} {why} (process group {entry.pgid} is alive, pidfile command: "
             f"{entry.command or 'unknown'}); not stopped. Check it with `ps -o pid,lstart,args -g {entry.pgid}` "
             "and remove the pidfile")
+
+
+async def live_leftovers(connector: Connector, workdir: str, *, remove_stale: bool = False) -> list[str]:
+    """Processes of an earlier run still alive on the node (found by their pidfiles), one sentence each;
+    a pidfile whose pid now belongs to someone else is named too (not ours to stop: a person decides).
+    With `remove_stale`, pidfiles of groups that are gone are deleted on the way."""
+    node = connector.node
+    left = []
+    for entry in await read_pidfiles(connector, workdir):
+        state = await pidfile_state(connector, entry)
+        if state == "ours":
+            left.append(f"{entry.step} (process group {entry.pgid}, {entry.pidfile})")
+        elif state == "foreign":
+            left.append(foreign_note(node, entry))
+        elif remove_stale:
+            await connector.run(["rm", "-f", entry.pidfile], timeout=30)
+    return left

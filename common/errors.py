@@ -11,8 +11,11 @@ cause stays in the traceback, and the CLI turns any ``TopoError`` into one red l
     ├── ConnectError                a node cannot be reached or authenticated (host key, key, timeout)
     ├── RemoteCommandError          a command on a node exited non-zero (argv, exit code, output tail)
     ├── BringUpError                a topology did not come up: process died, readiness timed out
-    │   └── ReadinessTimeout        (carries the log tail of the process that did not get ready)
+    │   ├── ReadinessTimeout        (carries the log tail of the process that did not get ready)
+    │   └── NodesNotReady           `topo doctor`'s blocking checks failed before a sweep started anything
     ├── TeardownError               something a topology started could not be proven stopped
+    ├── TopologyHung                the sweep's watchdog saw a topology stop serving (no token, /health,
+    │                               metrics that stopped moving); the reason is the message
     ├── EndpointError               an OpenAI-compatible endpoint is unusable: wrong URL, unknown model,
     │                               refused connection at the first probe (per-request failures during a
     │                               run are data in the request rows, never this exception)
@@ -59,6 +62,14 @@ class RemoteCommandError(TopoError):
 
 class BringUpError(TopoError):
     """A topology did not come up."""
+
+
+class TopologyHung(TopoError):
+    """A topology that was up stopped serving (the sweep's watchdog)."""
+
+
+class NodesNotReady(BringUpError):
+    """A blocking `topo doctor` check failed: nothing was started."""
 
 
 class ReadinessTimeout(BringUpError):

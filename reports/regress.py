@@ -34,7 +34,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from bench.results_folder import FolderMeta, ResultsFolder
+from bench.results_folder import FolderMeta, ResultsFolder, ran_differences
 from common.errors import RegressionInputError, ResultsError
 from reports.names import display_name, ordered_topologies
 from reports.display import DisplayTable, markdown_table
@@ -322,6 +322,9 @@ def compare_sweeps(baseline: pd.DataFrame, current: pd.DataFrame, policy: Regres
         if sizes and min(min_mannwhitney_p(a, b) for a, b in sizes) >= policy.alpha:
             notes.append(f"With these run counts Mann-Whitney cannot reach p < {policy.alpha:g} on any cell; "
                          f"use more runs (4 per side for α = 0.05) or Welch's t-test.")
+    if baseline_meta is not None and current_meta is not None:  # the same software on the same machines?
+        notes += [f"What ran differs from the baseline: {difference}"
+                  for difference in ran_differences(baseline_meta.ran, current_meta.ran)]
     return RegressionResult(policy, comparisons, baseline_label, current_label, notes)
 
 

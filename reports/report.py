@@ -103,6 +103,10 @@ class Report:
         add("Twin hardware", meta.spec.get("twin_hardware"))
         add("Git", meta.git_describe)
         add("Versions", ", ".join(f"{k} {v}" for k, v in meta.versions.items() if v))
+        for topology, ran in meta.ran.items():  # what ran on each node (cluster/provenance.py)
+            spans = ran.executor != "uni"  # NCCL crosses the link only when one engine spans nodes
+            nodes = "; ".join(f"{node}: {facts.summary(with_link=spans)}" for node, facts in ran.nodes.items())
+            lines.append(f"Ran {display_name(topology)}: executor {ran.executor}; {nodes}")
         add("Command", meta.command_line)
         return lines
 
@@ -218,6 +222,11 @@ def meta_caveats(meta: FolderMeta | None) -> list[str]:
     for topology, error in meta.errors.items():
         notes.append(f"{display_name(str(topology))} failed during the sweep: {first_line(str(error))} "
                      f"(the whole message is in meta.json under errors).")
+    for incident in meta.incidents:  # the watchdog's: a topology that stopped serving
+        runs = incident.runs_failed
+        failed = f"; run(s) {', '.join(map(str, runs))} of that cell failed with it" if runs else ""
+        notes.append(f"Incident: {display_name(incident.topology)} hung at {incident.load} "
+                     f"({first_line(incident.reason)}){failed}; {incident.action}.")
     notes += [f"Recorded during the sweep: {warning}" for warning in meta.warnings]
     return notes
 

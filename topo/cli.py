@@ -39,6 +39,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "topo.commands.history",
     "topo.commands.regress",
     "topo.commands.nightly",
+    "topo.commands.doctor",
 )
 
 for module_name in COMMAND_MODULES:

@@ -20,7 +20,7 @@ import platform
 import socket
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
@@ -28,14 +28,17 @@ from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 
 from bench.client import Endpoint
-from bench.results_folder import CellProgress, FolderMeta, ResultsFolder, Status
+from bench.results_folder import CellProgress, FolderMeta, Incident, ResultsFolder, Status, WhatRan
 from bench.session import BenchSession, BenchSettings, RunDone
 from bench.workload import DEFAULT_WORKLOAD, ClosedLoad, Load
 from cluster.bringup import BringUpProgress, Running, bring_up, open_cluster
+from cluster.doctor import require_ready
+from cluster.provenance import what_ran
 from common.config import REPO_ROOT
-from common.errors import ConfigError, ResultsError, StorageError, TopoError
-from telemetry.sampler import DEFAULT_INTERVAL_S, TelemetrySampler, targets_for
+from common.errors import ConfigError, ResultsError, StorageError, TopoError, TopologyHung
 from common.masking import mask_command_line
+from telemetry.sampler import DEFAULT_INTERVAL_S, TelemetrySampler, targets_for
+from topo.watchdog import WatchdogSettings, watch
 from topology.inventory import Cluster, TwinEngine, load_cluster
 from topology.kinds import STUDY_TOPOLOGIES, PlanSecrets, parse_topology, plan
 from topology.plan import LaunchPlan
@@ -246,6 +249,7 @@ class _Run:
     meta: FolderMeta
     progress: SweepProgress
     outcome: SweepOutcome
+    watchdog: WatchdogSettings | None = None
 
     def save_meta(self) -> None:
         self.folder.write_meta(self.meta)
@@ -282,11 +286,45 @@ async def _while_alive(running: Running, work: Awaitable[T], poll_s: float = LIV
 
 
 async def _measure_topology(item: TopologyPlan, todo: list[tuple[Load, int, int]], state: _Run) -> None:
-    """Bring one topology up, measure its missing runs cell by cell, tear it down (always)."""
+    """Bring one topology up, measure its missing runs cell by cell, tear it down (always). When the
+    watchdog calls it hung: record the incident, tear down, bring it up again and retry the cell (at most
+    `watchdog.restarts` times; then TopologyHung ends this topology and the sweep goes on)."""
+    remaining = list(todo)  # (load, runs still to measure, first run's number); the head is in progress
+    restarts = 0
+    while remaining:
+        stored_in_cell = [0]  # runs of the head cell stored during this bring-up
+        try:
+            await _up_and_measure(item, remaining, stored_in_cell, state)
+        except TopologyHung as hang:
+            load, runs, first_run = remaining[0]
+            given_up = state.watchdog is None or restarts >= state.watchdog.restarts
+            incident = Incident(
+                topology=item.topology, load=load.label, reason=str(hang), at=now_utc(),
+                runs_failed=list(range(first_run + stored_in_cell[0], first_run + runs)),
+                action=(f"torn down; given up after {restarts} restart(s)" if given_up
+                        else "torn down, brought up again, cell retried"),
+            )
+            state.meta.incidents.append(incident)
+            state.save_meta()
+            state.progress.note(f"{item.topology} hung at {load.label}: {hang}; {incident.action}")
+            if given_up:
+                raise
+            restarts += 1
+            # runs stored before the hang stay
+            remaining[0] = (load, runs - stored_in_cell[0], first_run + stored_in_cell[0])
+
+
+async def _up_and_measure(item: TopologyPlan, remaining: list[tuple[Load, int, int]], stored_in_cell: list[int],
+                          state: _Run) -> None:
+    """One bring-up: record what runs, then measure the cells of `remaining` in order, removing each when done."""
     spec = state.sweep.spec
     async with open_cluster(state.sweep.cluster) as nodes:
         async with bring_up(item.launch, nodes, progress=state.progress) as running:
             state.meta.startup_s[item.topology] = round(running.bring_up_s, 3)
+            connectors = {name: access.connector for name, access in nodes.items()}
+            logs = {name: process.log_path for name, process in running.processes.items()}
+            ran = await what_ran(item.launch, state.sweep.cluster, state.sweep.recipe, connectors, logs)
+            state.meta.ran[item.topology] = WhatRan.model_validate(ran)
             state.save_meta()
             state.progress.topology_up(item.topology, running.bring_up_s)
             sampler = None
@@ -295,11 +333,19 @@ async def _measure_topology(item: TopologyPlan, todo: list[tuple[Load, int, int]
                                                          running.endpoint_headers())
                 sampler = TelemetrySampler(item.topology, http_targets, node_targets, state.sweep.cluster,
                                            interval_s=spec.telemetry_interval_s, workload=spec.workload)
+            api_key = running.endpoint_headers().get("Authorization", "").removeprefix("Bearer ") or None
+            session = BenchSession(Endpoint.from_url(running.endpoint, api_key), item.launch.served_model_name,
+                                   spec.bench_settings())
             try:
                 if sampler is not None:
                     await sampler.__aenter__()
-                await _measure_cells(item, todo, running, state, sampler)
+                work = _measure_cells(item, remaining, stored_in_cell, running, state, sampler, session)
+                if state.watchdog is None:
+                    await work
+                else:
+                    await _watched(work, watch(item.launch, lambda: session.activity, state.watchdog))
             finally:
+                await session.close()
                 if sampler is not None:
                     # what was sampled is kept, also when the topology failed half-way
                     await sampler.stop()
@@ -308,30 +354,54 @@ async def _measure_topology(item: TopologyPlan, todo: list[tuple[Load, int, int]
                         state.progress.note(f"{item.topology}: telemetry: {note}")
 
 
-async def _measure_cells(item: TopologyPlan, todo: list[tuple[Load, int, int]], running: Running, state: _Run,
-                         sampler: TelemetrySampler | None) -> None:
-    """The missing runs of one topology that is up, cell by cell; the sampler learns which cell runs."""
-    api_key = running.endpoint_headers().get("Authorization", "").removeprefix("Bearer ") or None
-    async with BenchSession(Endpoint.from_url(running.endpoint, api_key), item.launch.served_model_name,
-                            state.sweep.spec.bench_settings()) as session:
-        for note in session.notes:
-            state.progress.note(f"{item.topology}: {note}")
-        for load, runs, first_run in todo:
-            # a lost node or dead rank ends this topology with its log tail, not with cells of errors
-            await running.check_alive()
-            if sampler is not None:
-                sampler.mark(load)
-            warnings = await _while_alive(running, _measure_cell(item.topology, load, runs, first_run,
-                                                                 session, state, sampler))
-            if sampler is not None:
-                sampler.mark(None)
-            state.meta.warnings.extend(f"{item.topology}: {w}" for w in warnings)
-            state.save_meta()
-            state.folder.compact()
+async def _measure_cells(item: TopologyPlan, remaining: list[tuple[Load, int, int]], stored_in_cell: list[int],
+                         running: Running, state: _Run, sampler: TelemetrySampler | None,
+                         session: BenchSession) -> None:
+    """The cells of `remaining` of one topology that is up, in order, each removed when done; the sampler
+    learns which cell runs."""
+    await session.open()
+    for note in session.notes:
+        state.progress.note(f"{item.topology}: {note}")
+    while remaining:
+        load, runs, first_run = remaining[0]
+        # a lost node or dead rank ends this topology with its log tail, not with cells of errors
+        await running.check_alive()
+        if sampler is not None:
+            sampler.mark(load)
+        stored_in_cell[0] = 0
+        warnings = await _while_alive(running, _measure_cell(item.topology, load, runs, first_run, session,
+                                                             state, stored_in_cell, sampler))
+        if sampler is not None:
+            sampler.mark(None)
+        remaining.pop(0)
+        state.meta.warnings.extend(f"{item.topology}: {w}" for w in warnings)
+        state.save_meta()
+        state.folder.compact()
+
+
+async def _watched(work: Coroutine[Any, Any, None], watchdog: Coroutine[Any, Any, str]) -> None:
+    """Run `work`; if the watchdog returns first, cancel the work and raise TopologyHung with its reason."""
+    work_task = asyncio.ensure_future(work)
+    dog_task = asyncio.ensure_future(watchdog)
+    try:
+        done, _ = await asyncio.wait({work_task, dog_task}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # cancelled from outside (Ctrl-C, SIGTERM): both go
+        for task in (work_task, dog_task):
+            task.cancel()
+        await asyncio.gather(work_task, dog_task, return_exceptions=True)
+        raise
+    if work_task in done:
+        dog_task.cancel()
+        await asyncio.gather(dog_task, return_exceptions=True)
+        work_task.result()  # the work's own error, if any
+        return
+    work_task.cancel()  # the runs it stored stay stored; the requests in flight are abandoned
+    await asyncio.gather(work_task, return_exceptions=True)
+    raise TopologyHung(dog_task.result())
 
 
 async def _measure_cell(topology: str, load: Load, runs: int, first_run: int, session: BenchSession,
-                        state: _Run, sampler: TelemetrySampler | None = None) -> list[str]:
+                        state: _Run, stored_in_cell: list[int], sampler: TelemetrySampler | None = None) -> list[str]:
     rows: list[dict[str, Any]] = []
 
     def on_run(done: RunDone) -> None:
@@ -345,6 +415,7 @@ async def _measure_cell(topology: str, load: Load, runs: int, first_run: int, se
             state.folder.append(done.records, [done.row])
             rows.append(done.row)
             state.outcome.measured_runs += 1
+            stored_in_cell[0] += 1
         state.progress.run_done(topology, load, max(done.run, first_run), done.warmup)
 
     result = await session.run(load, runs, topology=topology, first_run=first_run, on_run=on_run)
@@ -360,8 +431,13 @@ async def run_sweep(
     command_line: Sequence[str] = (),
     resume: bool = False,
     on_topology_done: Callable[[str], None] | None = None,
+    check_nodes: bool = True,
+    watchdog: WatchdogSettings | None = WatchdogSettings(),
 ) -> SweepOutcome:
-    """Measure every missing run of the sweep into `directory`; see the module docstring."""
+    """Measure every missing run of the sweep into `directory`; see the module docstring.
+    First (unless `check_nodes` is off) `topo doctor`'s blocking checks: NodesNotReady, nothing started."""
+    if check_nodes:
+        await require_ready(sweep.cluster, sweep.recipe)
     folder = ResultsFolder(directory)
     if resume:
         meta = folder.read_meta()
@@ -384,7 +460,7 @@ async def run_sweep(
     total = len(cells) * spec.runs
     already = sum(min(cell.measured, spec.runs) for key, cell in done.items() if key in cells)
     progress.sweep_started(total, already)
-    state = _Run(sweep, folder, meta, progress, SweepOutcome(directory, "running"))
+    state = _Run(sweep, folder, meta, progress, SweepOutcome(directory, "running"), watchdog)
     status: Status = "failed"
     try:
         for item in sweep.topologies:

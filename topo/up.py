@@ -5,7 +5,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from cluster.bringup import Leftovers, Running, bring_up, open_cluster, stop_leftovers
+from cluster.bringup import (
+    Leftovers,
+    Running,
+    bring_up,
+    open_cluster,
+    remove_leftover_containers,
+    stop_leftovers,
+)
 from cluster.progress import ConsoleProgress
 from topology.inventory import load_cluster
 from topology.kinds import PlanSecrets, parse_topology, plan
@@ -42,6 +49,8 @@ def run_down(cluster: str, grace_s: float) -> Leftovers:
 
     async def run() -> Leftovers:
         async with open_cluster(loaded) as nodes:
-            return await stop_leftovers(nodes, grace_s=grace_s)
+            leftovers = await stop_leftovers(nodes, grace_s=grace_s)
+            leftovers.containers = await remove_leftover_containers(loaded, nodes)
+            return leftovers
 
     return asyncio.run(run())

@@ -67,21 +67,47 @@ Connect = Annotated[Union[SshConnect, LocalConnect], Field(discriminator="kind")
 
 
 class FastLink(StrictModel):
-    """The node-to-node link engines talk over: VLLM_HOST_IP and the *_SOCKET_IFNAME variables."""
+    """The node-to-node link engines talk over: VLLM_HOST_IP and the *_SOCKET_IFNAME variables.
+
+    `rdma` names the RoCE devices of the link (on a DGX Spark both PCIe twins of the cabled port, e.g.
+    [rocep1s0f1, roceP2p1s0f1]): NCCL then uses RDMA over both (~200 Gb/s); one device gives ~100 Gb/s;
+    none: NCCL falls back to its TCP socket transport over `interface`.
+    """
 
     ip: str
     interface: str  # may differ per node (enp1s0f0np0 on one, enP2p1s0f1np1 on the other)
+    rdma: tuple[str, ...] = ()
+    mtu: int | None = Field(default=None, ge=576, le=65536)  # expected MTU (9000 on a Spark link); doctor checks it
+
+    @field_validator("rdma")
+    @classmethod
+    def _distinct_devices(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"rdma devices repeat: {', '.join(value)}")
+        for device in value:
+            if not re.fullmatch(r"[A-Za-z0-9_.:-]+", device):
+                raise ValueError(f"rdma device {device!r} is not a device name")
+        return value
 
 
-class VllmEngine(StrictModel):
+class DockerLaunch(StrictModel):
+    """How an engine runs under the docker launcher (`launcher: docker`); ignored by `process`."""
+
+    image: str | None = None  # overrides the recipe's container image
+    docker: str = "docker"  # the docker CLI on the node
+    volumes: tuple[str, ...] = ()  # `-v` mounts, e.g. "/data/hf:/data/hf" for HF_HOME
+    # `--gpus VALUE`; None: no GPU is handed to the container (a node without one, the twin)
+    gpus: str | None = "all"
+    shm_size: str | None = None  # `--shm-size`; with `--ipc host` the host's /dev/shm is used anyway
+    docker_args: tuple[str, ...] = ()  # further `docker run` options, placed before the image
+
+
+class VllmEngine(DockerLaunch):
     """The real `vllm serve`: a bare process from an absolute path, or inside a container."""
 
     kind: Literal["vllm"]
     launcher: Literal["process", "docker"] = "process"
     vllm: str | None = None  # process launcher: absolute path of the vllm executable on the node
-    image: str | None = None  # docker launcher: overrides the recipe's container image
-    docker: str = "docker"  # docker launcher: the docker CLI on the node
-    volumes: tuple[str, ...] = ()  # docker launcher: `-v` mounts, e.g. "/data/hf:/data/hf" for HF_HOME
     port: Port = 8000  # engine HTTP port on this node
     # the node's hardware profile (configs/hardware/<name>.yaml): the report's roofline ceilings; None: none
     hardware: str | None = None
@@ -93,11 +119,14 @@ class VllmEngine(StrictModel):
         return self
 
 
-class TwinEngine(StrictModel):
-    """The emulated engine (`python -m twin serve MODEL --hardware H ...`), taking vLLM's flags."""
+class TwinEngine(DockerLaunch):
+    """The emulated engine (`python -m twin serve MODEL --hardware H ...`), taking vLLM's flags.
+
+    Under the docker launcher `twin` is the argv inside the container (its first element the entrypoint)."""
 
     kind: Literal["twin"]
-    launcher: Literal["process"] = "process"
+    launcher: Literal["process", "docker"] = "process"
+    gpus: str | None = None  # the twin needs no GPU
     twin: tuple[str, ...] = ("{python}", "-m", "twin")  # how to start the twin on the node
     hardware: str = "gb10"  # the twin's --hardware profile
     port: Port = 8000
@@ -306,10 +335,9 @@ class _Resolver:
                 connect_update["known_hosts"] = self.controller_path(node.connect.known_hosts)
             update["connect"] = node.connect.model_copy(update=connect_update)
         engine = node.engine
+        docker = self.node_path(node, f"{where}.engine.docker", engine.docker, bare_name_ok=True)
         if isinstance(engine, VllmEngine):
-            engine_update: dict[str, object] = {
-                "docker": self.node_path(node, f"{where}.engine.docker", engine.docker, bare_name_ok=True)
-            }
+            engine_update: dict[str, object] = {"docker": docker}
             if engine.vllm is not None:
                 engine_update["vllm"] = self.node_path(
                     node, f"{where}.engine.vllm", engine.vllm, bare_name_ok=engine.launcher == "docker"
@@ -317,9 +345,12 @@ class _Resolver:
             update["engine"] = engine.model_copy(update=engine_update)
         else:
             program, *args = engine.twin
-            program = self.node_path(node, f"{where}.engine.twin.0", program, bare_name_ok=True)
+            if engine.launcher == "process":
+                program = self.node_path(node, f"{where}.engine.twin.0", program, bare_name_ok=True)
+            else:  # a path inside the container: not resolved against this machine
+                program = substitute_placeholders(program, self.python)
             update["engine"] = engine.model_copy(
-                update={"twin": (program, *(substitute_placeholders(arg, self.python) for arg in args))}
+                update={"twin": (program, *(substitute_placeholders(arg, self.python) for arg in args)), "docker": docker}
             )
         return node.model_copy(update=update)
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import yaml
 
 from common.errors import PlanError
-from topology.inventory import CONTROLLER, TWIN_GPU_DIR_ENV, Cluster, Node, TwinEngine, VllmEngine
+from topology.inventory import CONTROLLER, TWIN_GPU_DIR_ENV, Cluster, Node, TwinEngine
 from topology.plan import (
     ArgOrSecret,
     CommandProbe,
@@ -39,8 +39,8 @@ from topology.plan import (
     Stage,
     Step,
     Stop,
-    StopByCommand,
     StopByProcessGroup,
+    StopContainer,
     config_env,
 )
 from topology.recipe import Recipe
@@ -70,22 +70,44 @@ class PlanSecrets:
 
 ROUTER_CONFIG_NAME = "router.yaml"
 ENGINE_API_KEY_PLACEHOLDER = "none"  # engines run without --api-key; LiteLLM's openai client wants some key
-_NETWORK_ENV = ("VLLM_HOST_IP", "GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME", "TP_SOCKET_IFNAME")
+_NETWORK_ENV = (
+    "VLLM_HOST_IP", "GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME", "TP_SOCKET_IFNAME",
+    "NCCL_IB_HCA", "NCCL_IB_DISABLE", "UCX_NET_DEVICES", "OMPI_MCA_btl_tcp_if_include",
+)
+# Ray's OOM killer misreads unified memory (a Spark's GPU and CPU share it) and kills healthy workers.
+RAY_MEMORY_MONITOR_ENV = "RAY_memory_monitor_refresh_ms"
 
 
-def _node_env(node: Node, recipe: Recipe, extra: dict[str, str] | None = None) -> dict[str, ArgOrSecret]:
-    """The fast-link variables, then the recipe's env, then the node's (a node may override the recipe)."""
+def _link_env(node: Node, *, ray: bool) -> dict[str, str]:
+    """The fast link as the engine's libraries read it: gloo/NCCL/TP sockets always, RoCE when named."""
+    link = node.fast_link
     env = {
-        "VLLM_HOST_IP": node.fast_link.ip,
-        "GLOO_SOCKET_IFNAME": node.fast_link.interface,
-        "NCCL_SOCKET_IFNAME": node.fast_link.interface,
-        "TP_SOCKET_IFNAME": node.fast_link.interface,
+        "VLLM_HOST_IP": link.ip,
+        "GLOO_SOCKET_IFNAME": link.interface,
+        "NCCL_SOCKET_IFNAME": link.interface,
+        "TP_SOCKET_IFNAME": link.interface,
     }
+    if link.rdma:
+        env.update({
+            "NCCL_IB_HCA": ",".join(link.rdma),  # both twins: NCCL stripes over them (~200 Gb/s, one ~100)
+            "NCCL_IB_DISABLE": "0",
+            "UCX_NET_DEVICES": link.interface,
+            "OMPI_MCA_btl_tcp_if_include": link.interface,
+        })
+        if ray:
+            env[RAY_MEMORY_MONITOR_ENV] = "0"
+    return env
+
+
+def _node_env(node: Node, recipe: Recipe, extra: dict[str, str] | None = None, *,
+              ray: bool = False) -> dict[str, ArgOrSecret]:
+    """The fast-link variables, then the recipe's env, then the node's (a node may override the recipe)."""
+    env = _link_env(node, ray=ray)
     for source, values in ((f"recipe {recipe.name!r}", recipe.env), (f"node {node.name!r}", node.env)):
         clashes = sorted(set(values) & set(_NETWORK_ENV))
         if clashes:
             raise PlanError(
-                f"{source} sets {', '.join(clashes)}: these come from the node's fast_link (ip, interface); "
+                f"{source} sets {', '.join(clashes)}: these come from the node's fast_link (ip, interface, rdma); "
                 "set them there instead"
             )
     if isinstance(node.engine, TwinEngine):
@@ -98,8 +120,29 @@ def _node_env(node: Node, recipe: Recipe, extra: dict[str, str] | None = None) -
     return merged
 
 
+def _link_notes(nodes: Sequence[Node]) -> tuple[str, ...]:
+    """What the plan of an engine spanning `nodes` should tell the operator about NCCL's transport."""
+    notes = []
+    for node in nodes:
+        link = node.fast_link
+        if not link.rdma:
+            notes.append(
+                f"node {node.name}: fast_link names no RoCE devices (rdma), so NCCL will use its TCP socket "
+                f"transport over {link.interface}; list the RoCE twins in fast_link.rdma to use RDMA"
+            )
+        elif len(link.rdma) == 1:
+            notes.append(
+                f"node {node.name}: NCCL will use one RoCE device ({link.rdma[0]}), about half of a Spark "
+                "cable's bandwidth; list both twins of the port in fast_link.rdma for the full 200 Gb/s"
+            )
+    return tuple(notes)
+
+
 def _joined_workdir(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *parts])
+
+
+CONTAINER_LABEL = "topo.cluster"  # every container topo starts carries it: leftovers are found by it
 
 
 def _container_name(topology: Topology, node: Node, suffix: str = "") -> str:
@@ -107,7 +150,6 @@ def _container_name(topology: Topology, node: Node, suffix: str = "") -> str:
 
 
 def _docker_image(node: Node, recipe: Recipe) -> str:
-    assert isinstance(node.engine, VllmEngine)
     image = node.engine.image or recipe.image
     if not image:
         raise PlanError(
@@ -117,7 +159,17 @@ def _docker_image(node: Node, recipe: Recipe) -> str:
     return image
 
 
+def render_env_file(env: dict[str, str]) -> str:
+    """`docker run --env-file` content: one KEY=VALUE a line, taken literally (no quotes, no expansion)."""
+    for key, value in env.items():
+        if "\n" in value or "\n" in key:
+            raise PlanError(f"env {key} holds a line break, which a docker env file cannot carry")
+    return "".join(f"{key}={value}\n" for key, value in env.items())
+
+
 def _docker_run(
+    cluster: Cluster,
+    topology: Topology,
     node: Node,
     recipe: Recipe,
     *,
@@ -126,29 +178,39 @@ def _docker_run(
     entrypoint: str,
     args: list[str],
     extra_volumes: tuple[str, ...] = (),
-) -> tuple[list[str], dict[str, ArgOrSecret]]:
-    """`docker run --rm -d ... --entrypoint PROGRAM IMAGE ARGS`: argv and the env of the docker CLI, which
-    holds only the secrets: `-e KEY` without a value passes the CLI's own variable into the container, so a
-    secret never appears in an argv (`ps` on the node would show it).
+) -> tuple[list[str], dict[str, ArgOrSecret], dict[str, str]]:
+    """`docker run --name NAME ... --entrypoint PROGRAM IMAGE ARGS`, in the foreground: argv, the env of
+    the docker CLI, and the env file it reads (path -> content). Secrets stay out of both the file and the
+    argv: `-e KEY` without a value passes the CLI's own variable (the CLI env holds only the secrets), so
+    neither `ps` on the node nor the file on its disk shows one.
 
-    The entrypoint is set explicitly because the vLLM images set their own (`vllm serve` or the API
-    server module): `IMAGE vllm serve ...` would otherwise run `vllm serve vllm serve ...`.
+    Foreground, so the supervised process is the container's life: a container that dies (or is killed
+    from outside) ends `docker run` and bring-up sees a dead engine. No `--rm`: teardown stops, then
+    removes, then proves the name gone. The entrypoint is set explicitly because the vLLM images set their
+    own (`vllm serve` or the API server module): `IMAGE vllm serve ...` would run `vllm serve vllm serve`.
     """
     engine = node.engine
-    assert isinstance(engine, VllmEngine)
-    argv = [engine.docker, "run", "--rm", "-d", "--name", container, "--gpus", "all", "--network", "host",
-            "--ipc", "host"]
+    env_file = _joined_workdir(node.workdir, topology.name, f"{container}.env")
+    argv = [engine.docker, "run", "--name", container, "--label", f"{CONTAINER_LABEL}={cluster.name}",
+            "--network", "host", "--ipc", "host"]
+    if engine.gpus is not None:
+        argv += ["--gpus", engine.gpus]
+    if engine.shm_size is not None:
+        argv += ["--shm-size", engine.shm_size]
+    if node.fast_link.rdma:  # NCCL opens the RoCE devices' verbs and pins (registers) its buffers
+        argv += ["--device", "/dev/infiniband", "--ulimit", "memlock=-1:-1"]
     for volume in (*engine.volumes, *extra_volumes):
         argv += ["-v", volume]
-    cli_env: dict[str, ArgOrSecret] = {}
-    for key, value in env.items():
-        if isinstance(value, Secret):
-            argv += ["-e", key]
-            cli_env[key] = value
-        else:
-            argv += ["-e", f"{key}={value}"]
+    plain = {key: value for key, value in env.items() if not isinstance(value, Secret)}
+    cli_env = {key: value for key, value in env.items() if isinstance(value, Secret)}
+    argv += ["--env-file", env_file, *(arg for key in cli_env for arg in ("-e", key)), *engine.docker_args]
     argv += ["--entrypoint", entrypoint, _docker_image(node, recipe), *args]
-    return argv, cli_env
+    return argv, cli_env, {env_file: render_env_file(plain)}
+
+
+def _container_stop(cluster: Cluster, node: Node, container: str, ports: tuple[int, ...]) -> StopContainer:
+    return StopContainer(docker=node.engine.docker, container=container, grace_s=cluster.timeouts.stop_grace_s,
+                         ports=ports)
 
 
 def _serve_argv(node: Node, recipe: Recipe, parallel_flags: list[str], tensor_parallel: int) -> list[str]:
@@ -178,25 +240,27 @@ def _engine_step(
     probe: Probe,
     listen_ports: tuple[int, ...],
     extra_env: dict[str, str] | None = None,
+    ray: bool = False,
 ) -> Step:
     """One engine process on `node`, for whichever engine and launcher the node has."""
-    env = _node_env(node, recipe, extra_env)
+    env = _node_env(node, recipe, extra_env, ray=ray)
     serve = _serve_argv(node, recipe, parallel_flags, tensor_parallel)
     engine = node.engine
-    grace = cluster.timeouts.stop_grace_s
-    stop: Stop
     if isinstance(engine, TwinEngine):
-        argv = [*engine.twin, *serve, "--hardware", engine.hardware, "--card", recipe.twin_card]
-        stop = StopByProcessGroup(grace_s=grace, ports=listen_ports)
-    elif engine.launcher == "process":
-        assert engine.vllm is not None  # the inventory requires it for the process launcher
-        argv = [engine.vllm, *serve]
-        stop = StopByProcessGroup(grace_s=grace, ports=listen_ports)
+        command = [*engine.twin, *serve, "--hardware", engine.hardware, "--card", recipe.twin_card]
     else:
+        command = [engine.vllm or "vllm", *serve]
+    files: dict[str, str] = {}
+    stop: Stop
+    if engine.launcher == "docker":
         container = _container_name(topology, node)
-        argv, env = _docker_run(node, recipe, container=container, env=env, entrypoint="vllm", args=serve)
-        stop = StopByCommand(argv=(engine.docker, "rm", "-f", container), ports=listen_ports)
-    return Step(name=name, node=node.name, role=role, argv=tuple(argv), env=env, probe=probe, stop=stop)
+        argv, env, files = _docker_run(cluster, topology, node, recipe, container=container, env=env,
+                                       entrypoint=command[0], args=command[1:])
+        stop = _container_stop(cluster, node, container, listen_ports)
+    else:
+        argv = command
+        stop = StopByProcessGroup(grace_s=cluster.timeouts.stop_grace_s, ports=listen_ports)
+    return Step(name=name, node=node.name, role=role, argv=tuple(argv), env=env, files=files, probe=probe, stop=stop)
 
 
 def _engine_probe(cluster: Cluster, node: Node) -> HttpProbe:
@@ -306,20 +370,21 @@ def _ray_start(
             args += ["--disable-usage-stats"]
 
     # Every Ray node's processes host the engine's ranks, so they get the engine's env.
-    env = _node_env(node, recipe)
+    env = _node_env(node, recipe, ray=True)
     status = ["status", "--address", gcs]
     nodes_expected = 1 if is_head else topology.tensor_parallel
     listen_ports = (ray.port,) if is_head else ()
     name = "ray-head" if is_head else f"ray-worker-{node.name}"
     engine = node.engine
     stop: Stop
-    if isinstance(engine, VllmEngine) and engine.launcher == "docker":
+    files: dict[str, str] = {}
+    if engine.launcher == "docker":
         container = _container_name(topology, node, "-ray")
         # the workdir holds Ray's --temp-dir: mounted at the same path, its logs stay readable on the node
-        argv, env = _docker_run(node, recipe, container=container, env=env, entrypoint="ray", args=args,
-                                extra_volumes=(f"{node.workdir}:{node.workdir}",))
+        argv, env, files = _docker_run(cluster, topology, node, recipe, container=container, env=env,
+                                       entrypoint="ray", args=args, extra_volumes=(f"{node.workdir}:{node.workdir}",))
         probe_argv = [engine.docker, "exec", container, "ray", *status]
-        stop = StopByCommand(argv=(engine.docker, "rm", "-f", container), ports=listen_ports)
+        stop = _container_stop(cluster, node, container, listen_ports)
     else:
         argv = [ray.bin, *args]
         probe_argv = [ray.bin, *status]
@@ -332,7 +397,7 @@ def _ray_start(
         timeout_s=cluster.timeouts.ray_ready_s,
     )
     return Step(name=name, node=node.name, role="ray-head" if is_head else "ray-worker", argv=tuple(argv),
-                env=env, probe=probe, stop=stop)
+                env=env, files=files, probe=probe, stop=stop)
 
 
 def _plan_tp_ray(
@@ -348,7 +413,7 @@ def _plan_tp_ray(
         parallel_flags=["--distributed-executor-backend", "ray"], probe=_engine_probe(cluster, head),
         listen_ports=(head.engine.port,),
         # the engine joins the Ray cluster started above (the per-node --temp-dir hides it from "auto")
-        extra_env={"RAY_ADDRESS": f"{head.fast_link.ip}:{head.ray.port}"},
+        extra_env={"RAY_ADDRESS": f"{head.fast_link.ip}:{head.ray.port}"}, ray=True,
     )
     return [Stage(steps=(ray_head,)), Stage(steps=workers), Stage(steps=(engine,))], _endpoint(head), {}
 
@@ -499,7 +564,9 @@ def plan(topology: Topology, cluster: Cluster, recipe: Recipe, *, secrets: PlanS
     else:
         stages, endpoint, headers = _plan_tp_ray(topology, cluster, recipe)
     _check_port_collisions(cluster, topology, stages)
+    spanning = topology.tensor_parallel > 1  # an engine across nodes: NCCL between them
     return LaunchPlan(
+        notes=_link_notes(cluster.nodes[: topology.nodes]) if spanning else (),
         topology=topology.name,
         cluster=cluster.name,
         model=recipe.name,

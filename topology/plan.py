@@ -7,6 +7,7 @@ the printed form: an env value or argv element that is a `Secret` renders as `**
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from typing import Annotated, Literal, Union
@@ -116,7 +117,33 @@ class StopByCommand(BaseModel):
     ports: tuple[int, ...] = ()
 
 
-Stop = Annotated[Union[StopByProcessGroup, StopByCommand], Field(discriminator="kind")]
+class StopContainer(BaseModel):
+    """`docker stop -t GRACE NAME` (TERM, KILL after the grace), then `docker rm -f NAME`; then prove no
+    container of that name is left and the ports are closed. The supervised `docker run` exits with it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    kind: Literal["container"] = "container"
+    docker: str = "docker"
+    container: str
+    grace_s: float = 30.0
+    ports: tuple[int, ...] = ()
+
+    def stop_argv(self) -> tuple[str, ...]:
+        return (self.docker, "stop", "-t", str(max(1, math.ceil(self.grace_s))), self.container)
+
+    def remove_argv(self) -> tuple[str, ...]:
+        return (self.docker, "rm", "-f", self.container)
+
+    def exists_argv(self) -> tuple[str, ...]:
+        """Prints the container's id while a container of that exact name exists (running or not)."""
+        return container_exists_argv(self.docker, self.container)
+
+
+def container_exists_argv(docker: str, container: str) -> tuple[str, ...]:
+    return (docker, "ps", "-a", "-q", "--filter", f"name=^/{container}$")
+
+
+Stop = Annotated[Union[StopByProcessGroup, StopByCommand, StopContainer], Field(discriminator="kind")]
 
 
 class Step(BaseModel):
@@ -151,6 +178,7 @@ class LaunchPlan(BaseModel):
     stages: tuple[Stage, ...]
     endpoint: str  # base URL clients use, e.g. http://10.88.0.1:8000/v1
     endpoint_headers: dict[str, ArgOrSecret] = Field(default_factory=dict)
+    notes: tuple[str, ...] = ()  # what the operator should know about this plan (e.g. NCCL over sockets)
 
     def steps(self) -> list[Step]:
         return [step for stage in self.stages for step in stage.steps]

@@ -21,6 +21,7 @@ from topology.plan import (
     Step,
     StopByCommand,
     StopByProcessGroup,
+    StopContainer,
     render,
 )
 
@@ -68,6 +69,11 @@ def describe_stop(step: Step) -> str:
     ports = f"; then ports {', '.join(str(port) for port in stop.ports)} closed" if stop.ports else ""
     if isinstance(stop, StopByProcessGroup):
         return f"TERM to its process group, KILL after {stop.grace_s:g} s, group proven empty{ports}"
+    if isinstance(stop, StopContainer):
+        return (
+            f"`{shlex.join(stop.stop_argv())}` then `{shlex.join(stop.remove_argv())}`, "
+            f"no container {stop.container} left{ports}"
+        )
     assert isinstance(stop, StopByCommand)
     return f"`{shlex.join(stop.argv)}`{ports}"
 
@@ -87,6 +93,8 @@ def plan_text(plan: LaunchPlan) -> Text:
     line(f"endpoint: {plan.endpoint}", "bold green")
     for key, value in plan.endpoint_headers.items():
         line(f"endpoint header: {key}: {render(value)}", "green")
+    for note in plan.notes:
+        line(f"note: {note}", "yellow")
     total = len(plan.stages)
     for number, stage in enumerate(plan.stages, start=1):
         line()

@@ -25,7 +25,8 @@ from twin.distributed import LocalRanks, RankGroup, RayRankGroup, TcpRankServer,
 from twin.power import NodeGpuTelemetry, gpu_telemetry_running
 from twin.engine import Engine, EngineConfig
 from twin.profiles import load_card, load_hardware, transport_from_env
-from twin.server import build_app, default_text_source
+from twin.hang_fault import hang_fault_from_env
+from twin.server import build_app, default_text_source, twin_version
 
 
 def engine_config_kwargs(
@@ -135,7 +136,7 @@ async def _serve_with(args: ServeArgs, config: EngineConfig, keep_alive_s: int, 
         async def step_hook(desc: Any) -> None:
             gpu.on_step(desc)  # this node's modeled power, then the peers
             await group.step(desc)
-    engine = Engine(config, step_hook=step_hook)
+    engine = Engine(config, step_hook=hang_fault_from_env(step_hook))  # a fault knob, off unless set
     await engine.start()
     app = build_app(engine, group, served_model_names=args.served_model_names, model_root=args.model,
                     api_key=args.api_key, seed=args.seed or 0)
@@ -203,6 +204,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: twin serve [MODEL] [vLLM serving flags] [--hardware NAME|PATH] [--card NAME|PATH]")
         print("       twin serve --help   for every flag")
+        return
+    if argv[0] == "--version":  # like `vllm --version`: what `topo doctor` compares across nodes
+        print(twin_version())
         return
     if argv[0] != "serve":
         raise ConfigError(f"twin: unknown command {argv[0]!r} (the only command is `serve`)")

@@ -574,6 +574,10 @@ class TwinServer:
         return JSONResponse({"count": len(tokens), "max_model_len": self.max_model_len, "tokens": tokens,
                              "token_strs": None})
 
+    async def version(self, request: Request) -> Response:
+        """Like vLLM's GET /version: what topo records as the engine version of a sweep."""
+        return JSONResponse({"version": twin_version(), "engine": "twin"})
+
     async def metrics(self, request: Request) -> Response:
         return PlainTextResponse(self.render_metrics(), media_type="text/plain; version=0.0.4")
 
@@ -664,6 +668,7 @@ def build_app(
         Route("/health", server.health, methods=["GET"]),
         Route("/tokenize", server.tokenize, methods=["POST"]),
         Route("/metrics", server.metrics, methods=["GET"]),
+        Route("/version", server.version, methods=["GET"]),
         Route("/twin/requests", server.twin_requests, methods=["GET", "DELETE"]),
         Route("/twin/ranks", server.twin_ranks, methods=["GET"]),
     ]
@@ -679,4 +684,14 @@ def build_app(
     return app
 
 
-__all__ = ["ApiError", "ServedRequest", "TextSource", "TwinServer", "build_app", "default_text_source"]
+def twin_version() -> str:
+    """The twin ships with topo: its version is topo's (GET /version, `twin --version`)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("topo")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+__all__ = ["ApiError", "ServedRequest", "TextSource", "TwinServer", "build_app", "default_text_source", "twin_version"]

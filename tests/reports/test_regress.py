@@ -202,3 +202,20 @@ def test_parse_threshold(text, value) -> None:
 def test_parse_threshold_rejects_nonsense() -> None:
     with pytest.raises(RegressionInputError, match="expected a percentage"):
         parse_threshold("five")
+
+
+def test_what_ran_differently_is_a_warning_not_a_verdict() -> None:
+    from bench.results_folder import NodeFacts, WhatRan
+    from reports.regress import regression_markdown
+
+    def meta(version: str, nccl: str) -> FolderMeta:
+        return FolderMeta(kind="sweep", spec={"pp": 1024}, ran={"solo": WhatRan(executor="uni", nodes={
+            "spark1": NodeFacts(engine="vllm", engine_version=version, nccl=nccl, kernel="6.11.0")})})
+
+    base = study_cells()
+    same = compare_sweeps(base, base, baseline_meta=meta("0.19.1", "2.27.3"), current_meta=meta("0.19.1", "2.27.3"))
+    assert not any("What ran" in note for note in same.notes)
+    result = compare_sweeps(base, base, baseline_meta=meta("0.19.1", "2.27.3"), current_meta=meta("0.19.2", "2.27.3"))
+    assert result.exit_code == 0  # a warning: the gate still decides on the numbers
+    assert "What ran differs from the baseline: solo on spark1: engine_version 0.19.1 -> 0.19.2" in result.notes
+    assert "engine_version 0.19.1 -> 0.19.2" in regression_markdown(result)

@@ -203,3 +203,19 @@ def test_runs_stored_twice_are_a_caveat() -> None:
     cells = frame(cell_rows("solo", 1, [40, 41]), cell_rows("solo", 1, [40]), cell_rows("tp2-mp", 1, [1, 2]))
     report = build_report(cells)
     assert any(c.startswith("Some runs are stored twice (Solo c1)") for c in report.caveats)
+
+
+def test_what_ran_heads_the_report_and_incidents_are_caveats() -> None:
+    from bench.results_folder import Incident, NodeFacts, WhatRan
+
+    spark = NodeFacts(engine="vllm", engine_version="0.19.1", nccl="2.27.3", driver="580.95.05", kernel="6.11.0",
+                      env={"engine-rank0": {"NCCL_IB_HCA": "rocep1s0f1,roceP2p1s0f1", "NCCL_IB_DISABLE": "0"}})
+    meta = FolderMeta(kind="sweep", status="complete", ran={"tp2-mp": WhatRan(executor="mp", nodes={"spark1": spark})},
+                      incidents=[Incident(topology="tp2-mp", load="c16", runs_failed=[2, 3], at="2026-11-30T03:00:00",
+                                          reason="no token on any of 16 in-flight request(s) for 120 s (limit 120 s)",
+                                          action="torn down, brought up again, cell retried")])
+    report = build_report(frame(cell_rows("solo", 1, [1, 1]), cell_rows("tp2-mp", 1, [1, 1])), meta)
+    assert ("Ran Cluster TP=2: executor mp; spark1: vllm 0.19.1, NCCL 2.27.3 over RoCE rocep1s0f1,roceP2p1s0f1, "
+            "driver 580.95.05, kernel 6.11.0") in report.header_lines()
+    assert ("Incident: Cluster TP=2 hung at c16 (no token on any of 16 in-flight request(s) for 120 s (limit 120 s)); "
+            "run(s) 2, 3 of that cell failed with it; torn down, brought up again, cell retried.") in report.caveats

@@ -38,6 +38,14 @@ def test_plan_matches_golden(topology_name, two_sparks, gemma, plan_secrets, rea
     check_golden(topology_name, text)
 
 
+@pytest.mark.parametrize("topology_name", STUDY_TOPOLOGIES)
+def test_spark_pair_with_both_roce_twins_matches_golden(topology_name, data_dir, gemma, plan_secrets):
+    """Two Sparks as their owners run them: vLLM's container, NCCL over both RoCE twins of the port."""
+    cluster = load_cluster(data_dir / "two-sparks-rdma.yaml")
+    launch_plan = plan(parse_topology(topology_name), cluster, gemma, secrets=plan_secrets)
+    check_golden(f"rdma-{topology_name}", plan_text(launch_plan).plain)
+
+
 @pytest.mark.parametrize("topology_name", FOUR_NODE_GOLDENS)
 def test_four_node_plan_matches_golden(topology_name, data_dir, gemma, plan_secrets, real_master_key):
     four_sparks = load_cluster(data_dir / "four-sparks.yaml")
@@ -61,6 +69,16 @@ def test_goldens_carry_design_commands():
     assert "--distributed-executor-backend ray" in texts["tp2-ray"]
     assert "routing_strategy: simple-shuffle" in texts["2x-solo-shuffle"]
     assert "LITELLM_MASTER_KEY=***" in texts["2x-solo-shuffle"]
+    assert "NCCL will use its TCP socket transport over enP2p1s0f1np1" in texts["tp2-mp"]
+    assert "note:" not in texts["solo"]  # one engine on one node: no NCCL between nodes to speak of
+    rdma = {name: (GOLDEN_DIR / f"rdma-{name}.txt").read_text() for name in STUDY_TOPOLOGIES}
+    for name, text in rdma.items():
+        assert "NCCL_IB_HCA=rocep1s0f1,roceP2p1s0f1" in text and "NCCL_IB_DISABLE=0" in text, name
+        assert "UCX_NET_DEVICES=enp1s0f1np1" in text and "OMPI_MCA_btl_tcp_if_include=enp1s0f1np1" in text, name
+        assert "note:" not in text, name
+        assert "$ docker run" in text and "--network host" in text and "--gpus all" in text, name
+        assert "--device /dev/infiniband" in text and "--env-file /tmp/topo/" in text, name
+        assert ("RAY_memory_monitor_refresh_ms=0" in text) == (name == "tp2-ray"), name
     # two TP=2 engines, each on its own pair of nodes with its own master, behind one router
     two_tp2 = texts["2x-tp2-shuffle"]
     assert two_tp2.count("--nnodes 2") == 4 and two_tp2.count("--headless") == 2

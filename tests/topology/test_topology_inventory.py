@@ -150,6 +150,19 @@ def test_unknown_cluster_name_lists_the_known_ones():
         load_cluster("no-such-cluster")
 
 
+def test_rdma_devices_are_distinct_names_and_twin_docker_keeps_its_container_path(tmp_path):
+    node = ssh_node("a", "10.0.0.1")
+    node["fast_link"]["rdma"] = ["rocep1s0f1", "rocep1s0f1"]
+    with pytest.raises(ConfigError, match="rdma devices repeat"):
+        load_cluster(write_cluster(tmp_path, {"name": "c", "nodes": [node]}))
+    node["fast_link"]["rdma"] = ["rocep1s0f1", "roceP2p1s0f1"]
+    node["engine"] = {"kind": "twin", "launcher": "docker", "image": "topo-twin", "twin": ["python3", "-m", "twin"]}
+    cluster = load_cluster(write_cluster(tmp_path, {"name": "c", "nodes": [node]}))
+    assert cluster.head.fast_link.rdma == ("rocep1s0f1", "roceP2p1s0f1")
+    engine = cluster.head.engine
+    assert engine.launcher == "docker" and engine.twin[0] == "python3" and engine.gpus is None
+
+
 def test_a_duplicate_key_is_refused_with_file_and_line(tmp_path):
     path = tmp_path / "dup.yaml"
     path.write_text("name: c\nnodes:\n  - name: a\n    env:\n      HF_HOME: /a\n      HF_HOME: /b\n")

@@ -13,7 +13,7 @@ from common.errors import PlanError
 from topology.inventory import Cluster, TwinEngine
 from topology.kinds import STUDY_TOPOLOGIES, PlanSecrets, parse_topology, plan
 from topology.registry import Topology
-from topology.plan import CommandProbe, HttpProbe, LaunchPlan, NoProbe, Secret, StopByCommand, reveal
+from topology.plan import CommandProbe, HttpProbe, LaunchPlan, NoProbe, Secret, StopContainer, reveal
 from topology.render import plan_json, plan_text
 
 
@@ -216,18 +216,39 @@ def test_generated_secrets_are_fresh():
 # --- docker launcher -------------------------------------------------------------------------------------
 
 
-def test_docker_launcher_renders_docker_run_and_rm(two_sparks, gemma, plan_secrets):
+def test_docker_launcher_renders_foreground_docker_run_with_env_file(two_sparks, gemma, plan_secrets):
     cluster = dockerised(two_sparks)
     step = plan(Topology(), cluster, gemma, secrets=plan_secrets).steps()[0]
     argv = list(step.argv)
-    assert argv[:12] == ["docker", "run", "--rm", "-d", "--name", "topo-solo-spark1", "--gpus", "all",
-                         "--network", "host", "--ipc", "host"]
-    assert "-e" in argv and "VLLM_HOST_IP=192.168.100.1" in argv and "GLOO_SOCKET_IFNAME=enp1s0f0np0" in argv
+    # foreground (no -d) and no --rm: the supervised `docker run` lives as long as the container
+    assert argv[:11] == ["docker", "run", "--name", "topo-solo-spark1", "--label", "topo.cluster=two-sparks",
+                         "--network", "host", "--ipc", "host", "--gpus"]
+    assert "-d" not in argv and "--rm" not in argv and "-e" not in argv
+    env_file = argv[argv.index("--env-file") + 1]
+    assert env_file == "/tmp/topo/solo/topo-solo-spark1.env"
+    assert step.files[env_file].splitlines()[:2] == ["VLLM_HOST_IP=192.168.100.1", "GLOO_SOCKET_IFNAME=enp1s0f0np0"]
     image_at = argv.index("vllm/vllm-openai:v0.19.1")  # the recipe's image
     assert argv[image_at - 2 : image_at + 3] == ["--entrypoint", "vllm", "vllm/vllm-openai:v0.19.1", "serve",
                                                   "google/gemma-4-26B-A4B-it"]
-    assert step.env == {}  # the container gets its env through -e
-    assert isinstance(step.stop, StopByCommand) and step.stop.argv == ("docker", "rm", "-f", "topo-solo-spark1")
+    assert step.env == {}  # the container gets its env from the env file
+    assert isinstance(step.stop, StopContainer) and step.stop.container == "topo-solo-spark1"
+    assert step.stop.stop_argv() == ("docker", "stop", "-t", "30", "topo-solo-spark1")
+    assert step.stop.remove_argv() == ("docker", "rm", "-f", "topo-solo-spark1")
+
+
+def test_docker_gpus_only_where_the_node_has_them(two_sparks, gemma, plan_secrets):
+    cluster = dockerised(two_sparks)
+    engine = cluster.head.engine.model_copy(update={"gpus": None, "docker_args": ("--pull", "never")})
+    argv = plan(parse_topology("solo"), node_update(cluster, 0, engine=engine), gemma, secrets=plan_secrets).steps()[0].argv
+    assert "--gpus" not in argv
+    assert argv[argv.index("--pull") - 2 : argv.index("--pull") + 3] == (
+        "--env-file", "/tmp/topo/solo/topo-solo-spark1.env", "--pull", "never", "--entrypoint")
+
+
+def test_env_with_a_line_break_cannot_go_into_an_env_file(two_sparks, gemma, plan_secrets):
+    cluster = node_update(dockerised(two_sparks), 0, env={"HF_HOME": "/data\nX=1"})
+    with pytest.raises(PlanError, match="line break"):
+        plan(parse_topology("solo"), cluster, gemma, secrets=plan_secrets)
 
 
 def test_docker_node_image_wins_and_missing_image_is_a_plan_error(two_sparks, gemma, plan_secrets):
@@ -244,7 +265,7 @@ def test_docker_tp_topologies_use_one_container_per_process(two_sparks, gemma, p
     for topology_name in ("tp2-mp", "tp2-ray"):
         for step in plan(parse_topology(topology_name), cluster, gemma, secrets=plan_secrets).steps():
             names.append(step.argv[step.argv.index("--name") + 1])
-            assert step.stop.argv == ("docker", "rm", "-f", names[-1])  # type: ignore[union-attr]
+            assert step.stop.container == names[-1]  # type: ignore[union-attr]
     assert len(names) == len(set(names)) == 5
     ray_head = plan(parse_topology("tp2-ray"), cluster, gemma, secrets=plan_secrets).steps()[0]
     assert ray_head.probe.argv[:4] == ("docker", "exec", "topo-tp2-ray-spark1-ray", "ray")  # type: ignore[union-attr]
@@ -286,3 +307,46 @@ def test_plan_does_no_io(monkeypatch, two_sparks, gemma, plan_secrets):
     for name in STUDY_TOPOLOGIES:
         plan(parse_topology(name), two_sparks, gemma, secrets=plan_secrets)
         plan(parse_topology(name), dockerised(two_sparks), gemma, secrets=plan_secrets)
+
+
+# --- the fast link's RoCE devices ------------------------------------------------------------------------
+
+
+def with_rdma(cluster: Cluster, *devices: str) -> Cluster:
+    for index, node in enumerate(cluster.nodes):
+        cluster = node_update(cluster, index, fast_link=node.fast_link.model_copy(update={"rdma": devices}))
+    return cluster
+
+
+def test_rdma_devices_turn_nccl_to_roce_on_every_engine_process(two_sparks, gemma, plan_secrets):
+    cluster = with_rdma(two_sparks, "rocep1s0f1", "roceP2p1s0f1")
+    for name in STUDY_TOPOLOGIES:
+        launch_plan = plan(parse_topology(name), cluster, gemma, secrets=plan_secrets)
+        assert launch_plan.notes == ()
+        for step in launch_plan.steps():
+            if step.role == "proxy":
+                assert "NCCL_IB_HCA" not in step.env
+                continue
+            interface = cluster.node(step.node).fast_link.interface
+            assert step.env["NCCL_IB_HCA"] == "rocep1s0f1,roceP2p1s0f1" and step.env["NCCL_IB_DISABLE"] == "0"
+            assert step.env["UCX_NET_DEVICES"] == step.env["OMPI_MCA_btl_tcp_if_include"] == interface
+            under_ray = name == "tp2-ray"
+            assert (step.env.get("RAY_memory_monitor_refresh_ms") == "0") == under_ray, (name, step.name)
+
+
+def test_without_rdma_spanning_plans_note_sockets_and_one_twin_is_noted_too(two_sparks, gemma, plan_secrets):
+    for name in ("tp2-mp", "tp2-ray"):
+        notes = plan(parse_topology(name), two_sparks, gemma, secrets=plan_secrets).notes
+        assert len(notes) == 2 and all("TCP socket transport" in note for note in notes)
+        assert "NCCL_IB_HCA" not in plan(parse_topology(name), two_sparks, gemma, secrets=plan_secrets).steps()[0].env
+    for name in ("solo", "2x-solo-shuffle"):  # no engine spans nodes: NCCL does not cross the link
+        assert plan(parse_topology(name), two_sparks, gemma, secrets=plan_secrets).notes == ()
+    one_twin = plan(parse_topology("tp2-mp"), with_rdma(two_sparks, "rocep1s0f1"), gemma, secrets=plan_secrets)
+    assert len(one_twin.notes) == 2 and all("one RoCE device (rocep1s0f1)" in note for note in one_twin.notes)
+    assert "note: node spark1: NCCL will use one RoCE device" in plan_text(one_twin).plain
+
+
+def test_recipe_or_node_env_cannot_set_the_link_variables(two_sparks, gemma, plan_secrets):
+    cluster = node_update(two_sparks, 1, env={"NCCL_IB_HCA": "mlx5_0"})
+    with pytest.raises(PlanError, match="node 'spark2' sets NCCL_IB_HCA: these come from the node's fast_link"):
+        plan(parse_topology("tp2-mp"), cluster, gemma, secrets=plan_secrets)

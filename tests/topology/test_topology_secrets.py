@@ -50,8 +50,10 @@ def test_docker_gets_secrets_by_name_from_its_cli_environment_not_in_argv(secret
     launch = plan(parse_topology("solo"), secret_cluster, gemma, secrets=plan_secrets)
     (engine,) = [step for step in launch.steps() if step.role != "proxy"][:1]
     argv = [reveal(arg) for arg in engine.argv]
-    assert argv[argv.index("HF_TOKEN") - 1] == "-e" and "PLAIN=visible" in argv
-    assert not any(FROM_ENV in arg or FROM_FILE in arg for arg in argv)
+    assert argv[argv.index("HF_TOKEN") - 1] == "-e"
+    env_file = engine.files[argv[argv.index("--env-file") + 1]]  # the plain env goes into the env file
+    assert "PLAIN=visible" in env_file.splitlines() and "HF_TOKEN" not in env_file
+    assert not any(FROM_ENV in arg or FROM_FILE in arg for arg in [*argv, env_file])
     assert set(engine.env) == {"HF_TOKEN", "OTHER"}  # the docker CLI's env: only the secrets
     assert reveal(engine.env["HF_TOKEN"]) == FROM_ENV and reveal(engine.env["OTHER"]) == FROM_FILE
 

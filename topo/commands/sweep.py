@@ -31,6 +31,7 @@ from topo.options import (
     parse_topologies,
 )
 from topo.progress import RichSweepProgress
+from topo.watchdog import WatchdogSettings
 from topo.sweep import (
     DEFAULT_CONCURRENCY,
     SweepPlan,
@@ -82,6 +83,12 @@ def sweep_command(
     max_failed_share: float = typer.Option(0.0, "--max-failed-share", help="A run counts as measured only when "
                                            "at most this share of its requests failed (default 0: all succeeded); "
                                            "other runs are stored as failed and `--resume` measures them again."),
+    no_doctor: bool = typer.Option(False, "--no-doctor", help="Skip `topo doctor`'s blocking checks, which "
+                                   "otherwise run before anything starts."),
+    stall_timeout: float = typer.Option(WatchdogSettings.stall_s, "--stall-timeout", min=1.0, help="Watchdog: "
+                                        "seconds without a token on any in-flight request before the topology "
+                                        "counts as hung (it is then restarted once and the cell retried)."),
+    no_watchdog: bool = typer.Option(False, "--no-watchdog", help="Never restart a topology that stops serving."),
 ) -> None:
     """Bring the cluster up in each topology, sweep the concurrency levels, tear it down, write a report.
 
@@ -124,7 +131,8 @@ def sweep_command(
     with RichSweepProgress(console) as progress:
         try:
             outcome = asyncio.run(run_sweep(sweep, directory, progress, command_line=command_line(),
-                                            resume=resume is not None))
+                                            resume=resume is not None, check_nodes=not no_doctor,
+                                            watchdog=None if no_watchdog else WatchdogSettings(stall_s=stall_timeout)))
         except KeyboardInterrupt:
             progress.progress.stop()
             # soft_wrap: a command to copy must not be broken across lines at the terminal's width

@@ -69,8 +69,10 @@ def down_command(
                       + (" with KILL" if outcome.killed else ""))
     for note in leftovers.foreign:
         console.print(f"[yellow]not stopped:[/] {escape(note)}")
-    stopped = len(leftovers.stopped)
-    console.print(f"{stopped} leftover process group(s) stopped" if stopped else "nothing left over")
+    for container in leftovers.containers:
+        console.print(f"removed container {container}")
+    stopped = len(leftovers.stopped) + len(leftovers.containers)
+    console.print(f"{stopped} leftover(s) stopped" if stopped else "nothing left over")
     if leftovers.foreign:
         raise typer.Exit(3)
 
