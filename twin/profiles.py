@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from functools import cached_property, lru_cache
 from pathlib import Path
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
@@ -138,6 +138,20 @@ class RouterProfile(SourcedModel):
     accept_per_request_ms: float = Field(default=0.0, ge=0)
     dispatch_per_request_ms: float = Field(default=0.0, ge=0)
     response_latency_ms: float = Field(default=0.0, ge=0)
+    # The proxy relays every streamed chunk in its one event loop: chunks from all engines queue for it,
+    # each taking this long, so a busy proxy caps the tokens per second all streams together get.
+    relay_per_chunk_ms: float = Field(default=0.0, ge=0)
+
+    def relayed(self, arrivals: Sequence[float]) -> list[float]:
+        """When chunks reaching the proxy at `arrivals` (seconds, any order) leave it, in the same order:
+        first come, first served, one at a time."""
+        service = self.relay_per_chunk_ms / 1000
+        leave = [0.0] * len(arrivals)
+        free = float("-inf")
+        for index in sorted(range(len(arrivals)), key=arrivals.__getitem__):
+            free = max(arrivals[index], free) + service
+            leave[index] = free
+        return leave
 
     def handover_s(self, burst: int, k: int) -> float:
         """When request k (1-based) of a burst that arrived at once reaches its engine, after the burst."""
