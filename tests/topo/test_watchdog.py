@@ -184,9 +184,9 @@ def test_twin_hangs_mid_cell_and_the_sweep_recovers_retries_once_and_completes(t
     cluster = write_local_cluster(tmp_path / "cluster")
     data = yaml.safe_load(cluster.read_text())
     hung_once = tmp_path / "hung-once"
-    # The engine stops stepping 0.5 s (modeled, so on any machine) after its first step, well inside the
-    # 2 x 4 batches of c=1,2 (warm-up + 3 runs each, ~1 s of stepping on the fast profile); a hang is checked
-    # at a step, so it always falls inside a cell. A restart serves normally.
+    # The engine stops stepping 0.5 s after its first step. The twin sleeps each step's modeled time, so the
+    # 2 x 4 batches of c=1,2 (warm-up + 3 runs each) take ~1 s of stepping on any machine, more on a slow one;
+    # a hang is checked at a step, so it always falls inside a cell. A restart serves normally.
     data["nodes"][0]["env"] = {HANG_AFTER_ENV: "0.5", HANG_ONCE_ENV: str(hung_once)}
     cluster.write_text(yaml.safe_dump(data, sort_keys=False))
     out = tmp_path / "results"
