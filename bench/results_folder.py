@@ -18,6 +18,11 @@ Rows are keyed (bench/records.py RUN_KEY, REQUEST_KEY); when a key appears twice
 again) the later write wins. Only the writer of a folder compacts it: two concurrent compactions could
 each delete parts the other merged.
 
+Disk errors: every write is temporary file, fsync, rename, so a full disk leaves the previous file whole
+and no temporary file behind, and raises StorageError (what, where, what to do). A part file that cannot be
+read (0 bytes after a crash, say) is moved to `parts/damaged/` with the other half of its run and reported
+in `notes`: the run is then missing, so a resume measures it again.
+
 Older folders load through migrations, never by rewriting them:
 - meta.json schema 1 (`"schema": 1`, topo before the typed meta) -> 2: the key is `schema_version`.
 - Parquet schema 1 (before the load as a value) -> 2: `workload` is `default`, `load` is `c{concurrency}`.
@@ -30,10 +35,11 @@ Older folders load through migrations, never by rewriting them:
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import count
 from pathlib import Path
@@ -55,8 +61,7 @@ from bench.records import (
 )
 from bench.workload import DEFAULT_WORKLOAD
 from common.config import describe_validation_error
-from common.errors import ResultsError
-from common.masking import mask_url_credentials
+from common.errors import ResultsError, StorageError
 
 META_FILE = "meta.json"
 REQUESTS_FILE = "requests.parquet"
@@ -70,6 +75,7 @@ REPORT_HTML = "report.html"
 # meta.json
 
 META_SCHEMA_VERSION = 2
+META_SLACK_BYTES = 1024
 FolderKind = Literal["sweep", "prediction", "bench"]
 Status = Literal["running", "complete", "incomplete", "interrupted", "failed"]
 
@@ -345,6 +351,7 @@ class ResultsFolder:
 
     def __init__(self, directory: Path | str) -> None:
         self.directory = Path(directory)
+        self.notes: list[str] = []  # damaged part files found and set aside while reading
 
     def __repr__(self) -> str:
         return f"ResultsFolder({str(self.directory)!r})"
@@ -408,16 +415,37 @@ class ResultsFolder:
         return self.read_meta() if self.has_meta() else None
 
     def write_meta(self, meta: FolderMeta) -> None:
-        """Atomic: a crash while writing never leaves half a meta.json behind."""
+        """Atomic: a crash while writing never leaves half a meta.json behind. When the disk is full, the
+        status must still come true: the file is then rewritten in place, in the blocks it already has."""
         self._mkdir(self.directory)
-        text = json.dumps(meta.model_dump(mode="json"), indent=2) + "\n"
-        tmp = self.meta_path.with_name(f".{META_FILE}.{os.getpid()}.tmp")
+
+        def encoded(value: FolderMeta) -> bytes:
+            return (json.dumps(value.model_dump(mode="json"), indent=2) + "\n").encode()
+
+        data = encoded(meta)
         try:
-            tmp.write_text(text, encoding="utf-8")
-            tmp.replace(self.meta_path)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise ResultsError(f"cannot write {self.meta_path}: {exc.strerror or exc}") from exc
+            # Trailing blanks (valid JSON) keep blocks in hand to record the final status on a full disk.
+            _write_atomically(self.meta_path, lambda handle: handle.write(data + b" " * META_SLACK_BYTES))
+        except StorageError:
+            # The status matters most (a reader must not think the sweep still runs): if the whole meta does
+            # not fit in the old file's blocks, the error texts are shortened (they are printed anyway).
+            shorter = meta.model_copy(update={"errors": {key: text[:60] for key, text in meta.errors.items()}})
+            terse = meta.model_copy(update={"errors": {key: "" for key in meta.errors}})
+            if not any(self._rewrite_in_place(candidate) for candidate in (data, encoded(shorter), encoded(terse))):
+                raise
+
+    def _rewrite_in_place(self, data: bytes) -> bool:
+        try:
+            with open(self.meta_path, "r+b") as handle:
+                if len(data) > os.fstat(handle.fileno()).st_blocks * 512:
+                    return False  # would need new blocks: leave the old, complete file
+                handle.write(data)
+                handle.truncate()
+                handle.flush()
+                os.fsync(handle.fileno())
+            return True
+        except OSError:
+            return False
 
     # -- rows ---------------------------------------------------------------------------------------------
 
@@ -474,9 +502,15 @@ class ResultsFolder:
             return {}
         return runs_per_cell(self.read_cells())
 
-    def completed_cells(self, runs: int) -> set[tuple[str, str, str]]:
-        """The cells that already hold `runs` measured runs: what a resume can skip."""
-        return {key for key, n in self.runs_done().items() if n >= runs}
+    def completed_cells(self, runs: int, max_failed_share: float = 0.0) -> set[tuple[str, str, str]]:
+        """The cells that already hold `runs` measured (not failed) runs: what a resume can skip."""
+        return {key for key, cell in self.cell_progress(max_failed_share).items() if cell.measured >= runs}
+
+    def cell_progress(self, max_failed_share: float = 0.0) -> dict[tuple[str, str, str], CellProgress]:
+        """Per cell: runs measured, runs stored as failed, and the number the next run gets."""
+        if not self.directory.is_dir():
+            return {}
+        return cell_progress(self.read_cells(), max_failed_share)
 
     def compact(self) -> None:
         """Merge every part into the main files; safe to call at any time, also after a crash."""
@@ -520,7 +554,7 @@ class ResultsFolder:
             md_path.write_text(markdown, encoding="utf-8")
             html_path.write_text(html, encoding="utf-8")
         except OSError as exc:
-            raise ResultsError(f"{self.directory}: cannot write the report ({exc})") from exc
+            raise StorageError(f"{self.directory}: cannot write the report ({exc})") from exc
         return md_path, html_path
 
     # -- internals ----------------------------------------------------------------------------------------
@@ -530,7 +564,7 @@ class ResultsFolder:
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise ResultsError(f"cannot create {path}: {exc.strerror}") from exc
+            raise StorageError(f"cannot create {path}: {exc.strerror}") from exc
 
     def _telemetry_parts(self) -> list[Path]:
         return sorted(self.parts.glob("telemetry-*.parquet")) if self.parts.is_dir() else []
@@ -566,7 +600,31 @@ class ResultsFolder:
 
     def _tables(self, kind: _Kind, paths: list[Path], columns: Sequence[str] | None = None) -> list[pa.Table]:
         schema = self._schema(kind, columns)
-        return [self._migrated(kind, path, schema) for path in paths]
+        tables = []
+        for path in paths:
+            try:
+                tables.append(self._migrated(kind, path, schema))
+            except ResultsError as exc:
+                if path.parent != self.parts or not path.exists():
+                    raise  # a main file is never set aside: a person must look at it
+                self._set_aside(path, exc)
+        return tables
+
+    def _set_aside(self, part: Path, problem: ResultsError) -> None:
+        """Move a damaged part, and the other half of its run (same stamp), to parts/damaged/."""
+        stamp = part.name.split("-", 1)[1]
+        damaged = self.parts / "damaged"
+        moved = []
+        try:
+            damaged.mkdir(exist_ok=True)
+            for sibling in sorted(self.parts.glob(f"*-{stamp}")):
+                sibling.replace(damaged / sibling.name)
+                moved.append(sibling.name)
+        except OSError as exc:
+            raise StorageError(f"{part} is damaged ({problem}) and cannot be moved aside ({exc.strerror or exc}); "
+                               f"move it out of {self.parts} by hand, then resume") from exc
+        self.notes.append(f"{part} was damaged ({problem}); moved {', '.join(moved)} to {damaged}: the run it "
+                          "held is missing now, so `topo sweep --resume` measures it again")
 
     @staticmethod
     def _migrated(kind: _Kind, path: Path, schema: pa.Schema) -> pa.Table:
@@ -611,13 +669,50 @@ class ResultsFolder:
 
     @staticmethod
     def _write(table: pa.Table, path: Path) -> None:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            pq.write_table(table, tmp)
-            os.replace(tmp, path)  # atomic: a reader sees the old file or the new one, never half of one
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise ResultsError(f"cannot write {path}: {exc.strerror or exc}") from exc
+        _write_atomically(path, lambda handle: pq.write_table(table, handle))
+
+
+def _write_atomically(path: Path, write: Callable[[Any], object]) -> None:
+    """Temporary file, fsync, rename: a reader (or a crash) sees the old file or the new one, never half,
+    and a failed write leaves no temporary file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        hint = " (free some space, then resume)" if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else ""
+        raise StorageError(f"cannot write {path}: {exc.strerror or exc}{hint}") from exc
+
+
+def run_failed(failed: Any, requests: Any, max_failed_share: float = 0.0) -> bool:
+    """A run counts as measured only when the share of its requests that failed is at most
+    `max_failed_share` (default 0: every request succeeded); a run that sent nothing failed too."""
+    sent = int(requests) if requests is not None and not pd.isna(requests) else 0
+    lost = int(failed) if failed is not None and not pd.isna(failed) else 0
+    return sent == 0 or lost / sent > max_failed_share
+
+
+@dataclass(frozen=True)
+class CellProgress:
+    measured: int  # runs whose requests succeeded (within the failure threshold)
+    failed: int  # runs stored as failed: kept and reported, measured again by a resume
+    next_run: int  # the next run's number: numbering continues past failed runs, so nothing is overwritten
+
+
+def cell_progress(cells: pd.DataFrame, max_failed_share: float = 0.0) -> dict[tuple[str, str, str], CellProgress]:
+    if cells.empty:
+        return {}
+    progress = {}
+    for (topology, workload, load), rows in fill_load_keys(cells).groupby(list(CELL_KEY)):
+        rows = rows.drop_duplicates(subset=["run"], keep="last")
+        failed = [run_failed(f, r, max_failed_share) for f, r in zip(rows["failed"], rows["requests"])]
+        progress[(str(topology), str(workload), str(load))] = CellProgress(
+            measured=failed.count(False), failed=failed.count(True), next_run=int(rows["run"].max()) + 1)
+    return progress
 
 
 def runs_per_cell(cells: pd.DataFrame) -> dict[tuple[str, str, str], int]:

@@ -47,7 +47,8 @@ class BenchSettings:
     tokenizer: Path | None = None  # count prompt tokens with this tokenizer (default: see choose_counter)
     corpus: Path | None = None  # text to cut prompts from (default: the built-in corpus)
     unique_prefix: bool = True  # a unique tag at the start of each prompt: no prefix-cache hits
-    request_timeout: float = 600.0  # seconds a request may stay silent
+    request_timeout: float = 600.0  # deadline on progress: seconds a request may go without a generated token
+    request_deadline: float | None = None  # a whole request at most (None: 10 x request_timeout)
     seed: int | None = None  # prompt offsets (None: random)
     warmup: bool = True  # one discarded batch before the measured runs of each cell
 
@@ -151,7 +152,7 @@ class BenchSession:
         """Preflight, counter, prompts and the latency probe; returns the model. Raises before any load."""
         settings = self.settings
         self._client = BenchClient(self.endpoint, self.model, request_timeout=settings.request_timeout,
-                                   transport=self.transport)
+                                   request_deadline=settings.request_deadline, transport=self.transport)
         self.model = await self._client.preflight()
         counter = choose_counter(self.endpoint, self.model, settings.tokenizer, self.notes)
         if isinstance(counter, LocalTokenizer):

@@ -5,10 +5,13 @@
 
 Brings one topology up on the cluster (gb10 twins on the embedded default) and measures the same cell in
 alternating rounds: without a sampler, then with the sweep's sampler (telemetry/sampler.py: every engine's
-/metrics and every node's probe) at each --intervals value, in the same process and event loop as the load
-client, as in a sweep. Alternating rounds keep a drift of the shared machine from looking like an effect.
+/metrics and every node's probe) in its agent process at each --intervals value, as in a sweep, and the same
+SampleLoop run on the client's own event loop (in-loop: what the agent process avoids). Alternating rounds keep a drift of the shared machine from looking like an effect.
 Per condition it prints the client's scheduling lag (send_lag = when a request's bytes went on the wire
-minus when its batch fired; METRICS.md), TTFT and decode t/s, and the ratio against no sampling.
+minus when its batch fired; docs/METRICS.md), TTFT and decode t/s, the ratio against no sampling, and how late
+the client's event loop woke from 5 ms sleeps during the cell (p99 and max: a stall there delays sends and
+token timestamps alike). On a shared machine a whole batch is sometimes held by other processes' load, in
+every condition alike: compare several rounds, not one.
 
 Not a test: it prints, it does not assert.
 """
@@ -20,17 +23,47 @@ import asyncio
 import statistics
 import sys
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.client import Endpoint  # noqa: E402
-from bench.session import BenchSession  # noqa: E402
+from bench.session import BenchSession, BenchSettings  # noqa: E402
 from cluster.bringup import bring_up, open_cluster  # noqa: E402
-from telemetry.sampler import TelemetrySampler, targets_for  # noqa: E402
+from bench.workload import ClosedLoad  # noqa: E402
+from telemetry.sampler import SampleLoop, TelemetrySampler, targets_for  # noqa: E402
 from topology.inventory import load_cluster  # noqa: E402
 from topology.kinds import PlanSecrets, parse_topology, plan  # noqa: E402
 from topology.recipe import load_recipe  # noqa: E402
+
+
+class LoopLag:
+    """How late the client's event loop wakes from 5 ms sleeps while a cell runs: every stall of the loop
+    (a page parsed on it, a probe spawned from it, the machine's other load) delays sends and token stamps."""
+
+    def __init__(self) -> None:
+        self.lags: list[float] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def _watch(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + 0.005
+            await asyncio.sleep(0.005)
+            self.lags.append((loop.time() - due) * 1000)
+
+    def __enter__(self) -> LoopLag:
+        self._task = asyncio.create_task(self._watch())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    def quantile(self, q: float) -> float:
+        ordered = sorted(self.lags)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
 async def measure(args: argparse.Namespace) -> None:
@@ -43,19 +76,25 @@ async def measure(args: argparse.Namespace) -> None:
         headers = running.endpoint_headers()
         api_key = headers.get("Authorization", "").removeprefix("Bearer ") or None
         session = BenchSession(Endpoint.from_url(running.endpoint, api_key), launch.served_model_name,
-                               pp=args.pp, tg=args.tg, latency_mode="none", seed=1)
+                               BenchSettings(pp=args.pp, tg=args.tg, latency_mode="none", seed=1))
         await session.open()
         try:
+            http, node_targets = targets_for(launch, cluster, headers)
+            connectors = {name: nodes[name].connector for name in nodes}
+            conditions = [("off", 0.0, False)] + [(f"agent {i:g} s", i, False) for i in intervals]
+            conditions += [(f"in-loop {i:g} s", i, True) for i in intervals[:1]]
             for round_index in range(args.rounds):
-                for interval in [0.0, *intervals]:
-                    label = "off" if interval == 0 else f"every {interval:g} s"
-                    sampler = None
-                    if interval > 0:
-                        http, node_targets = targets_for(launch, cluster, nodes, headers)
-                        sampler = TelemetrySampler(args.topology, http, node_targets, interval_s=interval)
-                        await sampler.__aenter__()
+                for label, interval, in_loop in conditions:
+                    sampler: Any = None
+                    if in_loop:  # the SampleLoop on the client's own event loop: what the agent avoids
+                        sampler = SampleLoop(args.topology, http, node_targets, connectors, interval_s=interval)
+                    elif interval > 0:
+                        sampler = TelemetrySampler(args.topology, http, node_targets, cluster, interval_s=interval)
+                    if sampler is not None:
+                        await sampler.start()
                     try:
-                        result = await session.cell(args.concurrency, 1, topology=args.topology)
+                        with LoopLag() as lag:
+                            result = await session.run(ClosedLoad(args.concurrency), 1, topology=args.topology)
                     finally:
                         if sampler is not None:
                             await sampler.stop()
@@ -64,11 +103,14 @@ async def measure(args: argparse.Namespace) -> None:
                     row = result.run_rows[0]
                     results.setdefault(label, []).append({
                         "lag_mean": statistics.fmean(lags), "lag_max": max(lags), "ttft": statistics.fmean(ttfts),
-                        "decode": row["decode_tps"], "samples": float(len(sampler.rows())) if sampler else 0.0,
+                        "loop_p99": lag.quantile(0.99), "loop_max": lag.quantile(1.0),
+                               "decode": row["decode_tps"], "samples": float(len(sampler.rows() if callable(sampler.rows) else sampler.rows))
+                        if sampler else 0.0,
                     })
                     print(f"round {round_index + 1} {label:>12}: send lag mean {statistics.fmean(lags):6.2f} ms, "
                           f"max {max(lags):6.2f} ms; TTFT {statistics.fmean(ttfts):7.1f} ms; "
-                          f"decode {row['decode_tps']:7.1f} t/s", flush=True)
+                          f"decode {row['decode_tps']:7.1f} t/s; loop lag p99 {lag.quantile(0.99):5.1f} ms, "
+                          f"max {lag.quantile(1.0):5.1f} ms", flush=True)
         finally:
             await session.close()
     base = results["off"]
@@ -81,6 +123,7 @@ async def measure(args: argparse.Namespace) -> None:
               f"max {mean('lag_max'):6.2f} ms (x{mean('lag_max') / mean('lag_max', base):.2f}); "
               f"TTFT {mean('ttft'):7.1f} ms (x{mean('ttft') / mean('ttft', base):.2f}); "
               f"decode {mean('decode'):7.1f} t/s (x{mean('decode') / mean('decode', base):.2f}); "
+              f"loop lag p99 {mean('loop_p99'):5.1f} ms, max {mean('loop_max'):5.1f} ms; "
               f"{mean('samples'):.0f} samples a cell")
 
 

@@ -20,10 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import re
-import signal
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -33,9 +32,9 @@ from cluster.connector import Connector, LocalConnector, SshConnector, run_check
 from cluster.supervise import (
     StopOutcome,
     Supervised,
+    foreign_note,
     listening_ports,
     live_groups,
-    foreign_note,
     live_leftovers,
     log_tail,
     pidfile_state,
@@ -494,26 +493,6 @@ async def bring_up(
             raise asyncio.CancelledError()
 
 
-@contextmanager
-def teardown_on_signals(signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGHUP)) -> Iterator[None]:
-    """Inside a running event loop: SIGTERM/SIGHUP cancel the current task, like Ctrl-C does, so a
-    `bring_up` block tears down when topo is killed politely (a closed terminal, a CI timeout)."""
-    loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
-    installed = []
-    for signum in signals:
-        try:
-            loop.add_signal_handler(signum, task.cancel)  # type: ignore[union-attr]
-            installed.append(signum)
-        except (NotImplementedError, RuntimeError, ValueError):
-            pass  # not the main thread: the caller's own handling applies
-    try:
-        yield
-    finally:
-        for signum in installed:
-            loop.remove_signal_handler(signum)
-
-
 @dataclass
 class Leftovers:
     """What `topo down` did: the groups it stopped, and the pidfiles it refused to act on."""
@@ -573,5 +552,4 @@ __all__ = [
     "remove_leftover_containers",
     "signal_group",
     "stop_leftovers",
-    "teardown_on_signals",
 ]

@@ -203,9 +203,10 @@ def roofline_display(table: pd.DataFrame, limits: dict[str, str]) -> DisplayTabl
 
 def cost_display(costs: pd.DataFrame) -> DisplayTable:
     currency = str(costs["currency"].iloc[0])
-    rows = [[display_name(str(r["topology"])), str(r["concurrency"]), str(r["boxes"]), _fmt(r["box_cost"], ",.0f"),
+    by_topology = {str(r["topology"]): r for r in costs.to_dict("records")}
+    rows = [[display_name(t), str(r["concurrency"]), str(r["boxes"]), _fmt(r["box_cost"], ",.0f"),
              _fmt(r["energy_per_mtok"], ".3f"), _fmt(r["hardware_per_mtok"], ".3f"), _fmt(r["total_per_mtok"], ".3f")]
-            for r in costs.to_dict("records")]
+            for t in ordered_topologies(by_topology) for r in [by_topology[t]]]
     return DisplayTable(
         f"Cost per million output tokens ({currency})",
         ["Topology", "c", "Boxes", "Hardware", "Energy", "Hardware, amortized", "Total"], rows,

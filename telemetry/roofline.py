@@ -9,7 +9,7 @@ FLOPs one step must move (twin/costmodel.py counts them from the model card):
 - prefill: a pp-token prompt needs FLOPs per rank; at peak matrix throughput an engine prefills at most
   pp / (FLOPs / peak) tokens per second, times the replicas.
 
-The measured decode t/s and prefill t/s (total, METRICS.md) are set against them as a share. The same
+The measured decode t/s and prefill t/s (total, docs/METRICS.md) are set against them as a share. The same
 figures apply to a real engine on that hardware and to the twin. The one sentence per topology uses the
 twin's calibrated cost model to say where a modeled step's time goes (memory at the kernels' effective
 rate, compute, the link's all-reduces, fixed per-step overhead), and flags a cell measured far below the

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +14,13 @@ from bench.records import RequestRecord
 from bench.results_folder import FolderMeta, ResultsFolder
 from bench.session import BenchSession, RunDone
 from bench.workload import ClosedLoad
+from common.masking import mask_url_credentials
 from topo.sweep import command_line, now_utc
 
 
 def _bench_meta(session: BenchSession, levels: list[int], runs: int, topology: str) -> FolderMeta:
     settings = session.settings
-    endpoint = re.sub(r"//[^/@]*@", "//***@", session.endpoint.base_url)  # no user:password from the URL
+    endpoint = mask_url_credentials(session.endpoint.base_url)  # Endpoint strips them; a second guard
     return FolderMeta(kind="bench", status="running", started_at=now_utc(), command_line=command_line(),
                       spec={"endpoint": endpoint, "model": session.model, "topology": topology,
                             "workload": settings.workload, "concurrency": levels, "runs": runs, "pp": settings.pp,

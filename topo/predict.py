@@ -13,9 +13,10 @@ from bench.results_folder import FolderMeta
 from common.errors import ConfigError
 from reports.report import Report, build_report
 from topo.sweep import now_utc
+from topo.transport import planned_transport
 from twin.engine import EngineConfig
 from twin.predict import predict_sweep, topologies_for_nodes, topology_model
-from twin.profiles import load_card
+from twin.profiles import TRANSPORTS, load_card
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,8 @@ class PredictSpec:
     max_num_batched_tokens: int = 8192
     gpu_memory_utilization: float = 0.70
     seed: int = 0
+    link: str | None = None  # a what-if transport; None: what the plan's env on `cluster` implies
+    cluster: str | None = None
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,8 @@ class Prediction:
     meta: FolderMeta
     report: Report
     elapsed_s: float
+    link: str
+    link_why: str  # what the link was read from, for printing
 
 
 def run_predict(spec: PredictSpec) -> Prediction:
@@ -48,10 +53,18 @@ def run_predict(spec: PredictSpec) -> Prediction:
         needed = topology_model(name).nodes
         if needed > spec.nodes:
             raise ConfigError(f"--topologies {name} needs {needed} nodes; --nodes is {spec.nodes}")
+    if spec.link is not None and spec.link not in TRANSPORTS:
+        raise ConfigError(f"--link {spec.link!r}: one of {', '.join(TRANSPORTS)}")
+    if spec.link is None:
+        rendered = planned_transport(spec.model, spec.cluster)
+        link, link_why = rendered.transport, rendered.why
+    else:
+        link, link_why = spec.link, "--link"
     config = EngineConfig.from_names(
         spec.hardware, spec.model, max_num_batched_tokens=spec.max_num_batched_tokens,
         gpu_memory_utilization=spec.gpu_memory_utilization,
         weight_bytes_per_param=_bytes_per_weight(spec.quantization, spec.model) if spec.quantization else None,
+        link=link,
     )
     began = time.perf_counter()
     levels = list(spec.concurrency)
@@ -62,11 +75,11 @@ def run_predict(spec: PredictSpec) -> Prediction:
         kind="prediction", status="complete", started_at=now_utc(),
         spec={"model": spec.model, "hardware": spec.hardware, "topologies": names, "concurrency": levels,
               "runs": spec.runs, "pp": spec.pp, "tg": spec.tg, "quantization": spec.quantization, "nodes": spec.nodes,
-              "seed": spec.seed},
+              "seed": spec.seed, "link": link},
         title=f"Prediction: {spec.model} on {spec.hardware} (twin, virtual time)",
     )
     elapsed_s = time.perf_counter() - began
-    return Prediction(cells, meta, build_report(cells, meta), elapsed_s)
+    return Prediction(cells, meta, build_report(cells, meta), elapsed_s, link, link_why)
 
 
 def _bytes_per_weight(quantization: str, card: str) -> float:

@@ -20,24 +20,24 @@ import platform
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 from bench.client import Endpoint
-from bench.results_folder import FolderMeta, Incident, ResultsFolder, Status, WhatRan
+from bench.results_folder import CellProgress, FolderMeta, Incident, ResultsFolder, Status, WhatRan
 from bench.session import BenchSession, BenchSettings, RunDone
 from bench.workload import DEFAULT_WORKLOAD, ClosedLoad, Load
 from cluster.bringup import BringUpProgress, Running, bring_up, open_cluster
 from cluster.doctor import require_ready
 from cluster.provenance import what_ran
 from common.config import REPO_ROOT
-from common.errors import ConfigError, ResultsError, TopoError, TopologyHung
-from common.masking import mask_command_line
+from common.errors import ConfigError, ResultsError, StorageError, TopoError, TopologyHung
 from telemetry.sampler import DEFAULT_INTERVAL_S, TelemetrySampler, targets_for
+from common.masking import mask_command_line
 from topo.watchdog import WatchdogSettings, watch
 from topology.inventory import Cluster, TwinEngine, load_cluster
 from topology.kinds import STUDY_TOPOLOGIES, PlanSecrets, parse_topology, plan
@@ -61,6 +61,7 @@ class SweepSpec:
     latency_mode: Literal["api", "generation", "none"] = "api"
     twin_hardware: str | None = None  # override every twin node's --hardware (e.g. `fast` in tests)
     request_timeout_s: float = 600.0
+    max_failed_share: float = 0.0  # a run with more failed requests than this share is stored as failed
     seed: int | None = None
     workload: str = DEFAULT_WORKLOAD  # the request shape's name (pp/tg prompts: `default`)
     # server and node telemetry (telemetry/sampler.py) every this many seconds during each topology; 0: off
@@ -77,6 +78,10 @@ class SweepSpec:
             raise ConfigError(f"--runs must be >= 1 (got {self.runs})")
         if self.pp < 1 or self.tg < 1:
             raise ConfigError(f"--pp and --tg must be >= 1 (got pp={self.pp}, tg={self.tg})")
+        if not 0 <= self.max_failed_share < 1:
+            raise ConfigError(f"--max-failed-share must be in [0, 1) (got {self.max_failed_share})")
+        if self.request_timeout_s <= 0:
+            raise ConfigError(f"--timeout must be positive (got {self.request_timeout_s})")
         if len(set(self.topologies)) != len(self.topologies):
             raise ConfigError(f"--topologies lists a topology twice: {', '.join(self.topologies)}")
         self.bench_settings()  # its own checks (the latency mode) fail here, before anything is brought up
@@ -126,7 +131,8 @@ class SweepPlan:
         return [self.cell_key(t.topology, load) for t in self.topologies for load in self.spec.loads]
 
 
-def _with_twin_hardware(cluster: Cluster, hardware: str) -> Cluster:
+def with_twin_hardware(cluster: Cluster, hardware: str) -> Cluster:
+    """Every twin node of `cluster` with `--hardware hardware` (sweeps and calibrations of twin clusters)."""
     nodes = tuple(
         node.model_copy(update={"engine": node.engine.model_copy(update={"hardware": hardware})})
         if isinstance(node.engine, TwinEngine) else node
@@ -141,7 +147,7 @@ def plan_sweep(spec: SweepSpec, *, secrets: PlanSecrets | None = None) -> SweepP
     """Load the cluster and recipe and plan every topology. No I/O but reading the YAML files."""
     cluster = load_cluster(spec.cluster)
     if spec.twin_hardware:
-        cluster = _with_twin_hardware(cluster, spec.twin_hardware)
+        cluster = with_twin_hardware(cluster, spec.twin_hardware)
     recipe = load_recipe(spec.model)
     secrets = secrets or PlanSecrets.generate()
     plans = tuple(
@@ -226,7 +232,8 @@ class SweepOutcome:
     directory: Path
     status: Status
     errors: dict[str, str] = field(default_factory=dict)
-    measured_runs: int = 0
+    measured_runs: int = 0  # runs stored by this process (failed ones included)
+    short_cells: list[str] = field(default_factory=list)  # cells with fewer measured runs than asked, and why
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -248,22 +255,53 @@ class _Run:
         self.folder.write_meta(self.meta)
 
 
-async def _measure_topology(item: TopologyPlan, todo: list[tuple[Load, int]], state: _Run) -> None:
+T = TypeVar("T")
+LIVENESS_POLL_S = 2.0
+
+
+async def _while_alive(running: Running, work: Awaitable[T], poll_s: float = LIVENESS_POLL_S) -> T:
+    """Run `work` while checking every `poll_s` that the topology's processes live: a rank or proxy that
+    dies mid-cell ends the cell at once with its log tail (BringUpError), instead of the rest of the cell's
+    runs being measured against a dead topology."""
+    task = asyncio.ensure_future(work)
+
+    async def watch() -> None:
+        while True:
+            await asyncio.sleep(poll_s)
+            await running.check_alive()
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if watcher.done() and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            watcher.result()  # raises the BringUpError
+        return task.result()
+    finally:
+        for pending in (task, watcher):
+            if not pending.done():
+                pending.cancel()
+        await asyncio.gather(task, watcher, return_exceptions=True)
+
+
+async def _measure_topology(item: TopologyPlan, todo: list[tuple[Load, int, int]], state: _Run) -> None:
     """Bring one topology up, measure its missing runs cell by cell, tear it down (always). When the
     watchdog calls it hung: record the incident, tear down, bring it up again and retry the cell (at most
     `watchdog.restarts` times; then TopologyHung ends this topology and the sweep goes on)."""
-    remaining = list(todo)  # (load, first run still to measure); the head is the cell in progress
+    remaining = list(todo)  # (load, runs still to measure, first run's number); the head is in progress
     restarts = 0
     while remaining:
         stored_in_cell = [0]  # runs of the head cell stored during this bring-up
         try:
             await _up_and_measure(item, remaining, stored_in_cell, state)
         except TopologyHung as hang:
-            load, first_run = remaining[0]
+            load, runs, first_run = remaining[0]
+            done = stored_in_cell[0]
             given_up = state.watchdog is None or restarts >= state.watchdog.restarts
             incident = Incident(
                 topology=item.topology, load=load.label, reason=str(hang), at=now_utc(),
-                runs_failed=list(range(first_run + stored_in_cell[0], state.sweep.spec.runs)),
+                runs_failed=list(range(first_run + done, first_run + runs)),
                 action=(f"torn down; given up after {restarts} restart(s)" if given_up
                         else "torn down, brought up again, cell retried"),
             )
@@ -273,12 +311,13 @@ async def _measure_topology(item: TopologyPlan, todo: list[tuple[Load, int]], st
             if given_up:
                 raise
             restarts += 1
-            remaining[0] = (load, first_run + stored_in_cell[0])  # runs stored before the hang stay
+            remaining[0] = (load, runs - done, first_run + done)  # runs stored before the hang stay
 
 
-async def _up_and_measure(item: TopologyPlan, remaining: list[tuple[Load, int]], stored_in_cell: list[int],
+async def _up_and_measure(item: TopologyPlan, remaining: list[tuple[Load, int, int]], stored_in_cell: list[int],
                           state: _Run) -> None:
-    """One bring-up: record what runs, then measure the cells of `remaining` in order, removing each when done."""
+    """One bring-up: record what runs, then measure the cells of `remaining` in order (each removed when
+    done) under the watchdog."""
     spec = state.sweep.spec
     async with open_cluster(state.sweep.cluster) as nodes:
         async with bring_up(item.launch, nodes, progress=state.progress) as running:
@@ -291,9 +330,9 @@ async def _up_and_measure(item: TopologyPlan, remaining: list[tuple[Load, int]],
             state.progress.topology_up(item.topology, running.bring_up_s)
             sampler = None
             if spec.telemetry_interval_s > 0:
-                http_targets, node_targets = targets_for(item.launch, state.sweep.cluster, nodes,
+                http_targets, node_targets = targets_for(item.launch, state.sweep.cluster,
                                                          running.endpoint_headers())
-                sampler = TelemetrySampler(item.topology, http_targets, node_targets,
+                sampler = TelemetrySampler(item.topology, http_targets, node_targets, state.sweep.cluster,
                                            interval_s=spec.telemetry_interval_s, workload=spec.workload)
             api_key = running.endpoint_headers().get("Authorization", "").removeprefix("Bearer ") or None
             session = BenchSession(Endpoint.from_url(running.endpoint, api_key), item.launch.served_model_name,
@@ -316,7 +355,7 @@ async def _up_and_measure(item: TopologyPlan, remaining: list[tuple[Load, int]],
                         state.progress.note(f"{item.topology}: telemetry: {note}")
 
 
-async def _measure_cells(item: TopologyPlan, remaining: list[tuple[Load, int]], stored_in_cell: list[int],
+async def _measure_cells(item: TopologyPlan, remaining: list[tuple[Load, int, int]], stored_in_cell: list[int],
                          running: Running, state: _Run, sampler: TelemetrySampler | None,
                          session: BenchSession) -> None:
     """The cells of `remaining` of one topology that is up, in order, each removed when done; the sampler
@@ -325,13 +364,14 @@ async def _measure_cells(item: TopologyPlan, remaining: list[tuple[Load, int]], 
     for note in session.notes:
         state.progress.note(f"{item.topology}: {note}")
     while remaining:
-        load, first_run = remaining[0]
+        load, runs, first_run = remaining[0]
         # a lost node or dead rank ends this topology with its log tail, not with cells of errors
         await running.check_alive()
         if sampler is not None:
             sampler.mark(load)
         stored_in_cell[0] = 0
-        warnings = await _measure_cell(item.topology, load, first_run, session, state, stored_in_cell, sampler)
+        warnings = await _while_alive(running, _measure_cell(item.topology, load, runs, first_run, session, state,
+                                                             sampler, stored_in_cell))
         if sampler is not None:
             sampler.mark(None)
         remaining.pop(0)
@@ -361,8 +401,9 @@ async def _watched(work: Coroutine[Any, Any, None], watchdog: Coroutine[Any, Any
     raise TopologyHung(dog_task.result())
 
 
-async def _measure_cell(topology: str, load: Load, first_run: int, session: BenchSession, state: _Run,
-                        stored_in_cell: list[int], sampler: TelemetrySampler | None = None) -> list[str]:
+async def _measure_cell(topology: str, load: Load, runs: int, first_run: int, session: BenchSession,
+                        state: _Run, sampler: TelemetrySampler | None = None,
+                        stored_in_cell: list[int] | None = None) -> list[str]:
     rows: list[dict[str, Any]] = []
 
     def on_run(done: RunDone) -> None:
@@ -376,11 +417,11 @@ async def _measure_cell(topology: str, load: Load, first_run: int, session: Benc
             state.folder.append(done.records, [done.row])
             rows.append(done.row)
             state.outcome.measured_runs += 1
-            stored_in_cell[0] += 1
+            if stored_in_cell is not None:
+                stored_in_cell[0] += 1
         state.progress.run_done(topology, load, max(done.run, first_run), done.warmup)
 
-    result = await session.run(load, state.sweep.spec.runs - first_run, topology=topology, first_run=first_run,
-                               on_run=on_run)
+    result = await session.run(load, runs, topology=topology, first_run=first_run, on_run=on_run)
     state.progress.cell_done(topology, load, rows, result.warnings)
     return result.warnings
 
@@ -405,7 +446,10 @@ async def run_sweep(
         meta = folder.read_meta()
         meta.resumed_at.append(now_utc())
         meta.status = "running"
-        done = folder.runs_done()
+        done = folder.cell_progress(sweep.spec.max_failed_share)  # sets damaged part files aside
+        for note in folder.notes:
+            progress.note(note)
+            meta.warnings.append(note)
     else:
         if folder.has_meta():
             raise ResultsError(f"{directory} already holds a sweep; resume it with --resume {directory} "
@@ -417,19 +461,24 @@ async def run_sweep(
     spec = sweep.spec
     cells = set(sweep.cells())
     total = len(cells) * spec.runs
-    already = sum(min(n, spec.runs) for key, n in done.items() if key in cells)
+    already = sum(min(cell.measured, spec.runs) for key, cell in done.items() if key in cells)
     progress.sweep_started(total, already)
     state = _Run(sweep, folder, meta, progress, SweepOutcome(directory, "running"), watchdog)
     status: Status = "failed"
     try:
         for item in sweep.topologies:
-            stored = {load: done.get(sweep.cell_key(item.topology, load), 0) for load in spec.loads}
-            todo = [(load, n) for load, n in stored.items() if n < spec.runs]
+            todo = []  # (load, runs still to measure, number of the first of them)
+            for load in spec.loads:
+                cell = done.get(sweep.cell_key(item.topology, load), CellProgress(0, 0, 0))
+                if cell.measured < spec.runs:
+                    todo.append((load, spec.runs - cell.measured, cell.next_run))
             if not todo:
                 continue
-            progress.topology_started(item.topology, [load for load, _ in todo])
+            progress.topology_started(item.topology, [load for load, _, _ in todo])
             try:
                 await _measure_topology(item, todo, state)
+            except StorageError:
+                raise  # the disk, not the topology: nothing further can be stored
             except TopoError as exc:
                 # One topology failing (a node that does not come up) must not cost the others' cells.
                 state.outcome.errors[item.topology] = str(exc)
@@ -438,17 +487,45 @@ async def run_sweep(
                 progress.topology_failed(item.topology, exc)
             if on_topology_done:
                 on_topology_done(item.topology)
-        status = "incomplete" if state.outcome.errors else "complete"
+        state.outcome.short_cells = _short_cells(folder, sweep)
+        status = "incomplete" if state.outcome.errors or state.outcome.short_cells else "complete"
     except (asyncio.CancelledError, KeyboardInterrupt):
         status = "interrupted"
         raise
+    except StorageError as exc:
+        meta.errors["results folder"] = str(exc)
+        raise
     finally:
-        folder.compact()
+        failing = sys.exc_info()[1] is not None  # an error is on its way out: it is the one to report
+        storage_error: StorageError | None = None
+        try:
+            folder.compact()
+        except StorageError as exc:  # the parts stay and are read as they are; a resume compacts them
+            meta.errors["results folder"] = str(exc)
+            status, storage_error = "failed", exc
         state.outcome.status = status
         meta.status = status
         meta.finished_at = now_utc()
-        state.save_meta()
+        try:
+            state.save_meta()
+        except StorageError as exc:
+            storage_error = storage_error or exc
+        if storage_error is not None and not failing:
+            raise storage_error
     return state.outcome
+
+
+def _short_cells(folder: ResultsFolder, sweep: SweepPlan) -> list[str]:
+    """Cells with fewer measured runs than the spec asks: failed runs (stored, measured again by a resume)
+    or runs never measured (a topology that failed)."""
+    progress = folder.cell_progress(sweep.spec.max_failed_share)
+    short = []
+    for key in sweep.cells():
+        cell = progress.get(key, CellProgress(0, 0, 0))
+        if cell.measured < sweep.spec.runs:
+            failed = f", {cell.failed} failed" if cell.failed else ""
+            short.append(f"{key[0]} {key[2]}: {cell.measured} of {sweep.spec.runs} runs measured{failed}")
+    return short
 
 
 def command_line() -> list[str]:

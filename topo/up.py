@@ -5,15 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from cluster.bringup import (
-    Leftovers,
-    Running,
-    bring_up,
-    open_cluster,
-    remove_leftover_containers,
-    stop_leftovers,
-    teardown_on_signals,
-)
+from cluster.bringup import Leftovers, Running, bring_up, open_cluster, remove_leftover_containers, stop_leftovers
 from cluster.progress import ConsoleProgress
 from topology.inventory import load_cluster
 from topology.kinds import PlanSecrets, parse_topology, plan
@@ -40,11 +32,8 @@ def run_up(launch: LaunchPlan, cluster: str, hold_s: float,
                     else:
                         await asyncio.Event().wait()
 
-    async def run() -> None:
-        with teardown_on_signals():
-            await hold_up()
-
-    asyncio.run(run())
+    # SIGTERM and SIGHUP arrive as KeyboardInterrupt (topo.exits), so the teardown runs as on Ctrl-C
+    asyncio.run(hold_up())
 
 
 def run_down(cluster: str, grace_s: float) -> Leftovers:

@@ -24,7 +24,7 @@ from typing import Literal, Protocol
 
 from common.errors import ConfigError, EngineRequestError
 from twin.costmodel import CostModel, SeqWork, StepCost
-from twin.profiles import HardwareProfile, ModelCard, load_card, load_hardware
+from twin.profiles import TRANSPORTS, HardwareProfile, ModelCard, Transport, load_card, load_hardware
 from twin.scheduler import BLOCK_SIZE, EmittedToken, Scheduler, Sequence, StepPlan, blocks_for
 
 Executor = Literal["uni", "mp", "ray"]
@@ -51,7 +51,7 @@ class EngineConfig:
     gpu_memory_utilization: float = 0.70
     weight_bytes_per_param: float | None = None  # what-if: fp8=1, nvfp4~0.56, bf16=2
     kv_cache_bytes_per_element: float | None = None  # fp8 kv = 1 (the default)
-    link: Literal["roce", "sockets"] = "roce"  # how the ranks of a TP>1 engine talk
+    link: Transport = "roce2"  # how the ranks of a TP>1 engine talk (twin.profiles.transport_from_env)
 
     def __post_init__(self) -> None:
         problems = []
@@ -67,6 +67,8 @@ class EngineConfig:
             problems.append(f"gpu_memory_utilization must be in (0, 1] (got {self.gpu_memory_utilization})")
         if self.max_num_batched_tokens < 1 or self.max_num_seqs < 1:
             problems.append("max_num_batched_tokens and max_num_seqs must be >= 1")
+        if self.link not in TRANSPORTS:
+            problems.append(f"unknown link {self.link!r} (one of {', '.join(TRANSPORTS)})")
         if self.max_model_len is not None and self.max_model_len < 1:
             problems.append(f"max_model_len must be >= 1 (got {self.max_model_len})")
         if problems:

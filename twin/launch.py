@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Mapping
 from typing import Any, Iterator, Sequence
 
 import uvicorn
@@ -23,16 +24,19 @@ from twin.cli import KV_CACHE_DTYPE_BYTES, ServeArgs, parse_serve_args
 from twin.distributed import LocalRanks, RankGroup, RayRankGroup, TcpRankServer, run_headless_rank
 from twin.power import NodeGpuTelemetry, gpu_telemetry_running
 from twin.engine import Engine, EngineConfig
-from twin.profiles import load_card, load_hardware
 from twin.hang_fault import hang_fault_from_env
+from twin.profiles import load_card, load_hardware, transport_from_env
 from twin.server import build_app, default_text_source, twin_version
 
 
-def engine_config_kwargs(args: ServeArgs, quantization_bytes: dict[str, float] | None = None) -> dict[str, Any]:
+def engine_config_kwargs(
+    args: ServeArgs, quantization_bytes: dict[str, float] | None = None, env: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     """Keyword arguments for `EngineConfig.from_names(args.hardware, args.card, **kw)`.
 
     `quantization_bytes` is the card's table (bytes per weight by format); a --quantization the card does
-    not list is an error naming the choices.
+    not list is an error naming the choices. Without --link the link is the transport NCCL would pick from
+    `env` (default: this process's environment, i.e. the env the plan rendered for the engine).
     """
     weight_bytes: float | None = None
     if args.quantization is not None:
@@ -53,7 +57,7 @@ def engine_config_kwargs(args: ServeArgs, quantization_bytes: dict[str, float] |
         "gpu_memory_utilization": args.gpu_memory_utilization,
         "weight_bytes_per_param": weight_bytes,
         "kv_cache_bytes_per_element": KV_CACHE_DTYPE_BYTES[args.kv_cache_dtype],
-        "link": args.link,
+        "link": args.link or transport_from_env(os.environ if env is None else env),
     }
 
 

@@ -14,6 +14,7 @@ from common.errors import ResultsError
 from reports.regress import RegressionPolicy
 from tests.reports.fixtures import cell_rows, frame
 from topo import nightly
+from topo.exits import EXIT_FAILURES
 from topo.nightly import plan_nightly, run_nightly, set_tag
 from topo.sweep import SweepOutcome, SweepSpec
 
@@ -70,7 +71,7 @@ def test_a_first_night_then_a_clean_one_then_a_regression(tmp_path: Path, monkey
 def test_without_a_baseline_a_failed_topology_still_fails_the_night(tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     _, outcome = night(monkeypatch, tmp_path / "results", "1", 40.0, errors={"tp2-mp": "did not come up"})
-    assert outcome.regression is None and outcome.exit_code == 1
+    assert outcome.regression is None and outcome.exit_code == EXIT_FAILURES  # 3: results written, a part failed
 
 
 def test_a_night_that_measured_nothing_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

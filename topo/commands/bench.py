@@ -27,6 +27,7 @@ from topo.options import (
     SeedOption,
     parse_concurrency,
 )
+from topo.exits import EXIT_CODES_HELP, EXIT_FAILURES
 
 
 def _fmt(mean: float, std: float | None = None) -> str:
@@ -81,8 +82,11 @@ def bench_command(
                                 "proxy's key (also read from TOPO_API_KEY). Never printed."),
     out: OutOption = None,  # type: ignore[assignment]
     topology: str = typer.Option("endpoint", "--topology", help="Label stored in the results' topology column."),
-    timeout: float = typer.Option(600.0, "--timeout", help="Seconds a request may stay silent before it is "
-                                  "recorded as timed out."),
+    timeout: float = typer.Option(600.0, "--timeout", help="Deadline on progress: a request that receives no "
+                                  "generated token for this many seconds (whatever else the server sends, e.g. "
+                                  "keep-alive comments) is recorded as timed out."),
+    deadline: float = typer.Option(None, "--deadline", help="Seconds a whole request may take at most "
+                                   "(default: 10 x --timeout)."),
     cache_bust: bool = typer.Option(True, "--cache-bust/--no-cache-bust", help="Start each prompt with a unique "
                                     "tag so a server's prefix cache cannot hit (on by default)."),
     seed: SeedOption = None,  # type: ignore[assignment]
@@ -101,6 +105,7 @@ def bench_command(
     levels = parse_concurrency(concurrency)
     settings = BenchSettings(pp=pp, tg=tg, depth=depth, latency_mode=latency,  # type: ignore[arg-type]
                              tokenizer=tokenizer, corpus=corpus, unique_prefix=cache_bust, request_timeout=timeout,
+                             request_deadline=deadline,
                              seed=seed)
     session = BenchSession(Endpoint.from_url(url, api_key), model, settings)
     err = Console(stderr=True, highlight=False)
@@ -116,8 +121,13 @@ def bench_command(
     if out is not None:
         folder = ResultsFolder(out)
         err.print(f"results: {folder.requests_path}, {folder.cells_path}, {folder.meta_path}")
+    failed = sum(s["failed"] for s in summaries)
+    if failed:
+        err.print(f"[red]{failed} request(s) failed[/] (the table's `failed` column; the errors are in the "
+                  "request rows)")
+        raise typer.Exit(EXIT_FAILURES)
 
 
 def register(app: typer.Typer) -> None:
-    app.command("bench")(bench_command)
+    app.command("bench", epilog=EXIT_CODES_HELP)(bench_command)
 

@@ -32,6 +32,7 @@ from topo.options import (
     regression_policy,
 )
 from topo.progress import RichSweepProgress
+from topo.exits import EXIT_CODES_HELP, interrupted_exit_code
 from topo.sweep import SweepSpec, command_line
 from topology.registry import STUDY_TOPOLOGIES
 
@@ -81,8 +82,9 @@ def nightly_command(
 
     Exit code: 1 on a regression (or a cell that is missing or failed), 0 when clean, 2 when the input is
     unusable (unknown baseline folder, baseline of another model or load, nothing measured). With no
-    baseline yet (the tag is not set) the sweep is still run and reported and the exit code is 0 — or 1
+    baseline yet (the tag is not set) the sweep is still run and reported and the exit code is 0 — or 3
     when a topology failed — and the message says how to mark it: `topo baseline set DIR --tag TAG`.
+    130/143/129 when interrupted by Ctrl-C/SIGTERM/SIGHUP (the teardown runs).
     """
     console = Console()
     policy = regression_policy(threshold, alpha, test)  # a bad option fails before an hour of sweeping
@@ -112,7 +114,7 @@ def nightly_command(
             progress.progress.stop()
             console.print(f"[yellow]interrupted[/]: the measured runs are kept in {directory}; "
                           f"`topo sweep --resume {directory}` completes it, `topo regress` then gates it")
-            raise typer.Exit(130) from None
+            raise typer.Exit(interrupted_exit_code()) from None
 
     console.print()
     if outcome.regression is None:
@@ -132,4 +134,4 @@ def nightly_command(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("nightly")(nightly_command)
+    app.command("nightly", epilog=EXIT_CODES_HELP)(nightly_command)

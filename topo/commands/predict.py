@@ -42,6 +42,11 @@ def predict_command(
     gpu_memory_utilization: float = typer.Option(0.70, "--gpu-memory-utilization", help="Share of memory the "
                                                  "engine may use for weights and KV cache."),
     seed: int = typer.Option(0, "--seed", help="Seed of the router's random split."),
+    link: str = typer.Option(None, "--link", help="What-if: the NCCL transport between TP ranks, roce2 (both "
+                             "RoCE twins), roce1 (one) or sockets (TCP). Default: what the env a TP=2 plan "
+                             "renders implies (NCCL_IB_HCA / NCCL_IB_DISABLE), as the twin engine decides it."),
+    cluster: str = typer.Option(None, "--cluster", help="Cluster whose rendered engine env decides the default "
+                                "--link (default: the recipe's env alone)."),
     out: Path = typer.Option(None, "--out", "-o", help="Write DIR/cells.parquet (the sweep's columns), "
                              "meta.json, report.md and report.html."),
 ) -> None:
@@ -59,11 +64,12 @@ def predict_command(
         model=model, hardware=hardware, topologies=tuple(parse_topologies(topologies, default=())), nodes=nodes,
         concurrency=tuple(parse_concurrency(concurrency)), runs=runs, pp=pp, tg=tg, quantization=quantization,
         max_num_batched_tokens=max_num_batched_tokens, gpu_memory_utilization=gpu_memory_utilization, seed=seed,
+        link=link, cluster=cluster,
     ))
     cells, meta, report = prediction.cells, prediction.meta, prediction.report
     print_report(console, report)
     console.print(f"\n[dim]predicted {len(cells)} runs in {prediction.elapsed_s:.1f} s "
-                  f"(virtual time; hardware {hardware}, card {model})[/]")
+                  f"(virtual time; hardware {hardware}, card {model}, link {prediction.link} from {prediction.link_why})[/]")
     if out is not None:
         folder = ResultsFolder(out)
         folder.write_cells(cells)

@@ -8,8 +8,11 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from rich.markup import escape
+
 from bench.results_folder import ResultsFolder
 from common.errors import ConfigError
+from topo.exits import EXIT_CODES_HELP, EXIT_FAILURES, interrupted_exit_code
 from reports.console import print_report
 from reports.results import render_results
 from topo.options import (
@@ -74,6 +77,12 @@ def sweep_command(
     telemetry_interval: float = typer.Option(1.0, "--telemetry-interval", help="Seconds between samples of every "
                                              "engine's /metrics and every node (nvidia-smi, memory, CPU) into "
                                              "telemetry.parquet; 0 switches sampling off."),
+    timeout: float = typer.Option(600.0, "--timeout", help="Deadline on progress: a request without a generated "
+                                  "token for this many seconds is recorded as failed (a whole request may take "
+                                  "10 x this at most)."),
+    max_failed_share: float = typer.Option(0.0, "--max-failed-share", help="A run counts as measured only when "
+                                           "at most this share of its requests failed (default 0: all succeeded); "
+                                           "other runs are stored as failed and `--resume` measures them again."),
     no_doctor: bool = typer.Option(False, "--no-doctor", help="Skip `topo doctor`'s blocking checks, which "
                                    "otherwise run before anything starts."),
     stall_timeout: float = typer.Option(WatchdogSettings.stall_s, "--stall-timeout", min=1.0, help="Watchdog: "
@@ -88,7 +97,8 @@ def sweep_command(
     tokens and TG generated tokens), tear it down (always, also on failure and Ctrl-C). Every measured run is
     written at once to the results folder; report.md and report.html (winner tables for decode, prefill and
     TTFT, Ray vs no-Ray, recommendations, charts) are written at the end. A topology that fails to come up
-    is recorded and the sweep goes on. Ctrl-C stops cleanly; `--resume DIR` continues where it stopped.
+    is recorded and the sweep goes on. Ctrl-C, SIGTERM and SIGHUP stop cleanly; `--resume DIR` continues
+    where it stopped.
     The results folder defaults to results/MODEL-TIME.
     """
     console = Console()
@@ -110,6 +120,8 @@ def sweep_command(
             twin_hardware=twin_hardware,
             seed=seed,
             telemetry_interval_s=telemetry_interval,
+            request_timeout_s=timeout,
+            max_failed_share=max_failed_share,
         )
         directory = out or default_out_dir(spec)
     sweep = plan_sweep(spec)
@@ -126,7 +138,7 @@ def sweep_command(
             # soft_wrap: a command to copy must not be broken across lines at the terminal's width
             console.print(f"[yellow]interrupted[/]: every finished run is kept in {directory}; continue with\n"
                           f"  topo sweep --resume {directory}", soft_wrap=True, highlight=False)
-            raise typer.Exit(130) from None
+            raise typer.Exit(interrupted_exit_code()) from None
     if outcome.measured_runs or resume is not None:
         report, md_path, html_path = render_results(directory)
         console.print()
@@ -136,10 +148,15 @@ def sweep_command(
         console.print(f"[red]nothing was measured[/]; what happened is in {ResultsFolder(directory).meta_path}")
     if outcome.errors:
         console.print(f"[bold red]{len(outcome.errors)} topolog{'y' if len(outcome.errors) == 1 else 'ies'} failed[/]: "
-                      f"{', '.join(outcome.errors)} (details in {ResultsFolder(directory).meta_path}); after fixing, "
-                      f"`topo sweep --resume {directory}` measures only what is missing", soft_wrap=True, highlight=False)
-        raise typer.Exit(1)
+                      f"{', '.join(outcome.errors)} (details in {ResultsFolder(directory).meta_path})", soft_wrap=True, highlight=False)
+    if outcome.short_cells:
+        console.print(f"[bold red]{len(outcome.short_cells)} cell(s) short of measured runs[/]: "
+                      + escape("; ".join(outcome.short_cells)), soft_wrap=True, highlight=False)
+    if outcome.errors or outcome.short_cells:
+        console.print(f"after fixing the cause, `topo sweep --resume {directory}` measures only what is missing "
+                      "or failed", soft_wrap=True, highlight=False)
+        raise typer.Exit(EXIT_FAILURES)
 
 
 def register(app: typer.Typer) -> None:
-    app.command("sweep")(sweep_command)
+    app.command("sweep", epilog=EXIT_CODES_HELP)(sweep_command)

@@ -18,6 +18,7 @@ from topo.options import (
     deprecated_cluster_flag,
 )
 from topo.up import plan_up, run_down, run_up
+from topo.exits import EXIT_CODES_HELP, interrupted_exit_code
 
 console = Console(highlight=False, soft_wrap=True)
 
@@ -30,7 +31,7 @@ def up_command(
     old_cluster: DeprecatedClusterFlag = None,  # type: ignore[assignment]
 ) -> None:
     """Bring a topology up (the very plan `topo plan` prints), print its endpoint, keep it up until Ctrl-C
-    or --hold seconds, then tear it down and prove nothing is left. Pre-flight first: nodes reachable,
+    or --hold seconds (SIGTERM and SIGHUP count as Ctrl-C), then tear it down and prove nothing is left. Pre-flight first: nodes reachable,
     ports free, no processes of an earlier run. A failure shows the failing process's log tail.
     """
     cluster = deprecated_cluster_flag("up", cluster, old_cluster, Console(stderr=True))
@@ -49,6 +50,7 @@ def up_command(
         run_up(launch, cluster, hold, on_up)
     except (KeyboardInterrupt, asyncio.CancelledError):
         console.print("torn down after an interrupt")
+        raise typer.Exit(interrupted_exit_code()) from None
 
 
 def down_command(
@@ -76,5 +78,5 @@ def down_command(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("up")(up_command)
+    app.command("up", epilog=EXIT_CODES_HELP)(up_command)
     app.command("down")(down_command)
