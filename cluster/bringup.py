@@ -32,9 +32,9 @@ from cluster.connector import Connector, LocalConnector, SshConnector, run_check
 from cluster.supervise import (
     StopOutcome,
     Supervised,
+    foreign_note,
     listening_ports,
     live_groups,
-    foreign_note,
     live_leftovers,
     log_tail,
     pidfile_state,

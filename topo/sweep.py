@@ -36,8 +36,8 @@ from cluster.doctor import require_ready
 from cluster.provenance import what_ran
 from common.config import REPO_ROOT
 from common.errors import ConfigError, ResultsError, StorageError, TopoError, TopologyHung
-from common.masking import mask_command_line
 from telemetry.sampler import DEFAULT_INTERVAL_S, TelemetrySampler, targets_for
+from common.masking import mask_command_line
 from topo.watchdog import WatchdogSettings, watch
 from topology.inventory import Cluster, TwinEngine, load_cluster
 from topology.kinds import STUDY_TOPOLOGIES, PlanSecrets, parse_topology, plan
@@ -297,10 +297,11 @@ async def _measure_topology(item: TopologyPlan, todo: list[tuple[Load, int, int]
             await _up_and_measure(item, remaining, stored_in_cell, state)
         except TopologyHung as hang:
             load, runs, first_run = remaining[0]
+            done = stored_in_cell[0]
             given_up = state.watchdog is None or restarts >= state.watchdog.restarts
             incident = Incident(
                 topology=item.topology, load=load.label, reason=str(hang), at=now_utc(),
-                runs_failed=list(range(first_run + stored_in_cell[0], first_run + runs)),
+                runs_failed=list(range(first_run + done, first_run + runs)),
                 action=(f"torn down; given up after {restarts} restart(s)" if given_up
                         else "torn down, brought up again, cell retried"),
             )
@@ -310,13 +311,13 @@ async def _measure_topology(item: TopologyPlan, todo: list[tuple[Load, int, int]
             if given_up:
                 raise
             restarts += 1
-            # runs stored before the hang stay
-            remaining[0] = (load, runs - stored_in_cell[0], first_run + stored_in_cell[0])
+            remaining[0] = (load, runs - done, first_run + done)  # runs stored before the hang stay
 
 
 async def _up_and_measure(item: TopologyPlan, remaining: list[tuple[Load, int, int]], stored_in_cell: list[int],
                           state: _Run) -> None:
-    """One bring-up: record what runs, then measure the cells of `remaining` in order, removing each when done."""
+    """One bring-up: record what runs, then measure the cells of `remaining` in order (each removed when
+    done) under the watchdog."""
     spec = state.sweep.spec
     async with open_cluster(state.sweep.cluster) as nodes:
         async with bring_up(item.launch, nodes, progress=state.progress) as running:
@@ -369,8 +370,8 @@ async def _measure_cells(item: TopologyPlan, remaining: list[tuple[Load, int, in
         if sampler is not None:
             sampler.mark(load)
         stored_in_cell[0] = 0
-        warnings = await _while_alive(running, _measure_cell(item.topology, load, runs, first_run, session,
-                                                             state, stored_in_cell, sampler))
+        warnings = await _while_alive(running, _measure_cell(item.topology, load, runs, first_run, session, state,
+                                                             sampler, stored_in_cell))
         if sampler is not None:
             sampler.mark(None)
         remaining.pop(0)
@@ -401,7 +402,8 @@ async def _watched(work: Coroutine[Any, Any, None], watchdog: Coroutine[Any, Any
 
 
 async def _measure_cell(topology: str, load: Load, runs: int, first_run: int, session: BenchSession,
-                        state: _Run, stored_in_cell: list[int], sampler: TelemetrySampler | None = None) -> list[str]:
+                        state: _Run, sampler: TelemetrySampler | None = None,
+                        stored_in_cell: list[int] | None = None) -> list[str]:
     rows: list[dict[str, Any]] = []
 
     def on_run(done: RunDone) -> None:
@@ -415,7 +417,8 @@ async def _measure_cell(topology: str, load: Load, runs: int, first_run: int, se
             state.folder.append(done.records, [done.row])
             rows.append(done.row)
             state.outcome.measured_runs += 1
-            stored_in_cell[0] += 1
+            if stored_in_cell is not None:
+                stored_in_cell[0] += 1
         state.progress.run_done(topology, load, max(done.run, first_run), done.warmup)
 
     result = await session.run(load, runs, topology=topology, first_run=first_run, on_run=on_run)

@@ -5,14 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from cluster.bringup import (
-    Leftovers,
-    Running,
-    bring_up,
-    open_cluster,
-    remove_leftover_containers,
-    stop_leftovers,
-)
+from cluster.bringup import Leftovers, Running, bring_up, open_cluster, remove_leftover_containers, stop_leftovers
 from cluster.progress import ConsoleProgress
 from topology.inventory import load_cluster
 from topology.kinds import PlanSecrets, parse_topology, plan

@@ -254,8 +254,10 @@ def _engine_step(
     stop: Stop
     if engine.launcher == "docker":
         container = _container_name(topology, node)
+        # a twin reports its modeled power into the node's twin GPU dir: mounted, the node's telemetry reads it
+        volumes = (f"{node.twin_gpu_dir}:{node.twin_gpu_dir}",) if isinstance(engine, TwinEngine) else ()
         argv, env, files = _docker_run(cluster, topology, node, recipe, container=container, env=env,
-                                       entrypoint=command[0], args=command[1:])
+                                       entrypoint=command[0], args=command[1:], extra_volumes=volumes)
         stop = _container_stop(cluster, node, container, listen_ports)
     else:
         argv = command

@@ -24,8 +24,8 @@ from twin.cli import KV_CACHE_DTYPE_BYTES, ServeArgs, parse_serve_args
 from twin.distributed import LocalRanks, RankGroup, RayRankGroup, TcpRankServer, run_headless_rank
 from twin.power import NodeGpuTelemetry, gpu_telemetry_running
 from twin.engine import Engine, EngineConfig
-from twin.profiles import load_card, load_hardware, transport_from_env
 from twin.hang_fault import hang_fault_from_env
+from twin.profiles import load_card, load_hardware, transport_from_env
 from twin.server import build_app, default_text_source, twin_version
 
 

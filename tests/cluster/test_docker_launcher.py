@@ -79,6 +79,9 @@ async def test_twin_in_containers_serves_and_leaves_no_container(tmp_path: Path,
                 assert config["HostConfig"]["DeviceRequests"] in (None, [])  # no GPU here: no --gpus
                 assert any(entry.startswith("VLLM_HOST_IP=127.0.0.1") for entry in config["Config"]["Env"])
                 assert any(bind.endswith(":ro") for bind in config["HostConfig"]["Binds"])
+                node = next(n for n in cluster.nodes if name.endswith(f"-{n.name}"))
+                # the twin's modeled power lands where the node's telemetry reads it
+                assert f"{node.twin_gpu_dir}:{node.twin_gpu_dir}" in config["HostConfig"]["Binds"]
     assert containers_labelled(cluster_name) == []
     assert sorted(str(p) for p in tmp_path.rglob("run/*.pid")) == []
     ready_lines = [line for step in engines for line in (Path(running.processes[step.name].log_path).read_text().splitlines())]

@@ -24,6 +24,7 @@ from topology.inventory import load_cluster
 from topology.kinds import PlanSecrets, parse_topology, plan
 from topology.recipe import load_recipe
 from twin.engine import StepDescription
+from twin.server import twin_version
 from twin.hang_fault import HANG_AFTER_ENV, HANG_ONCE_ENV, HangFault, hang_fault_from_env
 
 SETTINGS = WatchdogSettings(stall_s=10, health_every_s=1, health_failures=3, metrics_stall_s=20, poll_s=0.01)
@@ -184,8 +185,10 @@ def test_twin_hangs_mid_cell_and_the_sweep_recovers_retries_once_and_completes(t
     cluster = write_local_cluster(tmp_path / "cluster")
     data = yaml.safe_load(cluster.read_text())
     hung_once = tmp_path / "hung-once"
-    # the engine stops stepping 1 s after its first step (in c=1's warm-up or runs); a restart serves normally
-    data["nodes"][0]["env"] = {HANG_AFTER_ENV: "1", HANG_ONCE_ENV: str(hung_once)}
+    # The engine stops stepping 0.5 s after its first step. The twin sleeps each step's modeled time, so the
+    # 2 x 4 batches of c=1,2 (warm-up + 3 runs each) take ~1 s of stepping on any machine, more on a slow one;
+    # a hang is checked at a step, so it always falls inside a cell. A restart serves normally.
+    data["nodes"][0]["env"] = {HANG_AFTER_ENV: "0.5", HANG_ONCE_ENV: str(hung_once)}
     cluster.write_text(yaml.safe_dump(data, sort_keys=False))
     out = tmp_path / "results"
     done = subprocess.run(
@@ -201,6 +204,9 @@ def test_twin_hangs_mid_cell_and_the_sweep_recovers_retries_once_and_completes(t
     assert incident["topology"] == "solo" and incident["action"] == "torn down, brought up again, cell retried"
     assert incident["reason"].startswith("no token on any of ") and "(limit 2 s)" in incident["reason"]
     assert incident["runs_failed"]  # the run in flight when it hung, and those after it in that cell
+    ran = meta["ran"]["solo"]  # what ran, recorded from the engine's GET /version and the node
+    assert ran["executor"] == "uni" and ran["nodes"]["node1"]["engine_version"] == twin_version()
+    assert ran["nodes"]["node1"]["kernel"] and ran["nodes"]["node1"]["env"]["engine"]["VLLM_HOST_IP"] == "127.0.0.1"
     cells = pd.read_parquet(out / "cells.parquet")
     assert sorted(zip(cells.concurrency, cells.run)) == [(1, 0), (1, 1), (1, 2), (2, 0), (2, 1), (2, 2)]
     assert (cells.failed == 0).all()  # the retried runs are clean; the failed attempt is the incident

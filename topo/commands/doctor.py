@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cluster.doctor import DoctorReport, diagnose
+from topo.options import ClusterOption, RecipeOption
 from topology.inventory import load_cluster
 from topology.recipe import load_recipe
 
@@ -43,10 +44,8 @@ def print_doctor(console: Console, report: DoctorReport) -> None:
 
 
 def doctor_command(
-    cluster: str = typer.Option("local-twin", "--cluster", "-c", help="Cluster inventory: a name in "
-                                "configs/clusters or a YAML path."),
-    model: str = typer.Option("gemma4-26b", "--model", "-m", help="Model recipe (its container image and "
-                              "memory share are checked)."),
+    cluster: ClusterOption = "local-twin",
+    model: RecipeOption = "gemma4-26b",
 ) -> None:
     """Check every node before a sweep: SSH and sudo-less operation, the fast-link address, MTU and a
     do-not-fragment ping at it between nodes, the engine version or image (the same on all nodes), free
