@@ -50,25 +50,27 @@ td.winner { font-weight: 600; background: #eef7ee; text-align: left; }
 
 
 def chart(table: WinnerTable) -> go.Figure:
-    """One line per topology: mean against concurrency (log2 axis), population std as error bars."""
+    """One line per topology: mean against concurrency (log2 axis), the 95% interval as error bars."""
     metric = table.metric
     figure = go.Figure()
     levels = [row.concurrency for row in table.rows]
     colours = topology_colours(table.topologies)
     for topology in table.topologies:
-        xs, ys, errs = [], [], []
+        xs, ys, above, below = [], [], [], []
         for row in table.rows:
-            stat = row.cells.get(topology)
+            stat = row.topology_cells.get(topology)
             if stat is not None and stat.has_value:
                 xs.append(row.concurrency)
                 ys.append(stat.mean)
-                errs.append(0.0 if math.isnan(stat.std) else stat.std)
+                known = stat.interval.known
+                above.append(stat.hi - stat.mean if known else 0.0)
+                below.append(stat.mean - stat.lo if known else 0.0)
         figure.add_trace(go.Scatter(
             x=xs, y=ys, name=display_name(topology), mode="lines+markers",
             line={"color": colours[topology]},
-            error_y={"type": "data", "array": errs, "visible": True},
-            hovertemplate=f"{display_name(topology)}<br>c%{{x}}: %{{y:.1f}} ± %{{error_y.array:.1f}} {metric.unit}"
-                          "<extra></extra>",
+            error_y={"type": "data", "array": above, "arrayminus": below, "symmetric": False, "visible": True},
+            hovertemplate=f"{display_name(topology)}<br>c%{{x}}: %{{y:.1f}} {metric.unit}"
+                          " (95% interval +%{error_y.array:.1f} / −%{error_y.arrayminus:.1f})<extra></extra>",
         ))
     better = "higher" if metric.higher_is_better else "lower"
     figure.update_layout(

@@ -36,3 +36,32 @@ def ray_pairs(topologies: Iterable[str]) -> list[tuple[str, str]]:
             if partner in present:
                 pairs.append((name, partner))
     return pairs
+
+
+# The executor is a choice within a layout, not a layout: `X-mp` and `X-ray` run the same engines on the same
+# nodes. (Derived from the names until the topology registry carries a layout identity.)
+EXECUTOR_SUFFIXES = ("-mp", "-ray")
+
+
+def layout_of(topology: str) -> str:
+    """`tp2-mp` and `tp2-ray` -> `tp2`; a topology without an executor variant is its own layout."""
+    for suffix in EXECUTOR_SUFFIXES:
+        if topology.endswith(suffix):
+            return topology[: -len(suffix)]
+    return topology
+
+
+def layout_name(layout: str) -> str:
+    """A layout as the study names it: the no-Ray variant's name (`Cluster TP=2`), else the layout key."""
+    for suffix in EXECUTOR_SUFFIXES:
+        if layout + suffix in DISPLAY_NAMES:
+            return DISPLAY_NAMES[layout + suffix]
+    return display_name(layout)
+
+
+def layouts(topologies: Iterable[str]) -> dict[str, list[str]]:
+    """Layout -> its measured topologies (executor variants), both in display order."""
+    grouped: dict[str, list[str]] = {}
+    for topology in ordered_topologies(topologies):
+        grouped.setdefault(layout_of(topology), []).append(topology)
+    return grouped
