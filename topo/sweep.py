@@ -60,6 +60,7 @@ class SweepSpec:
     tg: int = 128
     latency_mode: Literal["api", "generation", "none"] = "api"
     twin_hardware: str | None = None  # override every twin node's --hardware (e.g. `fast` in tests)
+    twin_noise_cv: float | None = None  # override every twin node's --noise-cv (per-step jitter, tests)
     request_timeout_s: float = 600.0
     seed: int | None = None
 
@@ -72,6 +73,8 @@ class SweepSpec:
             raise ConfigError(f"--runs must be >= 1 (got {self.runs})")
         if self.pp < 1 or self.tg < 1:
             raise ConfigError(f"--pp and --tg must be >= 1 (got pp={self.pp}, tg={self.tg})")
+        if self.twin_noise_cv is not None and not 0 <= self.twin_noise_cv <= 2:
+            raise ConfigError(f"--twin-noise-cv must be between 0 and 2 (got {self.twin_noise_cv})")
         if len(set(self.topologies)) != len(self.topologies):
             raise ConfigError(f"--topologies lists a topology twice: {', '.join(self.topologies)}")
 
@@ -108,14 +111,15 @@ class SweepPlan:
         return [(t.topology, c) for t in self.topologies for c in self.spec.concurrency]
 
 
-def _with_twin_hardware(cluster: Cluster, hardware: str) -> Cluster:
+def _with_twin_overrides(cluster: Cluster, flag: str, update: dict[str, Any]) -> Cluster:
+    """Every twin node's engine with `update` applied (`flag` names the option in the error)."""
+    if not any(isinstance(n.engine, TwinEngine) for n in cluster.nodes):
+        raise ConfigError(f"{flag}: cluster {cluster.name!r} has no twin engine to apply it to")
     nodes = tuple(
-        node.model_copy(update={"engine": node.engine.model_copy(update={"hardware": hardware})})
+        node.model_copy(update={"engine": node.engine.model_copy(update=update)})
         if isinstance(node.engine, TwinEngine) else node
         for node in cluster.nodes
     )
-    if not any(isinstance(n.engine, TwinEngine) for n in cluster.nodes):
-        raise ConfigError(f"--twin-hardware {hardware}: cluster {cluster.name!r} has no twin engine to apply it to")
     return cluster.model_copy(update={"nodes": nodes})
 
 
@@ -123,7 +127,10 @@ def plan_sweep(spec: SweepSpec, *, secrets: PlanSecrets | None = None) -> SweepP
     """Load the cluster and recipe and plan every topology. No I/O but reading the YAML files."""
     cluster = load_cluster(spec.cluster)
     if spec.twin_hardware:
-        cluster = _with_twin_hardware(cluster, spec.twin_hardware)
+        cluster = _with_twin_overrides(cluster, f"--twin-hardware {spec.twin_hardware}", {"hardware": spec.twin_hardware})
+    if spec.twin_noise_cv is not None:
+        cluster = _with_twin_overrides(cluster, f"--twin-noise-cv {spec.twin_noise_cv:g}",
+                                       {"noise_cv": spec.twin_noise_cv})
     recipe = load_recipe(spec.model)
     secrets = secrets or PlanSecrets.generate()
     plans = tuple(

@@ -263,6 +263,8 @@ def _engine_step(
     stop: Stop
     if isinstance(engine, TwinEngine):
         argv = [*engine.twin, *serve, "--hardware", engine.hardware, "--card", recipe.twin_card]
+        if engine.noise_cv is not None:
+            argv += ["--noise-cv", f"{engine.noise_cv:g}"]
         stop = StopByProcessGroup(grace_s=grace, ports=listen_ports)
     elif engine.launcher == "process":
         assert engine.vllm is not None  # the inventory requires it for the process launcher

@@ -76,6 +76,7 @@ class ServeArgs:
     api_key: str | None
     link: str  # twin: roce | sockets, the cost model's link between TP ranks
     rank_timeout_s: float  # twin: how long rank 0 waits for an ack / peers wait to join
+    noise_cv: float | None = None  # twin: per-step jitter (None: the hardware profile's)
 
     @property
     def served_model_name(self) -> str:
@@ -144,6 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="model card: a name in configs/cards or a YAML path (default: the card of MODEL)")
     twin.add_argument("--link", choices=("roce", "sockets"), default="roce",
                       help="how TP ranks talk in the cost model: NCCL over RoCE, or plain TCP sockets")
+    twin.add_argument("--noise-cv", type=float, default=None,
+                      help="per-step jitter: each step's modeled time times a seeded random factor with this "
+                           "coefficient of variation (default: the hardware profile's, 0 = deterministic); "
+                           "seeded by --seed")
     twin.add_argument("--rank-timeout", type=float, default=30.0,
                       help="seconds rank 0 waits for a peer's ack before declaring it lost (default 30)")
     return p
@@ -225,6 +230,8 @@ def parse_serve_args(argv: Sequence[str]) -> ServeArgs:
         )
     if ns.rank_timeout <= 0:
         raise ConfigError(f"twin serve: --rank-timeout must be positive (got {ns.rank_timeout})")
+    if ns.noise_cv is not None and not 0 <= ns.noise_cv <= 2:
+        raise ConfigError(f"twin serve: --noise-cv must be between 0 and 2 (got {ns.noise_cv})")
     card = ns.card or card_for_model(model)
     served = tuple(ns.served_model_name) if ns.served_model_name else (model,)
     return ServeArgs(
@@ -257,6 +264,7 @@ def parse_serve_args(argv: Sequence[str]) -> ServeArgs:
         api_key=ns.api_key,
         link=ns.link,
         rank_timeout_s=ns.rank_timeout,
+        noise_cv=ns.noise_cv,
     )
 
 
@@ -286,6 +294,9 @@ def engine_config_kwargs(args: ServeArgs, quantization_bytes: dict[str, float] |
         "weight_bytes_per_param": weight_bytes,
         "kv_cache_bytes_per_element": KV_CACHE_DTYPE_BYTES[args.kv_cache_dtype],
         "link": args.link,
+        "noise_cv": args.noise_cv,
+        # two engines of one sweep (2x solo) get the same --seed: the port keeps their noise apart
+        "noise_seed": (args.seed or 0) * 65_537 + args.port,
     }
 
 

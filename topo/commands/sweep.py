@@ -140,6 +140,9 @@ def sweep_command(
     latency_mode: str = typer.Option("api", "--latency-mode", help="api, generation or none (see METRICS.md)."),
     twin_hardware: str = typer.Option(None, "--twin-hardware", help="Override the hardware profile of every twin "
                                       "node (e.g. `fast` for a quick check, or a profile YAML path)."),
+    twin_noise_cv: float = typer.Option(None, "--twin-noise-cv", help="Per-step jitter of every twin node "
+                                        "(coefficient of variation of a step's time, seeded; 0 = deterministic): "
+                                        "for trying intervals, ties and adaptive runs on a noisy engine."),
     out: Path = typer.Option(None, "--out", "-o", help="Results folder (default: results/MODEL-TIME)."),
     resume: Path = typer.Option(None, "--resume", help="Continue a sweep that stopped: measures only the runs "
                                 "missing in that folder, with the settings stored in its meta.json."),
@@ -173,6 +176,7 @@ def sweep_command(
             tg=tg,
             latency_mode=_latency_mode(latency_mode),
             twin_hardware=twin_hardware,
+            twin_noise_cv=twin_noise_cv,
             seed=seed,
         )
         directory = out or default_out_dir(spec)
