@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import plotly.graph_objects as go
 
-from reports.names import DISPLAY_NAMES, display_name
+from reports.names import DISPLAY_NAMES, display_name, ordered_topologies
 from reports.tables import METRICS, WinnerTable
 
 if TYPE_CHECKING:
@@ -87,6 +87,34 @@ def chart(table: WinnerTable) -> go.Figure:
     return figure
 
 
+def frontier_chart(points: dict[str, list[tuple[int, float, float]]], workload: str = "") -> go.Figure:
+    """Total tokens/s against tokens/s per user, one line per topology through its load levels: up and to
+    the right is better; the upper-right envelope is the frontier (vLLM's sweep plot, InferenceX's charts)."""
+    figure = go.Figure()
+    topologies = ordered_topologies(points)
+    colours = topology_colours(topologies)
+    for topology in topologies:
+        levels = sorted(points[topology])
+        figure.add_trace(go.Scatter(
+            x=[p[1] for p in levels], y=[p[2] for p in levels], name=display_name(topology),
+            mode="lines+markers+text", text=[f"c{p[0]}" for p in levels], textposition="top center",
+            line={"color": colours[topology]},
+            hovertemplate=f"{display_name(topology)} %{{text}}<br>%{{x:.1f}} t/s per user, %{{y:.0f}} t/s total"
+                          "<extra></extra>",
+        ))
+    title = "Throughput vs interactivity" + (f" — {workload}" if workload else "")
+    figure.update_layout(
+        title={"text": f"{title} (up and right is better)"},
+        xaxis={"title": {"text": "decode tokens/s per user"}, "rangemode": "tozero"},
+        yaxis={"title": {"text": "decode tokens/s total"}, "rangemode": "tozero"},
+        legend={"orientation": "h", "y": -0.25},
+        margin={"l": 60, "r": 20, "t": 50, "b": 40},
+        height=460,
+        template="plotly_white",
+    )
+    return figure
+
+
 def table_html(table: DisplayTable) -> str:
     parts = [f"<h2>{html.escape(table.title)}</h2>"]
     if table.intro:
@@ -116,6 +144,18 @@ def render_html(report: Report) -> str:
             div_id=f"chart-{metric.key}",
             config={"displaylogo": False, "responsive": True, "displayModeBar": False},
         ))
+    frontiers = []
+    for index, (workload, points) in enumerate(sorted((report.frontier or {}).items())):
+        frontiers.append(frontier_chart(points, workload).to_html(
+            full_html=False, include_plotlyjs=False, include_mathjax=False, div_id=f"frontier-{index}",
+            config={"displaylogo": False, "responsive": True, "displayModeBar": False},
+        ))
+    frontier = ""
+    if frontiers:
+        frontier = ("<h2>Throughput vs interactivity</h2><p>Per workload, each topology's load levels from c1 up: "
+                    "total decode tokens/s against what one user's stream gets. A topology whose line lies above and "
+                    "to the right of another's gives more of both.</p>"
+                    + "".join(f'<div class="frontier">{figure}</div>' for figure in frontiers))
     trends = ""
     if report.history is not None:
         from reports.history import sweep_order, trend_figure
@@ -154,6 +194,7 @@ def render_html(report: Report) -> str:
 <div class="charts">
 {''.join(f'<div class="chart">{c}</div>' for c in charts)}
 </div>
+{frontier}
 {trends}
 {tables}
 <h2>Caveats</h2>

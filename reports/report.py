@@ -26,6 +26,7 @@ from reports.tables import (
     RayTable,
     WinnerTable,
     format_pct,
+    frontier_points,
     ray_tables,
     validate_cells,
     winner_table,
@@ -75,6 +76,8 @@ class Report:
     caveats: list[str]
     history: pd.DataFrame | None = None  # cells of earlier sweeps with a `sweep` column (reports/history.py)
     regression: RegressionResult | None = None  # the nightly gate's verdict against a baseline
+    # workload -> topology -> (concurrency, t/s per user, t/s total): the frontier chart (reports/html.py)
+    frontier: dict[str, dict[str, list[tuple[int, float, float]]]] | None = None
 
     @property
     def topologies(self) -> list[str]:
@@ -199,6 +202,7 @@ def build_report(cells: pd.DataFrame, meta: dict[str, Any] | None = None, reques
         caveats=notes,
         history=history,
         regression=regression,
+        frontier=frontier_points(cells),
     )
 
 

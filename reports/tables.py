@@ -316,3 +316,22 @@ def ray_tables(cells: pd.DataFrame, margin_pct: float = DEFAULT_MARGIN_PCT) -> l
             rows.append(RayRow(concurrency, ray_cells, mp_cells, gain, verdicts))
         tables.append(RayTable(ray, no_ray, rows))
     return tables
+
+
+def frontier_points(cells: pd.DataFrame) -> dict[str, dict[str, list[tuple[int, float, float]]]]:
+    """workload -> topology -> (concurrency, tokens/s per user, total tokens/s) per load level, mean over runs.
+
+    Per user = the mean per-request decode t/s (what one user's stream sees); total = decode t/s over the
+    batch. Folders without a `workload` column are one workload."""
+    needed = {"decode_tps", "decode_tps_req"}
+    if not needed <= set(cells.columns):
+        return {}
+    workloads = cells["workload"].astype(str) if "workload" in cells.columns else pd.Series("", index=cells.index)
+    out: dict[str, dict[str, list[tuple[int, float, float]]]] = {}
+    for (workload, topology, concurrency), rows in cells.groupby([workloads, "topology", "concurrency"], sort=True):
+        per_user, total = rows["decode_tps_req"].mean(), rows["decode_tps"].mean()
+        if math.isnan(per_user) or math.isnan(total):
+            continue
+        out.setdefault(str(workload), {}).setdefault(str(topology), []).append((int(concurrency), float(per_user),
+                                                                                float(total)))
+    return out

@@ -200,3 +200,17 @@ def test_runs_stored_twice_are_a_caveat() -> None:
     cells = frame(cell_rows("solo", 1, [40, 41]), cell_rows("solo", 1, [40]), cell_rows("tp2-mp", 1, [1, 2]))
     report = build_report(cells)
     assert any(c.startswith("Some runs are stored twice (Solo c1)") for c in report.caveats)
+
+
+def test_frontier_chart_plots_total_against_per_user_for_each_topology() -> None:
+    report = build_report(study_cells(), META)
+    (points,) = report.frontier.values()  # one workload
+    assert set(points) == {"solo", "tp2-mp", "tp2-ray", "2x-solo-shuffle"}
+    # fixture: decode_tps_req = decode_tps / c, so Shuffle at c64 gives 80 t/s per user, 5120 t/s in total
+    assert (64, 80.0, 5120.0) in [(c, round(u, 6), round(t, 6)) for c, u, t in points["2x-solo-shuffle"]]
+    assert [c for c, _, _ in points["solo"]] == [1, 2, 4, 8, 16, 32, 64]
+    page = report.to_html()
+    assert 'id="frontier-0"' in page and "Throughput vs interactivity" in page
+    # cells keyed by workload get one chart each
+    two = pd.concat([study_cells().assign(workload="pp1024/tg128"), study_cells().assign(workload="pp8192/tg128")])
+    assert sorted(build_report(two, META).frontier) == ["pp1024/tg128", "pp8192/tg128"]
