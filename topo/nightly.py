@@ -317,6 +317,18 @@ def same_kind(entries: Sequence[SweepEntry], like: SweepEntry) -> list[SweepEntr
             and e.tg == like.tg]
 
 
+def history_for_gate(root: Path, current: Path, limit: int) -> pd.DataFrame | None:
+    """The cells of up to `limit` sweeps under `root` before `current`, of the same kind, model, load and
+    cluster: the run-to-run spread the gate judges `current`'s cells by (None when there are none)."""
+    if limit < 1:
+        return None
+    like = read_entry(current)
+    earlier = [e for e in same_kind(list_sweeps(root), like)
+               if e.cluster == like.cluster and e.path.resolve() != current.resolve()
+               and (like.started is None or e.started is None or e.started < like.started)]
+    return query_history(earlier[-limit:]) if earlier else None
+
+
 @dataclass
 class NightlyPaths:
     """Where a nightly run writes: the sweep folder and the gate's files (CI uploads them)."""

@@ -124,7 +124,7 @@ def test_render_results_writes_both_files(tmp_path: Path) -> None:
     report, md_path, html_path = render_results(directory)
     assert md_path.read_text() == report.to_markdown()
     page = html_path.read_text()
-    assert page.count('class="plotly-graph-div"') == 3
+    assert page.count('class="plotly-graph-div"') == 4  # decode, prefill, TTFT and the frontier
     # works offline: no script is fetched, plotly.js (megabytes) is inline
     assert re.search(r"<script[^>]*\bsrc\s*=", page) is None
     assert len(page) > 1_000_000

@@ -24,6 +24,7 @@ from topo.nightly import (
     DEFAULT_ROOT,
     NightlyPaths,
     find_baseline,
+    history_for_gate,
     list_sweeps,
     query_history,
     read_entry,
@@ -60,10 +61,15 @@ def nightly_command(
                                      "regress.md).")] = None,  # type: ignore[assignment]
     twin_hardware: Annotated[str, typer.Option("--twin-hardware", help="Override every twin node's hardware "
                                                "profile (a name or a YAML path).")] = None,  # type: ignore[assignment]
-    threshold: Annotated[str, typer.Option("--threshold", help="Regression threshold (see `topo regress`).")]
-    = "5%",
-    alpha: Annotated[float, typer.Option("--alpha", help="Significance level of the one-sided test.")] = 0.05,
-    test: Annotated[str, typer.Option("--test", help="welch or mannwhitney.")] = "welch",
+    threshold: Annotated[str, typer.Option("--threshold", help="Smallest change that can regress (see `topo "
+                                           "regress`).")] = "3%",
+    alpha: Annotated[float, typer.Option("--alpha", help="One-sided level of the history's tolerance and of "
+                                         "a test.")] = 0.05,
+    test: Annotated[str, typer.Option("--test", help="How a cell without history is judged: intervals, welch "
+                                      "or mannwhitney (see `topo regress`).")] = "intervals",
+    gate_history: Annotated[int, typer.Option("--gate-history", help="Judge each cell by the run-to-run spread "
+                                              "of up to this many earlier sweeps under ROOT (same cluster, model "
+                                              "and load); 0 = by the intervals only.", min=0)] = 20,
     pp: Annotated[int, typer.Option("--pp", help="Prompt tokens per request.")] = 1024,
     tg: Annotated[int, typer.Option("--tg", help="Generated tokens per request.")] = 128,
     history_sweeps: Annotated[int, typer.Option("--history", help="How many sweeps (this one included) the "
@@ -132,7 +138,8 @@ def nightly_command(
     if baseline_dir is not None:
         try:
             regression = compare_result_dirs(baseline_dir, directory, policy, current_label=directory.name,
-                                             baseline_label=sweep_label(baseline, baseline_dir))
+                                             baseline_label=sweep_label(baseline, baseline_dir),
+                                             history=history_for_gate(root, directory, gate_history))
         except RegressionInputError as exc:
             unusable = exc  # the night's report is still written before exit 2
     results = load_results(directory)

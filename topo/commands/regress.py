@@ -10,7 +10,7 @@ from rich.console import Console
 
 from reports.console import print_regression
 from reports.regress import RegressionPolicy, TestName, compare_result_dirs, parse_threshold, write_gate_outputs
-from topo.nightly import DEFAULT_ROOT, resolve_sweep, sweep_label
+from topo.nightly import DEFAULT_ROOT, history_for_gate, resolve_sweep, sweep_label
 
 
 def policy_from_options(threshold: str, alpha: float, test: str) -> RegressionPolicy:
@@ -25,11 +25,17 @@ def regress_command(
     current: Annotated[str, typer.Option("--current", help="The sweep to judge: a results folder (or a tag).",
                                          show_default=False)],
     threshold: Annotated[str, typer.Option("--threshold", help="A cell regresses only when it is worse by more "
-                                           "than this (5% or 5) AND the test says it is significant.")] = "5%",
-    alpha: Annotated[float, typer.Option("--alpha", help="Significance level of the one-sided test.")] = 0.05,
-    test: Annotated[str, typer.Option("--test", help="welch (Welch's t-test on the per-run values; needs 2+ runs "
-                                      "a side) or mannwhitney (rank test; needs 4+ runs a side for α = 0.05).")]
-    = "welch",
+                                           "than this (3% or 3; the winner tables' margin) AND by more than its "
+                                           "history's spread allows, or, without history, the test says so.")] = "3%",
+    alpha: Annotated[float, typer.Option("--alpha", help="One-sided level of the history's tolerance and of "
+                                         "welch / mannwhitney.")] = 0.05,
+    test: Annotated[str, typer.Option("--test", help="How a cell without history is judged: intervals (its 95% "
+                                      "interval clear of the baseline's, as the winner tables), welch (Welch's "
+                                      "t-test on the per-run values; 2+ runs a side) or mannwhitney (rank test; "
+                                      "4+ runs a side for α = 0.05).")] = "intervals",
+    history: Annotated[int, typer.Option("--history", help="Judge each cell by the run-to-run spread of up to "
+                                         "this many sweeps under ROOT before CURRENT (same cluster, model and "
+                                         "load; 3+ needed per cell); 0 = never.", min=0)] = 20,
     junit: Annotated[Path, typer.Option("--junit", help="Write JUnit XML here: one test case per (topology, "
                                         "concurrency, metric) cell, regressions as failures.")] = None,  # type: ignore[assignment]
     md: Annotated[Path, typer.Option("--md", help="Write the verdict as Markdown here (fit for a chat or an "
@@ -37,12 +43,14 @@ def regress_command(
     root: Annotated[Path, typer.Option("--root", help="Where tags are looked up (ROOT/baselines.json).")]
     = DEFAULT_ROOT,
 ) -> None:
-    """Compare every (topology, concurrency, metric) cell of CURRENT with BASELINE on their per-run values.
+    """Compare every (topology, concurrency, metric) cell of CURRENT with BASELINE by what its noise allows.
 
-    Decode t/s, prefill t/s and TTFT of each cell are compared with a one-sided statistical test, not a
-    ratio of two means: a cell REGRESSES when it is worse by more than --threshold and the test gives
-    p < --alpha. Improvements, cells too short of runs to test, cells missing from CURRENT and cells whose
-    requests failed are reported too; missing and failed cells fail the gate like regressions.
+    Decode t/s, prefill t/s and TTFT of each cell: a cell with 3+ earlier sweeps under ROOT REGRESSES when it
+    is worse by more than the sweep-to-sweep spread those sweeps showed (and than --threshold); a cell
+    without that history when it is worse by more than --threshold and its 95% interval lies clear of the
+    baseline's (or, with --test welch / mannwhitney, p < --alpha). Improvements, cells without an interval,
+    cells missing from CURRENT and cells whose requests failed are reported too; missing and failed cells
+    fail the gate like regressions.
 
     Exit code: 1 when any cell fails the gate, 0 when clean, 2 when the two sweeps cannot be compared
     (unreadable folder, unknown tag, different model or pp/tg, no cell in common).
@@ -52,7 +60,8 @@ def regress_command(
     baseline_dir = resolve_sweep(baseline, root)
     current_dir = resolve_sweep(current, root)
     result = compare_result_dirs(baseline_dir, current_dir, policy, baseline_label=sweep_label(baseline, baseline_dir),
-                                 current_label=sweep_label(current, current_dir))
+                                 current_label=sweep_label(current, current_dir),
+                                 history=history_for_gate(root, current_dir, history))
     print_regression(console, result)
     code = write_gate_outputs(result, junit=junit, markdown=md)
     for label, path in (("JUnit", junit), ("Markdown", md)):
