@@ -107,6 +107,8 @@ def run_metrics(records: Sequence[RequestRecord], client_cpu_frac: float = NAN) 
     ok = [r for r in records if r.ok and r.first_token is not None]
     row: dict[str, Any] = {
         "topology": first.topology,
+        "workload": first.workload,
+        "load": first.load,
         "concurrency": first.concurrency,
         "run": first.run,
         "decode_tps": NAN,

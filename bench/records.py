@@ -10,7 +10,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-SCHEMA_VERSION = 1
+from bench.workload import DEFAULT_WORKLOAD, closed_label
+
+# 2: the `workload` and `load` key columns (bench/workload.py). Version 1 files are migrated on reading
+# (bench/results_folder.py): workload `default`, load `c{concurrency}`.
+# 3: the cells' `<metric>_lo` / `<metric>_hi` within-run bounds (bench/stats.py); older files read them as
+# missing (NaN): their single-run cells have no interval.
+SCHEMA_VERSION = 3
 
 
 @dataclass
@@ -35,6 +41,12 @@ class RequestRecord:
     served_by: str | None = None  # which backend served it (x-litellm-model-id), when a router says
     latency_offset: float = 0.0  # the run's measured network/API latency (METRICS.md `latency`)
     response_id: str | None = None  # the stream's `id` (e.g. chatcmpl-...): joins a row with server-side logs
+    workload: str = DEFAULT_WORKLOAD  # the request shape's name (bench/workload.py)
+    load: str = ""  # the load's label (bench/workload.py); empty = the closed load of `concurrency`
+
+    def __post_init__(self) -> None:
+        if not self.load:
+            self.load = closed_label(self.concurrency)
 
     @property
     def ok(self) -> bool:
@@ -49,11 +61,13 @@ class RequestRecord:
         return asdict(self)
 
 
-# Columns of cells.parquet: one row per topology x concurrency x run. reports/ and the regression gate
-# read these names; bench/metrics.py produces them.
+# Columns of cells.parquet: one row per (topology, workload, load) cell and run. reports/ and the regression
+# gate read these names; bench/metrics.py produces them.
 CELL_COLUMNS: tuple[str, ...] = (
     "topology",
-    "concurrency",
+    "workload",  # the request shape's name (bench/workload.py; `default` = the sweep's pp/tg)
+    "load",  # the load's label, e.g. c4 (bench/workload.py)
+    "concurrency",  # the closed load's c (kept for the reports' x axis)
     "run",
     "decode_tps",  # decode t/s (total) of the run, METRICS.md
     "prefill_tps",  # prefill t/s (total) of the run
@@ -61,7 +75,7 @@ CELL_COLUMNS: tuple[str, ...] = (
     "peak_tps",  # most tokens seen in any 1-second window
     "decode_tps_req",  # mean per-request decode t/s
     "prefill_tps_req",  # mean per-request prefill t/s
-    "requests",  # how many requests the run sent (= concurrency)
+    "requests",  # how many requests the run sent (= concurrency for a closed load)
     "failed",  # how many of them failed
     "max_send_lag_ms",  # the client's worst scheduling lag in the run
     "client_cpu_frac",  # client process CPU seconds / run wall seconds (near 1: the client was the bottleneck)
@@ -74,6 +88,13 @@ CELL_COLUMNS: tuple[str, ...] = (
     "ttft_ms_lo",
     "ttft_ms_hi",
 )
+
+# What identifies a cell (its runs are numbered under it) and a request row.
+CELL_KEY: tuple[str, ...] = ("topology", "workload", "load")
+RUN_KEY: tuple[str, ...] = (*CELL_KEY, "run")
+REQUEST_KEY: tuple[str, ...] = (*RUN_KEY, "index")
+# What a cells table must hold to be reported at all; the other CELL_COLUMNS are used when present.
+REQUIRED_CELL_COLUMNS: tuple[str, ...] = ("topology", "concurrency", "run", "decode_tps", "prefill_tps", "ttft_ms")
 
 
 # When a run measured the client more than the server. bench/ warns per run, reports/ flags cells: one rule.

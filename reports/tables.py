@@ -14,12 +14,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from bench.records import REQUIRED_CELL_COLUMNS
+from bench.results_folder import fill_load_keys
 from common.errors import ResultsError
 from bench.stats import Interval, Method, bound_columns, cell_interval
-from reports.names import BASELINE_TOPOLOGY, display_name, layout_name, layout_of, layouts, ray_pairs
+from reports.names import BASELINE_TOPOLOGY, display_name, layout_display_name, layouts, ray_pairs
 
-# cells.parquet columns a report cannot do without; the others of CELL_COLUMNS are used when present.
-REQUIRED_COLUMNS: tuple[str, ...] = ("topology", "concurrency", "run", "decode_tps", "prefill_tps", "ttft_ms")
+# cells columns a report cannot do without; the others of CELL_COLUMNS are used when present.
+REQUIRED_COLUMNS: tuple[str, ...] = REQUIRED_CELL_COLUMNS
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,8 @@ class CellStat:
 
 
 def validate_cells(cells: pd.DataFrame, source: str = "cells") -> pd.DataFrame:
-    """The cells with the required columns, typed; ResultsError naming what is missing or malformed."""
+    """The cells with the required columns, typed, keyed by load; ResultsError naming what is missing or
+    malformed. Rows without the workload/load keys (older tables) are closed loads of the default workload."""
     missing = [column for column in REQUIRED_COLUMNS if column not in cells.columns]
     if missing:
         raise ResultsError(
@@ -85,7 +88,7 @@ def validate_cells(cells: pd.DataFrame, source: str = "cells") -> pd.DataFrame:
     if typed["concurrency"].isna().any() or (typed["concurrency"] < 1).any():
         raise ResultsError(f"{source}: column 'concurrency' must be a positive integer in every row")
     typed["concurrency"] = typed["concurrency"].astype(int)
-    return typed
+    return fill_load_keys(typed)
 
 
 def cell_stat(rows: pd.DataFrame, topology: str, concurrency: int, metric: MetricSpec) -> CellStat:
@@ -228,6 +231,9 @@ class WinnerTable:
     def topologies(self) -> list[str]:
         return [t for variants in self.layouts.values() for t in variants]
 
+    def layout_title(self, layout: str) -> str:
+        return layout_display_name(self.layouts[layout][0])
+
     @property
     def vs_solo_layouts(self) -> list[str]:
         if BASELINE_TOPOLOGY not in self.layouts:
@@ -255,10 +261,6 @@ def better(stats: Sequence[CellStat], higher_is_better: bool) -> CellStat | None
     return max(valued, key=lambda s: s.mean) if higher_is_better else min(valued, key=lambda s: s.mean)
 
 
-def layout_display(topology: str) -> str:
-    return layout_name(layout_of(topology))
-
-
 def winner_table(cells: pd.DataFrame, metric: MetricSpec, margin_pct: float = DEFAULT_MARGIN_PCT) -> WinnerTable:
     stats = summarize(cells, metric)
     grouped = layouts(t for t, _ in stats)
@@ -271,7 +273,7 @@ def winner_table(cells: pd.DataFrame, metric: MetricSpec, margin_pct: float = DE
             measured = [present[t] for t in variants if t in present]
             if measured:
                 representatives[layout] = better(measured, metric.higher_is_better) or measured[0]
-        verdict = decide(list(representatives.values()), metric.higher_is_better, margin_pct, name=layout_display)
+        verdict = decide(list(representatives.values()), metric.higher_is_better, margin_pct, name=layout_display_name)
         solo = representatives.get(BASELINE_TOPOLOGY)
         vs_solo = {
             layout: relative_pct(s.mean, solo.mean) if solo is not None else math.nan

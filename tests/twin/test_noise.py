@@ -8,7 +8,8 @@ import pytest
 from common.errors import ConfigError
 from topo.sweep import SweepSpec, plan_sweep
 from topology.inventory import TwinEngine
-from twin.cli import engine_config_kwargs, parse_serve_args
+from twin.cli import parse_serve_args
+from twin.launch import engine_config_kwargs
 from twin.engine import EngineConfig
 from twin.predict import predict_cells
 from twin.profiles import load_hardware
