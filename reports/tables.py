@@ -209,6 +209,19 @@ def tie_reason(pairs: Sequence[tuple[CellStat, CellStat]], margin: float, higher
     return ""
 
 
+def settled(a: CellStat, b: CellStat, higher_is_better: bool, margin_pct: float = DEFAULT_MARGIN_PCT) -> bool:
+    """Would more runs change the call between a and b? No when one wins by the rule (its interval clears
+    the other's and the means differ by more than the margin), nor when even the intervals' far ends
+    differ by less than the margin (a tie that matters to nobody). The adaptive sweep stops on it."""
+    if not (a.has_value and b.has_value and a.interval.known and b.interval.known):
+        return False
+    best, other = (a, b) if (a.mean >= b.mean) == higher_is_better else (b, a)
+    if not tie_reason([(best, other)], relative_pct(best.mean, other.mean), higher_is_better, margin_pct):
+        return True
+    widest = max(abs(relative_pct(a.hi, b.lo)), abs(relative_pct(a.lo, b.hi)))
+    return widest < margin_pct
+
+
 @dataclass(frozen=True)
 class WinnerRow:
     concurrency: int

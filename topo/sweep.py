@@ -19,6 +19,7 @@ import platform
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -28,8 +29,11 @@ from typing import Any, Literal, Protocol
 
 from bench.client import Endpoint
 from bench.results_folder import FolderMeta, ResultsFolder, Status
+from bench.records import RequestRecord
 from bench.session import BenchSession, BenchSettings, RunDone
 from bench.workload import DEFAULT_WORKLOAD, ClosedLoad, Load
+from reports.tables import DEFAULT_MARGIN_PCT
+from topo.adaptive import DEFAULT_MAX_RUNS, DEFAULT_PRECISION_PCT, MIN_RUNS, AdaptivePolicy, stop_reason
 from cluster.bringup import BringUpProgress, bring_up, open_cluster
 from common.config import REPO_ROOT
 from common.errors import ConfigError, ResultsError, TopoError
@@ -39,6 +43,10 @@ from topology.plan import LaunchPlan
 from topology.recipe import Recipe, load_recipe
 
 DEFAULT_CONCURRENCY = (1, 2, 4, 8, 16, 32, 64)
+# Tokens per request of a cell's warm-up batch: the batch's prefill and first decode steps at this
+# concurrency warm the engine; 128 more decode steps only cost time (benchmarks/adaptive_vs_fixed.py
+# compares a cell's first measured run with its later ones).
+WARMUP_TG = 8
 
 
 @dataclass(frozen=True)
@@ -49,7 +57,10 @@ class SweepSpec:
     cluster: str = "local-twin"
     topologies: tuple[str, ...] = STUDY_TOPOLOGIES
     concurrency: tuple[int, ...] = DEFAULT_CONCURRENCY
-    runs: int = 1
+    runs: int | None = None  # measured runs per cell; None = adaptive (`--runs auto`, topo/adaptive.py)
+    max_runs: int = DEFAULT_MAX_RUNS  # adaptive: at most this many runs per cell
+    precision_pct: float = DEFAULT_PRECISION_PCT  # adaptive: stop when every interval is within ± this % ...
+    margin_pct: float = DEFAULT_MARGIN_PCT  # ... or the call is settled at this margin (also the report's)
     pp: int = 1024
     tg: int = 128
     latency_mode: Literal["api", "generation", "none"] = "api"
@@ -64,8 +75,9 @@ class SweepSpec:
             raise ConfigError("--topologies: give at least one topology")
         if not self.concurrency or any(c < 1 for c in self.concurrency):
             raise ConfigError(f"-c: concurrency levels must be >= 1 (got {list(self.concurrency)})")
-        if self.runs < 1:
-            raise ConfigError(f"--runs must be >= 1 (got {self.runs})")
+        if self.runs is not None and self.runs < 1:
+            raise ConfigError(f"--runs must be >= 1 or auto (got {self.runs})")
+        self.adaptive_policy()  # checks --precision, --margin and --max-runs
         if self.pp < 1 or self.tg < 1:
             raise ConfigError(f"--pp and --tg must be >= 1 (got pp={self.pp}, tg={self.tg})")
         if self.twin_noise_cv is not None and not 0 <= self.twin_noise_cv <= 2:
@@ -77,9 +89,27 @@ class SweepSpec:
     def loads(self) -> tuple[Load, ...]:
         return tuple(ClosedLoad(c) for c in self.concurrency)
 
+    @property
+    def adaptive(self) -> bool:
+        return self.runs is None
+
+    @property
+    def planned_runs(self) -> int:
+        """The fixed count, or the most an adaptive cell may take."""
+        return self.max_runs if self.runs is None else self.runs
+
+    @property
+    def runs_text(self) -> str:
+        return (f"auto (±{self.precision_pct:g}% or settled at {self.margin_pct:g}%, {MIN_RUNS}..{self.max_runs} runs)"
+                if self.adaptive else str(self.runs))
+
+    def adaptive_policy(self) -> AdaptivePolicy:
+        return AdaptivePolicy(self.precision_pct, self.margin_pct, self.max_runs)
+
     def bench_settings(self) -> BenchSettings:
         return BenchSettings(pp=self.pp, tg=self.tg, workload=self.workload, latency_mode=self.latency_mode,
-                             request_timeout=self.request_timeout_s, seed=self.seed)
+                             request_timeout=self.request_timeout_s, seed=self.seed,
+                             warmup_tg=min(self.tg, WARMUP_TG))
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -223,6 +253,14 @@ class SweepOutcome:
     status: Status
     errors: dict[str, str] = field(default_factory=dict)
     measured_runs: int = 0
+    timing: dict[str, float] = field(default_factory=dict)  # meta.json's: wall_s, serving_s, serving_share
+
+    def timing_text(self) -> str:
+        """The closing line's figures: how long the decision took, and how much of it was measuring."""
+        if not self.timing:
+            return ""
+        return (f"wall {self.timing['wall_s']:.0f} s, serving measured requests {self.timing['serving_s']:.0f} s "
+                f"({self.timing['serving_share']:.0%} of the wall time)")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -238,9 +276,28 @@ class _Run:
     meta: FolderMeta
     progress: SweepProgress
     outcome: SweepOutcome
+    rows: dict[tuple[str, str, str], list[dict[str, Any]]] = field(default_factory=dict)  # by cell key
+    serving_s: float = 0.0  # measured batches, first send to last byte
 
     def save_meta(self) -> None:
         self.folder.write_meta(self.meta)
+
+    def rivals(self, topology: str, load: Load) -> dict[str, list[dict[str, Any]]]:
+        """The other topologies' run rows at this load, as measured so far."""
+        return {other.topology: self.rows.get(self.sweep.cell_key(other.topology, load), [])
+                for other in self.sweep.topologies if other.topology != topology}
+
+
+def cell_label(key: tuple[str, str, str]) -> str:
+    """meta.json's key of a cell: topology/workload/load."""
+    return "/".join(key)
+
+
+def batch_seconds(records: Sequence[RequestRecord]) -> float:
+    """How long one measured batch kept the server busy: from the first send to the last byte."""
+    starts = [r.start for r in records]
+    ends = [r.end for r in records if r.end is not None] or [t for r in records for t in r.token_times[-1:]]
+    return max(ends) - min(starts) if starts and ends else 0.0
 
 
 async def _measure_topology(item: TopologyPlan, todo: list[tuple[Load, int]], state: _Run) -> None:
@@ -266,20 +323,40 @@ async def _measure_topology(item: TopologyPlan, todo: list[tuple[Load, int]], st
 
 
 async def _measure_cell(topology: str, load: Load, first_run: int, session: BenchSession, state: _Run) -> list[str]:
+    """The missing runs of one cell: a fixed count, or (adaptive) run after run until topo/adaptive.py's
+    rule says the cell is done. Why it stopped goes to meta.json."""
+    spec = state.sweep.spec
+    key = state.sweep.cell_key(topology, load)
+    stored = state.rows.setdefault(key, [])
     rows: list[dict[str, Any]] = []
+    warnings: list[str] = []
 
     def on_run(done: RunDone) -> None:
         # Stored the moment it is measured: Ctrl-C or a crash in the next run loses nothing of this one.
         if not done.warmup and done.row is not None:
             state.folder.append(done.records, [done.row])
             rows.append(done.row)
+            stored.append(done.row)
+            state.serving_s += batch_seconds(done.records)
             state.outcome.measured_runs += 1
         state.progress.run_done(topology, load, max(done.run, first_run), done.warmup)
 
-    result = await session.run(load, state.sweep.spec.runs - first_run, topology=topology, first_run=first_run,
-                               on_run=on_run)
-    state.progress.cell_done(topology, load, rows, result.warnings)
-    return result.warnings
+    if not spec.adaptive:
+        result = await session.run(load, spec.planned_runs - first_run, topology=topology, first_run=first_run,
+                                   on_run=on_run)
+        warnings += result.warnings
+        state.meta.cell_stops[cell_label(key)] = f"fixed: {spec.planned_runs} runs"
+    else:
+        policy, warm = spec.adaptive_policy(), True
+        while (reason := stop_reason(topology, stored, state.rivals(topology, load), policy)) is None:
+            more = max(1, MIN_RUNS - len(stored))  # the first batch of a cell: the fewest that can stop
+            result = await session.run(load, more, topology=topology, first_run=len(stored), on_run=on_run,
+                                       warmup=warm)
+            warm = False
+            warnings += result.warnings
+        state.meta.cell_stops[cell_label(key)] = reason
+    state.progress.cell_done(topology, load, rows, warnings)
+    return warnings
 
 
 async def run_sweep(
@@ -292,6 +369,7 @@ async def run_sweep(
     on_topology_done: Callable[[str], None] | None = None,
 ) -> SweepOutcome:
     """Measure every missing run of the sweep into `directory`; see the module docstring."""
+    began = time.perf_counter()
     folder = ResultsFolder(directory)
     if resume:
         meta = folder.read_meta()
@@ -308,15 +386,24 @@ async def run_sweep(
 
     spec = sweep.spec
     cells = set(sweep.cells())
-    total = len(cells) * spec.runs
-    already = sum(min(n, spec.runs) for key, n in done.items() if key in cells)
+    total = len(cells) * spec.planned_runs
+    already = sum(min(n, spec.planned_runs) for key, n in done.items() if key in cells)
     progress.sweep_started(total, already)
     state = _Run(sweep, folder, meta, progress, SweepOutcome(directory, "running"))
+    if done:
+        for row in folder.read_cells().to_dict("records"):
+            state.rows.setdefault((str(row["topology"]), str(row["workload"]), str(row["load"])), []).append(row)
+
+    def finished(key: tuple[str, str, str]) -> bool:
+        if spec.adaptive:  # a resumed adaptive cell is done when it said why it stopped
+            return cell_label(key) in meta.cell_stops
+        return done.get(key, 0) >= spec.planned_runs
+
     status: Status = "failed"
     try:
         for item in sweep.topologies:
-            stored = {load: done.get(sweep.cell_key(item.topology, load), 0) for load in spec.loads}
-            todo = [(load, n) for load, n in stored.items() if n < spec.runs]
+            todo = [(load, done.get(sweep.cell_key(item.topology, load), 0)) for load in spec.loads
+                    if not finished(sweep.cell_key(item.topology, load))]
             if not todo:
                 continue
             progress.topology_started(item.topology, [load for load, _ in todo])
@@ -339,6 +426,10 @@ async def run_sweep(
         state.outcome.status = status
         meta.status = status
         meta.finished_at = now_utc()
+        wall = time.perf_counter() - began
+        meta.timing = {"wall_s": round(wall, 3), "serving_s": round(state.serving_s, 3),
+                       "serving_share": round(state.serving_s / wall, 4) if wall > 0 else 0.0}
+        state.outcome.timing = dict(meta.timing)
         state.save_meta()
     return state.outcome
 

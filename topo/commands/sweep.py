@@ -17,6 +17,8 @@ from bench.workload import Load
 from common.errors import ConfigError, TopoError
 from reports.console import print_report
 from reports.results import render_results
+from reports.tables import DEFAULT_MARGIN_PCT
+from topo.adaptive import DEFAULT_MAX_RUNS, DEFAULT_PRECISION_PCT
 from topo.commands.bench import parse_concurrency
 from topo.sweep import (
     DEFAULT_CONCURRENCY,
@@ -100,7 +102,8 @@ class RichSweepProgress:
         # one line in 80 columns: topology, level, the three figures of the winner tables (mean over runs)
         self.console.print(
             f"  {topology} {load.label:<4} decode {mean('decode_tps'):6.1f} t/s  prefill {mean('prefill_tps'):6.0f} t/s"
-            f"  TTFT {mean('ttft_ms'):6.0f} ms{failed_text}", highlight=False
+            f"  TTFT {mean('ttft_ms'):6.0f} ms  ({len(rows)} run{'s' if len(rows) > 1 else ''}){failed_text}",
+            highlight=False
         )
 
     def topology_failed(self, topology: str, error: TopoError) -> None:
@@ -117,8 +120,9 @@ def _print_dry_run(console: Console, sweep: SweepPlan, out: Path) -> None:
     spec = sweep.spec
     console.print(f"[bold]sweep[/] of {spec.model} on cluster {sweep.cluster.name} -> {out}")
     console.print(f"  topologies {', '.join(spec.topologies)}; c={','.join(map(str, spec.concurrency))}; "
-                  f"{spec.runs} run(s) per cell after one warm-up batch; pp{spec.pp} tg{spec.tg}")
-    console.print(f"  {len(sweep.cells())} cells, {len(sweep.cells()) * spec.runs} measured runs\n")
+                  f"runs per cell {spec.runs_text}, after one short warm-up batch; pp{spec.pp} tg{spec.tg}")
+    most = "at most " if spec.adaptive else ""
+    console.print(f"  {len(sweep.cells())} cells, {most}{len(sweep.cells()) * spec.planned_runs} measured runs\n")
     for item in sweep.topologies:
         console.rule(item.topology)
         console.print(plan_text(item.launch), end="")
@@ -133,8 +137,16 @@ def sweep_command(
                                    help="Comma-separated topologies, measured in this order."),
     concurrency: str = typer.Option(",".join(map(str, DEFAULT_CONCURRENCY)), "--concurrency", "-c",
                                     help="Concurrency levels: each is a closed batch of exactly c requests."),
-    runs: int = typer.Option(1, "--runs", "-r", help="Measured runs per cell, after one discarded warm-up batch. "
-                             "1 keeps the default sweep under 10 minutes; 50 is the published study's method."),
+    runs: str = typer.Option("auto", "--runs", "-r", help="Measured runs per cell, after one discarded warm-up batch: "
+                             "auto measures each cell until its 95% intervals are within ±--precision or the "
+                             "winner call at its level is settled (at most --max-runs); a number fixes the count "
+                             "(50 is the published study's method)."),
+    max_runs: int = typer.Option(DEFAULT_MAX_RUNS, "--max-runs", help="--runs auto: at most this many runs per cell."),
+    precision: float = typer.Option(DEFAULT_PRECISION_PCT, "--precision", help="--runs auto: a cell is precise "
+                                    "enough when every headline metric's 95% interval is within ± this % of its mean."),
+    margin: float = typer.Option(DEFAULT_MARGIN_PCT, "--margin", help="The smallest difference, in %, that makes a "
+                                 "winner (smaller ones are ties that name both); --runs auto stops a cell once its "
+                                 "call at this margin is settled."),
     pp: int = typer.Option(1024, "--pp", help="Prompt tokens per request."),
     tg: int = typer.Option(128, "--tg", help="Generated tokens per request."),
     latency_mode: str = typer.Option("api", "--latency-mode", help="api, generation or none (see METRICS.md)."),
@@ -171,7 +183,10 @@ def sweep_command(
             cluster=cluster,
             topologies=tuple(t.strip() for t in topologies.split(",") if t.strip()),
             concurrency=tuple(parse_concurrency(concurrency)),
-            runs=runs,
+            runs=parse_runs(runs),
+            max_runs=max_runs,
+            precision_pct=precision,
+            margin_pct=margin,
             pp=pp,
             tg=tg,
             latency_mode=_latency_mode(latency_mode),
@@ -199,6 +214,8 @@ def sweep_command(
         console.print()
         print_report(console, report)
         console.print(f"\nwrote [bold]{md_path}[/] and [bold]{html_path}[/]")
+        if outcome.timing:
+            console.print(f"time to decision: {outcome.timing_text()}", highlight=False)
     else:
         console.print(f"[red]nothing was measured[/]; what happened is in {directory}/meta.json")
     if outcome.errors:
@@ -206,6 +223,19 @@ def sweep_command(
                       f"{', '.join(outcome.errors)} (details in {directory}/meta.json); after fixing, "
                       f"`topo sweep --resume {directory}` measures only what is missing", soft_wrap=True, highlight=False)
         raise typer.Exit(1)
+
+
+def parse_runs(text: str) -> int | None:
+    """`--runs auto` (None: adaptive) or a positive whole number."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        runs = int(text)
+    except ValueError:
+        raise ConfigError(f"--runs {text!r}: expected auto or a whole number of runs") from None
+    if runs < 1:
+        raise ConfigError(f"--runs {text!r}: at least 1 run (or auto)")
+    return runs
 
 
 def _latency_mode(value: str) -> Any:
