@@ -99,9 +99,14 @@ class Report:
         add("When", when)
         add("Cluster", meta.cluster)
         add("Recipe", meta.recipe)
-        load = [f"pp{meta.pp}" if meta.pp else None, f"tg{meta.tg}" if meta.tg else None,
-                f"{meta.runs} run(s) per level" if meta.runs else None]
+        adaptive = meta.kind == "sweep" and "runs" in meta.spec and meta.spec["runs"] is None
+        runs = (f"runs per cell until settled (at most {meta.spec.get('max_runs')})" if adaptive
+                else f"{meta.runs} run(s) per level" if meta.runs else None)
+        load = [f"pp{meta.pp}" if meta.pp else None, f"tg{meta.tg}" if meta.tg else None, runs]
         add("Load", ", ".join(part for part in load if part))
+        if meta.timing:
+            add("Time to decision", f"wall {meta.timing['wall_s']:.0f} s, serving measured requests "
+                                    f"{meta.timing['serving_s']:.0f} s ({meta.timing['serving_share']:.0%})")
         add("Twin hardware", meta.spec.get("twin_hardware"))
         add("Git", meta.git_describe)
         add("Versions", ", ".join(f"{k} {v}" for k, v in meta.versions.items() if v))

@@ -14,6 +14,7 @@ from bench.results_folder import FolderMeta, ResultsFolder
 from common.errors import ConfigError
 from reports.console import print_report
 from reports.report import build_report
+from reports.tables import DEFAULT_MARGIN_PCT
 from reports.results import write_report
 from topo.commands.bench import parse_concurrency
 from topo.sweep import DEFAULT_CONCURRENCY, now_utc
@@ -43,6 +44,8 @@ def predict_command(
     gpu_memory_utilization: float = typer.Option(0.70, "--gpu-memory-utilization", help="Share of memory the "
                                                  "engine may use for weights and KV cache."),
     seed: int = typer.Option(0, "--seed", help="Seed of the router's random split."),
+    margin: float = typer.Option(DEFAULT_MARGIN_PCT, "--margin", help="The smallest difference, in %, that makes "
+                                 "a winner; smaller ones are ties that name both."),
     out: Path = typer.Option(None, "--out", "-o", help="Write DIR/cells.parquet (the sweep's columns), "
                              "meta.json, report.md and report.html."),
 ) -> None:
@@ -71,7 +74,7 @@ def predict_command(
     meta = FolderMeta(
         kind="prediction", status="complete", started_at=now_utc(),
         spec={"model": model, "hardware": hardware, "topologies": names, "concurrency": levels, "runs": runs,
-              "pp": pp, "tg": tg, "quantization": quantization, "nodes": nodes, "seed": seed},
+              "pp": pp, "tg": tg, "quantization": quantization, "nodes": nodes, "seed": seed, "margin_pct": margin},
         title=f"Prediction: {model} on {hardware} (twin, virtual time)",
     )
     report = build_report(cells, meta)
