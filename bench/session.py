@@ -53,6 +53,9 @@ class BenchSettings:
     # tokens each warm-up request generates (None: tg). The warm-up's job is the engine's first prefill and
     # decode steps at this batch size and the connections, not a full batch's decode: the sweep uses a few.
     warmup_tg: int | None = None
+    # at least this many warm-up requests, whatever the load's c: at c1 behind a router one request warms one
+    # engine's path, and the first measured run may go to a cold one
+    warmup_min_requests: int = 1
 
     def __post_init__(self) -> None:
         if self.pp < 1 or self.tg < 1 or self.depth < 0:
@@ -178,14 +181,15 @@ class BenchSession:
         assert self._client is not None and self._prompts is not None
         client, prompts, settings = self._client, self._prompts, self.settings
 
-        async def batch(run: int, tg: int) -> list[RequestRecord]:
-            return await client.run_batch([prompts.build() for _ in range(load.concurrency)], tg,
+        async def batch(run: int, tg: int, size: int = load.concurrency) -> list[RequestRecord]:
+            return await client.run_batch([prompts.build() for _ in range(size)], tg,
                                           topology=topology, workload=settings.workload, run=run,
                                           latency=self.latency, on_request=on_request)
 
         result = CellResult(records=[], run_rows=[], latency=self.latency)
         if settings.warmup if warmup is None else warmup:
-            warm = await batch(-1, settings.warmup_tg or settings.tg)
+            warm = await batch(-1, settings.warmup_tg or settings.tg,
+                               max(load.concurrency, settings.warmup_min_requests))
             if not prompts.adapted:
                 counted = [r.prompt_tokens for r in warm if r.ok and r.prompt_tokens is not None]
                 if counted and (shrank := prompts.adapt(round(sum(counted) / len(counted)))):

@@ -41,13 +41,21 @@ def sweep(out: Path, cluster: Path, args: argparse.Namespace, runs: str) -> Path
     return out
 
 
-def calls(report: Report) -> dict[str, str]:
+def calls(report: Report) -> dict[str, tuple[str, str]]:
+    """(the call, as the report words it): the call is who wins, or a tie and whom it names, not the margin."""
     found = {}
     for metric in METRICS:
         for row in report.winners[metric.key].rows:
-            found[f"{metric.title} c{row.concurrency}"] = row.verdict.label() if row.verdict else "—"
-    for recommendation in report.recommendations:
-        found[f"Use: {recommendation.use_case}"] = recommendation.choice()
+            verdict = row.verdict
+            if verdict is None:
+                found[f"{metric.title} c{row.concurrency}"] = ("—", "—")
+                continue
+            call = (f"tie: {' / '.join(sorted((verdict.winner_name, verdict.runner_up_name)))}" if verdict.tie
+                    else verdict.winner_name)
+            found[f"{metric.title} c{row.concurrency}"] = (call, verdict.label())
+    for r in report.recommendations:
+        call = " or ".join(sorted(filter(None, (r.winner, r.runner_up if r.tie else None, r.executor_alternative))))
+        found[f"Use: {r.use_case}"] = (call or "—", r.choice())
     return found
 
 
@@ -96,10 +104,11 @@ def main() -> None:
     width = max(len(k) for k in fixed_calls)
     print(f"\nwinner calls: --runs {args.fixed_runs} | --runs auto")
     same = 0
-    for key, call in fixed_calls.items():
-        mark = "  " if call == auto_calls.get(key) else "≠ "
-        same += call == auto_calls.get(key)
-        print(f"{mark}{key:<{width}}  {call}  |  {auto_calls.get(key, '—')}")
+    for key, (call, words) in fixed_calls.items():
+        other_call, other_words = auto_calls.get(key, ("—", "—"))
+        mark = "  " if call == other_call else "≠ "
+        same += call == other_call
+        print(f"{mark}{key:<{width}}  {words}  |  {other_words}")
     print(f"same call in {same} of {len(fixed_calls)}")
     print(f"\nrequests: --runs {args.fixed_runs}: {fixed[1]}; --runs auto: {auto[1]} "
           f"({auto[1] / fixed[1]:.0%} of the fixed sweep's)")

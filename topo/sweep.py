@@ -47,6 +47,10 @@ DEFAULT_CONCURRENCY = (1, 2, 4, 8, 16, 32, 64)
 # concurrency warm the engine; 128 more decode steps only cost time (benchmarks/adaptive_vs_fixed.py
 # compares a cell's first measured run with its later ones).
 WARMUP_TG = 8
+# ... and at least this many requests: at c1 a router sends one request to one engine, and the first
+# measured run to a cold one half the time (seen: Shuffle's first c1 run 60% later TTFT); 4 reach both
+# engines of a 2-replica router 7 times in 8
+WARMUP_MIN_REQUESTS = 4
 
 
 @dataclass(frozen=True)
@@ -109,7 +113,7 @@ class SweepSpec:
     def bench_settings(self) -> BenchSettings:
         return BenchSettings(pp=self.pp, tg=self.tg, workload=self.workload, latency_mode=self.latency_mode,
                              request_timeout=self.request_timeout_s, seed=self.seed,
-                             warmup_tg=min(self.tg, WARMUP_TG))
+                             warmup_tg=min(self.tg, WARMUP_TG), warmup_min_requests=WARMUP_MIN_REQUESTS)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
