@@ -1,4 +1,4 @@
-"""Load against one OpenAI-compatible endpoint, with llama-benchy's semantics (see METRICS.md).
+"""Load against one OpenAI-compatible endpoint, with llama-benchy's semantics (see docs/METRICS.md).
 
     workload.py  the load as a value: ClosedLoad(c), labelled `c4`; what a cell is keyed on
     records.py   RequestRecord (raw perf_counter timestamps per request), CELL_COLUMNS   (the contract)

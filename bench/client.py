@@ -1,6 +1,6 @@
 """Streaming client for one OpenAI-compatible endpoint, recording raw perf_counter timestamps.
 
-Why it is built this way (METRICS.md): a load generator must not measure itself. Before a batch fires,
+Why it is built this way (docs/METRICS.md): a load generator must not measure itself. Before a batch fires,
 every concurrent request gets its own connection (one `httpx.AsyncClient` per slot, opened with a GET) and
 its body serialized; `start` is taken by httpx's trace hook the moment the request headers are written to
 the socket, so the client's own queueing shows up as `send_lag = start - batch_start`, not as TTFT.
@@ -9,11 +9,19 @@ Failures during a batch are data: each request's record keeps an error string th
 (HTTP status, malformed SSE with event/line/byte, stream cut, timeout) and the batch goes on. Only an
 endpoint that cannot be used at all (wrong URL, unknown model, refused connection at the first probe) raises
 EndpointError, and it does so before any load.
+
+The server is not trusted (a broken proxy or engine must cost a request, not the benchmark): every value of
+an event is type-checked, and each request is bounded in time and memory whatever the server sends. In time
+by a deadline on progress (no generated token for `request_timeout` seconds fails the request, however many
+keep-alive comments or empty chunks arrive) and an overall deadline; in memory by caps on a line, an event,
+the whole stream, an error body, and on token counts the server claims (`completion_tokens` sizes the
+per-token timestamp list, so a claim above the requested `max_tokens` is an error, not an allocation).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import gc
 import json
 import math
@@ -21,7 +29,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import httpx
 
@@ -30,6 +38,7 @@ from bench.records import RequestRecord
 from bench.wire import SENT_AT, WireTransport
 from bench.workload import DEFAULT_WORKLOAD
 from common.errors import ConfigError, EndpointError, StreamError
+from common.masking import mask_url_credentials
 
 LatencyMode = Literal["api", "generation", "none"]
 LATENCY_MODES: tuple[str, ...] = ("api", "generation", "none")
@@ -38,31 +47,51 @@ CONTENT_KEYS = ("content", "reasoning_content", "reasoning")
 # Servers close idle keep-alive connections after ~5 s (uvicorn's and vLLM's default); a slot idle for
 # less than this is assumed still connected and is not warmed again.
 WARM_IDLE_S = 2.0
+# Memory bounds against a hostile server. A vLLM chunk is ~300 bytes of JSON per token (more with usage in
+# every chunk), so these are far above what an honest server sends.
+MAX_LINE_BYTES = 1 << 20  # one SSE line
+MAX_EVENT_BYTES = 4 << 20  # one SSE event (its data lines together)
+STREAM_BYTES_BASE = 1 << 20  # a whole response: this plus STREAM_BYTES_PER_TOKEN per requested token
+STREAM_BYTES_PER_TOKEN = 16 << 10
+ERROR_BODY_BYTES = 300  # what of a non-200 body is read and kept
+MAX_CLAIMED_PROMPT_TOKENS = 100_000_000  # above any context window; keeps a claim inside int64 columns
+DEADLINE_FACTOR = 10.0  # default overall deadline: this many progress deadlines
 
 
 @dataclass(frozen=True)
 class Endpoint:
-    """Where the server is and how to talk to it. `base_url` has no trailing `/v1`."""
+    """Where the server is and how to talk to it. `base_url` has no trailing `/v1` and never credentials:
+    a `user:password@` in the given URL becomes HTTP basic auth, kept out of every printed or stored URL."""
 
     base_url: str
     api_key: str | None = field(default=None, repr=False)
+    basic_auth: tuple[str, str] | None = field(default=None, repr=False)
 
     @classmethod
     def from_url(cls, url: str, api_key: str | None = None) -> Endpoint:
         parts = urlsplit(url.strip())
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ConfigError(f"--url {url!r}: expected http(s)://HOST:PORT (optionally ending in /v1)")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"--url {mask_url_credentials(url)!r}: expected http(s)://HOST:PORT (optionally "
+                              "ending in /v1)")
         path = parts.path.rstrip("/")
         if path.endswith("/v1"):
             path = path[: -len("/v1")]
-        return cls(base_url=f"{parts.scheme}://{parts.netloc}{path}", api_key=api_key or None)
+        host = parts.netloc.rpartition("@")[2]
+        basic = (unquote(parts.username or ""), unquote(parts.password or "")) if "@" in parts.netloc else None
+        return cls(base_url=f"{parts.scheme}://{host}{path}", api_key=api_key or None, basic_auth=basic)
 
     @property
     def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        if self.api_key:
+            return {"Authorization": f"Bearer {self.api_key}"}
+        if self.basic_auth:
+            token = base64.b64encode(":".join(self.basic_auth).encode()).decode()
+            return {"Authorization": f"Basic {token}"}
+        return {}
 
     def __str__(self) -> str:
-        return self.base_url + (" (api key ***)" if self.api_key else "")
+        return self.base_url + (" (api key ***)" if self.api_key else "") + \
+            (" (basic auth ***)" if self.basic_auth and not self.api_key else "")
 
     @property
     def chat_url(self) -> str:
@@ -104,13 +133,18 @@ class BenchClient:
         model: str | None = None,
         *,
         request_timeout: float = 600.0,
+        request_deadline: float | None = None,
         connect_timeout: float = 10.0,
         transport: httpx.AsyncBaseTransport | None = None,
         count_tokens: Callable[[str], int] | None = None,
     ) -> None:
+        if request_timeout <= 0 or (request_deadline is not None and request_deadline <= 0):
+            raise ConfigError(f"request timeout and deadline must be positive (got {request_timeout}, "
+                              f"{request_deadline})")
         self.endpoint = endpoint
         self.model = model
-        self.request_timeout = request_timeout
+        self.request_timeout = request_timeout  # deadline on progress: the longest wait for the next token
+        self.request_deadline = request_deadline or request_timeout * DEADLINE_FACTOR  # a whole request
         self._timeout = httpx.Timeout(connect=connect_timeout, read=request_timeout, write=connect_timeout,
                                       pool=None)
         self._transport = transport
@@ -212,7 +246,7 @@ class BenchClient:
         await asyncio.gather(*(touch(i, slot) for i, slot in enumerate(slots)))
 
     async def measure_latency(self, mode: LatencyMode, probes: int = 3) -> float:
-        """METRICS.md `latency`: mean of `probes` GET /v1/models (api) or 1-token requests (generation)."""
+        """docs/METRICS.md `latency`: mean of `probes` GET /v1/models (api) or 1-token requests (generation)."""
         if mode == "none":
             return 0.0
         if mode not in LATENCY_MODES:
@@ -268,10 +302,13 @@ class BenchClient:
         concurrency = len(prompts)
         slots = await self._ensure_slots(concurrency)
         await self.warm_connections(concurrency)
+        # No per-read timeout on the load: _one's deadlines bound each request (a read timeout would let a
+        # server that sends a keep-alive comment now and then hold a request forever).
+        timeout = httpx.Timeout(connect=self._timeout.connect, read=None, write=self._timeout.write, pool=None)
         requests = [
             slot.build_request("POST", self.endpoint.chat_url,
                                content=json.dumps(chat_payload(self.model, prompt, tg)).encode(),
-                               headers={"content-type": "application/json"})
+                               headers={"content-type": "application/json"}, timeout=timeout)
             for slot, prompt in zip(slots, prompts)
         ]
         wires = [t for t in self._slot_transports[:concurrency] if isinstance(t, WireTransport)]
@@ -293,8 +330,8 @@ class BenchClient:
                 gc.enable()
         async def one(index: int, slot: httpx.AsyncClient, request: httpx.Request,
                       prompt: Prompt) -> tuple[RequestRecord, list[_Chunk]]:
-            result = await self._one(slot, request, prompt, topology, workload, concurrency, run, index, batch_start,
-                                     latency)
+            result = await self._one(slot, request, prompt, tg, topology, workload, concurrency, run, index,
+                                     batch_start, latency)
             if on_request is not None:
                 on_request(result[0])  # progress only: token times are assigned after the batch
             return result
@@ -312,8 +349,8 @@ class BenchClient:
             records.append(record)
         return records
 
-    async def _one(self, slot: httpx.AsyncClient, request: httpx.Request, prompt: Prompt, topology: str,
-                   workload: str, concurrency: int, run: int, index: int, batch_start: float,
+    async def _one(self, slot: httpx.AsyncClient, request: httpx.Request, prompt: Prompt, tg: int,
+                   topology: str, workload: str, concurrency: int, run: int, index: int, batch_start: float,
                    latency: float) -> tuple[RequestRecord, list[_Chunk]]:
         record = RequestRecord(topology=topology, workload=workload, concurrency=concurrency, run=run, index=index,
                                batch_start=batch_start, start=math.nan,
@@ -326,42 +363,62 @@ class BenchClient:
         request.extensions = {**request.extensions, "trace": trace}
         parser = SSEParser()
         chunks: list[_Chunk] = []
+        max_bytes = STREAM_BYTES_BASE + tg * STREAM_BYTES_PER_TOKEN
         fallback_start = time.perf_counter()  # used only when the transport has no trace hook (tests, h2)
         response: httpx.Response | None = None
+        loop = asyncio.get_running_loop()
+        overall_end = loop.time() + self.request_deadline
+        # One timer for both deadlines: moved forward each time a token arrives, never past the overall end.
+        deadline = asyncio.timeout_at(min(overall_end, loop.time() + self.request_timeout))
+
+        def where() -> str:
+            if response is None:
+                return "before the response headers"
+            return f"after {parser.events} events ({parser.bytes_seen} bytes, {parser.line} lines)"
+
         try:
-            response = await slot.send(request, stream=True)
-            self._note_start(record, request, fallback_start)
-            record.status_code = response.status_code
-            record.served_by = response.headers.get(ROUTER_BACKEND_HEADER)
-            if response.status_code != 200:
-                body = (await response.aread())[:300].decode("utf-8", "replace")
-                record.end = time.perf_counter()
-                record.error = f"HTTP {response.status_code} from POST {request.url}: {body}"
-                return record, chunks
-            async for data in response.aiter_bytes():
-                now = time.perf_counter()
-                record.end = now
-                for event in parser.feed(data):
-                    self._on_event(record, event, now, chunks, parser)
-            record.end = time.perf_counter() if record.end is None else record.end
-            tail = parser.close()
-            for event in tail:
-                self._on_event(record, event, record.end, chunks, parser)
-            if not parser.done:
-                raise StreamError(f"stream ended without `data: [DONE]` after {parser.events} events "
-                                  f"({parser.bytes_seen} bytes)")
-            if record.first_token is None:
-                raise StreamError(f"stream carried no generated text in {parser.events} events")
+            async with deadline:
+                response = await slot.send(request, stream=True)
+                self._note_start(record, request, fallback_start)
+                record.status_code = response.status_code
+                record.served_by = _header(response, ROUTER_BACKEND_HEADER)
+                if response.status_code != 200:
+                    body = (await _read_capped(response, ERROR_BODY_BYTES)).decode("utf-8", "replace")
+                    record.end = time.perf_counter()
+                    record.error = f"HTTP {response.status_code} from POST {request.url}: {body}"
+                    return record, chunks
+                async for data in response.aiter_bytes():
+                    now = time.perf_counter()
+                    record.end = now
+                    if parser.bytes_seen + len(data) > max_bytes:
+                        raise StreamError(f"the response is longer than {max_bytes} bytes (the cap for "
+                                          f"max_tokens={tg}) {where()}")
+                    tokens_before = len(chunks)
+                    for event in parser.feed(data):
+                        self._on_event(record, event, now, chunks, parser, tg)
+                    if len(chunks) > tokens_before:
+                        deadline.reschedule(min(overall_end, loop.time() + self.request_timeout))
+                record.end = time.perf_counter() if record.end is None else record.end
+                tail = parser.close()
+                for event in tail:
+                    self._on_event(record, event, record.end, chunks, parser, tg)
+                if not parser.done:
+                    raise StreamError(f"stream ended without `data: [DONE]` after {parser.events} events "
+                                      f"({parser.bytes_seen} bytes)")
+                if record.first_token is None:
+                    raise StreamError(f"stream carried no generated text in {parser.events} events")
         except StreamError as exc:
             record.error = f"malformed stream: {exc}"
+        except TimeoutError:
+            if loop.time() >= overall_end - 0.001:
+                record.error = f"timeout: the request exceeded its {self.request_deadline:g} s deadline {where()}"
+            else:
+                record.error = (f"timeout: no generated token for {self.request_timeout:g} s (progress deadline) "
+                                f"{where()}")
         except httpx.TimeoutException as exc:
-            where = "before the response headers" if response is None else \
-                f"after {parser.events} events ({parser.bytes_seen} bytes)"
-            record.error = f"timeout ({type(exc).__name__}, limit {self.request_timeout:g} s) {where}"
+            record.error = f"timeout ({type(exc).__name__}, limit {self.request_timeout:g} s) {where()}"
         except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
-            where = "before the response headers" if response is None else \
-                f"after {parser.events} events ({parser.bytes_seen} bytes)"
-            record.error = f"stream cut {where}: {type(exc).__name__}: {exc}"
+            record.error = f"stream cut {where()}: {type(exc).__name__}: {exc}"
         except httpx.HTTPError as exc:
             record.error = f"request failed: {type(exc).__name__}: {exc}"
         finally:
@@ -384,41 +441,100 @@ class BenchClient:
 
     @staticmethod
     def _on_event(record: RequestRecord, event: SSEEvent, now: float, chunks: list[_Chunk],
-                  parser: SSEParser) -> None:
+                  parser: SSEParser, max_tokens: int) -> None:
+        """Take one event's facts into the record; anything of the wrong shape is a StreamError saying where."""
         if event.data == "[DONE]":
             parser.done = True
             return
+        where = f"SSE event {event.number} (line {event.line}, byte {event.offset})"
         try:
             payload = json.loads(event.data)
-        except ValueError as exc:
-            raise StreamError(f"malformed JSON in SSE event {event.number} (line {event.line}, byte "
-                              f"{event.offset}): {event.data[:80]!r}") from exc
+        except (ValueError, RecursionError) as exc:
+            raise StreamError(f"malformed JSON in {where}: {event.data[:80]!r}") from exc
         if not isinstance(payload, dict):
-            raise StreamError(f"SSE event {event.number} (line {event.line}, byte {event.offset}) is not a JSON "
-                              f"object: {event.data[:80]!r}")
-        if "error" in payload:
-            raise StreamError(f"server error in SSE event {event.number} (line {event.line}): "
-                              f"{json.dumps(payload['error'])[:200]}")
-        if record.response_id is None and isinstance(payload.get("id"), str):
-            record.response_id = payload["id"]
-        usage = payload.get("usage")
-        if isinstance(usage, dict):
-            if usage.get("prompt_tokens") is not None:
-                record.prompt_tokens = int(usage["prompt_tokens"])
-            if usage.get("completion_tokens") is not None:
-                record.completion_tokens = int(usage["completion_tokens"])
-        choices = payload.get("choices")
-        if not choices:
-            return
-        if record.first_response is None:
-            record.first_response = now
-        delta = choices[0].get("delta") or {}
-        text = "".join(str(delta[key]) for key in CONTENT_KEYS if delta.get(key))
-        if text:
-            if record.first_token is None:
-                record.first_token = now
-            cumulative = usage.get("completion_tokens") if isinstance(usage, dict) else None
-            chunks.append(_Chunk(now, text, int(cumulative) if cumulative is not None else None))
+            raise StreamError(f"{where} is not a JSON object: {event.data[:80]!r}")
+        try:
+            _take_event(record, payload, where, now, chunks, max_tokens)
+        except (TypeError, ValueError, AttributeError, KeyError, IndexError) as exc:  # a shape not foreseen
+            raise StreamError(f"unexpected content in {where}: {exc!r}: {event.data[:80]!r}") from exc
+
+
+def _take_event(record: RequestRecord, payload: dict[str, Any], where: str, now: float, chunks: list[_Chunk],
+                max_tokens: int) -> None:
+    if "error" in payload:
+        raise StreamError(f"server error in {where}: {json.dumps(payload['error'])[:200]}")
+    response_id = payload.get("id")
+    if record.response_id is None and isinstance(response_id, str):
+        record.response_id = response_id[:200]
+    usage = payload.get("usage")
+    completion: int | None = None
+    if usage is not None:
+        if not isinstance(usage, dict):
+            raise StreamError(f"{where}: `usage` is a {type(usage).__name__}, not an object")
+        prompt_tokens = _claimed_tokens(usage, "prompt_tokens", MAX_CLAIMED_PROMPT_TOKENS, where)
+        completion = _claimed_tokens(usage, "completion_tokens", max_tokens, where)
+        if prompt_tokens is not None:
+            record.prompt_tokens = prompt_tokens
+        if completion is not None:
+            record.completion_tokens = completion
+    choices = payload.get("choices")
+    if choices is None or choices == []:
+        return
+    if not isinstance(choices, list) or not isinstance(choices[0], dict):
+        raise StreamError(f"{where}: `choices` is not a list of objects: {json.dumps(choices)[:80]}")
+    if record.first_response is None:
+        record.first_response = now
+    delta = choices[0].get("delta")
+    if delta is None:
+        return
+    if not isinstance(delta, dict):
+        raise StreamError(f"{where}: `choices[0].delta` is a {type(delta).__name__}, not an object")
+    parts: list[str] = []
+    for key in CONTENT_KEYS:
+        value = delta.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise StreamError(f"{where}: `delta.{key}` is a {type(value).__name__}, not a string")
+        parts.append(value)
+    text = "".join(parts)
+    if not text:
+        return
+    # Each chunk with text carries at least one token: far more chunks than max_tokens is a server fault,
+    # and stopping here keeps the chunk list bounded.
+    if len(chunks) >= 2 * max_tokens + 16:
+        raise StreamError(f"{where}: more than {len(chunks)} chunks of text for max_tokens={max_tokens}")
+    if record.first_token is None:
+        record.first_token = now
+    chunks.append(_Chunk(now, text, completion))
+
+
+def _claimed_tokens(usage: dict[str, Any], key: str, cap: int, where: str) -> int | None:
+    """A token count the server claims: a non-negative integer no larger than `cap`, else a StreamError."""
+    value = usage.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise StreamError(f"{where}: `usage.{key}` is {json.dumps(value)[:40]}, not a token count")
+    if value > cap:
+        what = f"the requested max_tokens={cap}" if key == "completion_tokens" else f"{cap}"
+        raise StreamError(f"{where}: `usage.{key}` claims {value} tokens, more than {what}")
+    return value
+
+
+async def _read_capped(response: httpx.Response, limit: int) -> bytes:
+    """The first `limit` bytes of a body; the rest is not read (the connection is dropped afterwards)."""
+    body = bytearray()
+    async for data in response.aiter_bytes():
+        body += data[: limit - len(body)]
+        if len(body) >= limit:
+            break
+    return bytes(body)
+
+
+def _header(response: httpx.Response, name: str) -> str | None:
+    value = response.headers.get(name)
+    return value[:200] if value is not None else None
 
 
 @dataclass
@@ -430,11 +546,16 @@ class SSEEvent:
 
 
 class SSEParser:
-    """Incremental server-sent-events parser that remembers where (event, line, byte) things happened."""
+    """Incremental server-sent-events parser that remembers where (event, line, byte) things happened.
+
+    A line longer than MAX_LINE_BYTES or an event longer than MAX_EVENT_BYTES is a StreamError: a server
+    that never sends a newline must not grow the buffer without end.
+    """
 
     def __init__(self) -> None:
-        self._buffer = b""
+        self._buffer = bytearray()
         self._data: list[str] = []
+        self._data_bytes = 0
         self._event_line = 0
         self._event_offset = 0
         self.line = 0
@@ -445,19 +566,27 @@ class SSEParser:
 
     def feed(self, data: bytes) -> list[SSEEvent]:
         self.bytes_seen += len(data)
-        self._buffer += data
+        buffer = self._buffer
+        search_from = len(buffer)  # what is buffered already holds no newline
+        buffer += data
         events: list[SSEEvent] = []
+        start = 0
         while True:
-            newline = self._buffer.find(b"\n")
+            newline = buffer.find(b"\n", search_from)
             if newline < 0:
                 break
-            raw, self._buffer = self._buffer[:newline], self._buffer[newline + 1:]
+            raw = bytes(buffer[start:newline])
             line_offset = self._buffer_offset
-            self._buffer_offset += newline + 1
+            self._buffer_offset += newline + 1 - start
             self.line += 1
             event = self._line(raw.rstrip(b"\r"), line_offset)
             if event is not None:
                 events.append(event)
+            start = search_from = newline + 1
+        del buffer[:start]
+        if len(buffer) > MAX_LINE_BYTES:
+            raise StreamError(f"SSE line {self.line + 1} (byte {self._buffer_offset}) is longer than "
+                              f"{MAX_LINE_BYTES} bytes")
         return events
 
     def close(self) -> list[SSEEvent]:
@@ -465,8 +594,8 @@ class SSEParser:
         events: list[SSEEvent] = []
         if self._buffer:
             self.line += 1
-            event = self._line(self._buffer.rstrip(b"\r"), self._buffer_offset)
-            self._buffer = b""
+            event = self._line(bytes(self._buffer).rstrip(b"\r"), self._buffer_offset)
+            self._buffer = bytearray()
             if event is not None:
                 events.append(event)
         event = self._dispatch()
@@ -487,6 +616,10 @@ class SSEParser:
         if name == "data":
             if not self._data:
                 self._event_line, self._event_offset = self.line, offset
+            self._data_bytes += len(raw)
+            if self._data_bytes > MAX_EVENT_BYTES:
+                raise StreamError(f"SSE event {self.events + 1} (line {self._event_line}, byte "
+                                  f"{self._event_offset}) is longer than {MAX_EVENT_BYTES} bytes")
             self._data.append(value[1:] if value.startswith(" ") else value)
         elif name not in ("event", "id", "retry"):
             raise StreamError(f"SSE line {self.line} (byte {offset}) is not a `data:` line: {text[:80]!r}")
@@ -497,7 +630,7 @@ class SSEParser:
             return None
         self.events += 1
         event = SSEEvent("\n".join(self._data), self.events, self._event_line, self._event_offset)
-        self._data = []
+        self._data, self._data_bytes = [], 0
         return event
 
 

@@ -1,4 +1,4 @@
-"""Metrics derived from raw RequestRecords, with llama-benchy's definitions (see METRICS.md).
+"""Metrics derived from raw RequestRecords, with llama-benchy's definitions (see docs/METRICS.md).
 
 Pure functions, no I/O. Times in the records are perf_counter seconds; rates are tokens per second;
 anything named *_ms is milliseconds. A quantity that cannot be computed (no successful request, a zero

@@ -8,7 +8,7 @@ Token counting has two implementations behind one small interface (`TokenCounter
   character space and its length searched for, because a count-only tokenizer cannot be sliced.
 
 `PromptFactory.build()` returns the chat messages of one request: an optional `depth` context (a system
-message) and the `pp` prompt (the user message). `adapt()` is the once-only correction of METRICS.md: the
+message) and the `pp` prompt (the user message). `adapt()` is the once-only correction of docs/METRICS.md: the
 warm-up's `usage.prompt_tokens` says how many tokens the chat template adds, and the user message shrinks
 by that much so that the server sees exactly `pp + depth` prompt tokens.
 """

@@ -14,9 +14,7 @@ from bench.workload import DEFAULT_WORKLOAD, closed_label
 
 # 2: the `workload` and `load` key columns (bench/workload.py). Version 1 files are migrated on reading
 # (bench/results_folder.py): workload `default`, load `c{concurrency}`.
-# 3: the cells' `<metric>_lo` / `<metric>_hi` within-run bounds (bench/stats.py); older files read them as
-# missing (NaN): their single-run cells have no interval.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 2
 
 
 @dataclass
@@ -39,7 +37,7 @@ class RequestRecord:
     status_code: int | None = None
     error: str | None = None  # None = success; otherwise what went wrong and where
     served_by: str | None = None  # which backend served it (x-litellm-model-id), when a router says
-    latency_offset: float = 0.0  # the run's measured network/API latency (METRICS.md `latency`)
+    latency_offset: float = 0.0  # the run's measured network/API latency (docs/METRICS.md `latency`)
     response_id: str | None = None  # the stream's `id` (e.g. chatcmpl-...): joins a row with server-side logs
     workload: str = DEFAULT_WORKLOAD  # the request shape's name (bench/workload.py)
     load: str = ""  # the load's label (bench/workload.py); empty = the closed load of `concurrency`
@@ -69,7 +67,7 @@ CELL_COLUMNS: tuple[str, ...] = (
     "load",  # the load's label, e.g. c4 (bench/workload.py)
     "concurrency",  # the closed load's c (kept for the reports' x axis)
     "run",
-    "decode_tps",  # decode t/s (total) of the run, METRICS.md
+    "decode_tps",  # decode t/s (total) of the run, docs/METRICS.md
     "prefill_tps",  # prefill t/s (total) of the run
     "ttft_ms",  # mean e2e TTFT of the run's successful requests, ms
     "peak_tps",  # most tokens seen in any 1-second window

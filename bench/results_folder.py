@@ -4,7 +4,7 @@
     DIR/requests.parquet    one row per request, raw timestamps (bench/records.py RequestRecord)
     DIR/cells.parquet       one row per (topology, workload, load) cell and run (bench/records.py CELL_COLUMNS)
     DIR/parts/              appended rows not merged yet (a sweep running, or one that died)
-    DIR/telemetry.parquet   reserved for server-side telemetry
+    DIR/telemetry.parquet   samples of every engine's /metrics and every node (telemetry/sampler.py)
     DIR/report.md, DIR/report.html   rendered by reports/ from the data above
 
 Every reader and writer goes through `ResultsFolder` (the sweep, `topo bench`, `topo predict`, the nightly
@@ -18,9 +18,16 @@ Rows are keyed (bench/records.py RUN_KEY, REQUEST_KEY); when a key appears twice
 again) the later write wins. Only the writer of a folder compacts it: two concurrent compactions could
 each delete parts the other merged.
 
+Disk errors: every write is temporary file, fsync, rename, so a full disk leaves the previous file whole
+and no temporary file behind, and raises StorageError (what, where, what to do). A part file that cannot be
+read (0 bytes after a crash, say) is moved to `parts/damaged/` with the other half of its run and reported
+in `notes`: the run is then missing, so a resume measures it again.
+
 Older folders load through migrations, never by rewriting them:
 - meta.json schema 1 (`"schema": 1`, topo before the typed meta) -> 2: the key is `schema_version`.
 - Parquet schema 1 (before the load as a value) -> 2: `workload` is `default`, `load` is `c{concurrency}`.
+- A column other than the row key that a file lacks (a metric added after it was written) is empty, so
+  adding a metric to CELL_COLUMNS needs no new schema version.
 - A file without a schema version (written by pandas: `topo predict --out` before schema 2) is read when
   it holds the columns a report needs; the other columns are empty.
 """
@@ -28,10 +35,11 @@ Older folders load through migrations, never by rewriting them:
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import count
 from pathlib import Path
@@ -51,10 +59,9 @@ from bench.records import (
     SCHEMA_VERSION,
     RequestRecord,
 )
-from bench.stats import INTERVAL_METRICS, bound_columns
 from bench.workload import DEFAULT_WORKLOAD
 from common.config import describe_validation_error
-from common.errors import ResultsError
+from common.errors import ResultsError, StorageError
 
 META_FILE = "meta.json"
 REQUESTS_FILE = "requests.parquet"
@@ -68,6 +75,7 @@ REPORT_HTML = "report.html"
 # meta.json
 
 META_SCHEMA_VERSION = 2
+META_SLACK_BYTES = 1024
 FolderKind = Literal["sweep", "prediction", "bench"]
 Status = Literal["running", "complete", "incomplete", "interrupted", "failed"]
 
@@ -193,7 +201,27 @@ CELL_SCHEMA = pa.schema(
     metadata={SCHEMA_KEY: str(SCHEMA_VERSION).encode()},
 )
 _LOAD_COLUMNS = {"workload", "load"}  # what schema 2 added
-_BOUND_COLUMNS = {column for metric in INTERVAL_METRICS for column in bound_columns(metric)}  # what 3 added
+
+# telemetry.parquet: one row per (scrape, series), long format. Samples are never deduplicated (each is one
+# moment of one source); the cell keys are those of the run window the sample fell in (null outside).
+TELEMETRY_SCHEMA_KEY = b"topo.telemetry_schema"
+TELEMETRY_SCHEMA = pa.schema(
+    [
+        pa.field("topology", pa.string()),
+        pa.field("workload", pa.string()),
+        pa.field("load", pa.string()),  # null: sampled outside any cell (start-up, between cells)
+        pa.field("concurrency", pa.int64()),
+        pa.field("run", pa.int64()),  # null: outside a measured run (warm-up, between runs)
+        pa.field("source", pa.string()),  # engine:<node> | proxy | node:<node>
+        pa.field("node", pa.string()),
+        pa.field("t", pa.float64()),  # perf_counter of the sweep process: the clock of requests.parquet
+        pa.field("unix", pa.float64()),
+        pa.field("metric", pa.string()),
+        pa.field("le", pa.float64()),  # histogram bucket bound; NaN otherwise
+        pa.field("value", pa.float64()),
+    ],
+    metadata={TELEMETRY_SCHEMA_KEY: b"1"},
+)
 
 
 @dataclass(frozen=True)
@@ -238,6 +266,7 @@ class FolderContents:
     meta: FolderMeta | None
     requests: pd.DataFrame | None
     unmerged_parts: int  # part files not merged into the main files yet (their rows are in the frames)
+    telemetry: pd.DataFrame | None = None  # telemetry.parquet (and its parts), when the sweep sampled
 
 
 class ResultsFolder:
@@ -245,6 +274,7 @@ class ResultsFolder:
 
     def __init__(self, directory: Path | str) -> None:
         self.directory = Path(directory)
+        self.notes: list[str] = []  # damaged part files found and set aside while reading
 
     def __repr__(self) -> str:
         return f"ResultsFolder({str(self.directory)!r})"
@@ -284,7 +314,10 @@ class ResultsFolder:
         return self.cells_path.is_file() or bool(self._part_files(_CELLS))
 
     def unmerged_parts(self) -> list[Path]:
-        return self._part_files(_REQUESTS) + self._part_files(_CELLS)
+        return self._part_files(_REQUESTS) + self._part_files(_CELLS) + self._telemetry_parts()
+
+    def has_telemetry(self) -> bool:
+        return self.telemetry_path.is_file() or bool(self._telemetry_parts())
 
     # -- meta.json ----------------------------------------------------------------------------------------
 
@@ -305,16 +338,37 @@ class ResultsFolder:
         return self.read_meta() if self.has_meta() else None
 
     def write_meta(self, meta: FolderMeta) -> None:
-        """Atomic: a crash while writing never leaves half a meta.json behind."""
+        """Atomic: a crash while writing never leaves half a meta.json behind. When the disk is full, the
+        status must still come true: the file is then rewritten in place, in the blocks it already has."""
         self._mkdir(self.directory)
-        text = json.dumps(meta.model_dump(mode="json"), indent=2) + "\n"
-        tmp = self.meta_path.with_name(f".{META_FILE}.{os.getpid()}.tmp")
+
+        def encoded(value: FolderMeta) -> bytes:
+            return (json.dumps(value.model_dump(mode="json"), indent=2) + "\n").encode()
+
+        data = encoded(meta)
         try:
-            tmp.write_text(text, encoding="utf-8")
-            tmp.replace(self.meta_path)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise ResultsError(f"cannot write {self.meta_path}: {exc.strerror or exc}") from exc
+            # Trailing blanks (valid JSON) keep blocks in hand to record the final status on a full disk.
+            _write_atomically(self.meta_path, lambda handle: handle.write(data + b" " * META_SLACK_BYTES))
+        except StorageError:
+            # The status matters most (a reader must not think the sweep still runs): if the whole meta does
+            # not fit in the old file's blocks, the error texts are shortened (they are printed anyway).
+            shorter = meta.model_copy(update={"errors": {key: text[:60] for key, text in meta.errors.items()}})
+            terse = meta.model_copy(update={"errors": {key: "" for key in meta.errors}})
+            if not any(self._rewrite_in_place(candidate) for candidate in (data, encoded(shorter), encoded(terse))):
+                raise
+
+    def _rewrite_in_place(self, data: bytes) -> bool:
+        try:
+            with open(self.meta_path, "r+b") as handle:
+                if len(data) > os.fstat(handle.fileno()).st_blocks * 512:
+                    return False  # would need new blocks: leave the old, complete file
+                handle.write(data)
+                handle.truncate()
+                handle.flush()
+                os.fsync(handle.fileno())
+            return True
+        except OSError:
+            return False
 
     # -- rows ---------------------------------------------------------------------------------------------
 
@@ -328,6 +382,23 @@ class ResultsFolder:
         if run_rows:
             table = pa.Table.from_pylist([{c: row[c] for c in CELL_COLUMNS} for row in run_rows], schema=CELL_SCHEMA)
             self._write(table, self.parts / f"{_CELLS.name}-{stamp}.parquet")
+
+    def append_telemetry(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Store samples (telemetry/sampler.py rows) as one new part file."""
+        if not rows:
+            return
+        self._mkdir(self.parts)
+        stamp = f"{time.time_ns():020d}-{os.getpid()}-{next(_sequence):06d}"
+        table = pa.Table.from_pylist([{name: row.get(name) for name in TELEMETRY_SCHEMA.names} for row in rows],
+                                     schema=TELEMETRY_SCHEMA)
+        self._write(table, self.parts / f"telemetry-{stamp}.parquet")
+
+    def read_telemetry(self) -> pd.DataFrame:
+        """Every sample (main file and parts); an empty frame of the schema when there is none."""
+        paths = ([self.telemetry_path] if self.telemetry_path.is_file() else []) + self._telemetry_parts()
+        if not paths:
+            return TELEMETRY_SCHEMA.empty_table().to_pandas()
+        return pa.concat_tables([self._telemetry_table(path) for path in paths]).to_pandas()
 
     def write_cells(self, cells: pd.DataFrame) -> None:
         """Replace cells.parquet with these rows (a prediction's whole table at once)."""
@@ -354,9 +425,15 @@ class ResultsFolder:
             return {}
         return runs_per_cell(self.read_cells())
 
-    def completed_cells(self, runs: int) -> set[tuple[str, str, str]]:
-        """The cells that already hold `runs` measured runs: what a resume can skip."""
-        return {key for key, n in self.runs_done().items() if n >= runs}
+    def completed_cells(self, runs: int, max_failed_share: float = 0.0) -> set[tuple[str, str, str]]:
+        """The cells that already hold `runs` measured (not failed) runs: what a resume can skip."""
+        return {key for key, cell in self.cell_progress(max_failed_share).items() if cell.measured >= runs}
+
+    def cell_progress(self, max_failed_share: float = 0.0) -> dict[tuple[str, str, str], CellProgress]:
+        """Per cell: runs measured, runs stored as failed, and the number the next run gets."""
+        if not self.directory.is_dir():
+            return {}
+        return cell_progress(self.read_cells(), max_failed_share)
 
     def compact(self) -> None:
         """Merge every part into the main files; safe to call at any time, also after a crash."""
@@ -368,6 +445,12 @@ class ResultsFolder:
             merged = self._merge(self._tables(kind, ([main] if main.exists() else []) + part_files), kind)
             self._write(merged, main)
             for part in part_files:  # only after the merged file is in place
+                part.unlink(missing_ok=True)
+        telemetry_parts = self._telemetry_parts()
+        if telemetry_parts:
+            paths = ([self.telemetry_path] if self.telemetry_path.is_file() else []) + telemetry_parts
+            self._write(pa.concat_tables([self._telemetry_table(path) for path in paths]), self.telemetry_path)
+            for part in telemetry_parts:
                 part.unlink(missing_ok=True)
         if self.parts.exists() and not any(self.parts.iterdir()):
             self.parts.rmdir()
@@ -384,7 +467,9 @@ class ResultsFolder:
         cells = self.read_cells()
         has_requests = with_requests and (self.requests_path.is_file() or bool(self._part_files(_REQUESTS)))
         requests = self.read_requests(request_columns) if has_requests else None
-        return FolderContents(self.directory, cells, self.meta_or_none(), requests, len(self.unmerged_parts()))
+        telemetry = self.read_telemetry() if self.has_telemetry() else None
+        return FolderContents(self.directory, cells, self.meta_or_none(), requests, len(self.unmerged_parts()),
+                              telemetry)
 
     def write_report(self, markdown: str, html: str) -> tuple[Path, Path]:
         md_path, html_path = self.report_paths
@@ -392,7 +477,7 @@ class ResultsFolder:
             md_path.write_text(markdown, encoding="utf-8")
             html_path.write_text(html, encoding="utf-8")
         except OSError as exc:
-            raise ResultsError(f"{self.directory}: cannot write the report ({exc})") from exc
+            raise StorageError(f"{self.directory}: cannot write the report ({exc})") from exc
         return md_path, html_path
 
     # -- internals ----------------------------------------------------------------------------------------
@@ -402,7 +487,22 @@ class ResultsFolder:
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise ResultsError(f"cannot create {path}: {exc.strerror}") from exc
+            raise StorageError(f"cannot create {path}: {exc.strerror}") from exc
+
+    def _telemetry_parts(self) -> list[Path]:
+        return sorted(self.parts.glob("telemetry-*.parquet")) if self.parts.is_dir() else []
+
+    @staticmethod
+    def _telemetry_table(path: Path) -> pa.Table:
+        try:
+            table = pq.read_table(path)
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise ResultsError(f"{path}: not a readable parquet file ({exc})") from exc
+        version = (table.schema.metadata or {}).get(TELEMETRY_SCHEMA_KEY)
+        if version != TELEMETRY_SCHEMA.metadata[TELEMETRY_SCHEMA_KEY]:
+            raise ResultsError(f"{path}: telemetry schema {version!r}, this topo reads "
+                               f"{TELEMETRY_SCHEMA.metadata[TELEMETRY_SCHEMA_KEY]!r}")
+        return table.select(TELEMETRY_SCHEMA.names).cast(TELEMETRY_SCHEMA)
 
     def _part_files(self, kind: _Kind) -> list[Path]:
         return sorted(self.parts.glob(f"{kind.name}-*.parquet")) if self.parts.is_dir() else []
@@ -423,11 +523,37 @@ class ResultsFolder:
 
     def _tables(self, kind: _Kind, paths: list[Path], columns: Sequence[str] | None = None) -> list[pa.Table]:
         schema = self._schema(kind, columns)
-        return [self._migrated(kind, path, schema) for path in paths]
+        tables = []
+        for path in paths:
+            try:
+                tables.append(self._migrated(kind, path, schema))
+            except ResultsError as exc:
+                if path.parent != self.parts or not path.exists():
+                    raise  # a main file is never set aside: a person must look at it
+                self._set_aside(path, exc)
+        return tables
+
+    def _set_aside(self, part: Path, problem: ResultsError) -> None:
+        """Move a damaged part, and the other half of its run (same stamp), to parts/damaged/."""
+        stamp = part.name.split("-", 1)[1]
+        damaged = self.parts / "damaged"
+        moved = []
+        try:
+            damaged.mkdir(exist_ok=True)
+            for sibling in sorted(self.parts.glob(f"*-{stamp}")):
+                sibling.replace(damaged / sibling.name)
+                moved.append(sibling.name)
+        except OSError as exc:
+            raise StorageError(f"{part} is damaged ({problem}) and cannot be moved aside ({exc.strerror or exc}); "
+                               f"move it out of {self.parts} by hand, then resume") from exc
+        self.notes.append(f"{part} was damaged ({problem}); moved {', '.join(moved)} to {damaged}: the run it "
+                          "held is missing now, so `topo sweep --resume` measures it again")
 
     @staticmethod
     def _migrated(kind: _Kind, path: Path, schema: pa.Schema) -> pa.Table:
-        """One file as `schema` (schema 2); older files get the columns their version lacks as nulls."""
+        """One file as `schema` (the current one). The row key must be there (but for what a version before
+        it lacked); any other column a file lacks is empty: a metric added later is unknown for older rows,
+        so adding one needs no new schema version."""
         try:
             stored = pq.read_schema(path)
             version = (stored.metadata or {}).get(SCHEMA_KEY)
@@ -435,23 +561,18 @@ class ResultsFolder:
             table = pq.read_table(path, columns=[n for n in schema.names if n in present])
         except (OSError, pa.ArrowInvalid) as exc:
             raise ResultsError(f"{path}: not a readable parquet file ({exc})") from exc
-        current = str(SCHEMA_VERSION).encode()
+        known = {str(v).encode(): v for v in range(1, SCHEMA_VERSION + 1)}
         if version is None:
             missing = [c for c in kind.legacy_required if c not in present]
             if missing:
                 raise ResultsError(f"{path}: no topo schema version, and missing column(s) {', '.join(missing)}")
-            may_lack = set(schema.names)
-        elif version == b"1":
-            may_lack = _LOAD_COLUMNS | _BOUND_COLUMNS
-        elif version == b"2":
-            may_lack = _BOUND_COLUMNS
-        elif version == current:
-            may_lack = set()
+        elif version in known:
+            required = [c for c in kind.key if not (known[version] == 1 and c in _LOAD_COLUMNS)]
+            missing = [c for c in required if c not in present]
+            if missing:
+                raise ResultsError(f"{path}: missing columns {missing}")
         else:
             raise ResultsError(f"{path}: schema version {version!r}, this topo reads 1 to {SCHEMA_VERSION}")
-        missing = [n for n in schema.names if n not in present]
-        if set(missing) - may_lack:
-            raise ResultsError(f"{path}: missing columns {sorted(set(missing) - may_lack)}")
         arrays = [table.column(f.name) if f.name in present else pa.nulls(table.num_rows, f.type) for f in schema]
         try:
             return pa.Table.from_arrays(arrays, schema=schema.remove_metadata()).cast(schema)
@@ -471,13 +592,50 @@ class ResultsFolder:
 
     @staticmethod
     def _write(table: pa.Table, path: Path) -> None:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            pq.write_table(table, tmp)
-            os.replace(tmp, path)  # atomic: a reader sees the old file or the new one, never half of one
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise ResultsError(f"cannot write {path}: {exc.strerror or exc}") from exc
+        _write_atomically(path, lambda handle: pq.write_table(table, handle))
+
+
+def _write_atomically(path: Path, write: Callable[[Any], object]) -> None:
+    """Temporary file, fsync, rename: a reader (or a crash) sees the old file or the new one, never half,
+    and a failed write leaves no temporary file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        hint = " (free some space, then resume)" if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else ""
+        raise StorageError(f"cannot write {path}: {exc.strerror or exc}{hint}") from exc
+
+
+def run_failed(failed: Any, requests: Any, max_failed_share: float = 0.0) -> bool:
+    """A run counts as measured only when the share of its requests that failed is at most
+    `max_failed_share` (default 0: every request succeeded); a run that sent nothing failed too."""
+    sent = int(requests) if requests is not None and not pd.isna(requests) else 0
+    lost = int(failed) if failed is not None and not pd.isna(failed) else 0
+    return sent == 0 or lost / sent > max_failed_share
+
+
+@dataclass(frozen=True)
+class CellProgress:
+    measured: int  # runs whose requests succeeded (within the failure threshold)
+    failed: int  # runs stored as failed: kept and reported, measured again by a resume
+    next_run: int  # the next run's number: numbering continues past failed runs, so nothing is overwritten
+
+
+def cell_progress(cells: pd.DataFrame, max_failed_share: float = 0.0) -> dict[tuple[str, str, str], CellProgress]:
+    if cells.empty:
+        return {}
+    progress = {}
+    for (topology, workload, load), rows in fill_load_keys(cells).groupby(list(CELL_KEY)):
+        rows = rows.drop_duplicates(subset=["run"], keep="last")
+        failed = [run_failed(f, r, max_failed_share) for f, r in zip(rows["failed"], rows["requests"])]
+        progress[(str(topology), str(workload), str(load))] = CellProgress(
+            measured=failed.count(False), failed=failed.count(True), next_run=int(rows["run"].max()) + 1)
+    return progress
 
 
 def runs_per_cell(cells: pd.DataFrame) -> dict[tuple[str, str, str], int]:

@@ -6,7 +6,7 @@
 
 `topo bench`, the sweep and benchmarks/ use it. A session shares across its cells: the preflight, the token
 counter decision, one prompt factory (the prompt is adapted to the chat template once, after the first
-warm-up) and one client (connections reused). A cell (METRICS.md) is a discarded warm-up batch, then
+warm-up) and one client (connections reused). A cell (docs/METRICS.md) is a discarded warm-up batch, then
 `runs` batches of the load; `on_run` gets every finished run as soon as it is measured, so a caller stores
 it at once: nothing measured is lost when a later run or the process dies.
 """
@@ -43,11 +43,12 @@ class BenchSettings:
     tg: int = 128  # generated tokens (max_tokens = min_tokens, ignore_eos)
     depth: int = 0  # context tokens before the prompt
     workload: str = DEFAULT_WORKLOAD  # the request shape's name, stored with every row
-    latency_mode: LatencyMode = "api"  # how the network/API offset is measured (METRICS.md `latency`)
+    latency_mode: LatencyMode = "api"  # how the network/API offset is measured (docs/METRICS.md `latency`)
     tokenizer: Path | None = None  # count prompt tokens with this tokenizer (default: see choose_counter)
     corpus: Path | None = None  # text to cut prompts from (default: the built-in corpus)
     unique_prefix: bool = True  # a unique tag at the start of each prompt: no prefix-cache hits
-    request_timeout: float = 600.0  # seconds a request may stay silent
+    request_timeout: float = 600.0  # deadline on progress: seconds a request may go without a generated token
+    request_deadline: float | None = None  # a whole request at most (None: 10 x request_timeout)
     seed: int | None = None  # prompt offsets (None: random)
     warmup: bool = True  # one discarded batch before the measured runs of each cell
     # tokens each warm-up request generates (None: tg). The warm-up's job is the engine's first prefill and
@@ -154,7 +155,7 @@ class BenchSession:
         """Preflight, counter, prompts and the latency probe; returns the model. Raises before any load."""
         settings = self.settings
         self._client = BenchClient(self.endpoint, self.model, request_timeout=settings.request_timeout,
-                                   transport=self.transport)
+                                   request_deadline=settings.request_deadline, transport=self.transport)
         self.model = await self._client.preflight()
         counter = choose_counter(self.endpoint, self.model, settings.tokenizer, self.notes)
         if isinstance(counter, LocalTokenizer):

@@ -24,6 +24,10 @@ import h11
 import httpx
 
 SENT_AT = "topo.sent_at"
+# Flow control: a server that sends faster than the client parses must not fill the client's memory, so the
+# socket is paused while more than QUEUE_HIGH bytes wait and resumed below QUEUE_LOW.
+QUEUE_HIGH = 1 << 20
+QUEUE_LOW = 256 << 10
 
 
 class _Wire(asyncio.Protocol):
@@ -33,12 +37,28 @@ class _Wire(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue()
         self.closed = False
+        self.queued_bytes = 0
+        self.paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         self.queue.put_nowait(data)
+        self.queued_bytes += len(data)
+        if self.queued_bytes > QUEUE_HIGH and not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
+
+    async def get(self) -> bytes | BaseException | None:
+        item = await self.queue.get()
+        if isinstance(item, bytes):
+            self.queued_bytes -= len(item)
+            if self.paused and self.queued_bytes < QUEUE_LOW and self.transport is not None \
+                    and not self.transport.is_closing():
+                self.paused = False
+                self.transport.resume_reading()
+        return item
 
     def eof_received(self) -> bool | None:
         self.closed = True
@@ -150,7 +170,7 @@ class WireTransport(httpx.AsyncBaseTransport):
             if event is not h11.NEED_DATA:
                 return event
             try:
-                chunk = await asyncio.wait_for(wire.queue.get(), read_timeout)
+                chunk = await asyncio.wait_for(wire.get(), read_timeout)
             except asyncio.TimeoutError as exc:
                 self._drop()
                 raise httpx.ReadTimeout(f"no data for {read_timeout} s") from exc

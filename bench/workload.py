@@ -9,7 +9,7 @@ key changes.
     ClosedLoad(4).label == "c4"        parse_load("c4") == ClosedLoad(4)
 
 A closed load is llama-benchy's: batches of exactly c requests sent at once, the next batch after the
-last request of the previous one finished (METRICS.md).
+last request of the previous one finished (docs/METRICS.md).
 """
 
 from __future__ import annotations

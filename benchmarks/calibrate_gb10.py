@@ -24,10 +24,11 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from topo.transport import planned_transport  # noqa: E402
 from topology.registry import STUDY_TOPOLOGIES  # noqa: E402
 from twin.engine import EngineConfig  # noqa: E402
 from twin.predict import predict_cells  # noqa: E402
-from twin.profiles import HardwareProfile, ModelCard, describe_sources  # noqa: E402
+from twin.profiles import TRANSPORTS, HardwareProfile, ModelCard, describe_sources  # noqa: E402
 
 # the published solo column, kept in the repo so the calibration guard runs wherever the tests do
 REFERENCE = Path(__file__).resolve().parents[1] / "configs" / "reference" / "gb10_solo_gemma4_26b_fp8.csv"
@@ -147,7 +148,7 @@ def print_topologies(config: EngineConfig, levels: list[int], runs: int) -> None
     names = list(STUDY_TOPOLOGIES)
     table = {name: predict(config, name, levels, runs) for name in names}
     for key in METRICS:
-        print(f"\n{key} (model prediction, mean of {runs} runs)")
+        print(f"\n{key} (model prediction, mean of {runs} runs, link {config.link})")
         print(f"{'c':>3} | " + " | ".join(f"{n:>15}" for n in names))
         for c in levels:
             print(f"{c:>3} | " + " | ".join(f"{table[n][c][key]:>15.1f}" for n in names))
@@ -160,10 +161,13 @@ def main() -> None:
     parser.add_argument("--fit", action="store_true", help="search the calibrated constants again")
     parser.add_argument("--runs", type=int, default=3, help="runs per multi-node cell (router splits are random)")
     parser.add_argument("--measured", type=Path, help="a `topo bench --out` folder (or its cells.parquet) to compare")
+    parser.add_argument("--link", choices=TRANSPORTS, help="TP link of the multi-node columns (default: what the "
+                        "study recipe's env implies, as `topo predict` decides it)")
     args = parser.parse_args()
 
     ref = load_reference()
-    config = EngineConfig.from_names(args.hardware, args.model)
+    link = args.link or planned_transport(args.model, None).transport
+    config = EngineConfig.from_names(args.hardware, args.model, link=link)
     if args.fit:
         values = fit(config, ref)
         for name, value in values.items():

@@ -34,8 +34,11 @@ import pandas as pd  # noqa: E402
 
 from bench.results_folder import ResultsFolder  # noqa: E402
 from common.config import CONFIGS_DIR  # noqa: E402
+from topo.transport import planned_transport  # noqa: E402
+from topology.inventory import cluster_from_data  # noqa: E402
 from twin.engine import EngineConfig  # noqa: E402
 from twin.predict import VirtualDeployment, cell_row, predict_cells, topology_model  # noqa: E402
+from twin.profiles import TRANSPORTS  # noqa: E402
 
 METRICS = ("decode_tps", "prefill_tps", "ttft_ms")
 
@@ -82,39 +85,41 @@ def median_run(
     return got, want
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("results", type=Path, help="a `topo sweep --out` folder of a twin cluster")
-    parser.add_argument("--card", help="model card (default: the sweep's model name under configs/cards/)")
-    parser.add_argument("--hardware", help="hardware profile (default: what the sweep's twin nodes ran)")
-    parser.add_argument("--tolerance", type=float, default=0.05, help="mark cells off by more than this")
-    parser.add_argument("--statistic", choices=("mean", "median"), default="mean",
-                        help="a cell's figure: the mean over its runs on both sides (llama-benchy's cell), or its "
-                             "median run (the run whose measured/predicted ratio is the median; one stalled run "
-                             "cannot move it)")
-    args = parser.parse_args()
+def sweep_link(results: Path, model: str) -> str:
+    """The TP link the sweep's engines had: what the env its TP=2 plan rendered implies (topo/transport.py)."""
+    data = ResultsFolder(results).read_meta().cluster
+    if not data:
+        return planned_transport(model, None).transport
+    cluster = cluster_from_data(data, source=f"{results} meta cluster", base_dir=results)
+    return planned_transport(model, cluster).transport
 
-    settings = sweep_settings(args.results)
-    card = args.card or settings["model"]
+
+def compare(results: Path, *, card: str | None = None, hardware: str | None = None, link: str | None = None,
+            tolerance: float = 0.05, statistic: str = "mean") -> tuple[float, int, int]:
+    """Print the table; returns (worst |diff|, values beyond tolerance, values compared)."""
+    settings = sweep_settings(results)
+    card = card or settings["model"]
     if not (CONFIGS_DIR / "cards" / f"{card}.yaml").exists() and not Path(card).exists():
-        parser.error(f"no model card {card!r}; pass --card")
-    hardware = args.hardware or settings["hardware"]
-    config = EngineConfig.from_names(hardware, card)
-    folder = ResultsFolder(args.results)
+        raise SystemExit(f"no model card {card!r}; pass --card")
+    hardware = hardware or settings["hardware"]
+    link = link or sweep_link(results, settings["model"])
+    config = EngineConfig.from_names(hardware, card, link=link)
+    folder = ResultsFolder(results)
     cells = folder.read_cells()
     cells = cells[cells["failed"] == 0] if "failed" in cells else cells
     measured_runs = cells.set_index(["topology", "concurrency", "run"])[list(METRICS)].sort_index()
     measured = measured_runs.groupby(level=["topology", "concurrency"]).mean()
     requests = folder.read_requests() if folder.requests_path.exists() else None
 
-    print(f"{args.results}: card {card}, hardware {hardware}, pp{settings['pp']} tg{settings['tg']}, "
-          f"{settings['runs']} run(s) per cell, their {args.statistic}; marked (*) when off by more than "
-          f"{100 * args.tolerance:.0f}%")
+    print(f"{results}: card {card}, hardware {hardware}, link {link}, pp{settings['pp']} tg{settings['tg']}, "
+          f"{settings['runs']} run(s) per cell, their {statistic}; marked (*) when off by more than "
+          f"{100 * tolerance:.0f}%")
     header = f"{'topology':<16} {'c':>3} | " + " | ".join(f"{m + ' meas':>17} {'pred':>9} {'diff':>7}" for m in METRICS)
     print(header)
     print("-" * len(header))
     worst = 0.0
     off = 0
+    compared = 0
     for topology in dict.fromkeys(measured.index.get_level_values(0)):
         levels = sorted(int(c) for c in measured.loc[topology].index)
         replayed = pd.DataFrame()
@@ -131,18 +136,37 @@ def main() -> None:
         for c in levels:
             parts = []
             for metric in METRICS:
-                if args.statistic == "mean":
+                if statistic == "mean":
                     got, want = measured.loc[(topology, c), metric], predicted.loc[c, metric]
                 else:
                     got, want = median_run(measured_runs.loc[(topology, c), metric], predicted_runs, c, metric,
                                            predicted.loc[c, metric])
                 diff = got / want - 1
                 worst = max(worst, abs(diff))
-                mark = "*" if abs(diff) > args.tolerance else " "
+                mark = "*" if abs(diff) > tolerance else " "
                 off += mark == "*"
+                compared += 1
                 parts.append(f"{got:>17.1f} {want:>9.1f} {100 * diff:>+6.1f}%{mark}")
             print(f"{topology:<16} {c:>3} | " + " | ".join(parts))
-    print(f"\nworst cell: {100 * worst:.1f}%; {off} value(s) beyond {100 * args.tolerance:.0f}%")
+    print(f"\nworst cell: {100 * worst:.1f}%; {off} value(s) of {compared} beyond {100 * tolerance:.0f}%")
+    return worst, off, compared
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("results", type=Path, help="a `topo sweep --out` folder of a twin cluster")
+    parser.add_argument("--card", help="model card (default: the sweep's model name under configs/cards/)")
+    parser.add_argument("--hardware", help="hardware profile (default: what the sweep's twin nodes ran)")
+    parser.add_argument("--link", choices=TRANSPORTS, help="TP link (default: what the env the sweep's TP=2 plan "
+                        "rendered implies, as the twin engines decided it)")
+    parser.add_argument("--tolerance", type=float, default=0.05, help="mark cells off by more than this")
+    parser.add_argument("--statistic", choices=("mean", "median"), default="mean",
+                        help="a cell's figure: the mean over its runs on both sides (llama-benchy's cell), or its "
+                             "median run (the run whose measured/predicted ratio is the median; one stalled run "
+                             "cannot move it)")
+    args = parser.parse_args()
+    compare(args.results, card=args.card, hardware=args.hardware, link=args.link, tolerance=args.tolerance,
+            statistic=args.statistic)
 
 
 if __name__ == "__main__":

@@ -20,10 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import re
-import signal
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -33,10 +32,11 @@ from cluster.connector import Connector, LocalConnector, SshConnector, run_check
 from cluster.supervise import (
     StopOutcome,
     Supervised,
-    group_alive,
+    foreign_note,
     listening_ports,
     live_groups,
     log_tail,
+    pidfile_state,
     prove_ports_closed,
     read_pidfiles,
     signal_group,
@@ -201,8 +201,11 @@ class _BringUp:
         await run_checked(node.connector, ["true"], timeout=timeout)  # reachable (ConnectError otherwise)
         stale = []
         for entry in await read_pidfiles(node.connector, node.workdir):
-            if entry.pgid is not None and await group_alive(node.connector, entry.pgid):
+            state = await pidfile_state(node.connector, entry)
+            if state == "ours":
                 stale.append(f"{entry.step} (process group {entry.pgid}, {entry.pidfile})")
+            elif state == "foreign":  # not ours to stop, and a person must say that it is safe to go on
+                stale.append(foreign_note(node.name, entry))
             else:
                 await node.connector.run(["rm", "-f", entry.pidfile], timeout=timeout)
         if stale:
@@ -459,43 +462,38 @@ async def bring_up(
             raise asyncio.CancelledError()
 
 
-@contextmanager
-def teardown_on_signals(signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGHUP)) -> Iterator[None]:
-    """Inside a running event loop: SIGTERM/SIGHUP cancel the current task, like Ctrl-C does, so a
-    `bring_up` block tears down when topo is killed politely (a closed terminal, a CI timeout)."""
-    loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
-    installed = []
-    for signum in signals:
-        try:
-            loop.add_signal_handler(signum, task.cancel)  # type: ignore[union-attr]
-            installed.append(signum)
-        except (NotImplementedError, RuntimeError, ValueError):
-            pass  # not the main thread: the caller's own handling applies
-    try:
-        yield
-    finally:
-        for signum in installed:
-            loop.remove_signal_handler(signum)
+@dataclass
+class Leftovers:
+    """What `topo down` did: the groups it stopped, and the pidfiles it refused to act on."""
+
+    stopped: list[StopOutcome]
+    foreign: list[str]  # one sentence each: which pidfile, why, what to do
 
 
-async def stop_leftovers(nodes: Mapping[str, NodeAccess], *, grace_s: float = 30.0) -> list[StopOutcome]:
-    """`topo down`: stop every process an earlier run left behind (found by its pidfile) on every node."""
-    outcomes: list[StopOutcome] = []
+async def stop_leftovers(nodes: Mapping[str, NodeAccess], *, grace_s: float = 30.0) -> Leftovers:
+    """`topo down`: stop every process an earlier run left behind (found by its pidfile) on every node.
+    Only a group whose leader is provably the process topo started is signalled; a pidfile whose pid now
+    belongs to someone else (or that carries no identity) is reported and kept, never acted on."""
+    result = Leftovers([], [])
     for name, node in nodes.items():
         for entry in await read_pidfiles(node.connector, node.workdir):
-            if entry.pgid is None or entry.pgid <= 1:
+            state = await pidfile_state(node.connector, entry)
+            if state == "gone":
                 await node.connector.run(["rm", "-f", entry.pidfile])
-                continue
-            paths = step_paths(node.workdir, entry.step)
-            process = Supervised(entry.step, name, entry.pgid, paths.log, entry.pidfile)
-            outcomes.append(await stop_group(node.connector, process, grace_s=grace_s))
-    return outcomes
+            elif state == "foreign":
+                result.foreign.append(foreign_note(name, entry))
+            else:
+                assert entry.pgid is not None
+                paths = step_paths(node.workdir, entry.step)
+                process = Supervised(entry.step, name, entry.pgid, paths.log, entry.pidfile)
+                result.stopped.append(await stop_group(node.connector, process, grace_s=grace_s))
+    return result
 
 
 __all__ = [
     "BringUpProgress",
     "BringUpSettings",
+    "Leftovers",
     "ClusterAccess",
     "NodeAccess",
     "Running",
@@ -504,5 +502,4 @@ __all__ = [
     "prove_ports_closed",
     "signal_group",
     "stop_leftovers",
-    "teardown_on_signals",
 ]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import shlex
 import signal
 import subprocess
@@ -76,16 +77,56 @@ def shell_command(argv: Argv, env: Env | None = None) -> str:
     return shlex.join(words)
 
 
-def supervised_shell_command(argv: Argv, env: Env | None, log_path: str, pidfile: str) -> str:
+# A pidfile names its process and proves it is still the same one (a pid is reused after the process ends):
+#     PID
+#     start BOOT_ID START_TICKS      (/proc/sys/kernel/random/boot_id; field 22 of /proc/PID/stat)
+#     command MASKED COMMAND LINE     (for the humans reading `topo down`'s report)
+# cluster/supervise.py reads it and compares the identity before it signals anything.
+BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
+PIDFILE_START = "start"
+PIDFILE_COMMAND = "command"
+
+
+PIDFILE_COMMAND_CHARS = 200
+
+
+def pidfile_text(pid: int, identity: str, command: str) -> str:
+    return f"{pid}\n{PIDFILE_START} {identity}\n{PIDFILE_COMMAND} {_pidfile_command(command)}\n"
+
+
+def _pidfile_command(command: str) -> str:
+    return command.replace("\n", " ")[:PIDFILE_COMMAND_CHARS]
+
+
+def local_identity(pid: int) -> str:
+    """`BOOT_ID START_TICKS` of a process on this machine ('' when it is gone already)."""
+    try:
+        boot = Path(BOOT_ID_PATH).read_text().strip()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return f"{boot} {stat.rsplit(') ', 1)[1].split()[19]}"
+
+
+# Read a 0600 env file of secrets ($1), delete it, run the command (the rest of the arguments) in this process.
+SOURCE_SECRETS_AND_EXEC = 'set -a && . "$1" && set +a && rm -f "$1" && shift && exec "$@"'
+
+
+def supervised_shell_command(argv: Argv, env: Env | None, log_path: str, pidfile: str, *,
+                             shown: str | None = None) -> str:
     """Start a process in its own session (so its pid is also its process group id), detached from the
-    connection, with output in `log_path`; the shell writes the pid to `pidfile` before printing it, so
-    a pid is never lost even when the caller is cancelled while waiting for the answer."""
+    connection, with output in `log_path`; the shell writes the pidfile (pid and identity) before printing
+    the pid, so a pid is never lost even when the caller is cancelled while waiting for the answer."""
     log_dir = str(Path(log_path).parent)
     pid_dir = str(Path(pidfile).parent)
+    # `sed` drops "pid (comm) " (comm may hold spaces and parentheses): field 22 of stat is then field 20.
+    identity = (f"$(cat {BOOT_ID_PATH}) $(sed 's/.*) //' /proc/$pid/stat 2>/dev/null | cut -d' ' -f20)")
+    command = shlex.quote(_pidfile_command(shown if shown is not None else masked_command(argv)))
     return (
         f"mkdir -p {shlex.quote(log_dir)} {shlex.quote(pid_dir)} && "
-        f"{{ nohup setsid {shell_command(argv, env)} >{shlex.quote(log_path)} 2>&1 </dev/null & "
-        f"echo $! >{shlex.quote(pidfile)}; echo $!; }}"
+        f"{{ nohup setsid {shell_command(argv, env)} >{shlex.quote(log_path)} 2>&1 </dev/null & pid=$!; "
+        f"printf '%s\\n{PIDFILE_START} %s\\n{PIDFILE_COMMAND} %s\\n' \"$pid\" \"{identity}\" {command} "
+        f">{shlex.quote(pidfile)}; echo $pid; }}"
     )
 
 
@@ -198,7 +239,7 @@ class LocalConnector:
             raise RemoteCommandError(self.node, command, None, f"cannot start: {exc.strerror or exc}") from exc
         _reap_in_background(process)
         try:
-            Path(pidfile).write_text(f"{process.pid}\n")
+            Path(pidfile).write_text(pidfile_text(process.pid, local_identity(process.pid), command))
         except OSError as exc:
             os.killpg(process.pid, signal.SIGKILL)
             raise RemoteCommandError(self.node, f"write {pidfile}", None, str(exc)) from exc
@@ -311,7 +352,24 @@ class SshConnector:
     async def run(
         self, argv: Argv, *, env: Env | None = None, timeout: float = DEFAULT_TIMEOUT_S, input: str | None = None
     ) -> Completed:
-        return await self._run_shell(shell_command(argv, env), masked_command(argv, env), timeout, input)
+        masked = masked_command(argv, env)
+        argv, env = await self._hand_over_secrets(argv, env, f"/tmp/topo-secret-{secrets.token_hex(8)}.env")
+        return await self._run_shell(shell_command(argv, env), masked, timeout, input)
+
+    async def _hand_over_secrets(self, argv: Argv, env: Env | None, path: str) -> tuple[Argv, Env | None]:
+        """Secret env values must not ride on a command line (the node's `ps`, sshd's exec request): they
+        go through stdin into a 0600 file that the command's shell reads, deletes, then execs the command."""
+        secret = {key: value for key, value in (env or {}).items() if isinstance(value, Secret)}
+        if not secret:
+            return argv, env
+        text = "".join(f"{key}={shlex.quote(reveal(value))}\n" for key, value in secret.items())
+        write = 'umask 077 && mkdir -p "$(dirname "$1")" && cat >"$1"'
+        done = await self._run_shell(shlex.join(["sh", "-c", write, "sh", path]), f"write secrets to {path}",
+                                     DEFAULT_TIMEOUT_S, text)
+        if not done.ok:
+            raise RemoteCommandError(self.node, f"write secrets to {path}", done.exit_status, done.output_tail())
+        plain = {key: value for key, value in (env or {}).items() if key not in secret}
+        return ["sh", "-c", SOURCE_SECRETS_AND_EXEC, "sh", path, *argv], plain
 
     async def _run_shell(self, command: str, masked: str, timeout: float, input: str | None = None) -> Completed:
         connection = await self.connect()
@@ -329,8 +387,9 @@ class SshConnector:
         return Completed(exit_status, _text(result.stdout), _text(result.stderr))
 
     async def start(self, argv: Argv, *, env: Env | None = None, log_path: str, pidfile: str) -> int:
-        command = supervised_shell_command(argv, env, log_path, pidfile)
         masked = masked_command(argv, env)
+        argv, env = await self._hand_over_secrets(argv, env, f"{pidfile}.env")
+        command = supervised_shell_command(argv, env, log_path, pidfile, shown=masked)
         done = await self._run_shell(command, masked, DEFAULT_TIMEOUT_S)
         return _parse_pid(self.node, masked, done)
 

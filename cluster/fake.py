@@ -12,8 +12,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
-from cluster.connector import DEFAULT_TIMEOUT_S, Argv, Completed, Env, masked_command
+from cluster.connector import BOOT_ID_PATH, DEFAULT_TIMEOUT_S, Argv, Completed, Env, masked_command, pidfile_text
 from common.errors import RemoteCommandError
+
+FAKE_BOOT_ID = "fake-boot-id"
 from topology.plan import reveal
 
 
@@ -77,6 +79,7 @@ class FakeConnector:
         self._rules: list[tuple[tuple[str, ...], Outcome]] = []
         self._behaviours: list[tuple[str, FakeBehaviour]] = []
         self.other_listeners: set[int] = set()  # ports something else on the node holds
+        self.foreign_starts: dict[int, int] = {}  # pid -> start ticks of live processes topo did not start
 
     # -- scripting -----------------------------------------------------------------------------------
     def script(self, prefix: Sequence[str], outcome: Outcome) -> None:
@@ -119,8 +122,12 @@ class FakeConnector:
         self.processes[pgid] = FakeProcess(pgid, real, real_env, log_path, behaviour, alive=not behaviour.exits_at_start)
         self.processes[pgid].escapee_alive = behaviour.forks_escapee and not behaviour.exits_at_start
         self.files[log_path] = behaviour.log
-        self.files[pidfile] = f"{pgid}\n"
+        self.files[pidfile] = pidfile_text(pgid, f"{FAKE_BOOT_ID} {self._start_ticks(pgid)}", masked_command(argv, env))
         return pgid
+
+    @staticmethod
+    def _start_ticks(pid: int) -> int:
+        return 1000 + pid  # a fake process's start time (field 22 of /proc/PID/stat)
 
     async def write_file(self, path: str, text: str, mode: int = 0o644) -> None:
         self.calls.append(Call("write", (path,), path, {}))
@@ -141,6 +148,7 @@ class FakeConnector:
         if head == "ps":  # pid ppid pgid stat; a fake process is its group's leader, its escapee a child
             lines = [f"{p.pgid} 1 {p.pgid} S" for p in self.processes.values() if p.alive]
             lines += [f"{p.escapee} {p.pgid} {p.escapee} S" for p in self.processes.values() if p.escapee_alive]
+            lines += [f"{pid} 1 {pid} S" for pid in self.foreign_starts]
             return Completed(0, "\n".join(lines) + "\n", "")
         if head == "ss":
             ports = set(self.other_listeners)
@@ -163,6 +171,14 @@ class FakeConnector:
             ):
                 process.alive = False
             return Completed(0, "", "")
+        if head == "cat" and len(argv) == 3 and argv[1] == BOOT_ID_PATH:  # a process's identity
+            pid = int(argv[2].split("/")[2])
+            alive = [p for p in self.processes.values() if p.pgid == pid and p.alive]
+            ticks = self.foreign_starts.get(pid, self._start_ticks(pid) if alive else None)
+            if ticks is None:
+                return Completed(1, f"{FAKE_BOOT_ID}\n", f"cat: /proc/{pid}/stat: No such file or directory")
+            zeros = " ".join(["0"] * 18)
+            return Completed(0, f"{FAKE_BOOT_ID}\n{pid} (fake proc) S {zeros} {ticks} 0 0\n", "")
         if head == "tail":
             path = argv[-1]
             if path not in self.files:

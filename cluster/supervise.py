@@ -17,8 +17,9 @@ import asyncio
 import time
 from dataclasses import dataclass
 from pathlib import PurePosixPath
+from typing import Literal
 
-from cluster.connector import Connector, run_checked
+from cluster.connector import BOOT_ID_PATH, PIDFILE_COMMAND, PIDFILE_START, Connector, run_checked
 from common.errors import RemoteCommandError, TeardownError
 
 PS_TABLE = ("ps", "-e", "-o", "pid=,ppid=,pgid=,stat=")
@@ -227,6 +228,16 @@ class PidfileEntry:
     step: str
     pidfile: str
     pgid: int | None  # None: the file is unreadable or not a pid
+    identity: str = ""  # `BOOT_ID START_TICKS` recorded at start ('' in a pidfile without one)
+    command: str = ""  # the (masked) command it started
+
+
+def parse_pidfile(step: str, path: str, text: str) -> PidfileEntry:
+    lines = text.strip().splitlines()
+    first = lines[0].strip() if lines else ""
+    fields = dict(line.partition(" ")[::2] for line in lines[1:])
+    return PidfileEntry(step, path, int(first) if first.isdigit() else None,
+                        fields.get(PIDFILE_START, "").strip(), fields.get(PIDFILE_COMMAND, "").strip())
 
 
 async def read_pidfiles(connector: Connector, workdir: str) -> list[PidfileEntry]:
@@ -238,9 +249,39 @@ async def read_pidfiles(connector: Connector, workdir: str) -> list[PidfileEntry
     entries: list[PidfileEntry] = []
     for path in sorted(line.strip() for line in done.stdout.splitlines() if line.strip()):
         try:
-            text = (await connector.read_file(path)).strip()
+            text = await connector.read_file(path)
         except RemoteCommandError:
             text = ""
-        step = PurePosixPath(path).name.removesuffix(".pid")
-        entries.append(PidfileEntry(step, path, int(text) if text.isdigit() else None))
+        entries.append(parse_pidfile(PurePosixPath(path).name.removesuffix(".pid"), path, text))
     return entries
+
+
+async def process_identity(connector: Connector, pid: int) -> str:
+    """`BOOT_ID START_TICKS` of a live process on the node, '' when there is none with this pid."""
+    done = await connector.run(["cat", BOOT_ID_PATH, f"/proc/{pid}/stat"], timeout=30)
+    lines = done.stdout.splitlines()
+    if not done.ok or len(lines) < 2 or ") " not in lines[1]:
+        return ""
+    fields = lines[1].rsplit(") ", 1)[1].split()
+    return f"{lines[0].strip()} {fields[19]}" if len(fields) > 19 else ""
+
+
+PidfileState = Literal["ours", "gone", "foreign"]
+
+
+async def pidfile_state(connector: Connector, entry: PidfileEntry) -> PidfileState:
+    """Whether the pidfile's group is still the process topo started ("ours"), ended ("gone": no live
+    process in the group), or now someone else's ("foreign": the pid was reused, or the pidfile carries no
+    identity to prove otherwise). Only "ours" may be signalled."""
+    if entry.pgid is None or entry.pgid <= 1 or not await group_alive(connector, entry.pgid):
+        return "gone"
+    if entry.identity and await process_identity(connector, entry.pgid) == entry.identity:
+        return "ours"
+    return "foreign"
+
+
+def foreign_note(node: str, entry: PidfileEntry) -> str:
+    why = "records no start identity" if not entry.identity else "names a process that is not the one topo started"
+    return (f"node {node!r}: {entry.pidfile} {why} (process group {entry.pgid} is alive, pidfile command: "
+            f"{entry.command or 'unknown'}); not stopped. Check it with `ps -o pid,lstart,args -g {entry.pgid}` "
+            "and remove the pidfile")

@@ -19,6 +19,8 @@ cause stays in the traceback, and the CLI turns any ``TopoError`` into one red l
     ├── StreamError                 a server's SSE stream is malformed (what and where in the stream);
     │                               caught by the bench client and stored as the request's error
     ├── ResultsError                a results folder is missing, unreadable or of another schema
+    │   └── StorageError            a results folder cannot be written (disk full, read-only, quota):
+    │                               the sweep stops at once (exit 2); nothing measured before is lost
     ├── EngineRequestError          the twin engine refuses a request (too long for max_model_len or for
     │                               its whole KV cache); also a ValueError; the server answers HTTP 400
     └── RegressionInputError        ``topo regress`` got unusable input (exit 2, unlike a regression: 1)
@@ -77,6 +79,10 @@ class StreamError(TopoError):
 
 class ResultsError(TopoError):
     """A results folder is missing, unreadable, or of an unknown schema."""
+
+
+class StorageError(ResultsError):
+    """Writing a results folder failed (no space, no permission): not a topology's fault, so it ends the run."""
 
 
 class EngineRequestError(TopoError, ValueError):

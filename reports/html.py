@@ -161,6 +161,16 @@ def render_html(report: Report) -> str:
     if report.regression is not None:
         verdict = "fail" if report.regression.exit_code else "pass"
         gate = f'<div class="gate {verdict}">{table_html(regression_display(report.regression))}</div>'
+    timelines = ""
+    if report.telemetry is not None and (figures := report.telemetry.figures()):
+        timelines = ("<h2>Over time: KV cache, queues and power</h2><p>Per topology, from the samples of every "
+                     "engine's /metrics and every node's nvidia-smi; the shaded spans are the measured runs, "
+                     "labelled with their concurrency.</p>" + "".join(
+                         '<div class="timeline">' + figure.to_html(
+                             full_html=False, include_plotlyjs=False, include_mathjax=False,
+                             div_id=f"timeline-{topology}",
+                             config={"displaylogo": False, "responsive": True, "displayModeBar": False})
+                         + "</div>" for topology, figure in figures))
     meta = "".join(f"<li>{html.escape(line)}</li>" for line in report.header_lines())
     tables = "\n".join(table_html(t) for t in report.sections())
     caveats = "".join(f"<li>{html.escape(c)}</li>" for c in report.caveats) or "<li>none found in the data.</li>"
@@ -181,6 +191,7 @@ def render_html(report: Report) -> str:
 {frontier}
 {trends}
 {tables}
+{timelines}
 <h2>Caveats</h2>
 <ul>{caveats}</ul>
 </body>

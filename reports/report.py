@@ -23,6 +23,7 @@ from reports.history import trend_display
 from reports.names import BASELINE_TOPOLOGY, display_name, executor_partner, ordered_topologies
 from reports.recommend import Recommendation, recommend
 from reports.regress import RegressionResult
+from reports.telemetry import TelemetrySection, telemetry_section
 from reports.tables import (
     DEFAULT_MARGIN_PCT,
     METRICS,
@@ -66,6 +67,7 @@ class Report:
     regression: RegressionResult | None = None  # the nightly gate's verdict against a baseline
     # workload -> topology -> (concurrency, t/s per user, t/s total): the frontier chart (reports/html.py)
     frontier: dict[str, dict[str, list[tuple[int, float, float]]]] | None = None
+    telemetry: TelemetrySection | None = None  # energy, the servers' view, roofline (reports/telemetry.py)
 
     @property
     def topologies(self) -> list[str]:
@@ -117,7 +119,10 @@ class Report:
         # the answer first, then the tables it rests on
         tables = [recommendations_display(self.recommendations)]
         tables += [winner_display(self.winners[m.key]) for m in METRICS]
+        telemetry = self.telemetry.tables() if self.telemetry is not None else []
+        tables += telemetry[:1]  # energy right after the winner tables
         tables += [ray_display(t) for t in self.ray]
+        tables += telemetry[1:]
         if self.startup_s:
             tables.append(DisplayTable(
                 "Start-up time per topology", ["Topology", "Start-up (s)"],
@@ -158,13 +163,17 @@ def margin_of(meta: FolderMeta | None) -> float:
 
 def build_report(cells: pd.DataFrame, meta: FolderMeta | None = None, requests: pd.DataFrame | None = None,
                  *, history: pd.DataFrame | None = None, regression: RegressionResult | None = None,
-                 unmerged_parts: int = 0, margin_pct: float | None = None) -> Report:
+                 unmerged_parts: int = 0, telemetry: pd.DataFrame | None = None,
+                 margin_pct: float | None = None) -> Report:
     """Analyse one sweep's cells (cells.parquet rows); meta.json and requests.parquet are optional.
 
     A nightly run adds `history` (earlier sweeps' cells with a `sweep` column, this one included: trend
     tables and charts) and `regression` (compare_sweeps against the baseline: shown first).
-    `unmerged_parts` counts the folder's part files not merged yet (their rows are in `cells`). `margin_pct`
-    (`--margin`) is the smallest difference that counts as a win; default: the sweep's own, else 3%.
+    `unmerged_parts` counts the folder's part files not merged yet (their rows are in `cells`).
+    `telemetry` (telemetry.parquet) adds energy, the servers' view per cell and time charts; the roofline
+    needs only the hardware and model the meta names.
+    `margin_pct` (`--margin`) is the smallest difference that counts as a win; default: the sweep's own,
+    else 3%.
     """
     cells = validate_cells(cells)
     margin = margin_of(meta) if margin_pct is None else margin_pct
@@ -176,6 +185,9 @@ def build_report(cells: pd.DataFrame, meta: FolderMeta | None = None, requests: 
     if unmerged_parts:
         notes.append(f"{unmerged_parts} part file(s) of this folder are not merged yet (a sweep still running, or "
                      "one that stopped before its end); their runs are included here.")
+    section = telemetry_section(cells, meta, requests, telemetry)
+    if section is not None:
+        notes += section.warnings
     return Report(
         meta=meta,
         winners=winners,
@@ -188,6 +200,7 @@ def build_report(cells: pd.DataFrame, meta: FolderMeta | None = None, requests: 
         history=history,
         regression=regression,
         frontier=frontier_points(cells),
+        telemetry=section,
     )
 
 

@@ -12,7 +12,8 @@ from reports.regress import RegressionResult
 from reports.report import Report, build_report
 
 # what the report uses of requests.parquet (its per-token timestamps are the bulk of the file)
-REPORT_REQUEST_COLUMNS = ("topology", "concurrency", "run", "start", "first_token", "error")
+REPORT_REQUEST_COLUMNS = ("topology", "concurrency", "run", "batch_start", "start", "first_token", "end",
+                          "completion_tokens", "error")
 
 
 def folder_report(folder: ResultsFolder, *, history: pd.DataFrame | None = None,
@@ -21,7 +22,8 @@ def folder_report(folder: ResultsFolder, *, history: pd.DataFrame | None = None,
     `margin_pct` overrides the margin the folder was swept with."""
     contents = folder.load(REPORT_REQUEST_COLUMNS)
     return build_report(contents.cells, contents.meta, contents.requests, history=history, regression=regression,
-                        unmerged_parts=contents.unmerged_parts, margin_pct=margin_pct)
+                        unmerged_parts=contents.unmerged_parts, telemetry=contents.telemetry,
+                        margin_pct=margin_pct)
 
 
 def write_report(folder: ResultsFolder, report: Report) -> tuple[Path, Path]:

@@ -10,12 +10,14 @@ from rich.console import Console
 from rich.markup import escape
 
 from common.errors import TopoError
+from topo.exits import EXIT_CODES_HELP, EXIT_USAGE, interrupted_exit_code, treat_polite_signals_as_ctrl_c
 
 app = typer.Typer(
     name="topo",
     help=(
         "Benchmark how to lay an LLM out on your inference nodes: solo, TP=2 over PyTorch distributed, "
-        "TP=2 over Ray, or 2x solo behind a LiteLLM router. Start with `topo sweep --model gemma4-26b`."
+        "TP=2 over Ray, or 2x solo behind a LiteLLM router. Start with `topo sweep --model gemma4-26b`.\n\n"
+        + EXIT_CODES_HELP
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -33,6 +35,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "topo.commands.up",
     "topo.commands.sweep",
     "topo.commands.predict",
+    "topo.commands.calibrate",
     "topo.commands.history",
     "topo.commands.regress",
     "topo.commands.nightly",
@@ -45,12 +48,18 @@ stderr = Console(stderr=True)
 
 
 def main() -> None:
-    """Entry point: any TopoError becomes one clear message and exit code 2, never a traceback."""
+    """Entry point: any TopoError becomes one clear message and exit code 2, never a traceback; SIGTERM and
+    SIGHUP interrupt like Ctrl-C (topo/exits.py)."""
+    treat_polite_signals_as_ctrl_c()
     try:
         app()
     except TopoError as exc:
         stderr.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
-        sys.exit(2)
+        sys.exit(EXIT_USAGE)
     except KeyboardInterrupt:
         stderr.print("[yellow]interrupted[/]")
-        sys.exit(130)
+        sys.exit(interrupted_exit_code())
+    except OSError as exc:  # a disk or file error no layer translated: still one line, still exit 2
+        where = f" ({exc.filename})" if exc.filename else ""
+        stderr.print(f"[bold red]error:[/] {escape(exc.strerror or str(exc))}{escape(where)}", highlight=False)
+        sys.exit(EXIT_USAGE)

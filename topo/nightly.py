@@ -1,8 +1,8 @@
 """The nightly job: `run_nightly` (sweep, gate against the baseline, report with trends, exit code), and
 its library: the results root as a history, baseline tags.
 
-A results root (default ./results) holds one folder per sweep (DESIGN.md "Results"); nothing else keeps
-state but one small file:
+A results root (default ./results) holds one folder per sweep (docs/DESIGN.md, "The results folder");
+nothing else keeps state but one small file:
 
     ROOT/baselines.json   {"schema": 1, "tags": {"NAME": {"folder": "gemma4-26b-20261123-021500",
                                                          "set_at": "2026-11-23T08:01:00+00:00"}}}
@@ -41,6 +41,7 @@ from reports.regress import (
 from reports.results import folder_report, write_report
 from reports.tables import METRICS, MetricSpec
 from topo.sweep import SweepOutcome, SweepPlan, SweepProgress, SweepSpec, default_out_dir, plan_sweep, run_sweep
+from topo.exits import EXIT_FAILURES
 
 DEFAULT_ROOT = Path("results")
 BASELINES_FILE = "baselines.json"
@@ -393,7 +394,7 @@ class NightlyOutcome:
 async def run_nightly(plan: NightlyPlan, progress: SweepProgress, *, command_line: Sequence[str] = ()) -> NightlyOutcome:
     """Sweep into a new folder, gate it against the baseline, write the report with trends, decide the exit.
 
-    Exit code: 1 on a regression (or a missing/failed cell), 0 when clean; with no baseline yet, 0 (or 1 when
+    Exit code: 1 on a regression (or a missing/failed cell), 0 when clean; with no baseline yet, 0 (or 3 when
     a topology failed). Raises ResultsError when nothing was measured and RegressionInputError (exit 2)
     when the two sweeps cannot be compared, the latter after the night's report is written."""
     directory = plan.directory
@@ -422,7 +423,7 @@ async def run_nightly(plan: NightlyPlan, progress: SweepProgress, *, command_lin
     meta.nightly = NightlyFacts(baseline=plan.baseline,
                                 baseline_folder=str(plan.baseline_dir) if plan.baseline_dir else None)
     if regression is None:
-        code = 1 if swept.errors else NO_BASELINE_EXIT
+        code = EXIT_FAILURES if swept.errors or swept.short_cells else NO_BASELINE_EXIT
     else:
         code = write_gate_outputs(regression, junit=plan.paths.junit, markdown=plan.paths.markdown)
         meta.nightly.summary = regression.summary()

@@ -4,8 +4,9 @@
     sweep = plan_sweep(spec)            # pure: loads configs, plans every topology (errors before anything runs)
     outcome = await run_sweep(sweep, out_dir, progress)
 
-The results folder (DESIGN.md "Results") is written as the sweep goes: meta.json first (status "running"),
-every measured run appended the moment it finishes (bench/results_folder.py: crash-safe part files),
+The results folder (docs/DESIGN.md, "The results folder") is written as the sweep goes: meta.json first
+(status "running"), every measured run appended the moment it finishes (bench/results_folder.py:
+crash-safe part files),
 start-up time per topology into meta.json, and report.md/report.html at the end. A sweep that dies keeps
 every finished run; `resume_spec(DIR)` reads the spec back and the next run measures only what is missing
 (the missing runs of a partly measured cell, then the untouched cells), never re-measuring a finished run.
@@ -20,27 +21,29 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 from bench.client import Endpoint
-from bench.results_folder import FolderMeta, ResultsFolder, Status
 from bench.records import RequestRecord
+from bench.results_folder import CellProgress, FolderMeta, ResultsFolder, Status, run_failed
 from bench.session import BenchSession, BenchSettings, RunDone
 from bench.workload import DEFAULT_WORKLOAD, ClosedLoad, Load
-from reports.tables import DEFAULT_MARGIN_PCT
-from topo.adaptive import DEFAULT_MAX_RUNS, DEFAULT_PRECISION_PCT, MIN_RUNS, AdaptivePolicy, stop_reason
-from cluster.bringup import BringUpProgress, bring_up, open_cluster
+from cluster.bringup import BringUpProgress, Running, bring_up, open_cluster
 from common.config import REPO_ROOT
-from common.errors import ConfigError, ResultsError, TopoError
+from common.errors import ConfigError, ResultsError, StorageError, TopoError
+from telemetry.sampler import DEFAULT_INTERVAL_S, TelemetrySampler, targets_for
+from common.masking import mask_command_line
 from topology.inventory import Cluster, TwinEngine, load_cluster
 from topology.kinds import STUDY_TOPOLOGIES, PlanSecrets, parse_topology, plan
 from topology.plan import LaunchPlan
 from topology.recipe import Recipe, load_recipe
+from reports.tables import DEFAULT_MARGIN_PCT
+from topo.adaptive import DEFAULT_MAX_RUNS, DEFAULT_PRECISION_PCT, MIN_RUNS, AdaptivePolicy, stop_reason
 
 DEFAULT_CONCURRENCY = (1, 2, 4, 8, 16, 32, 64)
 # Tokens per request of a cell's warm-up batch: the batch's prefill and first decode steps at this
@@ -71,23 +74,33 @@ class SweepSpec:
     twin_hardware: str | None = None  # override every twin node's --hardware (e.g. `fast` in tests)
     twin_noise_cv: float | None = None  # override every twin node's --noise-cv (per-step jitter, tests)
     request_timeout_s: float = 600.0
+    max_failed_share: float = 0.0  # a run with more failed requests than this share is stored as failed
     seed: int | None = None
     workload: str = DEFAULT_WORKLOAD  # the request shape's name (pp/tg prompts: `default`)
+    # server and node telemetry (telemetry/sampler.py) every this many seconds during each topology; 0: off
+    telemetry_interval_s: float = DEFAULT_INTERVAL_S
 
     def __post_init__(self) -> None:
         if not self.topologies:
             raise ConfigError("--topologies: give at least one topology")
         if not self.concurrency or any(c < 1 for c in self.concurrency):
             raise ConfigError(f"-c: concurrency levels must be >= 1 (got {list(self.concurrency)})")
+        if self.telemetry_interval_s < 0:
+            raise ConfigError(f"--telemetry-interval must be >= 0 s, 0 switches it off (got {self.telemetry_interval_s})")
         if self.runs is not None and self.runs < 1:
             raise ConfigError(f"--runs must be >= 1 or auto (got {self.runs})")
         self.adaptive_policy()  # checks --precision, --margin and --max-runs
-        if self.pp < 1 or self.tg < 1:
-            raise ConfigError(f"--pp and --tg must be >= 1 (got pp={self.pp}, tg={self.tg})")
         if self.twin_noise_cv is not None and not 0 <= self.twin_noise_cv <= 2:
             raise ConfigError(f"--twin-noise-cv must be between 0 and 2 (got {self.twin_noise_cv})")
+        if self.pp < 1 or self.tg < 1:
+            raise ConfigError(f"--pp and --tg must be >= 1 (got pp={self.pp}, tg={self.tg})")
+        if not 0 <= self.max_failed_share < 1:
+            raise ConfigError(f"--max-failed-share must be in [0, 1) (got {self.max_failed_share})")
+        if self.request_timeout_s <= 0:
+            raise ConfigError(f"--timeout must be positive (got {self.request_timeout_s})")
         if len(set(self.topologies)) != len(self.topologies):
             raise ConfigError(f"--topologies lists a topology twice: {', '.join(self.topologies)}")
+        self.bench_settings()  # its own checks (the latency mode) fail here, before anything is brought up
 
     @property
     def loads(self) -> tuple[Load, ...]:
@@ -152,7 +165,7 @@ class SweepPlan:
         return [self.cell_key(t.topology, load) for t in self.topologies for load in self.spec.loads]
 
 
-def _with_twin_overrides(cluster: Cluster, flag: str, update: dict[str, Any]) -> Cluster:
+def with_twin_overrides(cluster: Cluster, flag: str, update: dict[str, Any]) -> Cluster:
     """Every twin node's engine with `update` applied (`flag` names the option in the error)."""
     if not any(isinstance(n.engine, TwinEngine) for n in cluster.nodes):
         raise ConfigError(f"{flag}: cluster {cluster.name!r} has no twin engine to apply it to")
@@ -164,14 +177,18 @@ def _with_twin_overrides(cluster: Cluster, flag: str, update: dict[str, Any]) ->
     return cluster.model_copy(update={"nodes": nodes})
 
 
+def with_twin_hardware(cluster: Cluster, hardware: str) -> Cluster:
+    """Every twin node of `cluster` with `--hardware hardware` (sweeps and calibrations of twin clusters)."""
+    return with_twin_overrides(cluster, f"--twin-hardware {hardware}", {"hardware": hardware})
+
+
 def plan_sweep(spec: SweepSpec, *, secrets: PlanSecrets | None = None) -> SweepPlan:
     """Load the cluster and recipe and plan every topology. No I/O but reading the YAML files."""
     cluster = load_cluster(spec.cluster)
     if spec.twin_hardware:
-        cluster = _with_twin_overrides(cluster, f"--twin-hardware {spec.twin_hardware}", {"hardware": spec.twin_hardware})
+        cluster = with_twin_hardware(cluster, spec.twin_hardware)
     if spec.twin_noise_cv is not None:
-        cluster = _with_twin_overrides(cluster, f"--twin-noise-cv {spec.twin_noise_cv:g}",
-                                       {"noise_cv": spec.twin_noise_cv})
+        cluster = with_twin_overrides(cluster, f"--twin-noise-cv {spec.twin_noise_cv:g}", {"noise_cv": spec.twin_noise_cv})
     recipe = load_recipe(spec.model)
     secrets = secrets or PlanSecrets.generate()
     plans = tuple(
@@ -256,7 +273,8 @@ class SweepOutcome:
     directory: Path
     status: Status
     errors: dict[str, str] = field(default_factory=dict)
-    measured_runs: int = 0
+    measured_runs: int = 0  # runs stored by this process (failed ones included)
+    short_cells: list[str] = field(default_factory=list)  # cells with fewer measured runs than asked, and why
     timing: dict[str, float] = field(default_factory=dict)  # meta.json's: wall_s, serving_s, serving_share
 
     def timing_text(self) -> str:
@@ -280,15 +298,20 @@ class _Run:
     meta: FolderMeta
     progress: SweepProgress
     outcome: SweepOutcome
-    rows: dict[tuple[str, str, str], list[dict[str, Any]]] = field(default_factory=dict)  # by cell key
+    rows: dict[tuple[str, str, str], list[dict[str, Any]]] = field(default_factory=dict)  # by cell, failed too
     serving_s: float = 0.0  # measured batches, first send to last byte
 
     def save_meta(self) -> None:
         self.folder.write_meta(self.meta)
 
+    def measured(self, key: tuple[str, str, str]) -> list[dict[str, Any]]:
+        """A cell's runs that count (not stored as failed), as stored so far."""
+        share = self.sweep.spec.max_failed_share
+        return [row for row in self.rows.get(key, []) if not run_failed(row["failed"], row["requests"], share)]
+
     def rivals(self, topology: str, load: Load) -> dict[str, list[dict[str, Any]]]:
-        """The other topologies' run rows at this load, as measured so far."""
-        return {other.topology: self.rows.get(self.sweep.cell_key(other.topology, load), [])
+        """The other topologies' counted runs at this load, as measured so far."""
+        return {other.topology: self.measured(self.sweep.cell_key(other.topology, load))
                 for other in self.sweep.topologies if other.topology != topology}
 
 
@@ -304,7 +327,37 @@ def batch_seconds(records: Sequence[RequestRecord]) -> float:
     return max(ends) - min(starts) if starts and ends else 0.0
 
 
-async def _measure_topology(item: TopologyPlan, todo: list[tuple[Load, int]], state: _Run) -> None:
+T = TypeVar("T")
+LIVENESS_POLL_S = 2.0
+
+
+async def _while_alive(running: Running, work: Awaitable[T], poll_s: float = LIVENESS_POLL_S) -> T:
+    """Run `work` while checking every `poll_s` that the topology's processes live: a rank or proxy that
+    dies mid-cell ends the cell at once with its log tail (BringUpError), instead of the rest of the cell's
+    runs being measured against a dead topology."""
+    task = asyncio.ensure_future(work)
+
+    async def watch() -> None:
+        while True:
+            await asyncio.sleep(poll_s)
+            await running.check_alive()
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if watcher.done() and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            watcher.result()  # raises the BringUpError
+        return task.result()
+    finally:
+        for pending in (task, watcher):
+            if not pending.done():
+                pending.cancel()
+        await asyncio.gather(task, watcher, return_exceptions=True)
+
+
+async def _measure_topology(item: TopologyPlan, todo: list[tuple[Load, int, int]], state: _Run) -> None:
     """Bring one topology up, measure its missing runs cell by cell, tear it down (always)."""
     spec = state.sweep.spec
     async with open_cluster(state.sweep.cluster) as nodes:
@@ -312,32 +365,64 @@ async def _measure_topology(item: TopologyPlan, todo: list[tuple[Load, int]], st
             state.meta.startup_s[item.topology] = round(running.bring_up_s, 3)
             state.save_meta()
             state.progress.topology_up(item.topology, running.bring_up_s)
-            api_key = running.endpoint_headers().get("Authorization", "").removeprefix("Bearer ") or None
-            async with BenchSession(Endpoint.from_url(running.endpoint, api_key), item.launch.served_model_name,
-                                    spec.bench_settings()) as session:
-                for note in session.notes:
-                    state.progress.note(f"{item.topology}: {note}")
-                for load, first_run in todo:
-                    # a lost node or dead rank ends this topology with its log tail, not with cells of errors
-                    await running.check_alive()
-                    warnings = await _measure_cell(item.topology, load, first_run, session, state)
-                    state.meta.warnings.extend(f"{item.topology}: {w}" for w in warnings)
-                    state.save_meta()
-                    state.folder.compact()
+            sampler = None
+            if spec.telemetry_interval_s > 0:
+                http_targets, node_targets = targets_for(item.launch, state.sweep.cluster,
+                                                         running.endpoint_headers())
+                sampler = TelemetrySampler(item.topology, http_targets, node_targets, state.sweep.cluster,
+                                           interval_s=spec.telemetry_interval_s, workload=spec.workload)
+            try:
+                if sampler is not None:
+                    await sampler.__aenter__()
+                await _measure_cells(item, todo, running, state, sampler)
+            finally:
+                if sampler is not None:
+                    # what was sampled is kept, also when the topology failed half-way
+                    await sampler.stop()
+                    state.folder.append_telemetry(sampler.rows())
+                    for note in sampler.notes:
+                        state.progress.note(f"{item.topology}: telemetry: {note}")
 
 
-async def _measure_cell(topology: str, load: Load, first_run: int, session: BenchSession, state: _Run) -> list[str]:
-    """The missing runs of one cell: a fixed count, or (adaptive) run after run until topo/adaptive.py's
+async def _measure_cells(item: TopologyPlan, todo: list[tuple[Load, int, int]], running: Running, state: _Run,
+                         sampler: TelemetrySampler | None) -> None:
+    """The missing runs of one topology that is up, cell by cell; the sampler learns which cell runs."""
+    api_key = running.endpoint_headers().get("Authorization", "").removeprefix("Bearer ") or None
+    async with BenchSession(Endpoint.from_url(running.endpoint, api_key), item.launch.served_model_name,
+                            state.sweep.spec.bench_settings()) as session:
+        for note in session.notes:
+            state.progress.note(f"{item.topology}: {note}")
+        for load, runs, first_run in todo:
+            # a lost node or dead rank ends this topology with its log tail, not with cells of errors
+            await running.check_alive()
+            if sampler is not None:
+                sampler.mark(load)
+            warnings = await _while_alive(running, _measure_cell(item.topology, load, runs, first_run,
+                                                                 session, state, sampler))
+            if sampler is not None:
+                sampler.mark(None)
+            state.meta.warnings.extend(f"{item.topology}: {w}" for w in warnings)
+            state.save_meta()
+            state.folder.compact()
+
+
+async def _measure_cell(topology: str, load: Load, runs: int, first_run: int, session: BenchSession,
+                        state: _Run, sampler: TelemetrySampler | None = None) -> list[str]:
+    """The missing runs of one cell: `runs` of them, or (adaptive) run after run until topo/adaptive.py's
     rule says the cell is done. Why it stopped goes to meta.json."""
     spec = state.sweep.spec
     key = state.sweep.cell_key(topology, load)
     stored = state.rows.setdefault(key, [])
     rows: list[dict[str, Any]] = []
-    warnings: list[str] = []
 
     def on_run(done: RunDone) -> None:
+        if sampler is not None:
+            sampler.snapshot()  # a sample at this run's end (and the next one's start) for its counters
         # Stored the moment it is measured: Ctrl-C or a crash in the next run loses nothing of this one.
         if not done.warmup and done.row is not None:
+            if sampler is not None and done.records:
+                ends = [r.end for r in done.records if r.end is not None] or [r.start for r in done.records]
+                sampler.mark_run(load, done.run, min(r.batch_start for r in done.records), max(ends))
             state.folder.append(done.records, [done.row])
             rows.append(done.row)
             stored.append(done.row)
@@ -346,17 +431,18 @@ async def _measure_cell(topology: str, load: Load, first_run: int, session: Benc
         state.progress.run_done(topology, load, max(done.run, first_run), done.warmup)
 
     if not spec.adaptive:
-        result = await session.run(load, spec.planned_runs - first_run, topology=topology, first_run=first_run,
-                                   on_run=on_run)
-        warnings += result.warnings
+        result = await session.run(load, runs, topology=topology, first_run=first_run, on_run=on_run)
+        warnings = result.warnings
         state.meta.cell_stops[cell_label(key)] = f"fixed: {spec.planned_runs} runs"
     else:
-        policy, warm = spec.adaptive_policy(), True
-        while (reason := stop_reason(topology, stored, state.rivals(topology, load), policy)) is None:
-            more = max(1, MIN_RUNS - len(stored))  # the first batch of a cell: the fewest that can stop
-            result = await session.run(load, more, topology=topology, first_run=len(stored), on_run=on_run,
-                                       warmup=warm)
-            warm = False
+        policy, warm, warnings, next_run = spec.adaptive_policy(), True, [], first_run
+        while (reason := stop_reason(topology, state.measured(key), state.rivals(topology, load), policy)) is None:
+            if len(stored) >= 2 * policy.max_runs:  # failed runs count towards a limit too
+                reason = f"stopped after {len(stored)} runs, {len(stored) - len(state.measured(key))} of them failed"
+                break
+            more = max(1, MIN_RUNS - len(state.measured(key)))  # a cell's first batch: the fewest that can stop
+            result = await session.run(load, more, topology=topology, first_run=next_run, on_run=on_run, warmup=warm)
+            warm, next_run = False, next_run + more
             warnings += result.warnings
         state.meta.cell_stops[cell_label(key)] = reason
     state.progress.cell_done(topology, load, rows, warnings)
@@ -379,7 +465,10 @@ async def run_sweep(
         meta = folder.read_meta()
         meta.resumed_at.append(now_utc())
         meta.status = "running"
-        done = folder.runs_done()
+        done = folder.cell_progress(sweep.spec.max_failed_share)  # sets damaged part files aside
+        for note in folder.notes:
+            progress.note(note)
+            meta.warnings.append(note)
     else:
         if folder.has_meta():
             raise ResultsError(f"{directory} already holds a sweep; resume it with --resume {directory} "
@@ -391,28 +480,30 @@ async def run_sweep(
     spec = sweep.spec
     cells = set(sweep.cells())
     total = len(cells) * spec.planned_runs
-    already = sum(min(n, spec.planned_runs) for key, n in done.items() if key in cells)
+    already = sum(min(cell.measured, spec.planned_runs) for key, cell in done.items() if key in cells)
     progress.sweep_started(total, already)
     state = _Run(sweep, folder, meta, progress, SweepOutcome(directory, "running"))
     if done:
         for row in folder.read_cells().to_dict("records"):
             state.rows.setdefault((str(row["topology"]), str(row["workload"]), str(row["load"])), []).append(row)
-
-    def finished(key: tuple[str, str, str]) -> bool:
-        if spec.adaptive:  # a resumed adaptive cell is done when it said why it stopped
-            return cell_label(key) in meta.cell_stops
-        return done.get(key, 0) >= spec.planned_runs
-
     status: Status = "failed"
     try:
         for item in sweep.topologies:
-            todo = [(load, done.get(sweep.cell_key(item.topology, load), 0)) for load in spec.loads
-                    if not finished(sweep.cell_key(item.topology, load))]
+            todo = []  # (load, runs still to measure, number of the first of them)
+            for load in spec.loads:
+                key = sweep.cell_key(item.topology, load)
+                cell = done.get(key, CellProgress(0, 0, 0))
+                # a resumed adaptive cell is done when it said why it stopped
+                finished = cell_label(key) in meta.cell_stops if spec.adaptive else cell.measured >= spec.runs
+                if not finished:
+                    todo.append((load, spec.planned_runs - cell.measured, cell.next_run))
             if not todo:
                 continue
-            progress.topology_started(item.topology, [load for load, _ in todo])
+            progress.topology_started(item.topology, [load for load, _, _ in todo])
             try:
                 await _measure_topology(item, todo, state)
+            except StorageError:
+                raise  # the disk, not the topology: nothing further can be stored
             except TopoError as exc:
                 # One topology failing (a node that does not come up) must not cost the others' cells.
                 state.outcome.errors[item.topology] = str(exc)
@@ -421,12 +512,22 @@ async def run_sweep(
                 progress.topology_failed(item.topology, exc)
             if on_topology_done:
                 on_topology_done(item.topology)
-        status = "incomplete" if state.outcome.errors else "complete"
+        state.outcome.short_cells = _short_cells(folder, sweep)
+        status = "incomplete" if state.outcome.errors or state.outcome.short_cells else "complete"
     except (asyncio.CancelledError, KeyboardInterrupt):
         status = "interrupted"
         raise
+    except StorageError as exc:
+        meta.errors["results folder"] = str(exc)
+        raise
     finally:
-        folder.compact()
+        failing = sys.exc_info()[1] is not None  # an error is on its way out: it is the one to report
+        storage_error: StorageError | None = None
+        try:
+            folder.compact()
+        except StorageError as exc:  # the parts stay and are read as they are; a resume compacts them
+            meta.errors["results folder"] = str(exc)
+            status, storage_error = "failed", exc
         state.outcome.status = status
         meta.status = status
         meta.finished_at = now_utc()
@@ -434,9 +535,29 @@ async def run_sweep(
         meta.timing = {"wall_s": round(wall, 3), "serving_s": round(state.serving_s, 3),
                        "serving_share": round(state.serving_s / wall, 4) if wall > 0 else 0.0}
         state.outcome.timing = dict(meta.timing)
-        state.save_meta()
+        try:
+            state.save_meta()
+        except StorageError as exc:
+            storage_error = storage_error or exc
+        if storage_error is not None and not failing:
+            raise storage_error
     return state.outcome
 
 
+def _short_cells(folder: ResultsFolder, sweep: SweepPlan) -> list[str]:
+    """Cells with fewer measured runs than the spec asks: failed runs (stored, measured again by a resume)
+    or runs never measured (a topology that failed)."""
+    progress = folder.cell_progress(sweep.spec.max_failed_share)
+    needed = MIN_RUNS if sweep.spec.adaptive else sweep.spec.planned_runs  # adaptive: the fewest that can stop
+    short = []
+    for key in sweep.cells():
+        cell = progress.get(key, CellProgress(0, 0, 0))
+        if cell.measured < needed:
+            failed = f", {cell.failed} failed" if cell.failed else ""
+            short.append(f"{key[0]} {key[2]}: {cell.measured} of {needed} runs measured{failed}")
+    return short
+
+
 def command_line() -> list[str]:
-    return [Path(sys.argv[0]).name, *sys.argv[1:]]
+    """This process's command line as it may be stored: secret option values and URL credentials masked."""
+    return mask_command_line([Path(sys.argv[0]).name, *sys.argv[1:]])

@@ -23,11 +23,16 @@ from typing import Annotated, Literal, Union
 
 from pydantic import Field, field_validator, model_validator
 
-from common.config import StrictModel, read_yaml, resolve_config, validate_model
+from common.config import EnvMap, StrictModel, read_yaml, resolve_config, validate_model
 from common.errors import ConfigError
 
 CONTROLLER = "controller"  # proxy.node value: run the proxy on the machine running topo, locally
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # used in file names, docker container names, Ray resources
+# A twin node's emulated GPU telemetry lives in <workdir>/twin-gpu: the twin's ranks on the node write their
+# modeled power there and install an `nvidia-smi` stand-in in its bin/ (twin/power.py); the sampler puts
+# that bin/ first on PATH (telemetry/node.py), so on a real node the real nvidia-smi answers.
+TWIN_GPU_SUBDIR = "twin-gpu"
+TWIN_GPU_DIR_ENV = "TOPO_TWIN_GPU_DIR"
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 
@@ -78,6 +83,8 @@ class VllmEngine(StrictModel):
     docker: str = "docker"  # docker launcher: the docker CLI on the node
     volumes: tuple[str, ...] = ()  # docker launcher: `-v` mounts, e.g. "/data/hf:/data/hf" for HF_HOME
     port: Port = 8000  # engine HTTP port on this node
+    # the node's hardware profile (configs/hardware/<name>.yaml): the report's roofline ceilings; None: none
+    hardware: str | None = None
 
     @model_validator(mode="after")
     def _launcher_needs(self) -> VllmEngine:
@@ -132,7 +139,7 @@ class Node(StrictModel):
     # HTTP ports. Default: the SSH host, or 127.0.0.1 for a local node.
     client_host: str | None = None
     workdir: str = "/tmp/topo"  # logs, pidfiles, rendered configs on that node
-    env: dict[str, str] = Field(default_factory=dict)  # extra env for every process on the node
+    env: EnvMap = Field(default_factory=dict)  # extra env for every process on the node
     engine: Engine
     ray: RayNode = Field(default_factory=RayNode)
     master_port: Port = 29501  # torch distributed rendezvous, used on the head (rank 0's node)
@@ -154,9 +161,18 @@ class Node(StrictModel):
         return "127.0.0.1" if isinstance(self.connect, LocalConnect) else self.connect.host
 
     @property
+    def twin_gpu_dir(self) -> str:
+        return twin_gpu_dir(self.workdir)
+
+    @property
     def ray_temp_dir(self) -> str:
         """Per-node --temp-dir (two Ray nodes on one host must not share one)."""
         return f"{self.workdir.rstrip('/')}/ray"
+
+
+def twin_gpu_dir(workdir: str) -> str:
+    """Where a twin node keeps its nvidia-smi stand-in and power state (plan, twin and sampler agree)."""
+    return f"{workdir.rstrip('/')}/{TWIN_GPU_SUBDIR}"
 
 
 class ProxyPlacement(StrictModel):
@@ -177,6 +193,15 @@ class Timeouts(StrictModel):
     ray_stop_grace_s: float = Field(default=10.0, gt=0)
 
 
+class Costs(StrictModel):
+    """Prices for the report's cost per million output tokens (reports/telemetry.py); every one optional."""
+
+    currency: str = "USD"
+    box_price: float | None = Field(default=None, ge=0)  # one inference node
+    kwh_price: float | None = Field(default=None, ge=0)  # electricity
+    amortization_years: float = Field(default=3.0, gt=0)  # the boxes' price spread over this many years
+
+
 class Cluster(StrictModel):
     """The nodes of one installation. Node 0 is the head."""
 
@@ -184,6 +209,7 @@ class Cluster(StrictModel):
     nodes: tuple[Node, ...]
     proxy: ProxyPlacement = Field(default_factory=ProxyPlacement)
     timeouts: Timeouts = Field(default_factory=Timeouts)
+    costs: Costs | None = None
 
     @field_validator("nodes")
     @classmethod
@@ -267,7 +293,8 @@ class _Resolver:
         where = f"nodes.{index}"
         update: dict[str, object] = {
             "workdir": self.node_path(node, f"{where}.workdir", node.workdir, bare_name_ok=False),
-            "env": {key: substitute_placeholders(val, self.python) for key, val in node.env.items()},
+            "env": {key: substitute_placeholders(val, self.python) if isinstance(val, str) else val
+                    for key, val in node.env.items()},
             "ray": node.ray.model_copy(
                 update={"bin": self.node_path(node, f"{where}.ray.bin", node.ray.bin, bare_name_ok=True)}
             ),

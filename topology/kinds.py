@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import yaml
 
 from common.errors import PlanError
-from topology.inventory import CONTROLLER, Cluster, Node, TwinEngine, VllmEngine
+from topology.inventory import CONTROLLER, TWIN_GPU_DIR_ENV, Cluster, Node, TwinEngine, VllmEngine
 from topology.plan import (
     ArgOrSecret,
     CommandProbe,
@@ -41,6 +41,7 @@ from topology.plan import (
     Stop,
     StopByCommand,
     StopByProcessGroup,
+    config_env,
 )
 from topology.recipe import Recipe
 from topology.registry import STUDY_TOPOLOGIES, RouterStrategy, Topology, parse_topology
@@ -72,7 +73,7 @@ ENGINE_API_KEY_PLACEHOLDER = "none"  # engines run without --api-key; LiteLLM's 
 _NETWORK_ENV = ("VLLM_HOST_IP", "GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME", "TP_SOCKET_IFNAME")
 
 
-def _node_env(node: Node, recipe: Recipe, extra: dict[str, str] | None = None) -> dict[str, str]:
+def _node_env(node: Node, recipe: Recipe, extra: dict[str, str] | None = None) -> dict[str, ArgOrSecret]:
     """The fast-link variables, then the recipe's env, then the node's (a node may override the recipe)."""
     env = {
         "VLLM_HOST_IP": node.fast_link.ip,
@@ -87,7 +88,11 @@ def _node_env(node: Node, recipe: Recipe, extra: dict[str, str] | None = None) -
                 f"{source} sets {', '.join(clashes)}: these come from the node's fast_link (ip, interface); "
                 "set them there instead"
             )
-    merged = {**env, **recipe.env, **node.env}
+    if isinstance(node.engine, TwinEngine):
+        # every twin rank on this node (server, headless rank, Ray actor) reports its modeled power there
+        env[TWIN_GPU_DIR_ENV] = node.twin_gpu_dir
+    merged: dict[str, ArgOrSecret] = {**env, **config_env(recipe.env, f"recipe {recipe.name!r}"),
+                                      **config_env(node.env, f"node {node.name!r}")}
     if extra:
         merged.update(extra)
     return merged
@@ -117,12 +122,14 @@ def _docker_run(
     recipe: Recipe,
     *,
     container: str,
-    env: dict[str, str],
+    env: dict[str, ArgOrSecret],
     entrypoint: str,
     args: list[str],
     extra_volumes: tuple[str, ...] = (),
-) -> tuple[list[str], dict[str, str]]:
-    """`docker run --rm -d ... --entrypoint PROGRAM IMAGE ARGS`: argv and the (empty) env of the docker CLI.
+) -> tuple[list[str], dict[str, ArgOrSecret]]:
+    """`docker run --rm -d ... --entrypoint PROGRAM IMAGE ARGS`: argv and the env of the docker CLI, which
+    holds only the secrets: `-e KEY` without a value passes the CLI's own variable into the container, so a
+    secret never appears in an argv (`ps` on the node would show it).
 
     The entrypoint is set explicitly because the vLLM images set their own (`vllm serve` or the API
     server module): `IMAGE vllm serve ...` would otherwise run `vllm serve vllm serve ...`.
@@ -133,10 +140,15 @@ def _docker_run(
             "--ipc", "host"]
     for volume in (*engine.volumes, *extra_volumes):
         argv += ["-v", volume]
+    cli_env: dict[str, ArgOrSecret] = {}
     for key, value in env.items():
-        argv += ["-e", f"{key}={value}"]
+        if isinstance(value, Secret):
+            argv += ["-e", key]
+            cli_env[key] = value
+        else:
+            argv += ["-e", f"{key}={value}"]
     argv += ["--entrypoint", entrypoint, _docker_image(node, recipe), *args]
-    return argv, {}
+    return argv, cli_env
 
 
 def _serve_argv(node: Node, recipe: Recipe, parallel_flags: list[str], tensor_parallel: int) -> list[str]:
@@ -425,7 +437,7 @@ def _plan_routed(
     )
     workdir = proxy.workdir or (proxy_node.workdir if proxy_node is not None else "/tmp/topo")
     config_path = _joined_workdir(workdir, topology.name, ROUTER_CONFIG_NAME)
-    env: dict[str, ArgOrSecret] = dict(proxy_node.env) if proxy_node is not None else {}
+    env = config_env(proxy_node.env, f"node {proxy_node.name!r}") if proxy_node is not None else {}
     env.update({
         "LITELLM_MASTER_KEY": plan_secrets.litellm_master_key,
         "LITELLM_LOCAL_MODEL_COST_MAP": "True",

@@ -8,6 +8,7 @@ the printed form: an env value or argv element that is a `Secret` renders as `**
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Annotated, Literal, Union
 
 from pydantic import (
@@ -19,15 +20,24 @@ from pydantic import (
     model_serializer,
 )
 
+from common.config import EnvValue, SecretRef
+
 
 class Secret(BaseModel):
     """A value that must never be printed (a LiteLLM master key, a token)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    secret: str
+    secret: str = ""
+    # Or where to read it when a node needs it (`{secret: VAR}` / `{secret_file: PATH}` in a config), so a
+    # plan is made and printed without reading any secret; `origin` names the config key for errors.
+    ref: SecretRef | None = None
+    origin: str = ""
 
     def __str__(self) -> str:
         return "***"
+
+    def value(self) -> str:
+        return self.ref.resolve(self.origin) if self.ref is not None else self.secret
 
     @model_serializer(mode="wrap")
     def _masked_when_asked(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> object:
@@ -150,9 +160,16 @@ class LaunchPlan(BaseModel):
         return list(reversed(self.steps()))
 
 
+def config_env(values: Mapping[str, EnvValue], source: str) -> dict[str, ArgOrSecret]:
+    """A node's or recipe's env for a plan: a `{secret: ...}` / `{secret_file: ...}` becomes a Secret that
+    is read only when a command is handed to a node (reveal)."""
+    return {key: Secret(ref=value, origin=f"{source} env.{key}") if isinstance(value, SecretRef) else value
+            for key, value in values.items()}
+
+
 def reveal(value: ArgOrSecret) -> str:
     """The real value, for the one place that needs it: handing the command to a node."""
-    return value.secret if isinstance(value, Secret) else value
+    return value.value() if isinstance(value, Secret) else value
 
 
 def render(value: ArgOrSecret) -> str:

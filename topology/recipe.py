@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pydantic import Field, field_validator
 
-from common.config import StrictModel, load_model, resolve_config
+from common.config import EnvMap, StrictModel, load_model, resolve_config
 from common.errors import PlanError
 
 _LAYOUT_KEY = re.compile(r"^(solo|tp[1-9][0-9]*)$")
@@ -38,7 +38,7 @@ class Recipe(StrictModel):
     max_num_batched_tokens: int | None = Field(default=None, gt=0)
     max_num_seqs: int | None = Field(default=None, gt=0)
     extra_args: tuple[str, ...] = ()  # appended to every engine's serve flags, e.g. ["--enforce-eager"]
-    env: dict[str, str] = Field(default_factory=dict)  # for every engine process
+    env: EnvMap = Field(default_factory=dict)  # for every engine process
     image: str | None = None  # container image for the docker launcher (a node's engine.image wins)
 
     @field_validator("max_model_len")

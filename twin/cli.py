@@ -19,6 +19,7 @@ from typing import Any, NoReturn, Sequence
 
 from common.config import CONFIGS_DIR
 from common.errors import ConfigError
+from twin.profiles import TRANSPORTS
 
 # What the twin's --kv-cache-dtype values cost per element (vLLM's names; "auto" = the engine's default).
 KV_CACHE_DTYPE_BYTES: dict[str, float | None] = {
@@ -73,7 +74,7 @@ class ServeArgs:
     load_format: str
     seed: int | None
     api_key: str | None
-    link: str  # twin: roce | sockets, the cost model's link between TP ranks
+    link: str | None  # twin: roce2 | roce1 | sockets; None = what NCCL's env implies (transport_from_env)
     rank_timeout_s: float  # twin: how long rank 0 waits for an ack / peers wait to join
     noise_cv: float | None = None  # twin: per-step jitter (None: the hardware profile's)
 
@@ -142,8 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="hardware profile: a name in configs/hardware (gb10, fast) or a YAML path")
     twin.add_argument("--card", default=None,
                       help="model card: a name in configs/cards or a YAML path (default: the card of MODEL)")
-    twin.add_argument("--link", choices=("roce", "sockets"), default="roce",
-                      help="how TP ranks talk in the cost model: NCCL over RoCE, or plain TCP sockets")
+    twin.add_argument("--link", choices=TRANSPORTS, default=None,
+                      help="how TP ranks talk in the cost model: NCCL over both RoCE twins, one, or TCP sockets "
+                           "(default: what this process's NCCL_IB_HCA / NCCL_IB_DISABLE imply, like NCCL)")
     twin.add_argument("--noise-cv", type=float, default=None,
                       help="per-step jitter: each step's modeled time times a seeded random factor with this "
                            "coefficient of variation (default: the hardware profile's, 0 = deterministic); "

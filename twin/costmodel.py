@@ -7,10 +7,14 @@ KV cache (1 new token = a decode; more = a prefill chunk). Per rank of a TP=k en
   experts for the step's tokens; the LM head), plus the KV cache read by attention and written for the
   new tokens, at the effective memory bandwidth;
 - compute: 2 FLOPs per weight per token (routed experts: k per token) plus attention, at the effective
-  matrix throughput of the weights' number format;
+  matrix throughput of the weights' number format, each weight matrix at the efficiency its shape allows
+  (`gemm_efficiency`: TP=2 halves a 704-wide expert to 352 per rank, and narrow GEMMs run slower);
+  4-bit weights on hardware without native FP4 kernels take the W4A16 path: they stream at 4 bits, are
+  dequantized to BF16 in the GEMM (CUDA-core work) and multiplied at the BF16 rate;
 - memory and compute overlap by `compute_memory_overlap` (1 = roofline max, 0 = sum);
-- TP: two ring all-reduces of the step's activations per layer over the link, plus a gather of the
-  sampled rows' logits, plus the executor's per-step overhead;
+- TP: two ring all-reduces of the step's activations per layer over the link (the NCCL transport the
+  engine's environment implies, twin.profiles.transport_from_env), plus a gather of the sampled rows'
+  logits, plus the executor's per-step overhead;
 - a fixed per-step overhead (scheduling, kernel launches, sampling);
 - the profile's `decode_slowdown` (a what-if knob, 1.0 normally) multiplies a pure decode step's time.
 """
@@ -20,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
-from twin.profiles import AttentionGroup, HardwareProfile, ModelCard, expected_distinct_experts
+from twin.profiles import AttentionGroup, HardwareProfile, ModelCard, Transport, expected_distinct_experts
 
 ACTIVATION_BYTES = 2  # bf16 activations on the wire
 LOGIT_BYTES = 2  # bf16 logits gathered to rank 0
@@ -49,19 +53,78 @@ class StepCost:
     overhead_seconds: float
 
 
-def ring_allreduce_seconds(message_bytes: float, ranks: int, bytes_per_second: float, latency_s: float) -> float:
-    """Ring all-reduce: 2(k-1) hops, each a message latency plus 1/k of the data over the link."""
+def ring_allreduce_seconds(
+    message_bytes: float, ranks: int, bytes_per_second: float, latency_s: float, collective_s: float = 0.0
+) -> float:
+    """Ring all-reduce: a fixed cost, then 2(k-1) hops, each a message latency plus 1/k of the data."""
     if ranks <= 1:
         return 0.0
     hops = 2 * (ranks - 1)
-    return hops * latency_s + hops / ranks * message_bytes / bytes_per_second
+    return collective_s + hops * latency_s + hops / ranks * message_bytes / bytes_per_second
 
 
-def gather_seconds(message_bytes: float, ranks: int, bytes_per_second: float, latency_s: float) -> float:
-    """Gather of k equal shards to one rank: k-1 shards cross the link."""
+def gather_seconds(
+    message_bytes: float, ranks: int, bytes_per_second: float, latency_s: float, collective_s: float = 0.0
+) -> float:
+    """Gather of k equal shards to one rank: a fixed cost, one hop, k-1 shards cross the link."""
     if ranks <= 1:
         return 0.0
-    return latency_s + (ranks - 1) / ranks * message_bytes / bytes_per_second
+    return collective_s + latency_s + (ranks - 1) / ranks * message_bytes / bytes_per_second
+
+
+def gemm_efficiency(narrow: float, half_width: float) -> float:
+    """Share of the large-GEMM rate a weight matrix whose narrowest dimension is `narrow` reaches.
+
+    Hockney's half-performance length: every output tile pays a fixed cost (filling the k-loop's software
+    pipeline, the epilogue writing the tile, the last partial wave) worth `half_width` of the narrow
+    dimension, so a d-wide matrix runs at d / (d + half_width). With half_width 0 every GEMM runs at the rate.
+    """
+    if half_width <= 0:
+        return 1.0
+    return narrow / (narrow + half_width)
+
+
+@dataclass(frozen=True)
+class Gemm:
+    """One weight matrix as one rank holds it: `params` weights, the narrower of its two dimensions, how
+    many of it a token multiplies (1; a routed expert: per token routed to it), in the quantized format or not."""
+
+    name: str
+    params: float  # weights on one rank
+    narrow: float  # the smaller of its two dimensions on one rank
+    per_layer: int  # how many layers have it (0 for the LM head)
+    expert: bool = False
+    quantized: bool = True
+
+
+def rank_gemms(card: ModelCard, tp: int) -> tuple[Gemm, ...]:
+    """The weight matrices of one rank of a TP=tp engine (vLLM's fused qkv and gate_up projections).
+
+    Column-parallel matrices (qkv, gate_up) split their output, row-parallel ones (o, down) their input;
+    the MoE router is replicated; the LM head splits the vocabulary. KV heads fewer than ranks are
+    replicated (one head per rank)."""
+    h = card.hidden_size
+    out: list[Gemm] = []
+    for label, group in (("sliding", card.sliding), ("full", card.full)):
+        if group.layers == 0:
+            continue
+        q = card.q_heads * group.head_dim / tp
+        kv = (1 if group.k_eq_v else 2) * max(1.0, group.kv_heads / tp) * group.head_dim
+        out.append(Gemm(f"{label}.qkv", h * (q + kv), min(h, q + kv), group.layers))
+        out.append(Gemm(f"{label}.o", q * h, min(q, h), group.layers))
+    layers = card.num_layers
+    if card.dense_mlp_intermediate:
+        shared = card.dense_mlp_intermediate / tp
+        out.append(Gemm("mlp.gate_up", h * 2 * shared, min(h, 2 * shared), layers))
+        out.append(Gemm("mlp.down", shared * h, min(shared, h), layers))
+    if card.num_experts:
+        out.append(Gemm("router", h * card.num_experts, min(h, card.num_experts), layers, quantized=False))
+        inner = card.expert_intermediate / tp
+        out.append(Gemm("expert.gate_up", h * 2 * inner, min(h, 2 * inner), layers, expert=True))
+        out.append(Gemm("expert.down", inner * h, min(inner, h), layers, expert=True))
+    vocab = card.vocab_size / tp
+    out.append(Gemm("lm_head", h * vocab, min(h, vocab), 0, quantized=False))
+    return tuple(out)
 
 
 def attention_pairs(group: AttentionGroup, new_tokens: int, context_tokens: int) -> float:
@@ -98,7 +161,7 @@ class CostModel:
         *,
         tensor_parallel: int = 1,
         executor: Literal["uni", "mp", "ray"] = "uni",
-        link: str = "roce",
+        link: Transport = "roce2",
         weight_bytes_per_param: float | None = None,
         kv_cache_bytes_per_element: float | None = None,
     ) -> None:
@@ -109,6 +172,7 @@ class CostModel:
         self.link = hardware.links[link]
         self.bytes_per_param = card.bytes_per_param(weight_bytes_per_param)
         self.kv_bytes_per_element = kv_cache_bytes_per_element if kv_cache_bytes_per_element is not None else 1.0
+        self.gemms = rank_gemms(card, tensor_parallel)
         if executor != "uni" and tensor_parallel > 1:
             self.executor_overhead = hardware.executors[executor].step_overhead_ms / 1000
         else:
@@ -143,28 +207,64 @@ class CostModel:
 
     # ---------------------------------------------------------------------------------------- compute
     def flops(self, seqs: Sequence[SeqWork]) -> float:
+        """FLOPs one rank does in the step (what StepCost reports; the time comes from compute_seconds)."""
         card = self.card
         tokens = sum(s.new_tokens for s in seqs)
         sampled = sum(1 for s in seqs if s.samples)
         per_token = card.dense_layer_params + card.num_layers * card.experts_per_token * card.expert_params
         linear = 2.0 * tokens * per_token + 2.0 * sampled * card.embedding_params
+        return linear / self.tp + self.attention_flops(seqs)
+
+    def attention_flops(self, seqs: Sequence[SeqWork]) -> float:
+        """QK^T and PV on one rank: 2 matmuls x 2 FLOPs per multiply-add, heads split over the ranks."""
+        card = self.card
         attention = 0.0
         for group in (card.sliding, card.full):
-            width = card.q_heads * group.head_dim  # QK^T and PV: 2 matmuls x 2 FLOPs per multiply-add
+            width = card.q_heads * group.head_dim
             for seq in seqs:
                 attention += 4.0 * width * attention_pairs(group, seq.new_tokens, seq.context_tokens) * group.layers
-        return (linear + attention) / self.tp
+        return attention / self.tp
+
+    def compute_seconds(self, seqs: Sequence[SeqWork]) -> float:
+        """Every weight matrix at the efficiency its shape allows, attention at the large-GEMM rate, and
+        on the W4A16 path the dequantization of each weight tile (once per m_tile activation rows)."""
+        hw, card = self.hw, self.card
+        tokens = sum(s.new_tokens for s in seqs)
+        sampled = sum(1 for s in seqs if s.samples)
+        quantized_rate = hw.effective_flops(self.bytes_per_param)
+        plain_rate = hw.effective_flops(card.unquantized_bytes_per_param)
+        w4a16 = hw.w4a16 if hw.runs_w4a16(self.bytes_per_param) else None
+        distinct = expected_distinct_experts(card.num_experts, card.experts_per_token, tokens,
+                                             card.expert_popularity_skew)
+        seconds = self.attention_flops(seqs) / quantized_rate
+        for gemm in self.gemms:
+            if gemm.per_layer == 0:  # the LM head, for the sampled rows only
+                rows, layers = sampled, 1
+            else:
+                rows = tokens * (card.experts_per_token if gemm.expert else 1)
+                layers = gemm.per_layer
+            rate = (quantized_rate if gemm.quantized else plain_rate) * gemm_efficiency(gemm.narrow, hw.gemm_half_width)
+            seconds += 2.0 * rows * gemm.params * layers / rate
+            if w4a16 is not None and gemm.quantized and rows > 0:
+                if gemm.expert:  # each touched expert's tile is dequantized for the rows routed to it
+                    seconds += w4a16.dequant_seconds(distinct * layers * gemm.params, rows / distinct)
+                else:
+                    seconds += w4a16.dequant_seconds(layers * gemm.params, rows)
+        return seconds
 
     # ------------------------------------------------------------------------------------ communication
     def comm_seconds(self, step_tokens: int, sampled_rows: int) -> float:
         if self.tp <= 1 or step_tokens <= 0:
             return 0.0
         latency = self.link.latency_us / 1e6
+        fixed = self.link.collective_us / 1e6
         bandwidth = self.link.bytes_per_second
         activations = step_tokens * self.card.hidden_size * ACTIVATION_BYTES
-        allreduce = 2 * self.card.num_layers * ring_allreduce_seconds(activations, self.tp, bandwidth, latency)
+        allreduce = 2 * self.card.num_layers * ring_allreduce_seconds(activations, self.tp, bandwidth, latency, fixed)
+        if sampled_rows == 0:  # a prefill chunk that samples nothing gathers no logits
+            return allreduce
         logits = sampled_rows * self.card.vocab_size * LOGIT_BYTES
-        return allreduce + gather_seconds(logits, self.tp, bandwidth, latency)
+        return allreduce + gather_seconds(logits, self.tp, bandwidth, latency, fixed)
 
     # ------------------------------------------------------------------------------------------- total
     def step(self, seqs: Sequence[SeqWork]) -> StepCost:
@@ -176,7 +276,7 @@ class CostModel:
         kv_bytes = self.kv_bytes(seqs)
         flops = self.flops(seqs)
         memory_s = (weight_bytes + kv_bytes) / self.hw.effective_bandwidth
-        compute_s = flops / self.hw.effective_flops(self.bytes_per_param)
+        compute_s = self.compute_seconds(seqs)
         overlap = self.hw.compute_memory_overlap
         busy = max(memory_s, compute_s) + (1.0 - overlap) * min(memory_s, compute_s)
         comm_s = self.comm_seconds(tokens, sampled)

@@ -43,7 +43,9 @@ from typing import Any, Callable, Protocol
 
 from common.errors import BringUpError, ConfigError, ConnectError
 
-STEP_FIELDS = ("step", "prefill_tokens", "decode_tokens", "num_running", "modeled_seconds")
+STEP_FIELDS = ("step", "prefill_tokens", "decode_tokens", "num_running", "modeled_seconds", "memory_seconds",
+               "compute_seconds")
+_OPTIONAL_STEP_FIELDS = {"memory_seconds": 0.0, "compute_seconds": 0.0}  # a peer's power model; older senders lack them
 MAX_LINE_BYTES = 1 << 20
 
 
@@ -54,8 +56,8 @@ def step_to_wire(desc: Any) -> dict[str, Any]:
     elif isinstance(desc, dict):
         data = desc
     else:
-        data = {name: getattr(desc, name) for name in STEP_FIELDS}
-    return {name: data[name] for name in STEP_FIELDS}
+        data = {name: getattr(desc, name) for name in STEP_FIELDS if hasattr(desc, name)}
+    return {name: data[name] if name in data else _OPTIONAL_STEP_FIELDS[name] for name in STEP_FIELDS}
 
 
 def _log(message: str) -> None:
@@ -465,6 +467,7 @@ async def run_headless_rank(
     local_addr: str | None = None,
     connect_timeout_s: float = 900.0,
     silence_timeout_s: float = 60.0,
+    on_step: Callable[[dict[str, Any]], None] | None = None,
 ) -> HeadlessSummary:
     """Join rank 0 (retrying until it listens), take part in every step, return when rank 0 goes away.
 
@@ -498,6 +501,8 @@ async def run_headless_rank(
                 steps += 1
                 prefill += int(value.get("prefill_tokens", 0))
                 decode += int(value.get("decode_tokens", 0))
+                if on_step is not None:
+                    on_step(value)  # this node's modeled power (twin/power.py)
                 await _send(writer, {"ack": value["step"]})
             elif key == "ping":
                 await _send(writer, {"pong": value})
@@ -517,7 +522,7 @@ async def run_headless_rank(
 class TwinRankActor:
     """A rank of a Ray-executed twin engine: takes part in every step on its own node."""
 
-    def __init__(self, rank: int, world_size: int) -> None:
+    def __init__(self, rank: int, world_size: int, hardware: str | None = None) -> None:
         import ray
 
         self.rank = rank
@@ -526,8 +531,17 @@ class TwinRankActor:
         self.steps = 0
         self.prefill_tokens = 0
         self.decode_tokens = 0
+        # The actor runs in a worker of this node's raylet, whose env (from the plan) names the telemetry dir.
+        self.gpu = None
+        if hardware is not None:
+            from twin.power import NodeGpuTelemetry
+            from twin.profiles import load_hardware
+
+            self.gpu = NodeGpuTelemetry.from_env(load_hardware(hardware).power)
 
     def step(self, desc: dict[str, Any]) -> int:
+        if self.gpu is not None:
+            self.gpu.on_step(desc)
         self.steps += 1
         self.prefill_tokens += int(desc["prefill_tokens"])
         self.decode_tokens += int(desc["decode_tokens"])
@@ -555,6 +569,7 @@ class RayRankGroup(_HealthMixin):
         ack_timeout_s: float = 30.0,
         heartbeat_s: float = 1.0,
         namespace: str = "topo-twin",
+        hardware: str | None = None,  # the actors' power model (twin/power.py); None: no GPU telemetry
     ) -> None:
         if tensor_parallel < 2:
             raise ConfigError(f"the ray executor needs -tp >= 2 here (got {tensor_parallel})")
@@ -564,6 +579,7 @@ class RayRankGroup(_HealthMixin):
         self.ack_timeout_s = ack_timeout_s
         self.heartbeat_s = heartbeat_s
         self.namespace = namespace
+        self.hardware = hardware
         self.actors: list[Any] = []
         self.actor_nodes: list[str] = []
         self.driver_node: str | None = None
@@ -603,7 +619,8 @@ class RayRankGroup(_HealthMixin):
         for rank, node in enumerate(others[: self.tensor_parallel - 1], start=1):
             strategy = NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=False)
             self.actors.append(
-                remote_class.options(scheduling_strategy=strategy, name=None).remote(rank, self.tensor_parallel)
+                remote_class.options(scheduling_strategy=strategy, name=None).remote(
+                    rank, self.tensor_parallel, self.hardware)
             )
             self.actor_nodes.append(node["NodeID"])
 

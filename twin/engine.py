@@ -26,7 +26,7 @@ from typing import Literal, Protocol
 
 from common.errors import ConfigError, EngineRequestError
 from twin.costmodel import CostModel, SeqWork, StepCost
-from twin.profiles import HardwareProfile, ModelCard, load_card, load_hardware
+from twin.profiles import TRANSPORTS, HardwareProfile, ModelCard, Transport, load_card, load_hardware
 from twin.scheduler import BLOCK_SIZE, EmittedToken, Scheduler, Sequence, StepPlan, blocks_for
 
 Executor = Literal["uni", "mp", "ray"]
@@ -53,7 +53,7 @@ class EngineConfig:
     gpu_memory_utilization: float = 0.70
     weight_bytes_per_param: float | None = None  # what-if: fp8=1, nvfp4~0.56, bf16=2
     kv_cache_bytes_per_element: float | None = None  # fp8 kv = 1 (the default)
-    link: Literal["roce", "sockets"] = "roce"  # how the ranks of a TP>1 engine talk
+    link: Transport = "roce2"  # how the ranks of a TP>1 engine talk (twin.profiles.transport_from_env)
     noise_cv: float | None = None  # per-step jitter (HardwareProfile.noise_cv); None: the profile's
     noise_seed: int = 0  # seeds the jitter: the same seed replays the same steps
 
@@ -71,6 +71,8 @@ class EngineConfig:
             problems.append(f"gpu_memory_utilization must be in (0, 1] (got {self.gpu_memory_utilization})")
         if self.max_num_batched_tokens < 1 or self.max_num_seqs < 1:
             problems.append("max_num_batched_tokens and max_num_seqs must be >= 1")
+        if self.link not in TRANSPORTS:
+            problems.append(f"unknown link {self.link!r} (one of {', '.join(TRANSPORTS)})")
         if self.max_model_len is not None and self.max_model_len < 1:
             problems.append(f"max_model_len must be >= 1 (got {self.max_model_len})")
         if self.noise_cv is not None and not 0 <= self.noise_cv <= 2:
@@ -133,6 +135,9 @@ class StepDescription:
     decode_tokens: int
     num_running: int
     modeled_seconds: float
+    # per rank, inside modeled_seconds: what the power model (twin/power.py) turns into watts on every node
+    memory_seconds: float = 0.0
+    compute_seconds: float = 0.0
 
 
 class StepHook(Protocol):
@@ -333,6 +338,8 @@ class EngineCore:
             decode_tokens=plan.decode_tokens,
             num_running=len(self.scheduler.running),
             modeled_seconds=cost.seconds,
+            memory_seconds=cost.memory_seconds,
+            compute_seconds=cost.compute_seconds,
         )
         return plan, cost, description
 

@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Mapping
 from typing import Any, Iterator, Sequence
 
 import uvicorn
@@ -21,16 +22,20 @@ import uvicorn
 from common.errors import BringUpError, ConfigError, ConnectError
 from twin.cli import KV_CACHE_DTYPE_BYTES, ServeArgs, parse_serve_args
 from twin.distributed import LocalRanks, RankGroup, RayRankGroup, TcpRankServer, run_headless_rank
+from twin.power import NodeGpuTelemetry, gpu_telemetry_running
 from twin.engine import Engine, EngineConfig
-from twin.profiles import load_card, load_hardware
+from twin.profiles import load_card, load_hardware, transport_from_env
 from twin.server import build_app, default_text_source
 
 
-def engine_config_kwargs(args: ServeArgs, quantization_bytes: dict[str, float] | None = None) -> dict[str, Any]:
+def engine_config_kwargs(
+    args: ServeArgs, quantization_bytes: dict[str, float] | None = None, env: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     """Keyword arguments for `EngineConfig.from_names(args.hardware, args.card, **kw)`.
 
     `quantization_bytes` is the card's table (bytes per weight by format); a --quantization the card does
-    not list is an error naming the choices.
+    not list is an error naming the choices. Without --link the link is the transport NCCL would pick from
+    `env` (default: this process's environment, i.e. the env the plan rendered for the engine).
     """
     weight_bytes: float | None = None
     if args.quantization is not None:
@@ -51,7 +56,7 @@ def engine_config_kwargs(args: ServeArgs, quantization_bytes: dict[str, float] |
         "gpu_memory_utilization": args.gpu_memory_utilization,
         "weight_bytes_per_param": weight_bytes,
         "kv_cache_bytes_per_element": KV_CACHE_DTYPE_BYTES[args.kv_cache_dtype],
-        "link": args.link,
+        "link": args.link or transport_from_env(os.environ if env is None else env),
         "noise_cv": args.noise_cv,
         # two engines of one sweep (2x solo) get the same --seed: the port keeps their noise apart
         "noise_seed": (args.seed or 0) * 65_537 + args.port,
@@ -93,7 +98,7 @@ def _log(message: str) -> None:
 def make_rank_group(args: ServeArgs) -> RankGroup:
     """The peers rank 0 coordinates with, from the flags (mp over TCP, ray actors, or none)."""
     if args.executor == "ray":
-        return RayRankGroup(args.tensor_parallel_size, ack_timeout_s=args.rank_timeout_s)
+        return RayRankGroup(args.tensor_parallel_size, ack_timeout_s=args.rank_timeout_s, hardware=args.hardware)
     if args.nnodes > 1:
         return TcpRankServer(args.master_addr, args.master_port, args.nnodes, ack_timeout_s=args.rank_timeout_s)
     return LocalRanks()  # all ranks on this node: nothing crosses a network
@@ -105,10 +110,19 @@ async def serve(args: ServeArgs) -> None:
     card = load_card(args.card)
     config = EngineConfig(hardware=load_hardware(args.hardware), card=card,
                           **engine_config_kwargs(args, card.quantization_bytes))
+    async with gpu_telemetry_running(config.hardware.power) as gpu:
+        await _serve_with(args, config, keep_alive_s, gpu)
+
+
+async def _serve_with(args: ServeArgs, config: EngineConfig, keep_alive_s: int, gpu: NodeGpuTelemetry | None) -> None:
+    """`serve` once the node's GPU telemetry (twin/power.py: every rank on the node reports the steps it takes
+    part in) is running, or None without a telemetry directory / power model."""
+    card = config.card
     if args.headless:
         summary = await run_headless_rank(
             args.master_addr, args.master_port, args.node_rank, args.nnodes,
             local_addr=local_rank_address(), silence_timeout_s=max(10.0, 2 * args.rank_timeout_s),
+            on_step=gpu.on_step if gpu is not None else None,
         )
         _log(f"node rank {summary.node_rank} done after {summary.steps} steps "
              f"({summary.prefill_tokens} prefill + {summary.decode_tokens} decode tokens): {summary.reason}")
@@ -119,7 +133,12 @@ async def serve(args: ServeArgs) -> None:
     default_text_source(args.seed or 0)  # build the token table before the port opens, not on request 1
     group = make_rank_group(args)
     await group.start()
-    engine = Engine(config, step_hook=group.step)
+    step_hook = group.step
+    if gpu is not None:
+        async def step_hook(desc: Any) -> None:
+            gpu.on_step(desc)  # this node's modeled power, then the peers
+            await group.step(desc)
+    engine = Engine(config, step_hook=step_hook)
     await engine.start()
     app = build_app(engine, group, served_model_names=args.served_model_names, model_root=args.model,
                     api_key=args.api_key, seed=args.seed or 0)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from functools import cached_property, lru_cache
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
@@ -77,12 +78,44 @@ class SourcedModel(StrictModel):
 # --------------------------------------------------------------------------------------------- hardware
 
 
+# How TP ranks on different nodes talk. NCCL picks its transport from the engine's environment, so the twin
+# does too (`transport_from_env`): both RoCE twins of a port, one of them, or TCP sockets.
+Transport = Literal["roce2", "roce1", "sockets"]
+TRANSPORTS: tuple[Transport, ...] = ("roce2", "roce1", "sockets")
+
+
+def transport_from_env(env: Mapping[str, str]) -> Transport:
+    """The transport NCCL ends up with for an engine process started with `env`.
+
+    NCCL_IB_DISABLE=1 -> sockets; NCCL_IB_HCA naming two or more RoCE devices -> roce2 (both twins of the
+    port), one -> roce1; no NCCL_IB_HCA -> sockets (../shared/reference/spark_pair.md). NCCL's list syntax:
+    `=` (exact names) and `^` (exclude) prefixes, `:port` suffixes. An exclude list names what NCCL must
+    NOT use, so how many it does use depends on the node's devices: counted as one twin (the conservative
+    reading; name both twins to get roce2).
+    """
+    if env.get("NCCL_IB_DISABLE", "").strip() in ("1", "true", "True", "TRUE"):
+        return "sockets"
+    raw = env.get("NCCL_IB_HCA", "").strip()
+    if not raw:
+        return "sockets"
+    if raw.startswith("^"):
+        return "roce1"
+    devices = {item.split(":", 1)[0].strip() for item in raw.lstrip("=").split(",")} - {""}
+    if not devices:
+        return "sockets"
+    return "roce2" if len(devices) >= 2 else "roce1"
+
+
 class LinkProfile(SourcedModel):
-    """One way two nodes talk: NCCL over RoCE, or plain TCP sockets."""
+    """One NCCL transport between two nodes: RoCE over both twins of a port, over one, or TCP sockets.
+
+    An all-reduce of k ranks costs collective_us (NCCL's own fixed cost of a collective) plus 2(k-1) hops
+    of latency_us and 2(k-1)/k of the message over bandwidth x efficiency (twin/costmodel.py)."""
 
     bandwidth_gbit_s: float = Field(gt=0)  # line rate, gigabits per second
     efficiency: float = Field(gt=0, le=1)  # fraction of line rate a large all-reduce achieves
     latency_us: float = Field(ge=0)  # per-message latency of one all-reduce hop
+    collective_us: float = Field(default=0.0, ge=0)  # fixed cost of one collective (kernel, protocol set-up)
 
     @property
     def bytes_per_second(self) -> float:
@@ -113,6 +146,39 @@ class RouterProfile(SourcedModel):
         return (self.request_latency_ms + burst * self.accept_per_request_ms + k * self.dispatch_per_request_ms) / 1000
 
 
+class PowerProfile(SourcedModel):
+    """What one node's GPU draws (nvidia-smi's power.draw) as a function of the work the twin models:
+    idle_w, plus memory_w times the share of time the memory system streams at its effective rate, plus
+    compute_w times the share of time the matrix units run at theirs (twin/power.py). Clock and
+    temperature follow, so the twin's nvidia-smi answers every field topo queries."""
+
+    idle_w: float = Field(ge=0)
+    memory_w: float = Field(ge=0)  # added at 100% of the effective bandwidth, all window long
+    compute_w: float = Field(ge=0)  # added at 100% of the effective FLOP rate, all window long
+    idle_sm_clock_mhz: float = Field(gt=0)
+    busy_sm_clock_mhz: float = Field(gt=0)
+    ambient_c: float
+    heating_c_per_w: float = Field(ge=0)
+
+
+class W4A16Profile(SourcedModel):
+    """4-bit weights on a GPU without a native FP4 path (GB10/SM121: vLLM's Marlin W4A16 kernels).
+
+    Weights stream at 4 bits; each GEMM dequantizes its weight tile to BF16 in registers, once per `m_tile`
+    activation rows, at `dequant_ops_per_weight` CUDA-core instructions per weight, then multiplies at the
+    BF16 tensor rate."""
+
+    vector_tops: float = Field(gt=0)  # CUDA-core instructions per second, 1e12
+    dequant_ops_per_weight: float = Field(ge=0)
+    m_tile: int = Field(ge=1)  # activation rows that share one dequantized weight tile
+
+    def dequant_seconds(self, weights: float, rows: float) -> float:
+        """Dequantizing `weights` weight elements for a GEMM over `rows` activation rows."""
+        if weights <= 0 or rows <= 0:
+            return 0.0
+        return weights * math.ceil(rows / self.m_tile) * self.dequant_ops_per_weight / (self.vector_tops * 1e12)
+
+
 class HardwareProfile(SourcedModel):
     """One inference node (GPU + memory), the link between nodes, executors and a router."""
 
@@ -124,7 +190,10 @@ class HardwareProfile(SourcedModel):
     dense_tflops_bf16: float = Field(gt=0)
     dense_tflops_fp8: float = Field(gt=0)
     dense_tflops_fp4: float = Field(gt=0)
-    compute_efficiency: float = Field(gt=0, le=1)  # fraction of peak the prefill kernels reach
+    compute_efficiency: float = Field(gt=0, le=1)  # fraction of peak a large GEMM reaches (see gemm_efficiency)
+    # Hockney's half-performance length of a GEMM in its narrowest dimension: a d-wide matrix runs at
+    # d / (d + gemm_half_width) of the large-matrix rate (twin/costmodel.py gemm_efficiency).
+    gemm_half_width: float = Field(default=0.0, ge=0)
     compute_memory_overlap: float = Field(ge=0, le=1)  # 1 = roofline max(), 0 = compute + memory
     step_overhead_ms: float = Field(ge=0)  # per engine step: scheduling, launches, sampling
     reserved_memory_gb: float = Field(ge=0)  # activations, CUDA graphs, runtime: not weights, not KV
@@ -134,6 +203,8 @@ class HardwareProfile(SourcedModel):
     links: dict[str, LinkProfile]
     executors: dict[Literal["mp", "ray"], ExecutorProfile]
     router: RouterProfile
+    # 4-bit weights without native FP4 kernels (None: the dense_tflops_fp4 path)
+    w4a16: W4A16Profile | None = None
     # What-if / testing knob, not a fitted number: a pure decode step (no prefill chunk in the batch) takes
     # this many times its modeled time. 1.1 = "decode got 10% slower" (a kernel or driver regression) while
     # TTFT and prefill stay as they were; the nightly gate's tests use it.
@@ -142,12 +213,13 @@ class HardwareProfile(SourcedModel):
     # this coefficient of variation (lognormal), so intervals, ties and adaptive stops meet a noisy engine.
     # 0 (the default) keeps the twin deterministic.
     noise_cv: float = Field(default=0.0, ge=0, le=2)
+    power: PowerProfile | None = None  # None: the twin's nvidia-smi is not installed (no power figures)
 
     @model_validator(mode="after")
     def _needs_links(self) -> HardwareProfile:
-        for needed in ("roce", "sockets"):
+        for needed in TRANSPORTS:
             if needed not in self.links:
-                raise ValueError(f"links.{needed} is missing (both `roce` and `sockets` are needed)")
+                raise ValueError(f"links.{needed} is missing (every transport is needed: {', '.join(TRANSPORTS)})")
         for needed in ("mp", "ray"):
             if needed not in self.executors:
                 raise ValueError(f"executors.{needed} is missing")
@@ -158,11 +230,16 @@ class HardwareProfile(SourcedModel):
         """Bytes per second the decode kernels stream."""
         return self.memory_bandwidth_gbs * 1e9 * self.bandwidth_efficiency
 
+    def runs_w4a16(self, bytes_per_param: float) -> bool:
+        """4-bit weights on hardware without a native FP4 path: stream 4-bit, dequantize, multiply in BF16."""
+        return bytes_per_param <= 0.6 and self.w4a16 is not None
+
     def effective_flops(self, bytes_per_param: float) -> float:
-        """FLOP/s of the matrix units for weights stored in `bytes_per_param` (fp4 / fp8 / bf16 paths)."""
-        if bytes_per_param <= 0.6:
+        """FLOP/s of the matrix units for weights stored in `bytes_per_param` (fp4 / fp8 / bf16 paths), for a
+        large GEMM; 4-bit weights through W4A16 multiply at the BF16 rate."""
+        if bytes_per_param <= 0.6 and not self.runs_w4a16(bytes_per_param):
             peak = self.dense_tflops_fp4
-        elif bytes_per_param <= 1.0:
+        elif bytes_per_param <= 1.0 and not self.runs_w4a16(bytes_per_param):
             peak = self.dense_tflops_fp8
         else:
             peak = self.dense_tflops_bf16
@@ -343,7 +420,7 @@ class DerivedProfile(StrictModel):
     noise_cv: float | None = Field(default=None, ge=0, le=2)  # replaces the base's (not scaled)
 
 
-_RATE_KEYS = frozenset({"memory_bandwidth_gbs", "dense_tflops_bf16", "dense_tflops_fp8", "dense_tflops_fp4", "bandwidth_gbit_s"})
+_RATE_KEYS = frozenset({"memory_bandwidth_gbs", "dense_tflops_bf16", "dense_tflops_fp8", "dense_tflops_fp4", "bandwidth_gbit_s", "vector_tops"})
 _TIME_SUFFIXES = ("_ms", "_us")
 
 
@@ -364,11 +441,9 @@ def _scaled(data: Any, speedup: float, note: str) -> Any:
     return out
 
 
-def load_hardware(name_or_path: str | Path) -> HardwareProfile:
-    """`gb10` -> configs/hardware/gb10.yaml; a path is loaded as it is.
-
-    A file with `derived_from: OTHER` and `speedup: X` is OTHER with rates x X and latencies / X.
-    """
+def hardware_data(name_or_path: str | Path) -> tuple[dict[str, Any], str]:
+    """The profile's YAML as a mapping ({value, source} pairs kept), a derived profile resolved; and what it
+    was read from. `topo calibrate` writes a profile from it with some constants replaced."""
     path = resolve_config("hardware", str(name_or_path))
     data = read_yaml(path)
     if isinstance(data, dict) and "derived_from" in data:
@@ -387,10 +462,21 @@ def load_hardware(name_or_path: str | Path) -> HardwareProfile:
             scaled["decode_slowdown"] = derived.decode_slowdown
         if derived.noise_cv is not None:
             scaled["noise_cv"] = derived.noise_cv
-        return validate_model(HardwareProfile, scaled, source=f"{path} (derived from {base_path})")
+        return scaled, f"{path} (derived from {base_path})"
     if data is None:
         raise ConfigError(f"{path}: the file is empty (expected a hardware profile)")
-    return validate_model(HardwareProfile, data, source=str(path))
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a hardware profile (a mapping), got {type(data).__name__}")
+    return data, str(path)
+
+
+def load_hardware(name_or_path: str | Path) -> HardwareProfile:
+    """`gb10` -> configs/hardware/gb10.yaml; a path is loaded as it is.
+
+    A file with `derived_from: OTHER` and `speedup: X` is OTHER with rates x X and latencies / X.
+    """
+    data, source = hardware_data(name_or_path)
+    return validate_model(HardwareProfile, data, source=source)
 
 
 def load_card(name_or_path: str | Path) -> ModelCard:
@@ -417,12 +503,18 @@ def describe_sources(section: SourcedModel, prefix: str = "") -> list[tuple[str,
 __all__ = [
     "HardwareProfile",
     "LinkProfile",
+    "W4A16Profile",
+    "Transport",
+    "TRANSPORTS",
+    "transport_from_env",
     "ExecutorProfile",
     "RouterProfile",
+    "PowerProfile",
     "ModelCard",
     "AttentionGroup",
     "expected_distinct_experts",
     "load_hardware",
+    "hardware_data",
     "load_card",
     "describe_sources",
 ]

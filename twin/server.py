@@ -601,6 +601,11 @@ class TwinServer:
                [("", "", stats.generation_tokens_total)])
         family("vllm:num_preemptions_total", "counter", "Cumulative number of preemption from the engine.",
                [("", "", stats.preemptions_total)])
+        # the twin has no prefix cache: every prompt token is a query that misses (vLLM counts tokens)
+        family("vllm:prefix_cache_queries_total", "counter", "Prefix cache queries, in terms of number of queried tokens.",
+               [("", "", stats.prompt_tokens_total)])
+        family("vllm:prefix_cache_hits_total", "counter", "Prefix cache hits, in terms of number of cached tokens.",
+               [("", "", 0)])
         family("vllm:request_success_total", "counter", "Count of successfully processed requests.",
                [("", f'finished_reason="{reason}"', count) for reason, count in sorted(self.finished_by_reason.items())])
         from twin.engine import TTFT_BUCKETS

@@ -21,10 +21,45 @@ from starlette.routing import Route
 
 from common.text import count_tokens, render_chat
 
+HUGE_CLAIM = 5_000_000  # tokens a lying server claims to have generated
+
+
+def _sse(payload: object) -> bytes:
+    return f"data: {json.dumps(payload)}\n\n".encode()
+
+
+async def _forever(piece: bytes, pause_s: float = 0.0):
+    while True:
+        yield piece
+        await asyncio.sleep(pause_s)
+
+
+# What a hostile server sends after its first (valid, role-only) chunk, by mode. Each is a fault the client
+# must turn into one failed request, without growing its memory or waiting forever.
+HOSTILE = {
+    "choices_int": lambda: iter([_sse({"choices": [1]})]),
+    "delta_str": lambda: iter([_sse({"choices": [{"index": 0, "delta": "tok"}]})]),
+    "content_int": lambda: iter([_sse({"choices": [{"index": 0, "delta": {"content": 7}}]})]),
+    "usage_str": lambda: iter([_sse({"choices": [{"index": 0, "delta": {"content": " tok"}}],
+                                     "usage": {"prompt_tokens": "abc", "completion_tokens": 1}})]),
+    "huge_usage": lambda: iter([_sse({"choices": [{"index": 0, "delta": {"content": " tok"}}],
+                                      "usage": {"prompt_tokens": 5, "completion_tokens": HUGE_CLAIM}}),
+                                _sse({"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": HUGE_CLAIM}}),
+                                b"data: [DONE]\n\n"]),
+    "endless_line": lambda: _forever(b"data: " + b"a" * 65536),  # no newline, ever
+    "giant_event": lambda: _forever(b"data: " + b"a" * 65536 + b"\n"),  # data lines without the blank line
+    "keepalive_only": lambda: _forever(b": keep-alive\n\n", 0.02),  # alive, but never a token
+    "empty_chunks": lambda: _forever(_sse({"choices": [{"index": 0, "delta": {}}]}), 0.02),
+    "flood": lambda: _forever(_sse({"choices": [{"index": 0, "delta": {"content": " tok"}}]})),
+    "bad_utf8": lambda: iter([b"data: {\"choices\": \"\xff\xfe\"}\n\n"]),
+    "non_json": lambda: iter([b"data: hello there\n\n"]),
+    "deep_json": lambda: iter([b"data: " + b"[" * 200_000 + b"\n\n"]),
+}
+
 
 @dataclass
 class Behaviour:
-    mode: str = "ok"  # ok | http500 | badjson | cut | hang | no_done | multi | fail_index
+    mode: str = "ok"  # ok | http500 | badjson | cut | hang | no_done | multi | fail_index | one of HOSTILE
     models: tuple[str, ...] = ("tiny",)
     prefill_s: float = 0.02
     itl_s: float = 0.005
@@ -59,6 +94,8 @@ def make_app(b: Behaviour) -> Starlette:
             return JSONResponse({"error": {"message": "engine exploded"}}, status_code=500)
         if b.mode == "hang":
             await asyncio.sleep(3600)
+        if b.mode == "giant_error":  # a 5xx whose body never ends
+            return StreamingResponse(_forever(b"x" * 65536), status_code=503, media_type="text/plain")
         prompt_tokens = count_tokens(render_chat(body["messages"]))
         tg = int(body.get("max_tokens", 16))
         headers = {"x-litellm-model-id": b.backend_id} if b.backend_id else {}
@@ -73,6 +110,15 @@ def make_app(b: Behaviour) -> Starlette:
 
             await asyncio.sleep(b.prefill_s)
             yield chunk({"role": "assistant", "content": ""})
+            if b.mode in HOSTILE:
+                pieces = HOSTILE[b.mode]()
+                if hasattr(pieces, "__aiter__"):
+                    async for piece in pieces:
+                        yield piece
+                else:
+                    for piece in pieces:
+                        yield piece
+                return
             sent = 0
             while sent < tg:
                 k = min(b.tokens_per_chunk, tg - sent)

@@ -79,8 +79,67 @@ async def test_a_stream_without_done_is_a_failed_request(factory):
 async def test_a_server_that_never_answers_times_out(factory):
     records = await batch(Behaviour(mode="hang"), factory, c=2, timeout=0.3)
     for r in records:
-        assert r.error is not None and r.error.startswith("timeout (ReadTimeout, limit 0.3 s) before the response")
+        assert r.error == "timeout: no generated token for 0.3 s (progress deadline) before the response headers"
         assert r.end - r.start == pytest.approx(0.3, abs=0.25)
+
+
+# Each hostile server (tests/bench/fake_server.py HOSTILE) costs exactly its requests, each with an error that
+# says what and where; the batch returns instead of raising.
+HOSTILE_ERRORS = {
+    "choices_int": "SSE event 2 (line 3, byte 128): `choices` is not a list of objects: [1]",
+    "delta_str": "SSE event 2 (line 3, byte 128): `choices[0].delta` is a str, not an object",
+    "content_int": "SSE event 2 (line 3, byte 128): `delta.content` is a int, not a string",
+    "usage_str": "SSE event 2 (line 3, byte 128): `usage.prompt_tokens` is \"abc\", not a token count",
+    "huge_usage": "SSE event 2 (line 3, byte 128): `usage.completion_tokens` claims 5000000 tokens, more than "
+                  "the requested max_tokens=8",
+    "endless_line": "SSE line 3 (byte 128) is longer than 1048576 bytes",
+    "giant_event": "the response is longer than 1179648 bytes (the cap for max_tokens=8) after 1 events",
+    "flood": "SSE event 34 (line 67, byte 2208): more than 32 chunks of text for max_tokens=8",
+    "bad_utf8": "invalid UTF-8 in SSE line 3 (byte 128)",
+    "non_json": "malformed JSON in SSE event 2 (line 3, byte 128): 'hello there'",
+    "deep_json": "malformed JSON in SSE event 2 (line 3, byte 128)",
+    "keepalive_only": "timeout: no generated token for 0.5 s (progress deadline) after 1 events",
+    "empty_chunks": "timeout: no generated token for 0.5 s (progress deadline) after ",
+    "giant_error": "HTTP 503 from POST http://127.0.0.1:",
+}
+
+
+@pytest.mark.parametrize("mode", sorted(HOSTILE_ERRORS))
+async def test_a_hostile_server_costs_its_requests_with_an_error_saying_where(factory, mode):
+    records = await batch(Behaviour(mode=mode), factory, c=2, tg=8, timeout=0.5)
+    assert len(records) == 2
+    for r in records:
+        assert r.error is not None and HOSTILE_ERRORS[mode] in r.error, r.error
+        assert len(r.error) < 600  # a giant body or line is never copied into the record
+        assert len(r.token_times) <= 2 * 8 + 16 and (r.completion_tokens or 0) <= 8  # the caps
+    if mode == "giant_error":
+        assert all(r.status_code == 503 for r in records)
+        assert len(records[0].error.split(": ", 1)[1]) == 300  # the first 300 bytes of the body, no more
+
+
+async def test_an_overall_deadline_ends_a_request_that_keeps_making_slow_progress(factory):
+    with FakeServer(Behaviour(itl_s=0.05)) as server:
+        async with BenchClient(Endpoint.from_url(server.url), request_timeout=1.0, request_deadline=0.4) as client:
+            await client.preflight()
+            (r,) = await client.run_batch([factory.build()], 100)
+    assert r.error is not None and r.error.startswith("timeout: the request exceeded its 0.4 s deadline after "), r.error
+    assert r.first_token is not None and r.end - r.start == pytest.approx(0.4, abs=0.25)
+
+
+async def test_client_memory_stays_bounded_when_a_server_claims_millions_of_tokens(factory):
+    """Before the cap, usage.completion_tokens=5,000,000 allocated a 5M-element timestamp list per request
+    (about 1.7 GB for a batch of 4, then MemoryError). Compare peaks within one run: honest vs lying server."""
+    import tracemalloc
+
+    peaks = {}
+    for mode in ("ok", "huge_usage"):
+        tracemalloc.start()
+        records = await batch(Behaviour(mode=mode), factory, c=4, tg=8)
+        peaks[mode] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert all(r.ok for r in records) == (mode == "ok")
+    print(f"peak traced memory of a c=4 batch (client and in-process server): {peaks}")
+    assert peaks["huge_usage"] < 2 * peaks["ok"], peaks
 
 
 async def test_chunks_with_several_tokens_spread_them_evenly(factory):
@@ -175,6 +234,20 @@ def test_sse_parser_handles_split_bytes_crlf_and_comments():
         SSEParser().feed(b"garbage here\n")
 
 
+def test_sse_parser_caps_a_line_and_an_event_and_finds_lines_across_tiny_feeds():
+    parser = SSEParser()
+    for byte in b'data: {"a": 1}\n\n':  # one byte per read, as a trickling server sends it
+        events = parser.feed(bytes([byte]))
+    assert [e.data for e in events] == ['{"a": 1}']
+    with pytest.raises(StreamError, match=r"SSE line 2 \(byte 4\) is longer than 1048576 bytes"):
+        long_line = SSEParser()
+        long_line.feed(b": x\n")
+        for _ in range(20):
+            long_line.feed(b"a" * 65536)
+    with pytest.raises(StreamError, match=r"SSE event 1 \(line 1, byte 0\) is longer than 4194304 bytes"):
+        SSEParser().feed((b"data: " + b"a" * 1000_000 + b"\n") * 5)
+
+
 def test_token_times_follow_streamed_usage_then_tokenizer_then_one_per_chunk():
     chunks = [_Chunk(1.0, "a", None), _Chunk(2.0, "bb", None), _Chunk(3.0, "c", None)]
     # no counts at all: one token per chunk
@@ -186,3 +259,15 @@ def test_token_times_follow_streamed_usage_then_tokenizer_then_one_per_chunk():
     # cumulative streamed usage wins: 1, then 3 (2 more), then 4 (1 more)
     streamed = [_Chunk(1.0, "a", 1), _Chunk(2.0, "bb", 3), _Chunk(3.0, "c", 4)]
     assert assign_token_times(streamed, 4, None) == [1.0, 1.5, 2.0, 3.0]
+
+
+async def test_url_credentials_become_basic_auth_and_never_reach_a_record(factory):
+    endpoint = Endpoint.from_url("http://alice:pa%40ss@127.0.0.1:9/v1")
+    assert endpoint.base_url == "http://127.0.0.1:9" and "pa@ss" not in str(endpoint) + repr(endpoint)
+    assert endpoint.headers == {"Authorization": "Basic YWxpY2U6cGFAc3M="}  # alice:pa@ss
+    with FakeServer(Behaviour(mode="http500")) as server:
+        url = server.url.replace("http://", "http://alice:pa%40ss@")
+        async with BenchClient(Endpoint.from_url(url)) as client:
+            await client.preflight()
+            (r,) = await client.run_batch([factory.build()], 2)
+    assert r.error.startswith(f"HTTP 500 from POST {server.url}/v1/chat/completions") and "pa" not in r.error.split("127")[0]

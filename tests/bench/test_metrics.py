@@ -1,4 +1,4 @@
-"""Metric formulas on synthetic timestamps, with the arithmetic written out (METRICS.md definitions)."""
+"""Metric formulas on synthetic timestamps, with the arithmetic written out (docs/METRICS.md definitions)."""
 
 from __future__ import annotations
 

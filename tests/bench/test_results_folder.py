@@ -4,15 +4,17 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from bench.metrics import run_metrics
-from bench.records import CELL_COLUMNS, SCHEMA_VERSION, RequestRecord
-from bench.results_folder import META_SCHEMA_VERSION, SCHEMA_KEY, FolderMeta, ResultsFolder
+from bench.records import CELL_COLUMNS, RequestRecord
+from bench.results_folder import CELL_SCHEMA, META_SCHEMA_VERSION, SCHEMA_KEY, FolderMeta, ResultsFolder
 from bench.workload import ClosedLoad, parse_load
 from common.errors import ConfigError, ResultsError
 from reports.results import render_results
@@ -74,13 +76,13 @@ def test_a_sweep_folder_written_before_schema_2_loads_migrated(tmp_path: Path) -
     assert json.loads(folder.meta_path.read_text())["schema"] == 1  # reading never rewrites an old folder
 
 
-def test_resuming_an_old_folder_appends_current_rows_and_compacts_to_the_current_schema(tmp_path: Path) -> None:
+def test_resuming_an_old_folder_appends_schema_2_rows_and_compacts_to_schema_2(tmp_path: Path) -> None:
     folder = copy_of("v1-sweep", tmp_path)
     more = records("solo", 1, 1)
     folder.append(more, [run_metrics(more)])
     assert folder.runs_done()[("solo", "default", "c1")] == 2  # the old main file and the new part together
     folder.compact()
-    assert pq.read_schema(folder.cells_path).metadata[SCHEMA_KEY] == str(SCHEMA_VERSION).encode()
+    assert pq.read_schema(folder.cells_path).metadata[SCHEMA_KEY] == b"2"
     cells = folder.read_cells()
     assert len(cells) == 5 and set(cells["load"]) == {"c1", "c4"}
     assert len(folder.read_requests()) == 2 * (1 + 4) + 1
@@ -127,3 +129,18 @@ def test_meta_round_trip_and_what_is_refused(tmp_path: Path) -> None:
         folder.read_meta()
     with pytest.raises(ResultsError, match="no meta.json"):
         ResultsFolder(tmp_path / "empty").read_meta()
+
+
+def test_a_metric_added_later_is_empty_in_older_files_but_the_key_is_required(tmp_path: Path) -> None:
+    rows = [run_metrics(records("solo", 2, 0))]
+    folder = ResultsFolder(tmp_path)
+    older = pa.Table.from_pylist([{k: v for k, v in row.items() if k != "peak_tps"} for row in rows],
+                                 schema=CELL_SCHEMA.remove(CELL_SCHEMA.get_field_index("peak_tps")))
+    pq.write_table(older, folder.cells_path)
+    cells = folder.read_cells()
+    assert list(cells.columns) == list(CELL_COLUMNS) and math.isnan(cells.loc[0, "peak_tps"])
+    assert cells.loc[0, "decode_tps"] == rows[0]["decode_tps"]
+    keyless = older.drop(["run"])
+    pq.write_table(keyless.replace_schema_metadata(CELL_SCHEMA.metadata), folder.cells_path)
+    with pytest.raises(ResultsError, match=r"missing columns \['run'\]"):
+        folder.read_cells()

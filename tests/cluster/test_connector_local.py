@@ -104,7 +104,7 @@ async def test_started_process_has_its_own_group_log_and_is_stopped_provably(tmp
         pidfile=pidfile,
     )
     assert os.getpgid(pgid) == pgid != os.getpgid(0)  # a session and group of its own
-    assert Path(pidfile).read_text().strip() == str(pgid)
+    assert Path(pidfile).read_text().splitlines()[0] == str(pgid)
 
     async def listening() -> bool:
         return port in await listening_ports(local)

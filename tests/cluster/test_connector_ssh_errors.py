@@ -115,9 +115,14 @@ async def test_one_connection_is_reused_and_commands_are_quoted_once(monkeypatch
     await ssh.write_file("/w/router.yaml", "x: 1\n", mode=0o600)
     assert pgid == 4242 and len(connects) == 1
     assert connection.commands[0] == "env 'A=b c' echo 'two words' k3y"
-    assert "nohup setsid env T=tok sleep 9 >/w/logs/s.log 2>&1 </dev/null &" in connection.commands[1]
-    assert "echo $! >/w/run/s.pid; echo $!" in connection.commands[1]
-    assert connection.inputs[2] == "x: 1\n" and "600" in connection.commands[2]
+    # the secret env value goes through stdin into a 0600 file, never into a command line
+    assert "umask 077" in connection.commands[1] and connection.inputs[1] == "T=tok\n"
+    assert all("tok" not in command for command in connection.commands)
+    assert "nohup setsid sh -c 'set -a && . \"$1\" && set +a && rm -f \"$1\" && shift && exec \"$@\"' sh " \
+           "/w/run/s.pid.env sleep 9 >/w/logs/s.log 2>&1 </dev/null &" in connection.commands[2]
+    assert "pid=$!; printf" in connection.commands[2] and ">/w/run/s.pid; echo $pid; }" in connection.commands[2]
+    assert "'T=*** sleep 9'" in connection.commands[2]  # the pidfile's command, masked
+    assert connection.inputs[3] == "x: 1\n" and "600" in connection.commands[3]
 
 
 async def test_a_command_timeout_is_a_remote_command_error_with_the_masked_command(

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from cluster.connector import Completed
-from cluster.fake import FakeBehaviour, FakeConnector
+from cluster.bringup import NodeAccess, stop_leftovers
+from cluster.connector import Completed, LocalConnector
+from cluster.fake import FAKE_BOOT_ID, FakeBehaviour, FakeConnector
 from cluster.supervise import (
+    PidfileEntry,
+    pidfile_state,
     Supervised,
     ProcessRow,
     escaped_descendants,
@@ -124,3 +127,49 @@ async def test_read_pidfiles_names_the_step_and_tolerates_garbage() -> None:
     entries = await read_pidfiles(fake, "/w")
     assert [(e.step, e.pgid) for e in entries] == [("broken", None), ("engine-rank1", 4242)]
     assert await read_pidfiles(fake, "/nothing-here") == []
+
+
+async def test_a_pidfile_records_the_identity_of_what_topo_started() -> None:
+    fake = FakeConnector("n1")
+    process = await started(fake, "engine", FakeBehaviour())
+    (entry,) = await read_pidfiles(fake, "/w")
+    assert entry.pgid == process.pgid and entry.identity and entry.command == "engine --serve"
+    assert await pidfile_state(fake, entry) == "ours"
+
+
+async def test_down_stops_only_what_topo_started_and_reports_a_foreign_pidfile() -> None:
+    fake = FakeConnector("n1")
+    ours = await started(fake, "engine", FakeBehaviour())
+    # An old pidfile whose pid now belongs to an unrelated live process (pid reused: another start time),
+    # and one written by hand (no identity at all). Neither may be signalled.
+    fake.foreign_starts = {777: 5, 888: 6}
+    fake.files["/w/run/reused.pid"] = f"777\nstart {FAKE_BOOT_ID} 1777\ncommand vllm serve\n"
+    fake.files["/w/run/bare.pid"] = "888\n"
+    fake.files["/w/run/dead.pid"] = f"999\nstart {FAKE_BOOT_ID} 1999\ncommand twin\n"
+    leftovers = await stop_leftovers({"n1": NodeAccess("n1", fake, "/w")}, grace_s=0.1)
+    assert [outcome.pgid for outcome in leftovers.stopped] == [ours.pgid]
+    assert len(leftovers.foreign) == 2
+    assert "bare.pid records no start identity (process group 888 is alive" in leftovers.foreign[0]
+    assert "reused.pid names a process that is not the one topo started" in leftovers.foreign[1]
+    assert "remove the pidfile" in leftovers.foreign[1]
+    signalled = [call.argv for call in fake.calls if call.argv[:1] == ("kill",)]
+    assert signalled and all(argv[-1] == f"-{ours.pgid}" for argv in signalled), signalled
+    assert "/w/run/reused.pid" in fake.files and "/w/run/bare.pid" in fake.files  # kept for the human
+    assert "/w/run/dead.pid" not in fake.files and ours.pidfile not in fake.files
+
+
+async def test_a_real_pidfile_identity_changes_when_the_pid_is_another_process(tmp_path) -> None:
+    import sys
+
+    connector = LocalConnector("local")
+    paths = step_paths(str(tmp_path), "sleeper")
+    pid = await connector.start([sys.executable, "-c", "import time; time.sleep(60)"], log_path=paths.log,
+                                pidfile=paths.pidfile)
+    try:
+        (entry,) = await read_pidfiles(connector, str(tmp_path))
+        assert entry.pgid == pid and await pidfile_state(connector, entry) == "ours"
+        claimed = PidfileEntry(entry.step, entry.pidfile, pid, entry.identity.split()[0] + " 1", entry.command)
+        assert await pidfile_state(connector, claimed) == "foreign"  # same pid, another start time
+    finally:
+        await stop_group(connector, Supervised("sleeper", "local", pid, paths.log, paths.pidfile), grace_s=5)
+    assert await pidfile_state(connector, entry) == "gone"

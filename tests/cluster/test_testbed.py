@@ -53,7 +53,7 @@ async def test_ssh_run_start_and_provable_stop(cluster: Cluster, bed: Testbed) -
             assert time.monotonic() < deadline
             await asyncio.sleep(0.1)
         assert "up" in await log_tail(ssh, paths.log)
-        assert (await ssh.read_file(paths.pidfile)).strip() == str(pgid)
+        assert (await ssh.read_file(paths.pidfile)).splitlines()[0] == str(pgid)
         assert foreign_processes(bed).get("node2")
         outcome = await stop_group(ssh, Supervised("listener", "node2", pgid, paths.log, paths.pidfile), grace_s=5, ports=(7777,))
         assert not outcome.killed and not await group_alive(ssh, pgid)

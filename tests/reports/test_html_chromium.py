@@ -90,3 +90,26 @@ def test_nightly_trend_charts_are_drawn(tmp_path: Path) -> None:
     assert len(re.findall(r'class="trace scatter', trend)) == 2  # Solo c1 and Cluster TP=2 c1
     assert re.findall(r'class="xtick"><text[^>]*>([^<]*)<', trend) == [f"night-{i}" for i in range(4)]
     assert "Regression gate: night-3 vs night-0" in dom
+
+
+def test_telemetry_tables_and_time_charts_are_drawn(tmp_path: Path) -> None:
+    from tests.telemetry.folder import LEVELS, TOPOLOGIES, write_folder
+
+    folder = write_folder(tmp_path / "sweep", preempt=True)
+    _, md_path, html_path = render_results(folder)
+    dom = rendered_dom(html_path, tmp_path / "profile")
+    for heading in ("Energy per output token (J)", "What the servers saw, per cell",
+                    "Decode against the memory-bandwidth roofline", "Cost per million output tokens (USD)",
+                    "Over time: KV cache, queues and power"):
+        assert heading in dom, heading
+    for topology, nodes, _ in TOPOLOGIES:
+        start = dom.index(f'id="timeline-{topology}"')
+        end = dom.find('id="timeline-', start + 1)
+        chart = dom[start:end if end > 0 else len(dom)]
+        assert 'class="main-svg"' in chart, f"{topology}: the time chart was not drawn"
+        # KV per engine, running, waiting, power per node
+        assert len(re.findall(r'class="trace scatter', chart)) == 1 + 2 + len(nodes)
+        # every measured run is shaded and labelled with its concurrency
+        labels = re.findall(r'class="annotation-text[^"]*"[^>]*>([^<]*)<', chart)
+        assert [label for label in labels if label.startswith("c")] == [f"c{c}" for c in LEVELS]
+    assert "preemption(s) during the cell" in dom  # the warning among the caveats

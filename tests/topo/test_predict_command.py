@@ -6,10 +6,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from bench.records import CELL_COLUMNS
 from topo.cli import app
+from topo.transport import planned_transport
 
 runner = CliRunner()
 
@@ -51,9 +53,45 @@ def test_four_nodes_bring_the_larger_layouts(tmp_path: Path) -> None:
         (["-t", "tp4-mp", "--nodes", "2"], "needs 4 nodes"),
         (["-t", "tp9-xx"], "unknown topology"),
         (["--hardware", "no-such-board"], "no-such-board"),
+        (["--link", "roce"], "roce2, roce1, sockets"),
     ],
 )
 def test_bad_input_is_named(args: list[str], message: str) -> None:
     result = runner.invoke(app, ["predict", "-c", "1", *args])
     assert result.exit_code != 0
     assert message in str(result.exception) + result.output
+
+
+def test_the_link_follows_the_rendered_env_and_link_is_a_what_if(tmp_path: Path) -> None:
+    # the study recipe renders no NCCL_IB_HCA: its TP=2 engines end up on TCP sockets
+    assert planned_transport("gemma4-26b", None).transport == "sockets"
+    assert planned_transport("gemma4-26b", "local-twin").transport == "sockets"
+    rendered = predict("-t", "tp2-mp", "-c", "1", "--runs", "1", "--out", str(tmp_path / "rendered"))
+    sockets = predict("-t", "tp2-mp", "-c", "1", "--runs", "1", "--link", "sockets", "--out", str(tmp_path / "s"))
+    roce2 = predict("-t", "tp2-mp", "-c", "1", "--runs", "1", "--link", "roce2", "--out", str(tmp_path / "r2"))
+    roce1 = predict("-t", "tp2-mp", "-c", "1", "--runs", "1", "--link", "roce1", "--out", str(tmp_path / "r1"))
+    assert float(rendered.decode_tps.iloc[0]) == float(sockets.decode_tps.iloc[0])
+    # per decode step, sockets cost ~2.9 ms more than RoCE (60 all-reduces x 2 hops x 22.5 us more)
+    assert float(roce2.decode_tps.iloc[0]) > 1.05 * float(sockets.decode_tps.iloc[0])
+    assert float(roce2.prefill_tps.iloc[0]) > float(roce1.prefill_tps.iloc[0]) > float(sockets.prefill_tps.iloc[0])
+
+
+def test_a_rendered_nccl_hca_picks_roce(tmp_path: Path) -> None:
+    from topology.recipe import load_recipe
+
+    recipe = load_recipe("gemma4-26b").model_copy(update={"env": {"NCCL_IB_HCA": "rocep1s0f1,roceP2p1s0f1"}})
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe.model_dump(mode="json")))
+    assert planned_transport(str(path), "local-twin").transport == "roce2"
+    assert planned_transport(str(path), None).transport == "roce2"
+
+
+def test_hardware_is_a_path_too(tmp_path: Path) -> None:
+    from common.config import CONFIGS_DIR
+
+    slower = tmp_path / "slower.yaml"
+    slower.write_text((CONFIGS_DIR / "hardware" / "gb10.yaml").read_text().replace(
+        "memory_bandwidth_gbs: {value: 273,", "memory_bandwidth_gbs: {value: 136.5,"))
+    base = predict("-t", "solo", "-c", "1", "--runs", "1", "--out", str(tmp_path / "a"))
+    half = predict("-t", "solo", "-c", "1", "--runs", "1", "--hardware", str(slower), "--out", str(tmp_path / "b"))
+    assert float(half.decode_tps.iloc[0]) < 0.7 * float(base.decode_tps.iloc[0])

@@ -48,7 +48,7 @@ def test_four_node_plan_matches_golden(topology_name, data_dir, gemma, plan_secr
 
 
 def test_goldens_carry_design_commands():
-    """Guards the goldens themselves: regenerating cannot silently drop DESIGN.md's exact command parts."""
+    """Guards the goldens themselves: regenerating cannot silently drop the study's exact command parts."""
     if os.environ.get("UPDATE_GOLDEN") == "1":
         pytest.skip("goldens being rewritten")
     texts = {name: (GOLDEN_DIR / f"{name}.txt").read_text() for name in (*STUDY_TOPOLOGIES, *FOUR_NODE_GOLDENS)}

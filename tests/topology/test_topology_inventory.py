@@ -148,3 +148,31 @@ def test_local_twin_is_two_local_twin_nodes_without_collisions():
 def test_unknown_cluster_name_lists_the_known_ones():
     with pytest.raises(ConfigError, match="local-twin"):
         load_cluster("no-such-cluster")
+
+
+def test_a_duplicate_key_is_refused_with_file_and_line(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("name: c\nnodes:\n  - name: a\n    env:\n      HF_HOME: /a\n      HF_HOME: /b\n")
+    with pytest.raises(ConfigError, match=rf"{path}:6:7: not valid YAML: duplicate key 'HF_HOME' \(first at line 5\)"):
+        load_cluster(path)
+
+
+@pytest.mark.parametrize("key", ["-Sfoo", "1ABC", "A B", "A=B", ""])
+def test_an_env_key_that_is_not_a_posix_name_is_refused_naming_file_and_key_path(tmp_path, key):
+    data = {"name": "c", "nodes": [ssh_node("a", "10.0.0.1", env={"GOOD": "1", key: "x"})]}
+    path = write_cluster(tmp_path, data)
+    with pytest.raises(ConfigError) as caught:
+        load_cluster(path)
+    message = str(caught.value)
+    assert f"{path}: nodes.0.env: " in message and repr(key) in message
+    assert "not a POSIX environment variable name" in message
+
+
+def test_an_env_value_may_be_a_secret_reference_but_not_both_kinds(tmp_path):
+    data = {"name": "c", "nodes": [ssh_node("a", "10.0.0.1", env={"HF_TOKEN": {"secret": "HF_TOKEN"},
+                                                                    "KEY": {"secret_file": "/k"}})]}
+    node = load_cluster(write_cluster(tmp_path, data)).nodes[0]
+    assert str(node.env["HF_TOKEN"]) == "***" and node.env["KEY"].secret_file == "/k"
+    data["nodes"][0]["env"] = {"X": {"secret": "A", "secret_file": "/k"}}
+    with pytest.raises(ConfigError, match="exactly one of"):
+        load_cluster(write_cluster(tmp_path, data))

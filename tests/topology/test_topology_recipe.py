@@ -59,3 +59,12 @@ def test_extra_args_come_last_and_unset_options_are_left_to_the_engine(gemma):
     flags = recipe.serve_flags(1)
     assert flags[-1] == "--enforce-eager"
     assert "--quantization" not in flags and "--max-model-len" not in flags
+
+
+def test_a_recipe_env_key_that_is_not_a_posix_name_names_file_and_key(tmp_path):
+    path = tmp_path / "bad-env.yaml"
+    data = yaml.safe_load(load_recipe("gemma4-26b").model_dump_json())
+    data["env"] = {"-Sfoo": "x"}
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=rf"{path}: env: .*'-Sfoo': not a POSIX environment variable name"):
+        load_recipe(path)

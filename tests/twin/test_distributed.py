@@ -39,7 +39,8 @@ def desc(step: int) -> StepDescription:
 
 async def test_step_description_crosses_as_plain_json() -> None:
     wire = step_to_wire(desc(3))
-    assert wire == {"step": 3, "prefill_tokens": 30, "decode_tokens": 1, "num_running": 1, "modeled_seconds": 0.001}
+    assert wire == {"step": 3, "prefill_tokens": 30, "decode_tokens": 1, "num_running": 1, "modeled_seconds": 0.001,
+                    "memory_seconds": 0.0, "compute_seconds": 0.0}
     assert json.loads(json.dumps(wire)) == wire
 
 

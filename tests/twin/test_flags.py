@@ -147,3 +147,18 @@ def test_every_twin_argv_topo_plans_is_accepted() -> None:
     for argv in argvs:
         args = parse_serve_args(argv[argv.index("serve") + 1 :])
         assert args.card == "gemma4-26b"
+
+
+def test_the_link_follows_the_env_the_plan_gives_the_engine() -> None:
+    """Without --link the twin picks its transport as NCCL would, from its process env; --link overrides."""
+    args = parse_serve_args(["tiny", "-tp", "2"])
+    assert args.link is None
+    kw = lambda env: engine_config_kwargs(args, None, env=env)["link"]  # noqa: E731
+    assert kw({"GLOO_SOCKET_IFNAME": "lo", "NCCL_SOCKET_IFNAME": "lo"}) == "sockets"  # today's plans
+    assert kw({"NCCL_IB_HCA": "rocep1s0f1,roceP2p1s0f1"}) == "roce2"
+    assert kw({"NCCL_IB_HCA": "rocep1s0f1"}) == "roce1"
+    assert kw({"NCCL_IB_HCA": "rocep1s0f1,roceP2p1s0f1", "NCCL_IB_DISABLE": "1"}) == "sockets"
+    forced = parse_serve_args(["tiny", "-tp", "2", "--link", "roce1"])
+    assert engine_config_kwargs(forced, None, env={"NCCL_IB_HCA": "a,b"})["link"] == "roce1"
+    with pytest.raises(ConfigError, match="--link"):
+        parse_serve_args(["tiny", "--link", "roce"])

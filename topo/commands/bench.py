@@ -1,37 +1,33 @@
-"""`topo bench`: load against one OpenAI-compatible endpoint, with llama-benchy's semantics (METRICS.md)."""
+"""`topo bench`: load against one OpenAI-compatible endpoint, with llama-benchy's semantics (docs/METRICS.md)."""
 
 from __future__ import annotations
 
 import asyncio
 import math
-import re
 from pathlib import Path
 from typing import Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from bench.client import Endpoint
-from bench.metrics import cell_summary
-from bench.records import RequestRecord
-from bench.results_folder import FolderMeta, ResultsFolder
-from bench.session import BenchSession, BenchSettings, RunDone
-from bench.workload import ClosedLoad
+from bench.results_folder import ResultsFolder
+from bench.session import BenchSession, BenchSettings
 from common.errors import ConfigError
-from topo.sweep import command_line, now_utc
-
-
-def parse_concurrency(text: str) -> list[int]:
-    try:
-        levels = [int(part) for part in text.replace(" ", "").split(",") if part]
-    except ValueError as exc:
-        raise ConfigError(f"-c {text!r}: expected comma-separated integers such as 1,2,4") from exc
-    if not levels or any(level < 1 for level in levels):
-        raise ConfigError(f"-c {text!r}: expected one or more integers >= 1")
-    return levels
+from topo.bench import run_bench
+from topo.options import (
+    ConcurrencyOption,
+    GeneratedTokensOption,
+    LatencyModeOption,
+    OutOption,
+    PromptTokensOption,
+    RunsOption,
+    SeedOption,
+    parse_concurrency,
+)
+from topo.exits import EXIT_CODES_HELP, EXIT_FAILURES
 
 
 def _fmt(mean: float, std: float | None = None) -> str:
@@ -65,88 +61,16 @@ def summary_table(model: str, pp: int, tg: int, depth: int, summaries: list[dict
     return table
 
 
-def _bench_meta(session: BenchSession, levels: list[int], runs: int, topology: str) -> FolderMeta:
-    settings = session.settings
-    endpoint = re.sub(r"//[^/@]*@", "//***@", session.endpoint.base_url)  # no user:password from the URL
-    return FolderMeta(kind="bench", status="running", started_at=now_utc(), command_line=command_line(),
-                      spec={"endpoint": endpoint, "model": session.model, "topology": topology,
-                            "workload": settings.workload, "concurrency": levels, "runs": runs, "pp": settings.pp,
-                            "tg": settings.tg, "depth": settings.depth, "latency_mode": settings.latency_mode,
-                            "seed": settings.seed})
-
-
-async def _bench(session: BenchSession, levels: list[int], runs: int, topology: str, out: Path | None,
-                 console: Console) -> tuple[str, list[dict[str, Any]], list[str], list[str]]:
-    folder = ResultsFolder(out) if out is not None else None
-    summaries: list[dict[str, Any]] = []
-    warnings: list[str] = []
-    meta: FolderMeta | None = None
-    try:
-        model = await session.open()
-        console.print(f"[bold]{escape(model)}[/] at {escape(str(session.endpoint))}; latency "
-                      f"({session.settings.latency_mode}) {session.latency * 1000:.2f} ms", highlight=False)
-        for note in session.notes:
-            console.print(f"  {escape(note)}", highlight=False)
-        session.notes.clear()
-        if folder is not None:
-            meta = _bench_meta(session, levels, runs, topology)
-            folder.write_meta(meta)
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=console, transient=False) as progress:
-            for level in levels:
-                task = progress.add_task(f"c={level:<3} warm-up", total=(runs + 1) * level)
-                failures: list[int] = []
-
-                def on_request(record: RequestRecord, task: Any = task) -> None:
-                    progress.advance(task)
-
-                def on_run(done: RunDone, task: Any = task, level: int = level, failures: list[int] = failures) -> None:
-                    if not done.warmup and folder is not None:
-                        folder.append(done.records, [done.row] if done.row else [])
-                    failures.append(sum(1 for r in done.records if not r.ok) if not done.warmup else 0)
-                    finished = "warm-up done" if done.warmup else f"run {done.run + 1}/{runs} done"
-                    progress.update(task, description=f"c={level:<3} {finished}" + (
-                        f" [red]{sum(failures)} failed[/]" if sum(failures) else ""))
-                    if done.warmup:
-                        first_error = next((r.error for r in done.records if r.error), None)
-                        if first_error:
-                            progress.console.print(f"[yellow]warm-up c={level}: {escape(first_error)}[/]")
-
-                result = await session.run(ClosedLoad(level), runs, topology=topology, on_run=on_run,
-                                           on_request=on_request)
-                summaries.append(cell_summary(result.run_rows, result.records))
-                warnings.extend(result.warnings)
-                if folder is not None:
-                    folder.compact()
-        if meta is not None:
-            meta.status = "complete"
-        return model, summaries, warnings, list(session.notes)
-    finally:
-        await session.close()
-        if folder is not None and meta is not None:
-            meta.status = meta.status if meta.status == "complete" else "interrupted"
-            meta.finished_at = now_utc()
-            meta.warnings = warnings
-            folder.write_meta(meta)
-            folder.compact()
-
-
 def bench_command(
     url: str = typer.Option(..., "--url", "-u", help="Base URL of the OpenAI-compatible server, e.g. "
                             "http://127.0.0.1:8000 (a trailing /v1 is accepted)."),
     model: str = typer.Option(None, "--model", "-m", help="Model name as the server lists it in /v1/models; "
                               "default: the server's only model."),
-    pp: int = typer.Option(1024, "--pp", help="Prompt tokens per request, as the server counts them "
-                           "(the prompt is adapted once to the chat template)."),
-    tg: int = typer.Option(128, "--tg", help="Generated tokens per request (max_tokens = min_tokens = tg, "
-                           "ignore_eos)."),
-    concurrency: str = typer.Option("1,2,4", "--concurrency", "-c", help="Concurrency levels, comma-separated: "
-                                    "each run sends exactly c requests at once and waits for all."),
-    runs: int = typer.Option(3, "--runs", "-r", help="Measured runs per concurrency level, after one "
-                             "discarded warm-up batch."),
-    latency_mode: str = typer.Option("api", "--latency-mode", help="Network/API offset subtracted from the "
-                                     "time to first response for est_ppt and prefill t/s (req): api = mean of "
-                                     "3 GET /v1/models, generation = mean of 3 one-token requests, none = 0."),
+    pp: PromptTokensOption = 1024,
+    tg: GeneratedTokensOption = 128,
+    concurrency: ConcurrencyOption = "1,2,4",
+    runs: RunsOption = 3,
+    latency: LatencyModeOption = "api",
     depth: int = typer.Option(0, "--depth", help="Context tokens before the prompt (a system message), "
                               "like llama-benchy's --depth."),
     tokenizer: Path = typer.Option(None, "--tokenizer", help="tokenizer.json or a HuggingFace model folder to "
@@ -156,29 +80,36 @@ def bench_command(
                                 "natural-text corpus)."),
     api_key: str = typer.Option(None, "--api-key", envvar="TOPO_API_KEY", help="Bearer token, e.g. a LiteLLM "
                                 "proxy's key (also read from TOPO_API_KEY). Never printed."),
-    out: Path = typer.Option(None, "--out", "-o", help="Folder for requests.parquet (one row per request, raw "
-                             "timestamps) and cells.parquet (one row per concurrency x run); every run is "
-                             "stored as soon as it is measured."),
+    out: OutOption = None,  # type: ignore[assignment]
     topology: str = typer.Option("endpoint", "--topology", help="Label stored in the results' topology column."),
-    timeout: float = typer.Option(600.0, "--timeout", help="Seconds a request may stay silent before it is "
-                                  "recorded as timed out."),
+    timeout: float = typer.Option(600.0, "--timeout", help="Deadline on progress: a request that receives no "
+                                  "generated token for this many seconds (whatever else the server sends, e.g. "
+                                  "keep-alive comments) is recorded as timed out."),
+    deadline: float = typer.Option(None, "--deadline", help="Seconds a whole request may take at most "
+                                   "(default: 10 x --timeout)."),
     cache_bust: bool = typer.Option(True, "--cache-bust/--no-cache-bust", help="Start each prompt with a unique "
                                     "tag so a server's prefix cache cannot hit (on by default)."),
-    seed: int = typer.Option(None, "--seed", help="Seed for the prompt offsets (default: random)."),
+    seed: SeedOption = None,  # type: ignore[assignment]
 ) -> None:
     """Benchmark one OpenAI-compatible endpoint with llama-benchy's load shape and metrics.
 
-    For each concurrency level: one discarded warm-up batch, then --runs closed batches of exactly c streamed chat requests. Prints prefill (pp) and decode (tg) t/s as mean ± population std over runs, peak t/s, TTFT mean and p50/p90/p99, and failed requests. A wrong URL or model fails before any load.
+    For each concurrency level: one discarded warm-up batch, then --runs closed batches of exactly c streamed
+    chat requests (the server counts the prompt tokens; the prompt is adapted once to the chat template;
+    max_tokens = min_tokens = tg with ignore_eos). Prints prefill (pp) and decode (tg) t/s as mean ±
+    population std over runs, peak t/s, TTFT mean and p50/p90/p99, and failed requests. A wrong URL or
+    model fails before any load. With --out, requests.parquet (one row per request, raw timestamps),
+    cells.parquet (one row per concurrency x run) and meta.json are written as each run finishes.
     """
     if runs < 1:
         raise ConfigError(f"--runs must be at least 1 (got {runs})")
     levels = parse_concurrency(concurrency)
-    settings = BenchSettings(pp=pp, tg=tg, depth=depth, latency_mode=latency_mode,  # type: ignore[arg-type]
+    settings = BenchSettings(pp=pp, tg=tg, depth=depth, latency_mode=latency,  # type: ignore[arg-type]
                              tokenizer=tokenizer, corpus=corpus, unique_prefix=cache_bust, request_timeout=timeout,
+                             request_deadline=deadline,
                              seed=seed)
     session = BenchSession(Endpoint.from_url(url, api_key), model, settings)
     err = Console(stderr=True, highlight=False)
-    served, summaries, warnings, notes = asyncio.run(_bench(session, levels, runs, topology, out, err))
+    served, summaries, warnings, notes = asyncio.run(run_bench(session, levels, runs, topology, out, err))
     stdout = Console(highlight=False)
     if not stdout.is_terminal:
         stdout.width = max(stdout.width, 150)  # a piped table keeps one line per row
@@ -190,8 +121,13 @@ def bench_command(
     if out is not None:
         folder = ResultsFolder(out)
         err.print(f"results: {folder.requests_path}, {folder.cells_path}, {folder.meta_path}")
+    failed = sum(s["failed"] for s in summaries)
+    if failed:
+        err.print(f"[red]{failed} request(s) failed[/] (the table's `failed` column; the errors are in the "
+                  "request rows)")
+        raise typer.Exit(EXIT_FAILURES)
 
 
 def register(app: typer.Typer) -> None:
-    app.command("bench")(bench_command)
+    app.command("bench", epilog=EXIT_CODES_HELP)(bench_command)
 

@@ -12,49 +12,54 @@ from rich.markup import escape
 
 from bench.results_folder import ResultsFolder
 from reports.console import print_regression
-from topo.commands.bench import parse_concurrency
-from topo.commands.regress import policy_from_options
-from topo.commands.sweep import RichSweepProgress
 from topo.nightly import BASELINES_FILE, DEFAULT_ROOT, known_tags, plan_nightly, run_nightly
+from topo.options import (
+    AlphaOption,
+    ClusterOption,
+    ConcurrencyOption,
+    GateHistoryOption,
+    GeneratedTokensOption,
+    JunitOption,
+    MarkdownVerdictOption,
+    PromptTokensOption,
+    RecipeOption,
+    RunsOption,
+    TestOption,
+    ThresholdOption,
+    TopologiesOption,
+    TwinHardwareOption,
+    parse_concurrency,
+    parse_topologies,
+    regression_policy,
+)
+from topo.progress import RichSweepProgress
+from topo.exits import EXIT_CODES_HELP, interrupted_exit_code
 from topo.sweep import SweepSpec, command_line
-from topology.kinds import STUDY_TOPOLOGIES
+from topology.registry import STUDY_TOPOLOGIES
 
 NIGHTLY_CONCURRENCY = "1,2,4,8,16,32,64"
 
 
 def nightly_command(
-    cluster: Annotated[str, typer.Option("--cluster", help="Cluster inventory: a name under configs/clusters/ "
-                                         "or a YAML path.", show_default=False)],
-    model: Annotated[str, typer.Option("--model", "-m", help="Model recipe: a name under configs/models/ or a "
-                                       "YAML path.", show_default=False)],
+    cluster: ClusterOption,
+    model: RecipeOption,
     baseline: Annotated[str, typer.Option("--baseline", "-b", help="Tag (ROOT/baselines.json) or results folder "
                                           "to compare with. An unset tag means a first night: sweep, report, "
                                           "exit 0 and say how to set it.")] = "nightly",
-    runs: Annotated[int, typer.Option("--runs", "-r", help="Measured runs per cell. The test needs 2+ a side; "
-                                      "more runs, fewer false alarms on noisy cells (a router's random split).", min=1)] = 3,
-    concurrency: Annotated[str, typer.Option("--concurrency", "-c", help="Concurrency levels.")]
-    = NIGHTLY_CONCURRENCY,
-    topologies: Annotated[str, typer.Option("--topologies", "-t", help="Comma-separated topologies.")]
-    = ",".join(STUDY_TOPOLOGIES),
+    runs: RunsOption = 3,
+    concurrency: ConcurrencyOption = NIGHTLY_CONCURRENCY,
+    topologies: TopologiesOption = ",".join(STUDY_TOPOLOGIES),
     root: Annotated[Path, typer.Option("--root", help="Results root: the sweep goes to ROOT/MODEL-TIME; "
                                        "tags and the history are read from here.")] = DEFAULT_ROOT,
-    junit: Annotated[Path, typer.Option("--junit", help="JUnit XML of the gate (default: in the sweep's "
-                                        "folder, regress.junit.xml).")] = None,  # type: ignore[assignment]
-    md: Annotated[Path, typer.Option("--md", help="Markdown verdict (default: in the sweep's folder, "
-                                     "regress.md).")] = None,  # type: ignore[assignment]
-    twin_hardware: Annotated[str, typer.Option("--twin-hardware", help="Override every twin node's hardware "
-                                               "profile (a name or a YAML path).")] = None,  # type: ignore[assignment]
-    threshold: Annotated[str, typer.Option("--threshold", help="Smallest change that can regress (see `topo "
-                                           "regress`).")] = "3%",
-    alpha: Annotated[float, typer.Option("--alpha", help="One-sided level of the history's tolerance and of "
-                                         "a test.")] = 0.05,
-    test: Annotated[str, typer.Option("--test", help="How a cell without history is judged: intervals, welch "
-                                      "or mannwhitney (see `topo regress`).")] = "intervals",
-    gate_history: Annotated[int, typer.Option("--gate-history", help="Judge each cell by the run-to-run spread "
-                                              "of up to this many earlier sweeps under ROOT (same cluster, model "
-                                              "and load); 0 = by the intervals only.", min=0)] = 20,
-    pp: Annotated[int, typer.Option("--pp", help="Prompt tokens per request.")] = 1024,
-    tg: Annotated[int, typer.Option("--tg", help="Generated tokens per request.")] = 128,
+    junit: JunitOption = None,  # type: ignore[assignment]
+    md: MarkdownVerdictOption = None,  # type: ignore[assignment]
+    twin_hardware: TwinHardwareOption = None,  # type: ignore[assignment]
+    threshold: ThresholdOption = "3%",
+    alpha: AlphaOption = 0.05,
+    test: TestOption = "intervals",
+    gate_history: GateHistoryOption = 20,
+    pp: PromptTokensOption = 1024,
+    tg: GeneratedTokensOption = 128,
     history_sweeps: Annotated[int, typer.Option("--history", help="How many sweeps (this one included) the "
                                                 "report's trend tables and charts cover.", min=1)] = 30,
     require_baseline: Annotated[bool, typer.Option("--require-baseline", help="Exit 2 before sweeping when the "
@@ -74,15 +79,19 @@ def nightly_command(
     3. Writes report.md / report.html with the verdict first and each cell's trend over the earlier sweeps
        of the same model under ROOT.
 
+    The JUnit XML and the Markdown verdict default to regress.junit.xml and regress.md in the sweep's
+    folder. More runs per cell (the test needs 2+ a side) mean fewer false alarms on noisy cells.
+
     Exit code: 1 on a regression (or a cell that is missing or failed), 0 when clean, 2 when the input is
     unusable (unknown baseline folder, baseline of another model or load, nothing measured). With no
-    baseline yet (the tag is not set) the sweep is still run and reported and the exit code is 0 — or 1
+    baseline yet (the tag is not set) the sweep is still run and reported and the exit code is 0 — or 3
     when a topology failed — and the message says how to mark it: `topo baseline set DIR --tag TAG`.
+    130/143/129 when interrupted by Ctrl-C/SIGTERM/SIGHUP (the teardown runs).
     """
     console = Console()
-    policy = policy_from_options(threshold, alpha, test)  # a bad option fails before an hour of sweeping
+    policy = regression_policy(threshold, alpha, test)  # a bad option fails before an hour of sweeping
     spec = SweepSpec(model=model, cluster=cluster, runs=runs, pp=pp, tg=tg, twin_hardware=twin_hardware,
-                     topologies=tuple(t.strip() for t in topologies.split(",") if t.strip()),
+                     topologies=tuple(parse_topologies(topologies)),
                      concurrency=tuple(parse_concurrency(concurrency)))
     plan = plan_nightly(spec, root, baseline, policy, out=out, junit=junit, markdown=md,
                         history_sweeps=history_sweeps, require_baseline=require_baseline, gate_history=gate_history)
@@ -107,7 +116,7 @@ def nightly_command(
             progress.progress.stop()
             console.print(f"[yellow]interrupted[/]: the measured runs are kept in {directory}; "
                           f"`topo sweep --resume {directory}` completes it, `topo regress` then gates it")
-            raise typer.Exit(130) from None
+            raise typer.Exit(interrupted_exit_code()) from None
 
     console.print()
     if outcome.regression is None:
@@ -127,4 +136,4 @@ def nightly_command(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("nightly")(nightly_command)
+    app.command("nightly", epilog=EXIT_CODES_HELP)(nightly_command)

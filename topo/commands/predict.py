@@ -2,25 +2,26 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
-import pandas as pd
 import typer
 from rich.console import Console
 
-from bench.records import CELL_COLUMNS
-from bench.results_folder import FolderMeta, ResultsFolder
-from common.errors import ConfigError
 from reports.console import print_report
-from reports.report import build_report
 from reports.tables import DEFAULT_MARGIN_PCT
 from reports.results import write_report
-from topo.commands.bench import parse_concurrency
-from topo.sweep import DEFAULT_CONCURRENCY, now_utc
+from topo.options import (
+    ConcurrencyOption,
+    GeneratedTokensOption,
+    PromptTokensOption,
+    TopologiesOption,
+    parse_concurrency,
+    parse_topologies,
+)
+from bench.results_folder import ResultsFolder
+from topo.predict import PredictSpec, run_predict
+from topo.sweep import DEFAULT_CONCURRENCY
 from topology.registry import COMPARED_ON_NODES
-from twin.engine import EngineConfig
-from twin.predict import predict_sweep, topologies_for_nodes, topology_model
 
 
 def predict_command(
@@ -28,22 +29,25 @@ def predict_command(
                               "configs/cards/ or a YAML path."),
     hardware: str = typer.Option("gb10", "--hardware", help="Hardware profile: a name under configs/hardware/ "
                                  "(gb10, fast) or a YAML path — e.g. a copy with other bandwidth or link figures."),
-    topologies: str = typer.Option(None, "--topologies", "-t", help="Comma-separated topologies (default: the "
-                                   "layouts worth comparing on --nodes nodes)."),
+    topologies: TopologiesOption = None,  # type: ignore[assignment]
     nodes: int = typer.Option(2, "--nodes", "-n", help="Nodes to lay out; compares " + "; ".join(
                               f"{count}: {', '.join(names)}" for count, names in COMPARED_ON_NODES.items()) + "."),
-    concurrency: str = typer.Option(",".join(map(str, DEFAULT_CONCURRENCY)), "--concurrency", "-c",
-                                    help="Concurrency levels (closed batches of exactly c requests)."),
+    concurrency: ConcurrencyOption = ",".join(map(str, DEFAULT_CONCURRENCY)),
     runs: int = typer.Option(3, "--runs", "-r", help="Simulated runs per cell (they differ by the router's "
                              "random split)."),
-    pp: int = typer.Option(1024, "--pp", help="Prompt tokens per request."),
-    tg: int = typer.Option(128, "--tg", help="Generated tokens per request."),
+    pp: PromptTokensOption = 1024,
+    tg: GeneratedTokensOption = 128,
     quantization: str = typer.Option(None, "--quantization", "-q", help="Weight format of the card (fp8, nvfp4, "
                                      "bf16) or bytes per weight as a number; default: the card's."),
     max_num_batched_tokens: int = typer.Option(8192, "--max-num-batched-tokens", help="Token budget per step."),
     gpu_memory_utilization: float = typer.Option(0.70, "--gpu-memory-utilization", help="Share of memory the "
                                                  "engine may use for weights and KV cache."),
     seed: int = typer.Option(0, "--seed", help="Seed of the router's random split."),
+    link: str = typer.Option(None, "--link", help="What-if: the NCCL transport between TP ranks, roce2 (both "
+                             "RoCE twins), roce1 (one) or sockets (TCP). Default: what the env a TP=2 plan "
+                             "renders implies (NCCL_IB_HCA / NCCL_IB_DISABLE), as the twin engine decides it."),
+    cluster: str = typer.Option(None, "--cluster", help="Cluster whose rendered engine env decides the default "
+                                "--link (default: the recipe's env alone)."),
     margin: float = typer.Option(DEFAULT_MARGIN_PCT, "--margin", help="The smallest difference, in %, that makes "
                                  "a winner; smaller ones are ties that name both."),
     out: Path = typer.Option(None, "--out", "-o", help="Write DIR/cells.parquet (the sweep's columns), "
@@ -56,53 +60,25 @@ def predict_command(
     no-Ray table and the recommendations a sweep prints. Only the solo figures of the hardware profile are
     calibrated against a measurement; multi-node behaviour (weights split across nodes, all-reduce over
     the link, executor overhead, the router's random split and its latency) comes out of the model.
+    Without --topologies it predicts the layouts worth comparing on --nodes nodes.
     """
     console = Console()
-    names = [t.strip() for t in topologies.split(",") if t.strip()] if topologies else topologies_for_nodes(nodes)
-    for name in names:
-        model_of = topology_model(name)
-        if model_of.nodes > nodes and topologies:
-            raise ConfigError(f"--topologies {name} needs {model_of.nodes} nodes; --nodes is {nodes}")
-    levels = parse_concurrency(concurrency)
-    config = EngineConfig.from_names(
-        hardware, model, max_num_batched_tokens=max_num_batched_tokens, gpu_memory_utilization=gpu_memory_utilization,
-        weight_bytes_per_param=_bytes_per_weight(quantization, model) if quantization else None,
-    )
-    began = time.perf_counter()
-    rows = predict_sweep(names, config, levels, prompt_tokens=pp, max_tokens=tg, runs=runs, seed=seed)
-    cells = pd.DataFrame(rows, columns=list(CELL_COLUMNS))
-    meta = FolderMeta(
-        kind="prediction", status="complete", started_at=now_utc(),
-        spec={"model": model, "hardware": hardware, "topologies": names, "concurrency": levels, "runs": runs,
-              "pp": pp, "tg": tg, "quantization": quantization, "nodes": nodes, "seed": seed, "margin_pct": margin},
-        title=f"Prediction: {model} on {hardware} (twin, virtual time)",
-    )
-    report = build_report(cells, meta)
+    prediction = run_predict(PredictSpec(
+        model=model, hardware=hardware, topologies=tuple(parse_topologies(topologies, default=())), nodes=nodes,
+        concurrency=tuple(parse_concurrency(concurrency)), runs=runs, pp=pp, tg=tg, quantization=quantization,
+        max_num_batched_tokens=max_num_batched_tokens, gpu_memory_utilization=gpu_memory_utilization, seed=seed,
+        link=link, cluster=cluster, margin_pct=margin,
+    ))
+    cells, meta, report = prediction.cells, prediction.meta, prediction.report
     print_report(console, report)
-    console.print(f"\n[dim]predicted {len(cells)} runs in {time.perf_counter() - began:.1f} s "
-                  f"(virtual time; hardware {hardware}, card {model})[/]")
+    console.print(f"\n[dim]predicted {len(cells)} runs in {prediction.elapsed_s:.1f} s "
+                  f"(virtual time; hardware {hardware}, card {model}, link {prediction.link} from {prediction.link_why})[/]")
     if out is not None:
         folder = ResultsFolder(out)
         folder.write_cells(cells)
         folder.write_meta(meta)
         md_path, html_path = write_report(folder, report)
         console.print(f"wrote [bold]{folder.cells_path}[/], {md_path.name} and {html_path.name}")
-
-
-def _bytes_per_weight(quantization: str, card: str) -> float:
-    try:
-        value = float(quantization)
-    except ValueError:
-        from twin.profiles import load_card
-
-        known = load_card(card).quantization_bytes
-        if quantization not in known:
-            raise ConfigError(f"--quantization {quantization!r}: card {card} knows {', '.join(known)} "
-                              "(or give bytes per weight as a number)") from None
-        return known[quantization]
-    if not 0.1 <= value <= 4:
-        raise ConfigError(f"--quantization {quantization}: bytes per weight must be between 0.1 and 4")
-    return value
 
 
 def register(app: typer.Typer) -> None:

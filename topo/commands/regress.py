@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, cast
+from typing import Annotated
 
 import typer
 from rich.console import Console
 
 from reports.console import print_regression
-from reports.regress import RegressionPolicy, TestName, parse_threshold, write_gate_outputs
-from reports.regress import compare_result_dirs
+from reports.regress import compare_result_dirs, write_gate_outputs
+from topo.options import (
+    AlphaOption,
+    GateHistoryOption,
+    JunitOption,
+    MarkdownVerdictOption,
+    TestOption,
+    ThresholdOption,
+    regression_policy,
+)
 from topo.nightly import DEFAULT_ROOT, history_for_gate, resolve_sweep, sweep_label
-
-
-def policy_from_options(threshold: str, alpha: float, test: str) -> RegressionPolicy:
-    # RegressionPolicy checks the test's name and says which ones exist
-    return RegressionPolicy(threshold_pct=parse_threshold(threshold), alpha=alpha, test=cast(TestName, test))
 
 
 def regress_command(
@@ -25,22 +28,12 @@ def regress_command(
                                           show_default=False)],
     current: Annotated[str, typer.Option("--current", help="The sweep to judge: a results folder (or a tag).",
                                          show_default=False)],
-    threshold: Annotated[str, typer.Option("--threshold", help="A cell regresses only when it is worse by more "
-                                           "than this (3% or 3; the winner tables' margin) AND by more than its "
-                                           "history's spread allows, or, without history, the test says so.")] = "3%",
-    alpha: Annotated[float, typer.Option("--alpha", help="One-sided level of the history's tolerance and of "
-                                         "welch / mannwhitney.")] = 0.05,
-    test: Annotated[str, typer.Option("--test", help="How a cell without history is judged: intervals (its 95% "
-                                      "interval clear of the baseline's, as the winner tables), welch (Welch's "
-                                      "t-test on the per-run values; 2+ runs a side) or mannwhitney (rank test; "
-                                      "4+ runs a side for α = 0.05).")] = "intervals",
-    history: Annotated[int, typer.Option("--history", help="Judge each cell by the run-to-run spread of up to "
-                                         "this many sweeps under ROOT before CURRENT (same cluster, model and "
-                                         "load; 3+ needed per cell); 0 = never.", min=0)] = 20,
-    junit: Annotated[Path, typer.Option("--junit", help="Write JUnit XML here: one test case per (topology, "
-                                        "concurrency, metric) cell, regressions as failures.")] = None,  # type: ignore[assignment]
-    md: Annotated[Path, typer.Option("--md", help="Write the verdict as Markdown here (fit for a chat or an "
-                                     "issue).")] = None,  # type: ignore[assignment]
+    threshold: ThresholdOption = "3%",
+    alpha: AlphaOption = 0.05,
+    test: TestOption = "intervals",
+    history: GateHistoryOption = 20,
+    junit: JunitOption = None,  # type: ignore[assignment]
+    md: MarkdownVerdictOption = None,  # type: ignore[assignment]
     root: Annotated[Path, typer.Option("--root", help="Where tags are looked up (ROOT/baselines.json).")]
     = DEFAULT_ROOT,
 ) -> None:
@@ -57,7 +50,7 @@ def regress_command(
     (unreadable folder, unknown tag, different model or pp/tg, no cell in common).
     """
     console = Console()
-    policy = policy_from_options(threshold, alpha, test)
+    policy = regression_policy(threshold, alpha, test)
     baseline_dir = resolve_sweep(baseline, root)
     current_dir = resolve_sweep(current, root)
     result = compare_result_dirs(baseline_dir, current_dir, policy, baseline_label=sweep_label(baseline, baseline_dir),

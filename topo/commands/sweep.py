@@ -3,23 +3,36 @@
 from __future__ import annotations
 
 import asyncio
-import math
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import typer
 from rich.console import Console
-from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from bench.workload import Load
-from common.errors import ConfigError, TopoError
+from rich.markup import escape
+
+from bench.results_folder import ResultsFolder
+from common.errors import ConfigError
+from topo.exits import EXIT_CODES_HELP, EXIT_FAILURES, interrupted_exit_code
 from reports.console import print_report
 from reports.results import render_results
 from reports.tables import DEFAULT_MARGIN_PCT
 from topo.adaptive import DEFAULT_MAX_RUNS, DEFAULT_PRECISION_PCT
-from topo.commands.bench import parse_concurrency
+from topo.options import (
+    ClusterOption,
+    ConcurrencyOption,
+    GeneratedTokensOption,
+    LatencyModeOption,
+    MarginOption,
+    OutOption,
+    PromptTokensOption,
+    RecipeOption,
+    SeedOption,
+    TopologiesOption,
+    TwinHardwareOption,
+    parse_concurrency,
+    parse_topologies,
+)
+from topo.progress import RichSweepProgress
 from topo.sweep import (
     DEFAULT_CONCURRENCY,
     SweepPlan,
@@ -30,88 +43,7 @@ from topo.sweep import (
     resume_spec,
     run_sweep,
 )
-from topology.kinds import STUDY_TOPOLOGIES
-
-
-class RichSweepProgress:
-    """One bar over every measured run of the sweep (ETA included), a status line, a summary per cell."""
-
-    def __init__(self, console: Console) -> None:
-        self.console = console
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("runs"),
-            TimeElapsedColumn(),
-            TextColumn("eta"),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[status]}", style="dim"),
-            console=console,
-            transient=False,
-        )
-        self.task: Any = None
-
-    def __enter__(self) -> RichSweepProgress:
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
-
-    def _status(self, text: str) -> None:
-        if self.task is not None:
-            self.progress.update(self.task, status=escape(text[:90]))
-
-    # BringUpProgress
-    def event(self, step: str | None, message: str, *, log_line: bool = False) -> None:
-        self._status(f"{step}: {message}" if step else message)
-
-    # SweepProgress
-    def sweep_started(self, total_runs: int, already_done: int) -> None:
-        self.task = self.progress.add_task("sweep", total=total_runs, completed=already_done, status="")
-        if already_done:
-            self.console.print(f"resuming: {already_done} of {total_runs} runs are already measured")
-
-    def topology_started(self, topology: str, loads: Sequence[Load]) -> None:
-        self.progress.update(self.task, description=topology)
-        self.console.print(f"[bold cyan]{topology}[/]: bringing it up, then {','.join(l.label for l in loads)}")
-
-    def topology_up(self, topology: str, startup_s: float) -> None:
-        self.console.print(f"  {topology} up after {startup_s:.1f} s")
-
-    def run_done(self, topology: str, load: Load, run: int, warmup: bool) -> None:
-        if warmup:
-            self._status(f"{load.label}: warm-up done")
-            return
-        self.progress.advance(self.task)
-        self._status(f"{load.label}: run {run + 1} done")
-
-    def cell_done(self, topology: str, load: Load, rows: list[dict[str, Any]], warnings: list[str]) -> None:
-        if not rows:
-            return
-
-        def mean(key: str) -> float:
-            values = [float(r[key]) for r in rows if r.get(key) is not None and not math.isnan(float(r[key]))]
-            return sum(values) / len(values) if values else math.nan
-
-        failed = sum(int(r.get("failed") or 0) for r in rows)
-        failed_text = f"  [red]{failed} failed[/]" if failed else ""
-        if warnings:  # details go to meta.json and the report's caveats; here one flag keeps the log readable
-            failed_text += "  [yellow]client-bound?[/]"
-        # one line in 80 columns: topology, level, the three figures of the winner tables (mean over runs)
-        self.console.print(
-            f"  {topology} {load.label:<4} decode {mean('decode_tps'):6.1f} t/s  prefill {mean('prefill_tps'):6.0f} t/s"
-            f"  TTFT {mean('ttft_ms'):6.0f} ms  ({len(rows)} run{'s' if len(rows) > 1 else ''}){failed_text}",
-            highlight=False
-        )
-
-    def topology_failed(self, topology: str, error: TopoError) -> None:
-        self.console.print(f"[bold red]{topology} failed:[/] {escape(str(error))}")
-        self.console.print("  its measured runs are kept; the sweep goes on with the next topology")
-
-    def note(self, message: str) -> None:
-        self.console.print(f"  [yellow]note:[/] {escape(message)}")
+from topology.registry import STUDY_TOPOLOGIES
 
 
 def _print_dry_run(console: Console, sweep: SweepPlan, out: Path) -> None:
@@ -129,38 +61,40 @@ def _print_dry_run(console: Console, sweep: SweepPlan, out: Path) -> None:
 
 
 def sweep_command(
-    model: str = typer.Option("gemma4-26b", "--model", "-m", help="Model recipe: a name under configs/models/ "
-                              "or a YAML path."),
-    cluster: str = typer.Option("local-twin", "--cluster", help="Cluster inventory: a name under configs/clusters/ "
-                                "or a YAML path. Default: two emulated DGX Spark on this machine (no root, no GPU)."),
-    topologies: str = typer.Option(",".join(STUDY_TOPOLOGIES), "--topologies", "-t",
-                                   help="Comma-separated topologies, measured in this order."),
-    concurrency: str = typer.Option(",".join(map(str, DEFAULT_CONCURRENCY)), "--concurrency", "-c",
-                                    help="Concurrency levels: each is a closed batch of exactly c requests."),
-    runs: str = typer.Option("auto", "--runs", "-r", help="Measured runs per cell, after one discarded warm-up batch: "
+    model: RecipeOption = "gemma4-26b",
+    cluster: ClusterOption = "local-twin",
+    topologies: TopologiesOption = ",".join(STUDY_TOPOLOGIES),
+    concurrency: ConcurrencyOption = ",".join(map(str, DEFAULT_CONCURRENCY)),
+    runs: str = typer.Option("auto", "--runs", "-r", help="Measured runs per cell, after one short warm-up batch: "
                              "auto measures each cell until its 95% intervals are within ±--precision or the "
                              "winner call at its level is settled (at most --max-runs); a number fixes the count "
                              "(50 is the published study's method)."),
     max_runs: int = typer.Option(DEFAULT_MAX_RUNS, "--max-runs", help="--runs auto: at most this many runs per cell."),
     precision: float = typer.Option(DEFAULT_PRECISION_PCT, "--precision", help="--runs auto: a cell is precise "
                                     "enough when every headline metric's 95% interval is within ± this % of its mean."),
-    margin: float = typer.Option(DEFAULT_MARGIN_PCT, "--margin", help="The smallest difference, in %, that makes a "
-                                 "winner (smaller ones are ties that name both); --runs auto stops a cell once its "
-                                 "call at this margin is settled."),
-    pp: int = typer.Option(1024, "--pp", help="Prompt tokens per request."),
-    tg: int = typer.Option(128, "--tg", help="Generated tokens per request."),
-    latency_mode: str = typer.Option("api", "--latency-mode", help="api, generation or none (see METRICS.md)."),
-    twin_hardware: str = typer.Option(None, "--twin-hardware", help="Override the hardware profile of every twin "
-                                      "node (e.g. `fast` for a quick check, or a profile YAML path)."),
+    margin: MarginOption = DEFAULT_MARGIN_PCT,
     twin_noise_cv: float = typer.Option(None, "--twin-noise-cv", help="Per-step jitter of every twin node "
                                         "(coefficient of variation of a step's time, seeded; 0 = deterministic): "
                                         "for trying intervals, ties and adaptive runs on a noisy engine."),
-    out: Path = typer.Option(None, "--out", "-o", help="Results folder (default: results/MODEL-TIME)."),
+    pp: PromptTokensOption = 1024,
+    tg: GeneratedTokensOption = 128,
+    latency: LatencyModeOption = "api",
+    twin_hardware: TwinHardwareOption = None,  # type: ignore[assignment]
+    out: OutOption = None,  # type: ignore[assignment]
     resume: Path = typer.Option(None, "--resume", help="Continue a sweep that stopped: measures only the runs "
                                 "missing in that folder, with the settings stored in its meta.json."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print every topology's commands and the cells; "
                                  "start nothing."),
-    seed: int = typer.Option(None, "--seed", help="Seed for prompt offsets (default: random)."),
+    seed: SeedOption = None,  # type: ignore[assignment]
+    telemetry_interval: float = typer.Option(1.0, "--telemetry-interval", help="Seconds between samples of every "
+                                             "engine's /metrics and every node (nvidia-smi, memory, CPU) into "
+                                             "telemetry.parquet; 0 switches sampling off."),
+    timeout: float = typer.Option(600.0, "--timeout", help="Deadline on progress: a request without a generated "
+                                  "token for this many seconds is recorded as failed (a whole request may take "
+                                  "10 x this at most)."),
+    max_failed_share: float = typer.Option(0.0, "--max-failed-share", help="A run counts as measured only when "
+                                           "at most this share of its requests failed (default 0: all succeeded); "
+                                           "other runs are stored as failed and `--resume` measures them again."),
 ) -> None:
     """Bring the cluster up in each topology, sweep the concurrency levels, tear it down, write a report.
 
@@ -169,7 +103,9 @@ def sweep_command(
     tokens and TG generated tokens), tear it down (always, also on failure and Ctrl-C). Every measured run is
     written at once to the results folder; report.md and report.html (winner tables for decode, prefill and
     TTFT, Ray vs no-Ray, recommendations, charts) are written at the end. A topology that fails to come up
-    is recorded and the sweep goes on. Ctrl-C stops cleanly; `--resume DIR` continues where it stopped.
+    is recorded and the sweep goes on. Ctrl-C, SIGTERM and SIGHUP stop cleanly; `--resume DIR` continues
+    where it stopped.
+    The results folder defaults to results/MODEL-TIME.
     """
     console = Console()
     if resume is not None:
@@ -181,18 +117,21 @@ def sweep_command(
         spec = SweepSpec(
             model=model,
             cluster=cluster,
-            topologies=tuple(t.strip() for t in topologies.split(",") if t.strip()),
+            topologies=tuple(parse_topologies(topologies)),
             concurrency=tuple(parse_concurrency(concurrency)),
             runs=parse_runs(runs),
             max_runs=max_runs,
             precision_pct=precision,
             margin_pct=margin,
+            twin_noise_cv=twin_noise_cv,
             pp=pp,
             tg=tg,
-            latency_mode=_latency_mode(latency_mode),
+            latency_mode=latency,  # type: ignore[arg-type]
             twin_hardware=twin_hardware,
-            twin_noise_cv=twin_noise_cv,
             seed=seed,
+            telemetry_interval_s=telemetry_interval,
+            request_timeout_s=timeout,
+            max_failed_share=max_failed_share,
         )
         directory = out or default_out_dir(spec)
     sweep = plan_sweep(spec)
@@ -208,7 +147,7 @@ def sweep_command(
             # soft_wrap: a command to copy must not be broken across lines at the terminal's width
             console.print(f"[yellow]interrupted[/]: every finished run is kept in {directory}; continue with\n"
                           f"  topo sweep --resume {directory}", soft_wrap=True, highlight=False)
-            raise typer.Exit(130) from None
+            raise typer.Exit(interrupted_exit_code()) from None
     if outcome.measured_runs or resume is not None:
         report, md_path, html_path = render_results(directory)
         console.print()
@@ -217,12 +156,17 @@ def sweep_command(
         if outcome.timing:
             console.print(f"time to decision: {outcome.timing_text()}", highlight=False)
     else:
-        console.print(f"[red]nothing was measured[/]; what happened is in {directory}/meta.json")
+        console.print(f"[red]nothing was measured[/]; what happened is in {ResultsFolder(directory).meta_path}")
     if outcome.errors:
         console.print(f"[bold red]{len(outcome.errors)} topolog{'y' if len(outcome.errors) == 1 else 'ies'} failed[/]: "
-                      f"{', '.join(outcome.errors)} (details in {directory}/meta.json); after fixing, "
-                      f"`topo sweep --resume {directory}` measures only what is missing", soft_wrap=True, highlight=False)
-        raise typer.Exit(1)
+                      f"{', '.join(outcome.errors)} (details in {ResultsFolder(directory).meta_path})", soft_wrap=True, highlight=False)
+    if outcome.short_cells:
+        console.print(f"[bold red]{len(outcome.short_cells)} cell(s) short of measured runs[/]: "
+                      + escape("; ".join(outcome.short_cells)), soft_wrap=True, highlight=False)
+    if outcome.errors or outcome.short_cells:
+        console.print(f"after fixing the cause, `topo sweep --resume {directory}` measures only what is missing "
+                      "or failed", soft_wrap=True, highlight=False)
+        raise typer.Exit(EXIT_FAILURES)
 
 
 def parse_runs(text: str) -> int | None:
@@ -238,11 +182,5 @@ def parse_runs(text: str) -> int | None:
     return runs
 
 
-def _latency_mode(value: str) -> Any:
-    if value not in ("api", "generation", "none"):
-        raise ConfigError(f"--latency-mode {value!r}: expected api, generation or none")
-    return value
-
-
 def register(app: typer.Typer) -> None:
-    app.command("sweep")(sweep_command)
+    app.command("sweep", epilog=EXIT_CODES_HELP)(sweep_command)
