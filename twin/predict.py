@@ -66,7 +66,8 @@ class VirtualDeployment:
     def __init__(self, topology: str | Topology, config: EngineConfig, *, seed: int = 0) -> None:
         self.topology = topology_model(topology)
         self.config = engine_config(self.topology, config)
-        self.cores = [EngineCore(self.config) for _ in range(self.topology.replicas)]
+        self.cores = [EngineCore(self.config, noise_stream=seed * 17 + replica)
+                      for replica in range(self.topology.replicas)]
         self.clocks = [VirtualClock() for _ in self.cores]
         self.rng = random.Random(seed)
         hw = self.config.hardware

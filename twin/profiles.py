@@ -27,8 +27,10 @@ from common.errors import ConfigError
 SOURCE_KINDS = ("published:", "estimate:", "calibrated:")
 
 # Keys that are descriptive, not constants of the model: they need no source.
-# `decode_slowdown` is a what-if knob (tests, "what if decode got 10% slower"), not a fact to source.
-_UNSOURCED_KEYS = frozenset({"name", "description", "hf_id", "default_quantization", "sources", "decode_slowdown"})
+# `decode_slowdown` and `noise_cv` are what-if knobs (tests: "what if decode got 10% slower", "what if every
+# step jittered by 5%"), not facts to source.
+_UNSOURCED_KEYS = frozenset({"name", "description", "hf_id", "default_quantization", "sources", "decode_slowdown",
+                             "noise_cv"})
 
 
 class SourcedModel(StrictModel):
@@ -221,6 +223,10 @@ class HardwareProfile(SourcedModel):
     # this many times its modeled time. 1.1 = "decode got 10% slower" (a kernel or driver regression) while
     # TTFT and prefill stay as they were; the nightly gate's tests use it.
     decode_slowdown: float = Field(default=1.0, gt=0)
+    # Testing knob: every engine step's modeled time is multiplied by a seeded random factor with mean 1 and
+    # this coefficient of variation (lognormal), so intervals, ties and adaptive stops meet a noisy engine.
+    # 0 (the default) keeps the twin deterministic.
+    noise_cv: float = Field(default=0.0, ge=0, le=2)
     power: PowerProfile | None = None  # None: the twin's nvidia-smi is not installed (no power figures)
 
     @model_validator(mode="after")
@@ -425,6 +431,7 @@ class DerivedProfile(StrictModel):
     derived_from: str
     speedup: float = Field(gt=0)
     decode_slowdown: float | None = Field(default=None, gt=0)  # replaces the base's (not scaled)
+    noise_cv: float | None = Field(default=None, ge=0, le=2)  # replaces the base's (not scaled)
 
 
 _RATE_KEYS = frozenset({"memory_bandwidth_gbs", "dense_tflops_bf16", "dense_tflops_fp8", "dense_tflops_fp4", "bandwidth_gbit_s", "vector_tops"})
@@ -467,6 +474,8 @@ def hardware_data(name_or_path: str | Path) -> tuple[dict[str, Any], str]:
         scaled["description"] = derived.description or note
         if derived.decode_slowdown is not None:
             scaled["decode_slowdown"] = derived.decode_slowdown
+        if derived.noise_cv is not None:
+            scaled["noise_cv"] = derived.noise_cv
         return scaled, f"{path} (derived from {base_path})"
     if data is None:
         raise ConfigError(f"{path}: the file is empty (expected a hardware profile)")
