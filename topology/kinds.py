@@ -70,10 +70,9 @@ class PlanSecrets:
 
 ROUTER_CONFIG_NAME = "router.yaml"
 ENGINE_API_KEY_PLACEHOLDER = "none"  # engines run without --api-key; LiteLLM's openai client wants some key
-_NETWORK_ENV = (
-    "VLLM_HOST_IP", "GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME", "TP_SOCKET_IFNAME",
-    "NCCL_IB_HCA", "NCCL_IB_DISABLE", "UCX_NET_DEVICES", "OMPI_MCA_btl_tcp_if_include",
-)
+# Always from the node's fast_link. The RoCE variables fast_link.rdma renders (NCCL_IB_HCA, ...) may be
+# overridden by a recipe's or node's env (e.g. `mlx5_0:1`-style HCA lists): later wins.
+_NETWORK_ENV = ("VLLM_HOST_IP", "GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME", "TP_SOCKET_IFNAME")
 # Ray's OOM killer misreads unified memory (a Spark's GPU and CPU share it) and kills healthy workers.
 RAY_MEMORY_MONITOR_ENV = "RAY_memory_monitor_refresh_ms"
 
@@ -107,7 +106,7 @@ def _node_env(node: Node, recipe: Recipe, extra: dict[str, str] | None = None, *
         clashes = sorted(set(values) & set(_NETWORK_ENV))
         if clashes:
             raise PlanError(
-                f"{source} sets {', '.join(clashes)}: these come from the node's fast_link (ip, interface, rdma); "
+                f"{source} sets {', '.join(clashes)}: these come from the node's fast_link (ip, interface); "
                 "set them there instead"
             )
     if isinstance(node.engine, TwinEngine):

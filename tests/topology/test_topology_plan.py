@@ -346,7 +346,11 @@ def test_without_rdma_spanning_plans_note_sockets_and_one_twin_is_noted_too(two_
     assert "note: node spark1: NCCL will use one RoCE device" in plan_text(one_twin).plain
 
 
-def test_recipe_or_node_env_cannot_set_the_link_variables(two_sparks, gemma, plan_secrets):
-    cluster = node_update(two_sparks, 1, env={"NCCL_IB_HCA": "mlx5_0"})
-    with pytest.raises(PlanError, match="node 'spark2' sets NCCL_IB_HCA: these come from the node's fast_link"):
-        plan(parse_topology("tp2-mp"), cluster, gemma, secrets=plan_secrets)
+def test_node_env_may_override_what_rdma_renders_but_not_the_fast_link_itself(two_sparks, gemma, plan_secrets):
+    cluster = node_update(with_rdma(two_sparks, "rocep1s0f1", "roceP2p1s0f1"), 1, env={"NCCL_IB_HCA": "mlx5_0:1"})
+    steps = plan(parse_topology("tp2-mp"), cluster, gemma, secrets=plan_secrets).steps()
+    assert {step.node: step.env["NCCL_IB_HCA"] for step in steps} == {"spark2": "mlx5_0:1",
+                                                                     "spark1": "rocep1s0f1,roceP2p1s0f1"}
+    with pytest.raises(PlanError, match="node 'spark2' sets NCCL_SOCKET_IFNAME: these come from the node's fast_link"):
+        plan(parse_topology("tp2-mp"), node_update(two_sparks, 1, env={"NCCL_SOCKET_IFNAME": "eth0"}), gemma,
+             secrets=plan_secrets)
