@@ -104,3 +104,18 @@ def test_a_docker_plan_passes_its_nccl_env_in_the_env_file() -> None:
     """Two Sparks running vLLM's container: the NCCL env reaches the engine through `--env-file`."""
     cluster = Path(__file__).resolve().parents[1] / "topology" / "data" / "two-sparks-rdma.yaml"
     assert planned_transport("gemma4-26b", str(cluster)).transport == "roce2"
+
+
+@pytest.mark.parametrize(("rdma", "transport"), [(["rocep1s0f1", "roceP2p1s0f1"], "roce2"), (["rocep1s0f1"], "roce1"),
+                                                  (None, "sockets")])
+def test_a_fast_link_with_roce_twins_renders_their_transport(tmp_path: Path, rdma, transport) -> None:
+    """The planner renders NCCL_IB_HCA from fast_link.rdma; the twin's link follows that env."""
+    from common.config import CONFIGS_DIR
+
+    data = yaml.safe_load((CONFIGS_DIR / "clusters" / "two-sparks.yaml").read_text())
+    for node in data["nodes"]:
+        if rdma is not None:
+            node["fast_link"]["rdma"] = rdma
+    path = tmp_path / "sparks.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert planned_transport("gemma4-26b", str(path)).transport == transport
