@@ -35,6 +35,10 @@ class RequestRecord:
     served_by: str | None = None  # which backend served it (x-litellm-model-id), when a router says
     latency_offset: float = 0.0  # the run's measured network/API latency (METRICS.md `latency`)
     response_id: str | None = None  # the stream's `id` (e.g. chatcmpl-...): joins a row with server-side logs
+    # Open loop only: when the arrival schedule said the request was due (same clock as `start`). Then
+    # `batch_start` is when the client was free to send it (due, and a slot free under the cap), so
+    # `send_lag` stays the client's own lateness and `start - scheduled_at` is the user's queueing.
+    scheduled_at: float | None = None
 
     @property
     def ok(self) -> bool:

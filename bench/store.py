@@ -59,6 +59,9 @@ CELL_SCHEMA = pa.schema(
     metadata={SCHEMA_KEY: str(SCHEMA_VERSION).encode()},
 )
 
+# Columns newer than schema version 1's first files: an older folder reads them as nulls.
+ADDED_LATER = frozenset({"scheduled_at"})
+
 _sequence = count()
 
 
@@ -133,6 +136,8 @@ class ResultsStore:
             if version != schema.metadata[SCHEMA_KEY]:
                 raise ResultsError(f"{path}: schema version {version!r}, this topo reads "
                                    f"{schema.metadata[SCHEMA_KEY]!r}")
+            for name in ADDED_LATER & (set(schema.names) - set(table.schema.names)):
+                table = table.append_column(schema.field(name), pa.nulls(table.num_rows, schema.field(name).type))
             missing = set(schema.names) - set(table.schema.names)
             if missing:
                 raise ResultsError(f"{path}: missing columns {sorted(missing)}")
