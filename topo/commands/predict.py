@@ -12,13 +12,16 @@ from rich.console import Console
 
 from bench.records import CELL_COLUMNS
 from common.errors import ConfigError
-from reports.console import print_report
+from bench.suite import load_suites
+from reports.console import fitting_tables, print_report, rich_table
 from reports.report import build_report
 from reports.results import write_report
 from topo.commands.bench import parse_concurrency
 from topo.sweep import DEFAULT_CONCURRENCY, write_meta
 from twin.engine import EngineConfig
+from reports.workloads import WorkloadReport, workload_html, workload_markdown
 from twin.predict import predict_sweep, topologies_for_nodes, topology_model
+from twin.workloads import predict_suite
 
 
 def predict_command(
@@ -44,6 +47,10 @@ def predict_command(
     seed: int = typer.Option(0, "--seed", help="Seed of the router's random split."),
     out: Path = typer.Option(None, "--out", "-o", help="Write DIR/cells.parquet (the sweep's columns), "
                              "meta.json, report.md and report.html."),
+    workload: str = typer.Option(None, "--workload", "-w", help="Workload suite(s): names under "
+                                 "configs/workloads/ (arena, default) or YAML paths, comma-separated. Replaces "
+                                 "-c/--pp/--tg by the suite's shapes and loads (closed, open loop, rate sweeps)."),
+    only: str = typer.Option(None, "--only", help="Tests of the suite to run, e.g. 01-chat,10-monday-peak."),
 ) -> None:
     """Predict decode, prefill and TTFT per topology and concurrency, in seconds, without any node.
 
@@ -59,11 +66,18 @@ def predict_command(
         model_of = topology_model(name)
         if model_of.nodes > nodes and topologies:
             raise ConfigError(f"--topologies {name} needs {model_of.nodes} nodes; --nodes is {nodes}")
-    levels = parse_concurrency(concurrency)
     config = EngineConfig.from_names(
         hardware, model, max_num_batched_tokens=max_num_batched_tokens, gpu_memory_utilization=gpu_memory_utilization,
         weight_bytes_per_param=_bytes_per_weight(quantization, model) if quantization else None,
     )
+    if workload is not None:
+        _predict_workloads(console, config, names, workload, only, runs=runs, seed=seed, out=out,
+                           spec={"model": model, "hardware": hardware, "topologies": names, "runs": runs,
+                                 "quantization": quantization, "nodes": nodes, "seed": seed})
+        return
+    if only is not None:
+        raise ConfigError("--only picks tests of a --workload suite; give --workload too")
+    levels = parse_concurrency(concurrency)
     began = time.perf_counter()
     rows = predict_sweep(names, config, levels, prompt_tokens=pp, max_tokens=tg, runs=runs, seed=seed)
     cells = pd.DataFrame(rows, columns=list(CELL_COLUMNS))
@@ -86,6 +100,38 @@ def predict_command(
         write_meta(out, meta)
         md_path, html_path = write_report(out, report)
         console.print(f"wrote [bold]{out / 'cells.parquet'}[/], {md_path.name} and {html_path.name}")
+
+
+def _predict_workloads(console: Console, config: EngineConfig, names: list[str], workload: str, only: str | None,
+                       *, runs: int, seed: int, out: Path | None, spec: dict[str, object]) -> None:
+    suite = load_suites(workload, (only or "").split(","))
+    began = time.perf_counter()
+    with console.status("predicting") as status:
+        rows = predict_suite(names, config, suite, runs=runs, seed=seed,
+                             on_point=lambda topology, point: status.update(f"{topology} {point.workload} {point.label}"))
+    cells = pd.DataFrame(rows)
+    title = f"Prediction: {spec['model']} on {config.hardware.name}, workload {suite.name} (twin, virtual time)"
+    report = WorkloadReport(suite, cells)
+    if not console.is_terminal:
+        console.width = max(console.width, 160)  # a piped report keeps one line per row
+    console.print(f"[bold]{title}[/]")
+    for table in report.sections():
+        for part in fitting_tables(console.width, table):
+            console.print()
+            console.print(rich_table(part))
+    console.print(f"\n[dim]predicted {len(cells)} runs of {len(suite.tests)} tests in "
+                  f"{time.perf_counter() - began:.1f} s (virtual time)[/]")
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        cells.to_parquet(out / "cells.parquet", index=False)
+        meta = {"schema": 1, "kind": "prediction", "status": "complete",
+                "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "spec": {**spec, "workload": workload, "only": only}, "title": title,
+                "workloads": suite.model_dump(mode="json")}
+        write_meta(out, meta)
+        (out / "report.md").write_text(workload_markdown(report, title), encoding="utf-8")
+        (out / "report.html").write_text(workload_html(report, title), encoding="utf-8")
+        console.print(f"wrote [bold]{out / 'cells.parquet'}[/], report.md and report.html")
 
 
 def _bytes_per_weight(quantization: str, card: str) -> float:
