@@ -253,24 +253,26 @@ class BenchClient:
     async def run_batch(
         self,
         prompts: Sequence[Prompt],
-        tg: int,
+        tg: int | Sequence[int],
         *,
         topology: str = "",
         run: int = 0,
         latency: float = 0.0,
         on_request: Callable[[RequestRecord], None] | None = None,
     ) -> list[RequestRecord]:
-        """Fire len(prompts) requests at once and wait for all of them (a closed batch)."""
+        """Fire len(prompts) requests at once and wait for all of them (a closed batch). `tg` is one output
+        length for all, or one per request."""
         if self.model is None:
             raise EndpointError("BenchClient.run_batch before preflight(): no model chosen")
         concurrency = len(prompts)
+        outputs = [tg] * concurrency if isinstance(tg, int) else list(tg)
         slots = await self._ensure_slots(concurrency)
         await self.warm_connections(concurrency)
         requests = [
             slot.build_request("POST", self.endpoint.chat_url,
-                               content=json.dumps(chat_payload(self.model, prompt, tg)).encode(),
+                               content=json.dumps(chat_payload(self.model, prompt, out)).encode(),
                                headers={"content-type": "application/json"})
-            for slot, prompt in zip(slots, prompts)
+            for slot, prompt, out in zip(slots, prompts, outputs)
         ]
         wires = [t for t in self._slot_transports[:concurrency] if isinstance(t, WireTransport)]
         primed = len(wires) == concurrency
@@ -300,9 +302,12 @@ class BenchClient:
             one(index, slot, request, prompt)
             for index, (slot, request, prompt) in enumerate(zip(slots, requests, prompts))
         ))
+        return self.finish_records(results)
+
+    def finish_records(self, results: Sequence[tuple[RequestRecord, list[_Chunk]]]) -> list[RequestRecord]:
         records = []
         for record, chunks in results:
-            # Token timestamps are assigned after the batch so that tokenizer work never delays a stream.
+            # Token timestamps are assigned after the run so that tokenizer work never delays a stream.
             record.token_times = assign_token_times(chunks, record.completion_tokens, self.count_tokens)
             if record.ok and record.completion_tokens is None:
                 record.completion_tokens = len(record.token_times)
@@ -311,7 +316,7 @@ class BenchClient:
 
     async def _one(self, slot: httpx.AsyncClient, request: httpx.Request, prompt: Prompt, topology: str,
                    concurrency: int, run: int, index: int, batch_start: float,
-                   latency: float) -> tuple[RequestRecord, list[_Chunk]]:
+                   latency: float, slot_index: int | None = None) -> tuple[RequestRecord, list[_Chunk]]:
         record = RequestRecord(topology=topology, concurrency=concurrency, run=run, index=index,
                                batch_start=batch_start, start=math.nan,
                                prompt_tokens_sent=prompt.expected_prompt_tokens, latency_offset=latency)
@@ -362,7 +367,7 @@ class BenchClient:
         except httpx.HTTPError as exc:
             record.error = f"request failed: {type(exc).__name__}: {exc}"
         finally:
-            self._slot_used[index] = time.perf_counter()
+            self._slot_used[index if slot_index is None else slot_index] = time.perf_counter()
             self._note_start(record, request, fallback_start)
             if record.end is None:
                 record.end = time.perf_counter()

@@ -19,7 +19,6 @@ from reports.results import write_report
 from topo.commands.bench import parse_concurrency
 from topo.sweep import DEFAULT_CONCURRENCY, write_meta
 from twin.engine import EngineConfig
-from reports.workloads import WorkloadReport, workload_html, workload_markdown
 from twin.predict import predict_sweep, topologies_for_nodes, topology_model
 from twin.workloads import predict_suite
 
@@ -104,6 +103,8 @@ def predict_command(
 
 def _predict_workloads(console: Console, config: EngineConfig, names: list[str], workload: str, only: str | None,
                        *, runs: int, seed: int, out: Path | None, spec: dict[str, object]) -> None:
+    from reports.workloads import WorkloadReport, workload_html, workload_markdown  # see tests/topo/test_predict_workload.py
+
     suite = load_suites(workload, (only or "").split(","))
     began = time.perf_counter()
     with console.status("predicting") as status:
