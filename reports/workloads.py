@@ -25,7 +25,7 @@ import plotly.graph_objects as go
 from bench.openmetrics import capacity
 from bench.suite import Suite, WorkloadTest, test_points
 from common.config import validate_model
-from reports.names import display_name, ordered_topologies
+from reports.names import display_name, ordered_topologies, ray_pairs
 from reports.report import DisplayTable
 
 MATERIAL = 0.03  # a margin under 3% is a tie (METRICS.md "Deciding")
@@ -109,9 +109,13 @@ class Verdict:
 
 
 def verdict(means: pd.DataFrame, load: str, view: MetricView) -> Verdict:
+    """Best layout vs the runner-up; a Ray variant whose no-Ray twin was measured is left out (the executor
+    is compared in its own table, METRICS.md "Deciding")."""
     rows = means[means["load"] == load]
     values = {str(t): float(v) for t, v in zip(rows["topology"], rows.get(view.key, pd.Series(dtype=float)))
               if v is not None and not math.isnan(float(v))}
+    for ray, _ in ray_pairs(values):
+        values.pop(ray)
     ranked = sorted(values, key=lambda t: values[t], reverse=view.higher_is_better)
     if not ranked:
         return Verdict(load, view, None, None, math.nan, values)

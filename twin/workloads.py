@@ -2,7 +2,7 @@
 
 Closed points are llama-benchy batches (one warm-up, then `runs`), each request shaped by the test's shape;
 open points (and each rate-sweep step) are one schedule of gamma arrivals under the test's cap, through
-twin/openloop.py. Rows have the columns of a measured workload cell (`workload_row`), so predictions and
+twin/openloop.py. Rows come from bench.points.workload_row, as a measured point's do, so predictions and
 measurements report the same way.
 """
 
@@ -11,30 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from bench.metrics import run_metrics
-from bench.openmetrics import SLOLimits, open_run_metrics
-from bench.records import RequestRecord
+from bench.points import workload_row
 from bench.suite import LoadPoint, Suite
 from twin.engine import EngineConfig
 from twin.openloop import simulate_open
 from twin.predict import TopologyModel, VirtualDeployment
-
-NAN = float("nan")
-
-
-def slo_of(point: LoadPoint) -> SLOLimits | None:
-    slo = point.test.slo
-    return SLOLimits(slo.ttft_ms, slo.e2e_ms) if slo is not None else None
-
-
-def workload_row(point: LoadPoint, records: list[RequestRecord], *, client_cpu_frac: float = NAN) -> dict[str, Any]:
-    """One cells row of a workload point: CELL_COLUMNS, `workload`, `load`, and the open-loop columns."""
-    rate = point.open.rate if point.open is not None else NAN
-    row = run_metrics(records, client_cpu_frac=client_cpu_frac)
-    row.update(open_run_metrics(records, rate=rate, slo=slo_of(point)))
-    row["workload"] = point.workload
-    row["load"] = point.label
-    return row
 
 
 def predict_point(topology: str | TopologyModel, config: EngineConfig, point: LoadPoint, *, runs: int = 3,

@@ -57,3 +57,30 @@ async def test_the_cap_holds_the_requests_back_and_the_user_waits(twin: TwinProc
     # the client itself was prompt once a slot was free: its own lag is small against the TTFT
     assert statistics.median(r.send_lag for r in records) < 0.2 * statistics.median(
         r.first_token - r.start for r in records)
+
+
+async def test_measure_points_of_a_suite(twin: TwinProcess, tmp_path) -> None:
+    from bench.points import PointRun, measure_point
+    from bench.suite import load_suite
+
+    path = tmp_path / "s.yaml"
+    path.write_text("name: s\ntests:\n"
+                    "  - id: chat\n    shape: {kind: random, prompt: 300, output: 12}\n"
+                    "    load: {mode: closed, concurrency: [3], runs: 2}\n"
+                    "  - id: peak\n    shape: {kind: fixed, prompt: 300, output: 12}\n"
+                    "    load: {mode: open, rate: 2, requests: 6, max_concurrency: 2}\n    slo: {ttft_ms: 60000}\n")
+    closed, peak = load_suite(path).points()
+    seen: list[PointRun] = []
+    async with BenchClient(Endpoint.from_url(twin.url)) as client:
+        await client.preflight()
+        factory = PromptFactory(LocalTokenizer.builtin(), pp=300, seed=2)
+        result = await measure_point(client, factory, closed, topology="t", runs=5, latency=0.0, on_run=seen.append)
+        assert [r.run for r in seen] == [-1, 0, 1]  # the warm-up, then the test's own 2 runs
+        assert [len(r.records) for r in seen] == [3, 3, 3]
+        assert len({r.prompt_tokens_sent for r in seen[1].records}) > 1  # random lengths per request
+        assert [(row["workload"], row["load"]) for row in result.rows] == [("chat", "c3")] * 2
+        # rate_scale: the same arrivals 10x faster (for a twin profile sped up as much)
+        opened = await measure_point(client, factory, peak, topology="t", runs=5, latency=0.0, rate_scale=10.0)
+    (row,) = opened.rows
+    assert row["rate"] == 20.0 and row["peak_in_flight"] <= 2 and row["goodput"] == 1.0
+    assert row["requests"] == 6 and row["failed"] == 0
