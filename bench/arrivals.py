@@ -2,7 +2,7 @@
 
 Gaps between arrivals are gamma-distributed with shape k (the burstiness) and mean 1/rate, so the gaps'
 coefficient of variation is 1/sqrt(k): k = 1 is a Poisson process, k < 1 burstier, k > 1 more even. This
-is `vllm bench serve`'s `--burstiness`. The first request is due at 0 (the run's origin), as there.
+is `vllm bench serve`'s `--burstiness`, and so is the schedule's normalisation (see `schedule`).
 A schedule is a plain tuple of seconds; the runner (bench/openloop.py) and the twin's predictor
 (twin/predict.py) both consume it, so a measurement and a prediction see the same arrivals for one seed.
 """
@@ -46,19 +46,20 @@ class ArrivalProcess:
 
     def schedule(self, *, count: int | None = None, duration: float | None = None,
                  seed: int = 0) -> tuple[float, ...]:
-        """Due times from 0: exactly `count` requests, or every arrival before `duration` seconds, or both
-        (at least `count` AND arrivals spanning at least `duration`: a rate-sweep step's rule)."""
+        """Due times, seconds after the run's start, of `count` requests, or of enough requests to span
+        `duration` seconds, or both (at least `count` AND at least `duration`: a rate-sweep step's rule).
+
+        As `vllm bench serve` does: the first request is due after one gap too, and the cumulative gaps are
+        rescaled so that the last request is due at exactly n / rate (the sum of n gamma draws is 1-2% off,
+        which would move the achieved rate from seed to seed).
+        """
         if count is None and duration is None:
             raise ConfigError("an arrival schedule needs a number of requests or a duration")
         if count is not None and count < 1:
             raise ConfigError(f"number of requests must be >= 1 (got {count})")
         if duration is not None and not duration > 0:
             raise ConfigError(f"duration must be > 0 s (got {duration})")
-        # Draw in chunks from one generator so the first n times do not depend on how many are drawn.
-        rng = np.random.default_rng(seed)
-        times: list[float] = []
-        now = 0.0
-        while (count is not None and len(times) < count) or (duration is not None and now < duration):
-            times.append(now)
-            now += float(rng.gamma(shape=self.burstiness, scale=self.mean_gap / self.burstiness))
-        return tuple(times)
+        n = max(count or 1, math.ceil(duration * self.rate) if duration is not None else 1)
+        times = np.cumsum(self.gaps(n, seed))
+        times *= (n / self.rate) / times[-1]
+        return tuple(float(t) for t in times)
