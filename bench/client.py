@@ -28,6 +28,7 @@ import httpx
 from bench.prompts import Prompt
 from bench.records import RequestRecord
 from bench.wire import SENT_AT, WireTransport
+from bench.workload import DEFAULT_WORKLOAD
 from common.errors import ConfigError, EndpointError, StreamError
 
 LatencyMode = Literal["api", "generation", "none"]
@@ -256,6 +257,7 @@ class BenchClient:
         tg: int | Sequence[int],
         *,
         topology: str = "",
+        workload: str = DEFAULT_WORKLOAD,
         run: int = 0,
         latency: float = 0.0,
         on_request: Callable[[RequestRecord], None] | None = None,
@@ -293,7 +295,8 @@ class BenchClient:
                 gc.enable()
         async def one(index: int, slot: httpx.AsyncClient, request: httpx.Request,
                       prompt: Prompt) -> tuple[RequestRecord, list[_Chunk]]:
-            result = await self._one(slot, request, prompt, topology, concurrency, run, index, batch_start, latency)
+            result = await self._one(slot, request, prompt, topology, workload, concurrency, run, index, batch_start,
+                                     latency)
             if on_request is not None:
                 on_request(result[0])  # progress only: token times are assigned after the batch
             return result
@@ -315,9 +318,9 @@ class BenchClient:
         return records
 
     async def _one(self, slot: httpx.AsyncClient, request: httpx.Request, prompt: Prompt, topology: str,
-                   concurrency: int, run: int, index: int, batch_start: float,
+                   workload: str, concurrency: int, run: int, index: int, batch_start: float,
                    latency: float, slot_index: int | None = None) -> tuple[RequestRecord, list[_Chunk]]:
-        record = RequestRecord(topology=topology, concurrency=concurrency, run=run, index=index,
+        record = RequestRecord(topology=topology, workload=workload, concurrency=concurrency, run=run, index=index,
                                batch_start=batch_start, start=math.nan,
                                prompt_tokens_sent=prompt.expected_prompt_tokens, latency_offset=latency)
 

@@ -8,7 +8,7 @@ to finish, as `vllm bench serve --max-concurrency` does), and its bytes go on th
 
 Per request the record keeps `scheduled_at` (the due time), `batch_start` (when the client was free to
 send it: due, and a slot free) and `start` (on the wire). So `start - scheduled_at` is the user's queueing
-(bench/openmetrics.py), and `send_lag = start - batch_start` is the client's own lateness, which flags a
+(bench/metrics.py, open loop), and `send_lag = start - batch_start` is the client's own lateness, which flags a
 client-bound run by the same rule as a closed batch (bench/records.py).
 """
 
@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from bench.client import BenchClient, chat_payload
 from bench.prompts import Prompt
 from bench.records import RequestRecord
+from bench.workload import DEFAULT_WORKLOAD
 from common.errors import ConfigError, EndpointError
 
 # Time between the end of the preparation and the first due time: the loop must be idle when it starts.
@@ -38,6 +39,7 @@ async def run_open(
     *,
     max_concurrency: int | None = None,
     topology: str = "",
+    workload: str = DEFAULT_WORKLOAD,
     run: int = 0,
     latency: float = 0.0,
     prewarm: int | None = None,
@@ -76,8 +78,8 @@ async def run_open(
             slot = client._slots[slot_index]
             request = slot.build_request("POST", client.endpoint.chat_url, content=bodies[i],
                                          headers={"content-type": "application/json"})
-            record, chunks = await client._one(slot, request, prompts[i], topology, concurrency, run, i, eligible,
-                                               latency, slot_index=slot_index)
+            record, chunks = await client._one(slot, request, prompts[i], topology, workload, concurrency, run, i,
+                                               eligible, latency, slot_index=slot_index)
             record.scheduled_at = due
             results.append((record, chunks))
             free.append(slot_index)

@@ -10,7 +10,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-SCHEMA_VERSION = 1
+from bench.workload import DEFAULT_WORKLOAD, closed_label
+
+# 2: the `workload` and `load` key columns (bench/workload.py). Version 1 files are migrated on reading
+# (bench/results_folder.py): workload `default`, load `c{concurrency}`.
+# 3: open-loop columns (OPEN_COLUMNS in cells, `scheduled_at` in requests); older files read them as nulls.
+SCHEMA_VERSION = 3
 
 
 @dataclass
@@ -35,10 +40,16 @@ class RequestRecord:
     served_by: str | None = None  # which backend served it (x-litellm-model-id), when a router says
     latency_offset: float = 0.0  # the run's measured network/API latency (METRICS.md `latency`)
     response_id: str | None = None  # the stream's `id` (e.g. chatcmpl-...): joins a row with server-side logs
+    workload: str = DEFAULT_WORKLOAD  # the request shape's name (bench/workload.py)
+    load: str = ""  # the load's label (bench/workload.py); empty = the closed load of `concurrency`
     # Open loop only: when the arrival schedule said the request was due (same clock as `start`). Then
     # `batch_start` is when the client was free to send it (due, and a slot free under the cap), so
     # `send_lag` stays the client's own lateness and `start - scheduled_at` is the user's queueing.
     scheduled_at: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.load and self.concurrency >= 1:  # an open-loop record is labelled by its point
+            self.load = closed_label(self.concurrency)
 
     @property
     def ok(self) -> bool:
@@ -53,11 +64,13 @@ class RequestRecord:
         return asdict(self)
 
 
-# Columns of cells.parquet: one row per topology x concurrency x run. reports/ and the regression gate
-# read these names; bench/metrics.py produces them.
+# Columns of cells.parquet: one row per (topology, workload, load) cell and run. reports/ and the regression
+# gate read these names; bench/metrics.py produces them.
 CELL_COLUMNS: tuple[str, ...] = (
     "topology",
-    "concurrency",
+    "workload",  # the request shape's name (bench/workload.py; `default` = the sweep's pp/tg)
+    "load",  # the load's label, e.g. c4 (bench/workload.py)
+    "concurrency",  # the closed load's c (kept for the reports' x axis)
     "run",
     "decode_tps",  # decode t/s (total) of the run, METRICS.md
     "prefill_tps",  # prefill t/s (total) of the run
@@ -65,11 +78,35 @@ CELL_COLUMNS: tuple[str, ...] = (
     "peak_tps",  # most tokens seen in any 1-second window
     "decode_tps_req",  # mean per-request decode t/s
     "prefill_tps_req",  # mean per-request prefill t/s
-    "requests",  # how many requests the run sent (= concurrency)
+    "requests",  # how many requests the run sent (= concurrency for a closed load)
     "failed",  # how many of them failed
     "max_send_lag_ms",  # the client's worst scheduling lag in the run
     "client_cpu_frac",  # client process CPU seconds / run wall seconds (near 1: the client was the bottleneck)
 )
+
+# Columns every run row gains for open loop and workload reports (bench/metrics.py, open loop computes them; for a
+# closed batch the user's wait starts when the batch fired, so the `_user` figures equal the others).
+OPEN_COLUMNS: tuple[str, ...] = (
+    "rate",  # offered request rate (req/s); NaN for a closed batch
+    "achieved_rate",  # completed requests / run span (first due time to last byte)
+    "output_tps",  # generated tokens / run span
+    "total_tps",  # (prompt + generated tokens) / run span
+    "peak_in_flight",
+    "ttft_p50_ms", "ttft_p90_ms", "ttft_p95_ms", "ttft_p99_ms",  # from send (vllm bench serve's TTFT)
+    "ttft_user_ms", "ttft_user_p50_ms", "ttft_user_p90_ms", "ttft_user_p95_ms", "ttft_user_p99_ms",  # from due
+    "queue_p99_ms",
+    "tpot_p50_ms", "tpot_p99_ms", "itl_p50_ms", "itl_p99_ms",
+    "e2e_user_p50_ms", "e2e_user_p99_ms",
+    "goodput",  # share of the run's requests that met the test's SLO (NaN: no SLO)
+)
+CELL_COLUMNS = CELL_COLUMNS + OPEN_COLUMNS
+
+# What identifies a cell (its runs are numbered under it) and a request row.
+CELL_KEY: tuple[str, ...] = ("topology", "workload", "load")
+RUN_KEY: tuple[str, ...] = (*CELL_KEY, "run")
+REQUEST_KEY: tuple[str, ...] = (*RUN_KEY, "index")
+# What a cells table must hold to be reported at all; the other CELL_COLUMNS are used when present.
+REQUIRED_CELL_COLUMNS: tuple[str, ...] = ("topology", "concurrency", "run", "decode_tps", "prefill_tps", "ttft_ms")
 
 
 # When a run measured the client more than the server. bench/ warns per run, reports/ flags cells: one rule.

@@ -23,13 +23,13 @@ from typing import Annotated, Literal, Union
 
 from pydantic import Field, model_validator
 
-from bench.arrivals import ArrivalProcess
 from bench.shapes import Shape
+from bench.workload import ClosedLoad, Load, OpenLoad
 from common.config import StrictModel, load_model, resolve_config, validate_model
 from common.errors import ConfigError
 
 DEFAULT_LIMITS_S = (2.0, 5.0, 10.0)
-DEFAULT_SEED = 42  # the Arena's (and `vllm bench serve`'s usual) seed
+DEFAULT_SEED = OpenLoad.seed
 
 
 class ClosedSpec(StrictModel):
@@ -143,49 +143,27 @@ class Suite(StrictModel):
 
 
 @dataclass(frozen=True)
-class OpenLoad:
-    """An open-loop load point: arrivals, the cap, how many and for how long."""
-
-    rate: float
-    burstiness: float = 1.0
-    requests: int | None = None
-    duration_s: float | None = None
-    max_concurrency: int | None = None
-    seed: int = DEFAULT_SEED
-
-    @property
-    def label(self) -> str:
-        return rate_label(self.rate)
-
-    def schedule(self) -> tuple[float, ...]:
-        return ArrivalProcess(self.rate, self.burstiness).schedule(count=self.requests, duration=self.duration_s,
-                                                                   seed=self.seed)
-
-    def scaled(self, factor: float) -> OpenLoad:
-        """The same load `factor` times faster (rate x f, durations / f): for a twin profile sped up by f."""
-        return OpenLoad(self.rate * factor, self.burstiness, self.requests,
-                        self.duration_s / factor if self.duration_s else None, self.max_concurrency, self.seed)
-
-
-def rate_label(rate: float) -> str:
-    return f"{rate:g}rps"
-
-
-@dataclass(frozen=True)
 class LoadPoint:
-    """One cell of a workload test: its id, the load label (`c10`, `0.3rps`, `pp4096-c5`), the shape at
-    that point, and the load: an int (closed: concurrency) or an OpenLoad."""
+    """One cell of a workload test: the test, the load label (`c10`, `0.3rps`, `pp4096-c5`), the shape at
+    that point and the load value (bench/workload.py)."""
 
     test: WorkloadTest
     label: str
     shape: Shape
-    concurrency: int | None = None
-    open: OpenLoad | None = None
+    load: Load
     runs: int | None = None  # closed only: the test's own runs per point
 
     @property
     def workload(self) -> str:
         return self.test.id
+
+    @property
+    def open(self) -> OpenLoad | None:
+        return self.load if isinstance(self.load, OpenLoad) else None
+
+    @property
+    def concurrency(self) -> int | None:
+        return self.load.concurrency if isinstance(self.load, ClosedLoad) else None
 
 
 def test_points(test: WorkloadTest) -> list[LoadPoint]:
@@ -196,17 +174,17 @@ def test_points(test: WorkloadTest) -> list[LoadPoint]:
     load = test.load
     for prefix, shape in shapes:
         if isinstance(load, ClosedSpec):
-            points += [LoadPoint(test, f"{prefix}c{c}", shape, concurrency=c, runs=load.runs)
+            points += [LoadPoint(test, f"{prefix}c{c}", shape, ClosedLoad(c), runs=load.runs)
                        for c in load.concurrency]
         elif isinstance(load, OpenSpec):
             open_load = OpenLoad(load.rate, load.burstiness, load.requests, load.duration_s, load.max_concurrency,
                                  load.seed)
-            points.append(LoadPoint(test, prefix + open_load.label, shape, open=open_load))
+            points.append(LoadPoint(test, prefix + open_load.label, shape, open_load))
         else:
             for rate in load.rates:
                 open_load = OpenLoad(rate, load.burstiness, load.min_requests, load.min_duration_s or None,
                                      load.max_concurrency, load.seed)
-                points.append(LoadPoint(test, prefix + open_load.label, shape, open=open_load))
+                points.append(LoadPoint(test, prefix + open_load.label, shape, open_load))
     return points
 
 

@@ -24,6 +24,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from topology.registry import STUDY_TOPOLOGIES  # noqa: E402
 from twin.engine import EngineConfig  # noqa: E402
 from twin.predict import predict_cells  # noqa: E402
 from twin.profiles import HardwareProfile, ModelCard, describe_sources  # noqa: E402
@@ -118,10 +119,12 @@ def print_solo(pred: dict[int, dict[str, float]], ref: dict[int, dict[str, float
 
 
 def load_measured(path: Path) -> dict[int, dict[str, float]]:
-    """Mean per concurrency of a `topo bench --out DIR` cells.parquet (all rows: one endpoint)."""
+    """Mean per concurrency of a `topo bench --out DIR` folder's cells, or of one cells file (one endpoint)."""
     import pandas as pd
 
-    cells = pd.read_parquet(path / "cells.parquet" if path.is_dir() else path)
+    from bench.results_folder import ResultsFolder
+
+    cells = ResultsFolder(path).read_cells() if path.is_dir() else pd.read_parquet(path)
     return mean_by_concurrency(cells.to_dict("records"))
 
 
@@ -141,7 +144,7 @@ def print_measured(measured: dict[int, dict[str, float]], pred: dict[int, dict[s
 
 
 def print_topologies(config: EngineConfig, levels: list[int], runs: int) -> None:
-    names = ["solo", "tp2-mp", "tp2-ray", "2x-solo-shuffle"]
+    names = list(STUDY_TOPOLOGIES)
     table = {name: predict(config, name, levels, runs) for name in names}
     for key in METRICS:
         print(f"\n{key} (model prediction, mean of {runs} runs)")

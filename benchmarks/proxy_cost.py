@@ -40,7 +40,8 @@ import httpx  # noqa: E402
 
 from bench.client import Endpoint  # noqa: E402
 from bench.records import RequestRecord  # noqa: E402
-from bench.runner import run_cell  # noqa: E402
+from bench.session import BenchSession, BenchSettings  # noqa: E402
+from bench.workload import ClosedLoad  # noqa: E402
 from cluster.bringup import bring_up, open_cluster  # noqa: E402
 from topology.inventory import Cluster, load_cluster  # noqa: E402
 from topology.kinds import PlanSecrets, parse_topology, plan  # noqa: E402
@@ -109,11 +110,17 @@ async def measure(cluster: Cluster, concurrencies: list[int], runs: int, pp: int
         endpoint = Endpoint.from_url(running.endpoint, api_key)
         model = launch.served_model_name
 
+        sessions: dict[int, BenchSession] = {}
+
         async def burst(c: int, tg: int, n_runs: int) -> tuple[list[Burst], float]:
+            if tg not in sessions:  # opened (preflight, token counter) outside the CPU window
+                sessions[tg] = BenchSession(endpoint, model, BenchSettings(pp=pp, tg=tg, latency_mode="none",
+                                                                           warmup=False))
+                await sessions[tg].open()
             for engine in engines:
                 await http.delete(f"{engine}/twin/requests")
             before = group_cpu_seconds(pgid)
-            result = await run_cell(endpoint, model, c, n_runs, pp, tg, latency=0.0, warmup=False)
+            result = await sessions[tg].run(ClosedLoad(c), n_runs)
             cpu = group_cpu_seconds(pgid) - before
             failed = [record.error for record in result.records if record.error]
             if failed:
@@ -130,6 +137,8 @@ async def measure(cluster: Cluster, concurrencies: list[int], runs: int, pp: int
             clumps[size], short_cpu[size] = await burst(size, 1, runs)
         largest = concurrencies[-1]  # the CPU comparison: same bursts, tg=1 against tg=long_tg
         _, long_cpu = await burst(largest, long_tg, runs)
+        for session in sessions.values():
+            await session.close()
 
     alone = statistics.median(one.first_arrival for one in single)
     print(f"LiteLLM proxy on {cluster.name}, pp{pp}, {runs} burst(s) each; medians over bursts")

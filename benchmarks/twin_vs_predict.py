@@ -23,7 +23,6 @@ such a run.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ sys.path.insert(0, str(REPO))
 
 import pandas as pd  # noqa: E402
 
+from bench.results_folder import ResultsFolder  # noqa: E402
 from common.config import CONFIGS_DIR  # noqa: E402
 from twin.engine import EngineConfig  # noqa: E402
 from twin.predict import VirtualDeployment, cell_row, predict_cells, topology_model  # noqa: E402
@@ -41,11 +41,11 @@ METRICS = ("decode_tps", "prefill_tps", "ttft_ms")
 
 
 def sweep_settings(results: Path) -> dict[str, Any]:
-    meta = json.loads((results / "meta.json").read_text())
-    spec = meta.get("spec", {})
+    meta = ResultsFolder(results).read_meta()
+    spec = meta.spec
     hardware = spec.get("twin_hardware")
     if not hardware:
-        nodes = meta.get("cluster", {}).get("nodes", [])
+        nodes = (meta.cluster or {}).get("nodes", [])
         hardware = next((n.get("engine", {}).get("hardware") for n in nodes if n.get("engine")), None) or "gb10"
     return {"model": spec.get("model", "gemma4-26b"), "hardware": hardware, "pp": int(spec.get("pp", 1024)),
             "tg": int(spec.get("tg", 128)), "runs": int(spec.get("runs", 1))}
@@ -100,12 +100,12 @@ def main() -> None:
         parser.error(f"no model card {card!r}; pass --card")
     hardware = args.hardware or settings["hardware"]
     config = EngineConfig.from_names(hardware, card)
-    cells = pd.read_parquet(args.results / "cells.parquet")
+    folder = ResultsFolder(args.results)
+    cells = folder.read_cells()
     cells = cells[cells["failed"] == 0] if "failed" in cells else cells
     measured_runs = cells.set_index(["topology", "concurrency", "run"])[list(METRICS)].sort_index()
     measured = measured_runs.groupby(level=["topology", "concurrency"]).mean()
-    requests_path = args.results / "requests.parquet"
-    requests = pd.read_parquet(requests_path) if requests_path.exists() else None
+    requests = folder.read_requests() if folder.requests_path.exists() else None
 
     print(f"{args.results}: card {card}, hardware {hardware}, pp{settings['pp']} tg{settings['tg']}, "
           f"{settings['runs']} run(s) per cell, their {args.statistic}; marked (*) when off by more than "

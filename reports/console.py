@@ -11,7 +11,8 @@ from rich.table import Table
 
 from reports.names import display_name
 from reports.regress import RegressionResult, Status, mean_std_text, p_text
-from reports.report import DisplayTable, Report
+from reports.display import DisplayTable
+from reports.report import Report
 from reports.tables import format_pct
 
 

@@ -8,7 +8,6 @@ history` may build the same frame with DuckDB over the Parquet files.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -16,34 +15,23 @@ from pathlib import Path
 import pandas as pd
 import plotly.graph_objects as go
 
+from bench.results_folder import ResultsFolder
 from common.errors import ResultsError
 from reports.names import display_name, ordered_topologies
-from reports.report import DisplayTable
+from reports.display import DisplayTable
 from reports.tables import MetricSpec, format_value, validate_cells
 
 TREND_COLUMNS_SHOWN = 10  # sweeps in a Markdown trend table (the chart shows them all)
 
 
 def load_history(directories: Iterable[Path | str]) -> pd.DataFrame:
-    """Every folder's cells with `sweep` (folder name) and `started` (meta.json's started_at/created)."""
+    """Every folder's cells with `sweep` (folder name) and `started` (meta.json's started_at)."""
     frames = []
-    for directory in map(Path, directories):
-        cells_path = directory / "cells.parquet"
-        try:
-            cells = pd.read_parquet(cells_path)
-        except Exception as exc:  # pyarrow raises several unrelated types
-            raise ResultsError(f"{cells_path}: cannot be read as Parquet ({type(exc).__name__}: {exc})") from exc
-        meta_path = directory / "meta.json"
-        started = None
-        if meta_path.is_file():
-            try:
-                meta = json.loads(meta_path.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as exc:
-                raise ResultsError(f"{meta_path}: not readable JSON ({exc})") from exc
-            started = meta.get("started_at") or meta.get("created")
-        cells = validate_cells(cells, source=str(cells_path))
-        cells["sweep"] = directory.name
-        cells["started"] = started
+    for directory in directories:
+        contents = ResultsFolder(directory).load(with_requests=False)
+        cells = validate_cells(contents.cells, source=str(contents.directory))
+        cells["sweep"] = contents.directory.name
+        cells["started"] = contents.meta.started_at if contents.meta else None
         frames.append(cells)
     if not frames:
         raise ResultsError("no results folders given for a history")

@@ -8,26 +8,14 @@ from __future__ import annotations
 
 import html
 import math
-from typing import TYPE_CHECKING
-
 import plotly.graph_objects as go
 
-from reports.names import DISPLAY_NAMES, display_name
+from reports.display import DisplayTable
+from reports.history import sweep_order, trend_figure
+from reports.names import display_name, topology_colours
+from reports.regress import regression_display
+from reports.report import Report
 from reports.tables import METRICS, WinnerTable
-
-if TYPE_CHECKING:
-    from reports.report import DisplayTable, Report
-
-# Known topologies keep their colour in every report (Shuffle is orange even when tp2-ray failed);
-# others take the remaining colours in display order.
-PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f")
-
-
-def topology_colours(topologies: list[str]) -> dict[str, str]:
-    known = list(DISPLAY_NAMES)
-    others = [t for t in topologies if t not in known]
-    return {t: PALETTE[(known.index(t) if t in known else len(known) + others.index(t)) % len(PALETTE)]
-            for t in topologies}
 
 TEXT_COLUMNS = ("Use case", "Status", "Topology", "Metric")
 
@@ -116,8 +104,6 @@ def render_html(report: Report) -> str:
         ))
     trends = ""
     if report.history is not None:
-        from reports.history import sweep_order, trend_figure
-
         figures = [
             trend_figure(report.history, metric, topology_colours).to_html(
                 full_html=False, include_plotlyjs=False, include_mathjax=False, div_id=f"trend-{metric.key}",
@@ -131,8 +117,6 @@ def render_html(report: Report) -> str:
                   + "".join(f'<div class="trend">{figure}</div>' for figure in figures))
     gate = ""
     if report.regression is not None:
-        from reports.regress import regression_display
-
         verdict = "fail" if report.regression.exit_code else "pass"
         gate = f'<div class="gate {verdict}">{table_html(regression_display(report.regression))}</div>'
     meta = "".join(f"<li>{html.escape(line)}</li>" for line in report.header_lines())

@@ -34,14 +34,15 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from bench.results_folder import FolderMeta, ResultsFolder
 from common.errors import RegressionInputError, ResultsError
 from reports.names import display_name, ordered_topologies
-from reports.report import DisplayTable, markdown_table
+from reports.display import DisplayTable, markdown_table
 from reports.tables import METRICS, MetricSpec, format_pct, validate_cells
 
 TestName = Literal["welch", "mannwhitney"]
 
-# meta.json keys that must agree for two sweeps to be comparable at all
+# meta facts that must agree for two sweeps to be comparable at all (FolderMeta properties)
 COMPARABLE_META_KEYS: tuple[str, ...] = ("model", "pp", "tg")
 
 
@@ -271,17 +272,11 @@ def _failed(rows: pd.DataFrame | None) -> int:
     return int(rows["failed"].fillna(0).sum())
 
 
-def _meta_value(meta: dict[str, Any], key: str) -> Any:
-    """topo sweep keeps model / pp / tg in meta["spec"]; a prediction may set them at the top."""
-    spec = meta.get("spec")
-    if isinstance(spec, dict) and key in spec:
-        return spec[key]
-    return meta.get(key)
-
-
-def check_comparable(baseline_meta: dict[str, Any], current_meta: dict[str, Any]) -> None:
+def check_comparable(baseline_meta: FolderMeta | None, current_meta: FolderMeta | None) -> None:
+    """RegressionInputError when the two sweeps measured another model or load (unknown facts pass)."""
     for key in COMPARABLE_META_KEYS:
-        base, cur = _meta_value(baseline_meta, key), _meta_value(current_meta, key)
+        base = getattr(baseline_meta, key) if baseline_meta else None
+        cur = getattr(current_meta, key) if current_meta else None
         if base is not None and cur is not None and base != cur:
             raise RegressionInputError(
                 f"the sweeps are not comparable: {key} is {base!r} in the baseline and {cur!r} in the current sweep"
@@ -289,7 +284,7 @@ def check_comparable(baseline_meta: dict[str, Any], current_meta: dict[str, Any]
 
 
 def compare_sweeps(baseline: pd.DataFrame, current: pd.DataFrame, policy: RegressionPolicy | None = None, *,
-                   baseline_meta: dict[str, Any] | None = None, current_meta: dict[str, Any] | None = None,
+                   baseline_meta: FolderMeta | None = None, current_meta: FolderMeta | None = None,
                    baseline_label: str = "baseline", current_label: str = "current") -> RegressionResult:
     """Every (topology, concurrency, metric) cell of either sweep, classified (see the module docstring)."""
     policy = policy or RegressionPolicy()
@@ -298,7 +293,7 @@ def compare_sweeps(baseline: pd.DataFrame, current: pd.DataFrame, policy: Regres
         current = validate_cells(current, source=current_label)
     except ResultsError as exc:
         raise RegressionInputError(str(exc)) from exc
-    check_comparable(baseline_meta or {}, current_meta or {})
+    check_comparable(baseline_meta, current_meta)
     base_runs, cur_runs = _runs(baseline), _runs(current)
     if not set(base_runs) & set(cur_runs):
         raise RegressionInputError(
@@ -336,10 +331,8 @@ def compare_result_dirs(baseline_dir: Path | str, current_dir: Path | str,
     """compare_sweeps over two results folders; any unreadable folder is a RegressionInputError (exit 2).
 
     The labels name the sweeps in the outputs (default: the folder paths; `topo regress` passes a tag)."""
-    from reports.results import load_results
-
     try:
-        baseline, current = load_results(baseline_dir), load_results(current_dir)
+        baseline, current = (ResultsFolder(d).load(with_requests=False) for d in (baseline_dir, current_dir))
     except ResultsError as exc:
         raise RegressionInputError(f"cannot compare: {exc}") from exc
     return compare_sweeps(baseline.cells, current.cells, policy, baseline_meta=baseline.meta,

@@ -1,9 +1,9 @@
 """A report of one sweep (or one prediction): the analysis, and the same tables for every output format.
 
 `build_report(cells, meta, requests)` computes everything once; `Report.to_markdown()`,
-`Report.to_html()` (reports/html.py) and `print_report(console, report)` (reports/console.py) only lay out
-the display tables of `Report.sections()`, so a sweep, `topo predict` and `topo report` print the same
-figures.
+`render_html(report)` (reports/html.py) and `print_report(console, report)` (reports/console.py) only lay
+out the display tables (reports/display.py) of `Report.sections()`, so a sweep, `topo predict` and `topo
+report` print the same figures.
 """
 
 from __future__ import annotations
@@ -11,14 +11,18 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from bench.records import client_cpu_bound, send_lag_bound
-from reports.names import BASELINE_TOPOLOGY, display_name, ordered_topologies
+from bench.records import CELL_KEY, RUN_KEY, client_cpu_bound, send_lag_bound
+from bench.results_folder import FolderMeta
+from reports.display import DisplayTable, markdown_table
+from reports.history import trend_display
+from reports.names import BASELINE_TOPOLOGY, display_name, executor_partner, ordered_topologies
 from reports.recommend import Recommendation, recommend
+from reports.regress import RegressionResult
 from reports.tables import (
     METRICS,
     CellStat,
@@ -30,27 +34,11 @@ from reports.tables import (
     winner_table,
 )
 
-if TYPE_CHECKING:
-    from reports.regress import RegressionResult
-
 # A cell whose client needed more than this share of the TTFT (and more than the floor) just to put its
 # batch on the wire did not load the server with c simultaneous requests: the client set the pace. The
-# same rule as bench/runner.py's per-run warning, applied to the stored cells.
+# same rule as bench/session.py's per-run warning, applied to the stored cells.
 FAILED_MARK = "⚠"
 MISSING = "—"
-
-
-@dataclass(frozen=True)
-class DisplayTable:
-    """What every renderer lays out: a title, column headers, rows of strings, notes under the table."""
-
-    title: str
-    headers: list[str]
-    rows: list[list[str]]
-    intro: str = ""
-    notes: list[str] = field(default_factory=list)
-    # where a narrow terminal may split the columns: (label, column indexes) per part; empty = never split
-    parts: list[tuple[str, list[int]]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -64,7 +52,7 @@ class ClientBoundCell:
 
 @dataclass(frozen=True)
 class Report:
-    meta: dict[str, Any]
+    meta: FolderMeta | None  # None for a folder without meta.json
     winners: dict[str, WinnerTable]  # metric key -> table
     ray: list[RayTable]
     recommendations: list[Recommendation]
@@ -81,42 +69,39 @@ class Report:
 
     @property
     def model(self) -> str | None:
-        value = (self.meta.get("model") or _nested(self.meta, "spec", "model") or _nested(self.meta, "recipe", "model")
-                 or _nested(self.meta, "recipe", "name"))
-        return str(value) if value else None
+        return self.meta.model if self.meta else None
 
     @property
     def title(self) -> str:
         return f"Topology report — {self.model}" if self.model else "Topology report"
 
     def header_lines(self) -> list[str]:
-        """Who/when/what from meta.json (topo sweep's, or the few keys a prediction sets), those that exist."""
-        meta, spec = self.meta, self.meta.get("spec") or {}
+        """Who/when/what from meta.json, the facts it has."""
+        meta = self.meta
+        if meta is None:
+            return []
         lines = []
 
         def add(label: str, value: Any) -> None:
             if value not in (None, "", {}, []):
                 lines.append(f"{label}: {_short(value)}")
 
-        add("Kind", meta.get("kind"))
-        add("Status", meta.get("status"))
-        add("By", meta.get("who") or meta.get("user"))
-        when = meta.get("started_at") or meta.get("created")
-        if when and meta.get("finished_at"):
-            when = f"{when} → {meta['finished_at']}"
+        add("Kind", meta.kind)
+        add("Status", meta.status)
+        add("By", meta.who)
+        when = meta.started_at
+        if when and meta.finished_at:
+            when = f"{when} → {meta.finished_at}"
         add("When", when)
-        add("Cluster", meta.get("cluster"))
-        add("Recipe", meta.get("recipe"))
-        load = [f"pp{spec.get('pp', meta.get('pp'))}" if spec.get("pp", meta.get("pp")) else None,
-                f"tg{spec.get('tg', meta.get('tg'))}" if spec.get("tg", meta.get("tg")) else None,
-                f"{spec.get('runs', meta.get('runs'))} run(s) per level" if spec.get("runs", meta.get("runs")) else None]
+        add("Cluster", meta.cluster)
+        add("Recipe", meta.recipe)
+        load = [f"pp{meta.pp}" if meta.pp else None, f"tg{meta.tg}" if meta.tg else None,
+                f"{meta.runs} run(s) per level" if meta.runs else None]
         add("Load", ", ".join(part for part in load if part))
-        add("Twin hardware", spec.get("twin_hardware"))
-        add("Git", meta.get("git_describe") or meta.get("git"))
-        versions = meta.get("versions")
-        if isinstance(versions, dict):
-            add("Versions", ", ".join(f"{k} {v}" for k, v in versions.items() if v))
-        add("Command", meta.get("command_line") or meta.get("command"))
+        add("Twin hardware", meta.spec.get("twin_hardware"))
+        add("Git", meta.git_describe)
+        add("Versions", ", ".join(f"{k} {v}" for k, v in meta.versions.items() if v))
+        add("Command", meta.command_line)
         return lines
 
     def sections(self) -> list[DisplayTable]:
@@ -133,8 +118,6 @@ class Report:
         if self.ttft_percentiles is not None and not self.ttft_percentiles.empty:
             tables.append(percentiles_display(self.ttft_percentiles))
         if self.history is not None:
-            from reports.history import trend_display
-
             tables += [trend_display(self.history, m) for m in METRICS]
         return tables
 
@@ -158,26 +141,24 @@ class Report:
         out.append("")
         return "\n".join(out)
 
-    def to_html(self) -> str:
-        from reports.html import render_html
-
-        return render_html(self)
-
-
-def build_report(cells: pd.DataFrame, meta: dict[str, Any] | None = None, requests: pd.DataFrame | None = None,
-                 *, history: pd.DataFrame | None = None, regression: RegressionResult | None = None) -> Report:
+def build_report(cells: pd.DataFrame, meta: FolderMeta | None = None, requests: pd.DataFrame | None = None,
+                 *, history: pd.DataFrame | None = None, regression: RegressionResult | None = None,
+                 unmerged_parts: int = 0) -> Report:
     """Analyse one sweep's cells (cells.parquet rows); meta.json and requests.parquet are optional.
 
     A nightly run adds `history` (earlier sweeps' cells with a `sweep` column, this one included: trend
     tables and charts) and `regression` (compare_sweeps against the baseline: shown first).
+    `unmerged_parts` counts the folder's part files not merged yet (their rows are in `cells`).
     """
-    meta = dict(meta or {})
     cells = validate_cells(cells)
     winners = {m.key: winner_table(cells, m) for m in METRICS}
-    startup = {str(k): float(v) for k, v in (meta.get("startup_s") or {}).items() if v is not None}
+    startup = dict(meta.startup_s) if meta else {}
     client_bound = find_client_bound(cells)
     percentiles = ttft_percentiles(requests) if requests is not None else None
     notes = meta_caveats(meta) + caveats(cells, winners, client_bound)
+    if unmerged_parts:
+        notes.append(f"{unmerged_parts} part file(s) of this folder are not merged yet (a sweep still running, or "
+                     "one that stopped before its end); their runs are included here.")
     return Report(
         meta=meta,
         winners=winners,
@@ -194,7 +175,7 @@ def build_report(cells: pd.DataFrame, meta: dict[str, Any] | None = None, reques
 
 def find_client_bound(cells: pd.DataFrame) -> list[ClientBoundCell]:
     """Cells whose worst send lag or client CPU makes them client-bound by bench.records' rule (the one the
-    bench runner warns with)."""
+    bench session warns with)."""
     found = []
     for (topology, concurrency), rows in cells.groupby(["topology", "concurrency"], sort=True):
         lag = rows["max_send_lag_ms"].max() if "max_send_lag_ms" in rows else math.nan
@@ -215,17 +196,18 @@ def first_line(text: str, limit: int = 300) -> str:
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
-def meta_caveats(meta: dict[str, Any]) -> list[str]:
+def meta_caveats(meta: FolderMeta | None) -> list[str]:
     """What the sweep itself recorded: an unfinished status, topologies that failed, warnings."""
+    if meta is None:
+        return []
     notes = []
-    status = meta.get("status")
-    if status not in (None, "complete"):
-        notes.append(f"The sweep's status is {status!r}: not every planned cell may be here "
+    if meta.status not in (None, "complete"):
+        notes.append(f"The sweep's status is {meta.status!r}: not every planned cell may be here "
                      f"(`topo sweep --resume DIR` continues it).")
-    for topology, error in (meta.get("errors") or {}).items():
+    for topology, error in meta.errors.items():
         notes.append(f"{display_name(str(topology))} failed during the sweep: {first_line(str(error))} "
                      f"(the whole message is in meta.json under errors).")
-    notes += [f"Recorded during the sweep: {warning}" for warning in meta.get("warnings") or []]
+    notes += [f"Recorded during the sweep: {warning}" for warning in meta.warnings]
     return notes
 
 
@@ -247,22 +229,22 @@ def caveats(cells: pd.DataFrame, winners: dict[str, WinnerTable], client_bound: 
                 sent = f" of {stat.requests}" if stat.requests else ""
                 notes.append(f"{display_name(topology)} at c{row.concurrency}: {stat.failed}{sent} requests failed "
                              f"(marked {FAILED_MARK}); its figures cover the successful requests only.")
-    duplicated = cells.duplicated(["topology", "concurrency", "run"], keep=False)
+    duplicated = cells.duplicated(list(RUN_KEY), keep=False)
     if duplicated.any():
         twice = cells.loc[duplicated, ["topology", "concurrency"]].drop_duplicates()
         where = ", ".join(f"{display_name(t)} c{c}" for t, c in twice.itertuples(index=False))
         notes.append(f"Some runs are stored twice ({where}): the results folder may have been written by two "
                      f"sweeps at once; every copy is counted.")
-    runs = cells.groupby(["topology", "concurrency"])["run"].nunique()
+    runs = cells.groupby(list(CELL_KEY))["run"].nunique()
     if not runs.empty and runs.min() < 3:
         notes.append(f"Some cells have only {int(runs.min())} run(s): their spread (±) says little, so a "
                      f"`(tie)` is rarely detected; use more runs (--runs) before drawing conclusions.")
     measured = set(decode.topologies)
     for topology in ordered_topologies(measured):
-        for mine, partner in (("-ray", "-mp"), ("-mp", "-ray")):
-            if topology.endswith(mine) and (other := topology[: -len(mine)] + partner) not in measured:
-                notes.append(f"No Ray vs no-Ray table for {display_name(topology)}: {display_name(other)} has no "
-                             f"cells in this sweep.")
+        other = executor_partner(topology)
+        if other is not None and other not in measured:
+            notes.append(f"No Ray vs no-Ray table for {display_name(topology)}: {display_name(other)} has no "
+                         f"cells in this sweep.")
     if BASELINE_TOPOLOGY not in decode.topologies:
         notes.append("Solo was not measured, so there are no `vs solo` figures.")
     return notes
@@ -378,23 +360,6 @@ def percentiles_display(percentiles: pd.DataFrame) -> DisplayTable:
         rows.append(line)
     return DisplayTable("TTFT percentiles (ms, per request)", headers, rows,
                         intro="Over every successful request of the cell (requests.parquet).")
-
-
-def markdown_table(headers: list[str], rows: list[list[str]]) -> list[str]:
-    def line(cells: list[str]) -> str:
-        return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
-
-    aligns = ["---:" if header == "c" else "---" for header in headers]
-    return [line(headers), "|" + "|".join(aligns) + "|"] + [line(row) for row in rows]
-
-
-def _nested(meta: dict[str, Any], *keys: str) -> Any:
-    value: Any = meta
-    for key in keys:
-        if not isinstance(value, dict) or key not in value:
-            return None
-        value = value[key]
-    return value
 
 
 def _short(value: Any) -> str:

@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from bench.records import REQUIRED_CELL_COLUMNS
+from bench.results_folder import fill_load_keys
 from common.errors import ResultsError
 from reports.names import BASELINE_TOPOLOGY, display_name, ordered_topologies, ray_pairs
 
-# cells.parquet columns a report cannot do without; the others of CELL_COLUMNS are used when present.
-REQUIRED_COLUMNS: tuple[str, ...] = ("topology", "concurrency", "run", "decode_tps", "prefill_tps", "ttft_ms")
+# cells columns a report cannot do without; the others of CELL_COLUMNS are used when present.
+REQUIRED_COLUMNS: tuple[str, ...] = REQUIRED_CELL_COLUMNS
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,8 @@ class CellStat:
 
 
 def validate_cells(cells: pd.DataFrame, source: str = "cells") -> pd.DataFrame:
-    """The cells with the required columns, typed; ResultsError naming what is missing or malformed."""
+    """The cells with the required columns, typed, keyed by load; ResultsError naming what is missing or
+    malformed. Rows without the workload/load keys (older tables) are closed loads of the default workload."""
     missing = [column for column in REQUIRED_COLUMNS if column not in cells.columns]
     if missing:
         raise ResultsError(
@@ -84,7 +87,7 @@ def validate_cells(cells: pd.DataFrame, source: str = "cells") -> pd.DataFrame:
     if typed["concurrency"].isna().any() or (typed["concurrency"] < 1).any():
         raise ResultsError(f"{source}: column 'concurrency' must be a positive integer in every row")
     typed["concurrency"] = typed["concurrency"].astype(int)
-    return typed
+    return fill_load_keys(typed)
 
 
 def cell_stat(rows: pd.DataFrame, topology: str, concurrency: int, metric: MetricSpec) -> CellStat:

@@ -22,11 +22,12 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
-from bench.openmetrics import capacity
+from bench.metrics import capacity
+from bench.results_folder import FolderMeta
 from bench.suite import Suite, WorkloadTest, test_points
 from common.config import validate_model
 from reports.names import display_name, ordered_topologies, ray_pairs
-from reports.report import DisplayTable
+from reports.display import DisplayTable, markdown_table
 
 MATERIAL = 0.03  # a margin under 3% is a tie (METRICS.md "Deciding")
 
@@ -55,8 +56,8 @@ VIEWS = {
 }
 
 
-def suite_from_meta(meta: dict[str, Any]) -> Suite | None:
-    data = meta.get("workloads")
+def suite_from_meta(meta: FolderMeta | None) -> Suite | None:
+    data = meta.workloads if meta is not None else None
     return validate_model(Suite, data, source="meta.json workloads") if data else None
 
 
@@ -318,7 +319,7 @@ def rate_figure(cells: pd.DataFrame, test: WorkloadTest, topologies: Sequence[st
     return figure
 
 
-def workload_report(cells: pd.DataFrame, meta: dict[str, Any], suite: Suite | None = None) -> WorkloadReport | None:
+def workload_report(cells: pd.DataFrame, meta: FolderMeta | None, suite: Suite | None = None) -> WorkloadReport | None:
     """The workload part of a report, when the cells have workload columns and the suite is known."""
     if not has_workloads(cells):
         return None
@@ -329,7 +330,6 @@ def workload_report(cells: pd.DataFrame, meta: dict[str, Any], suite: Suite | No
 
 
 def workload_markdown(report: WorkloadReport, title: str) -> str:
-    from reports.report import markdown_table
 
     out = [f"# {title}", ""]
     for table in report.sections():

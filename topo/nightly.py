@@ -1,4 +1,5 @@
-"""The nightly job's library: the results root as a history, baseline tags, and the regression gate run.
+"""The nightly job: `run_nightly` (sweep, gate against the baseline, report with trends, exit code), and
+its library: the results root as a history, baseline tags.
 
 A results root (default ./results) holds one folder per sweep (DESIGN.md "Results"); nothing else keeps
 state but one small file:
@@ -11,9 +12,9 @@ the root is stored as an absolute path). `topo baseline set DIR --tag NAME` writ
 --baseline NAME` and `topo nightly --baseline NAME` read it. Tags live outside meta.json on purpose: a
 sweep's folder is what the sweep wrote and is never rewritten by marking it good.
 
-History queries run in DuckDB over `ROOT/*/cells.parquet` (one row per topology x concurrency x run)
-joined with the facts of each folder's meta.json (time, model, cluster, status, git describe, tags): no
-server, no index to keep in sync.
+History queries run in DuckDB over every folder's cells file (one row per cell and run; bench's
+ResultsFolder names it) joined with the facts of each folder's meta (time, model, cluster, status, git
+describe, tags): no server, no index to keep in sync.
 """
 
 from __future__ import annotations
@@ -28,13 +29,22 @@ from typing import Any
 
 import pandas as pd
 
+from bench.results_folder import FolderMeta, NightlyFacts, ResultsFolder, fill_load_keys
 from common.errors import RegressionInputError, ResultsError
+from reports.regress import (
+    RegressionPolicy,
+    RegressionResult,
+    check_comparable,
+    compare_result_dirs,
+    write_gate_outputs,
+)
+from reports.results import folder_report, write_report
 from reports.tables import METRICS, MetricSpec
+from topo.sweep import SweepOutcome, SweepPlan, SweepProgress, SweepSpec, default_out_dir, plan_sweep, run_sweep
 
 DEFAULT_ROOT = Path("results")
 BASELINES_FILE = "baselines.json"
-CELLS_FILE = "cells.parquet"
-META_FILE = "meta.json"
+NO_BASELINE_EXIT = 0  # a first night has nothing to compare with: not a failure (see require_baseline)
 
 
 # ---- one folder ------------------------------------------------------------------------------------------
@@ -74,45 +84,27 @@ def _read_json(path: Path) -> Any:
         raise ResultsError(f"{path}: not readable JSON ({exc})") from exc
 
 
-def _cluster_name(meta: dict[str, Any]) -> str | None:
-    cluster = meta.get("cluster")
-    if isinstance(cluster, dict):
-        return cluster.get("name")
-    spec = meta.get("spec") if isinstance(meta.get("spec"), dict) else {}
-    if meta.get("kind") == "prediction":
-        return f"twin:{spec.get('hardware')}" if spec.get("hardware") else None
-    return spec.get("cluster")
-
-
 def read_entry(directory: Path, tags: Sequence[str] = ()) -> SweepEntry:
-    """A folder with cells.parquet; meta.json facts when it has one (a folder without is still a sweep)."""
-    meta_path = directory / META_FILE
-    meta = _read_json(meta_path) if meta_path.is_file() else {}
-    if not isinstance(meta, dict):
-        raise ResultsError(f"{meta_path}: expected a JSON object")
-    spec = meta.get("spec") if isinstance(meta.get("spec"), dict) else {}
-
-    def number(key: str) -> int | None:
-        value = spec.get(key, meta.get(key))
-        return int(value) if isinstance(value, (int, float)) else None
-
+    """A results folder's facts from its meta (a folder without meta.json is still a sweep, facts unknown)."""
+    meta = ResultsFolder(directory).meta_or_none()
+    if meta is None:
+        return SweepEntry(directory.name, directory, "sweep", None, None, None, None, None, None, None, tuple(tags))
     return SweepEntry(
-        name=directory.name, path=directory, kind=str(meta.get("kind") or "sweep"), status=meta.get("status"),
-        started_at=meta.get("started_at") or meta.get("created"), model=spec.get("model") or meta.get("model"),
-        cluster=_cluster_name(meta), git_describe=meta.get("git_describe"), pp=number("pp"), tg=number("tg"),
+        name=directory.name, path=directory, kind=meta.kind, status=meta.status, started_at=meta.started_at,
+        model=meta.model, cluster=meta.cluster_name, git_describe=meta.git_describe, pp=meta.pp, tg=meta.tg,
         tags=tuple(tags),
     )
 
 
 def list_sweeps(root: Path) -> list[SweepEntry]:
-    """Every results folder directly under `root` (those holding cells.parquet), oldest first."""
+    """Every results folder directly under `root` (those holding cells, merged or not), oldest first."""
     if not root.is_dir():
         return []
     tags_of: dict[Path, list[str]] = {}
     for tag, folder in read_tags(root).items():
         tags_of.setdefault(folder.resolve(), []).append(tag)
     entries = []
-    for directory in sorted(p for p in root.iterdir() if p.is_dir() and (p / CELLS_FILE).is_file()):
+    for directory in sorted(p for p in root.iterdir() if p.is_dir() and ResultsFolder(p).has_cells()):
         tags = sorted(tags_of.get(directory.resolve(), []))
         try:
             entries.append(read_entry(directory, tags))
@@ -173,8 +165,8 @@ class TagChange:
 def set_tag(root: Path, directory: Path, tag: str, *, allow_incomplete: bool = False) -> TagChange:
     """Mark `directory` (a results folder) as `tag`; returns the folder the tag named before, if any."""
     tag = _valid_tag(tag)
-    if not (directory / CELLS_FILE).is_file():
-        raise ResultsError(f"{directory}: has no {CELLS_FILE}; only a results folder can be a baseline")
+    if not ResultsFolder(directory).has_cells():
+        raise ResultsError(f"{directory}: has no cells; only a results folder can be a baseline")
     entry = read_entry(directory)
     if entry.status not in (None, "complete") and not allow_incomplete:
         # a baseline missing a topology would let the gate pass that topology forever (its cells are "new")
@@ -203,17 +195,17 @@ def resolve_sweep(reference: str | Path, root: Path) -> Path:
     """A folder path, or a tag of ROOT/baselines.json, -> the results folder (RegressionInputError if neither)."""
     text = str(reference)
     path = Path(text)
-    if (path / CELLS_FILE).is_file():
+    if ResultsFolder(path).has_cells():
         return path
     tags = read_tags(root)
     if text in tags:
         folder = tags[text]
-        if not (folder / CELLS_FILE).is_file():
-            raise RegressionInputError(f"tag {text!r} names {folder}, which holds no {CELLS_FILE} any more "
+        if not ResultsFolder(folder).has_cells():
+            raise RegressionInputError(f"tag {text!r} names {folder}, which holds no cells any more "
                                        f"(moved or deleted?); set it again with `topo baseline set DIR --tag {text}`")
         return folder
     if path.is_dir():
-        raise RegressionInputError(f"{path}: has no {CELLS_FILE}; not a results folder")
+        raise RegressionInputError(f"{path}: has no cells; not a results folder")
     known = ", ".join(sorted(tags)) or "none"
     raise RegressionInputError(f"{text!r} is neither a results folder nor a tag in {_tags_path(root)} "
                                f"(tags: {known})")
@@ -222,7 +214,7 @@ def resolve_sweep(reference: str | Path, root: Path) -> Path:
 def sweep_label(reference: str | Path, folder: Path) -> str:
     """How the gate names a sweep: `nightly (gemma4-26b-20261123-021500)` for a tag, the folder name else."""
     text = str(reference)
-    if Path(text) == folder or (Path(text) / CELLS_FILE).is_file():
+    if Path(text) == folder or ResultsFolder(text).has_cells():
         return folder.name or str(folder)
     return f"{text} ({folder.name})"
 
@@ -230,12 +222,12 @@ def sweep_label(reference: str | Path, folder: Path) -> str:
 def find_baseline(reference: str, root: Path) -> Path | None:
     """The nightly's lookup: the folder, or None when the tag is not set yet (a first night)."""
     path = Path(reference)
-    if (path / CELLS_FILE).is_file():
+    if ResultsFolder(path).has_cells():
         return path
     if reference in read_tags(root):
         return resolve_sweep(reference, root)
     if path.is_dir() or os.sep in reference:
-        raise RegressionInputError(f"--baseline {reference}: not a results folder (no {CELLS_FILE})")
+        raise RegressionInputError(f"--baseline {reference}: not a results folder (no cells)")
     return None
 
 
@@ -260,17 +252,19 @@ def _entries_frame(entries: Sequence[SweepEntry]) -> pd.DataFrame:
 
 def query_history(entries: Sequence[SweepEntry], *, topology: str | None = None,
                   concurrency: int | None = None) -> pd.DataFrame:
-    """Every run of the given folders' cells.parquet, with `sweep` and `started`, read by DuckDB.
+    """Every run of the given folders' merged cells file, with `sweep` and `started`, read by DuckDB.
 
     One query over `read_parquet([...], filename=true)` joined with the folders' meta.json facts; the
-    result is the frame reports/history.py draws trends from (cells columns + sweep + started)."""
+    result is the frame reports/history.py draws trends from (cells columns + sweep + started). Rows of
+    files written before the load keys get them (workload `default`, load `c{concurrency}`)."""
     import duckdb
 
     columns = ["sweep", "started"]
+    entries = [e for e in entries if ResultsFolder(e.path).cells_path.is_file()]  # parts only: not merged yet
     if not entries:
         return pd.DataFrame(columns=columns)
     facts = _entries_frame(entries)
-    files = [str(Path(f) / CELLS_FILE) for f in facts["folder"]]
+    files = [str(ResultsFolder(f).cells_path) for f in facts["folder"]]
     where, params = ["true"], []
     if topology is not None:
         where.append("c.topology = ?")
@@ -288,7 +282,8 @@ def query_history(entries: Sequence[SweepEntry], *, topology: str | None = None,
     try:
         with duckdb.connect() as connection:
             connection.register("facts", facts)
-            return connection.execute(sql, [files, *params]).df()
+            history = connection.execute(sql, [files, *params]).df()
+        return fill_load_keys(history) if not history.empty else history
     except duckdb.Error as exc:
         raise ResultsError(f"cannot query the history under {entries[0].path.parent}: {exc}") from exc
 
@@ -328,3 +323,95 @@ class NightlyPaths:
     @classmethod
     def for_sweep(cls, directory: Path, junit: Path | None = None, markdown: Path | None = None) -> NightlyPaths:
         return cls(directory, junit or directory / "regress.junit.xml", markdown or directory / "regress.md")
+
+
+# ---- the nightly run -------------------------------------------------------------------------------------
+
+
+def known_tags(root: Path) -> str:
+    tags = sorted(read_tags(root))
+    return f"tags set: {', '.join(tags)}" if tags else "no tags set"
+
+
+@dataclass(frozen=True)
+class NightlyPlan:
+    """A nightly computed before anything runs: the sweep planned, the baseline found and checked."""
+
+    sweep: SweepPlan
+    root: Path
+    baseline: str  # the tag or folder as given
+    baseline_dir: Path | None  # None: the tag is not set yet (a first night)
+    policy: RegressionPolicy
+    paths: NightlyPaths
+    history_sweeps: int  # how many sweeps (this one included) the report's trends cover
+
+    @property
+    def directory(self) -> Path:
+        return self.paths.directory
+
+
+def plan_nightly(spec: SweepSpec, root: Path, baseline: str, policy: RegressionPolicy, *, out: Path | None = None,
+                 junit: Path | None = None, markdown: Path | None = None, history_sweeps: int = 30,
+                 require_baseline: bool = False) -> NightlyPlan:
+    """Everything that can be refused is refused here, before an hour of sweeping: an unknown baseline
+    folder, a baseline of another model or load, a missing tag when one is required, a bad topology."""
+    baseline_dir = find_baseline(baseline, root)
+    if baseline_dir is not None:
+        check_comparable(ResultsFolder(baseline_dir).meta_or_none(), FolderMeta(kind="sweep", spec=spec.to_json()))
+    elif require_baseline:
+        raise RegressionInputError(f"--baseline {baseline}: no such tag in {root / BASELINES_FILE} "
+                                   f"({known_tags(root)}) and --require-baseline is set")
+    sweep = plan_sweep(spec)
+    paths = NightlyPaths.for_sweep(out or default_out_dir(spec, root), junit, markdown)
+    return NightlyPlan(sweep, root, baseline, baseline_dir, policy, paths, history_sweeps)
+
+
+@dataclass
+class NightlyOutcome:
+    """What a night did: its sweep, the gate's verdict (None without a baseline), the report, the exit code."""
+
+    sweep: SweepOutcome
+    regression: RegressionResult | None
+    exit_code: int
+    report_paths: tuple[Path, Path]
+    trend_sweeps: int  # sweeps the report's trends cover, this one included
+
+
+async def run_nightly(plan: NightlyPlan, progress: SweepProgress, *, command_line: Sequence[str] = ()) -> NightlyOutcome:
+    """Sweep into a new folder, gate it against the baseline, write the report with trends, decide the exit.
+
+    Exit code: 1 on a regression (or a missing/failed cell), 0 when clean; with no baseline yet, 0 (or 1 when
+    a topology failed). Raises ResultsError when nothing was measured and RegressionInputError (exit 2)
+    when the two sweeps cannot be compared, the latter after the night's report is written."""
+    directory = plan.directory
+    swept = await run_sweep(plan.sweep, directory, progress, command_line=command_line)
+    folder = ResultsFolder(directory)
+    if not swept.measured_runs:
+        raise ResultsError(f"the nightly sweep measured nothing ({'; '.join(swept.errors.values()) or 'no cell'});"
+                           f" details in {folder.meta_path}")
+    regression, unusable = None, None
+    if plan.baseline_dir is not None:
+        try:
+            regression = compare_result_dirs(plan.baseline_dir, directory, plan.policy, current_label=directory.name,
+                                             baseline_label=sweep_label(plan.baseline, plan.baseline_dir))
+        except RegressionInputError as exc:
+            unusable = exc  # the night's report is still written before exit 2
+    current = read_entry(directory)
+    trend_of = [e for e in same_kind(list_sweeps(plan.root), current) if e.path.resolve() != directory.resolve()]
+    trend_of = [*trend_of[-(plan.history_sweeps - 1):], current] if plan.history_sweeps > 1 else [current]
+    report = folder_report(folder, history=query_history(trend_of), regression=regression)
+    report_paths = write_report(folder, report)
+    if unusable is not None:
+        raise unusable
+
+    meta = folder.read_meta()
+    meta.nightly = NightlyFacts(baseline=plan.baseline,
+                                baseline_folder=str(plan.baseline_dir) if plan.baseline_dir else None)
+    if regression is None:
+        code = 1 if swept.errors else NO_BASELINE_EXIT
+    else:
+        code = write_gate_outputs(regression, junit=plan.paths.junit, markdown=plan.paths.markdown)
+        meta.nightly.summary = regression.summary()
+    meta.nightly.exit_code = code
+    folder.write_meta(meta)
+    return NightlyOutcome(swept, regression, code, report_paths, len(trend_of))

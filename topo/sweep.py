@@ -5,7 +5,7 @@
     outcome = await run_sweep(sweep, out_dir, progress)
 
 The results folder (DESIGN.md "Results") is written as the sweep goes: meta.json first (status "running"),
-every measured run appended to the store the moment it finishes (bench/store.py: crash-safe part files),
+every measured run appended the moment it finishes (bench/results_folder.py: crash-safe part files),
 start-up time per topology into meta.json, and report.md/report.html at the end. A sweep that dies keeps
 every finished run; `resume_spec(DIR)` reads the spec back and the next run measures only what is missing
 (the missing runs of a partly measured cell, then the untouched cells), never re-measuring a finished run.
@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import getpass
-import json
-import os
 import platform
 import socket
 import subprocess
@@ -28,12 +26,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-import pandas as pd
-
 from bench.client import Endpoint
-from bench.runner import RunDone
-from bench.session import BenchSession
-from bench.store import ResultsStore
+from bench.results_folder import FolderMeta, ResultsFolder, Status
+from bench.session import BenchSession, BenchSettings, RunDone
+from bench.workload import DEFAULT_WORKLOAD, ClosedLoad, Load
 from cluster.bringup import BringUpProgress, bring_up, open_cluster
 from common.config import REPO_ROOT
 from common.errors import ConfigError, ResultsError, TopoError
@@ -42,9 +38,7 @@ from topology.kinds import STUDY_TOPOLOGIES, PlanSecrets, parse_topology, plan
 from topology.plan import LaunchPlan
 from topology.recipe import Recipe, load_recipe
 
-META_FILE = "meta.json"
 DEFAULT_CONCURRENCY = (1, 2, 4, 8, 16, 32, 64)
-Status = Literal["running", "complete", "incomplete", "interrupted", "failed"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +56,7 @@ class SweepSpec:
     twin_hardware: str | None = None  # override every twin node's --hardware (e.g. `fast` in tests)
     request_timeout_s: float = 600.0
     seed: int | None = None
+    workload: str = DEFAULT_WORKLOAD  # the request shape's name (pp/tg prompts: `default`)
 
     def __post_init__(self) -> None:
         if not self.topologies:
@@ -74,6 +69,14 @@ class SweepSpec:
             raise ConfigError(f"--pp and --tg must be >= 1 (got pp={self.pp}, tg={self.tg})")
         if len(set(self.topologies)) != len(self.topologies):
             raise ConfigError(f"--topologies lists a topology twice: {', '.join(self.topologies)}")
+
+    @property
+    def loads(self) -> tuple[Load, ...]:
+        return tuple(ClosedLoad(c) for c in self.concurrency)
+
+    def bench_settings(self) -> BenchSettings:
+        return BenchSettings(pp=self.pp, tg=self.tg, workload=self.workload, latency_mode=self.latency_mode,
+                             request_timeout=self.request_timeout_s, seed=self.seed)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -104,8 +107,12 @@ class SweepPlan:
     recipe: Recipe
     topologies: tuple[TopologyPlan, ...]
 
-    def cells(self) -> list[tuple[str, int]]:
-        return [(t.topology, c) for t in self.topologies for c in self.spec.concurrency]
+    def cell_key(self, topology: str, load: Load) -> tuple[str, str, str]:
+        """(topology, workload, load label): how the results folder keys the cell's rows."""
+        return (topology, self.spec.workload, load.label)
+
+    def cells(self) -> list[tuple[str, str, str]]:
+        return [self.cell_key(t.topology, load) for t in self.topologies for load in self.spec.loads]
 
 
 def _with_twin_hardware(cluster: Cluster, hardware: str) -> Cluster:
@@ -138,10 +145,10 @@ def plan_sweep(spec: SweepSpec, *, secrets: PlanSecrets | None = None) -> SweepP
 
 class SweepProgress(BringUpProgress, Protocol):
     def sweep_started(self, total_runs: int, already_done: int) -> None: ...
-    def topology_started(self, topology: str, cells: Sequence[int]) -> None: ...
+    def topology_started(self, topology: str, loads: Sequence[Load]) -> None: ...
     def topology_up(self, topology: str, startup_s: float) -> None: ...
-    def run_done(self, topology: str, concurrency: int, run: int, warmup: bool) -> None: ...
-    def cell_done(self, topology: str, concurrency: int, rows: list[dict[str, Any]], warnings: list[str]) -> None: ...
+    def run_done(self, topology: str, load: Load, run: int, warmup: bool) -> None: ...
+    def cell_done(self, topology: str, load: Load, rows: list[dict[str, Any]], warnings: list[str]) -> None: ...
     def topology_failed(self, topology: str, error: TopoError) -> None: ...
     def note(self, message: str) -> None: ...
 
@@ -166,72 +173,41 @@ def _git_describe() -> str | None:
     return done.stdout.strip() or None
 
 
-def new_meta(sweep: SweepPlan, command_line: Sequence[str]) -> dict[str, Any]:
-    return {
-        "schema": 1,
-        "kind": "sweep",
-        "status": "running",
-        "who": f"{getpass.getuser()}@{socket.gethostname()}",
-        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "finished_at": None,
-        "command_line": list(command_line),
-        "git_describe": _git_describe(),
-        "versions": {
+def now_utc() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def new_meta(sweep: SweepPlan, command_line: Sequence[str]) -> FolderMeta:
+    return FolderMeta(
+        kind="sweep",
+        status="running",
+        who=f"{getpass.getuser()}@{socket.gethostname()}",
+        started_at=now_utc(),
+        command_line=list(command_line),
+        git_describe=_git_describe(),
+        versions={
             "topo": _version("topo"),
             "python": platform.python_version(),
             **{name: _version(name) for name in ("ray", "litellm", "vllm", "httpx", "asyncssh")},
         },
-        "spec": sweep.spec.to_json(),
-        "cluster": sweep.cluster.model_dump(mode="json"),
-        "recipe": sweep.recipe.model_dump(mode="json"),
-        "startup_s": {},
-        "errors": {},
-        "warnings": [],
-    }
-
-
-def read_meta(directory: Path) -> dict[str, Any]:
-    path = directory / META_FILE
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise ResultsError(f"{directory}: no {META_FILE}; not a folder `topo sweep` wrote") from exc
-    except (OSError, ValueError) as exc:
-        raise ResultsError(f"{path}: not readable JSON ({exc})") from exc
-    if not isinstance(meta, dict) or meta.get("kind") != "sweep" or "spec" not in meta:
-        raise ResultsError(f"{path}: not the meta.json of a sweep (no kind: sweep / spec)")
-    return meta
-
-
-def write_meta(directory: Path, meta: dict[str, Any]) -> None:
-    """Atomic: a crash while writing never leaves a half meta.json behind."""
-    path = directory / META_FILE
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(meta, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
-    tmp.replace(path)
+        spec=sweep.spec.to_json(),
+        cluster=sweep.cluster.model_dump(mode="json"),
+        recipe=sweep.recipe.model_dump(mode="json"),
+    )
 
 
 def resume_spec(directory: Path) -> SweepSpec:
-    meta = read_meta(directory)
-    return SweepSpec.from_json(meta["spec"], source=str(directory / META_FILE))
+    folder = ResultsFolder(directory)
+    meta = folder.read_meta()
+    if meta.kind != "sweep":
+        raise ResultsError(f"{folder.meta_path}: a {meta.kind}, not a sweep; only a sweep can be resumed")
+    return SweepSpec.from_json(meta.spec, source=str(folder.meta_path))
 
 
 def default_out_dir(spec: SweepSpec, root: Path = Path("results")) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     model = Path(spec.model).stem
     return root / f"{model}-{stamp}"
-
-
-# ---------------------------------------------------------------------------------------------------------
-# What is done already
-
-
-def runs_done(cells: pd.DataFrame) -> dict[tuple[str, int], int]:
-    """(topology, concurrency) -> how many runs are stored (runs are numbered 0..n-1)."""
-    if cells.empty:
-        return {}
-    counts = cells.groupby(["topology", "concurrency"])["run"].nunique()
-    return {(str(t), int(c)): int(n) for (t, c), n in counts.items()}
 
 
 @dataclass
@@ -246,67 +222,56 @@ class SweepOutcome:
 # The run
 
 
-async def _measure_topology(
-    item: TopologyPlan,
-    todo: list[tuple[int, int]],
-    sweep: SweepPlan,
-    store: ResultsStore,
-    meta: dict[str, Any],
-    directory: Path,
-    progress: SweepProgress,
-    outcome: SweepOutcome,
-) -> None:
+@dataclass
+class _Run:
+    """What every step of one sweep shares: where it writes, what it reports to, what it found."""
+
+    sweep: SweepPlan
+    folder: ResultsFolder
+    meta: FolderMeta
+    progress: SweepProgress
+    outcome: SweepOutcome
+
+    def save_meta(self) -> None:
+        self.folder.write_meta(self.meta)
+
+
+async def _measure_topology(item: TopologyPlan, todo: list[tuple[Load, int]], state: _Run) -> None:
     """Bring one topology up, measure its missing runs cell by cell, tear it down (always)."""
-    spec = sweep.spec
-    async with open_cluster(sweep.cluster) as nodes:
-        async with bring_up(item.launch, nodes, progress=progress) as running:
-            meta["startup_s"][item.topology] = round(running.bring_up_s, 3)
-            write_meta(directory, meta)
-            progress.topology_up(item.topology, running.bring_up_s)
+    spec = state.sweep.spec
+    async with open_cluster(state.sweep.cluster) as nodes:
+        async with bring_up(item.launch, nodes, progress=state.progress) as running:
+            state.meta.startup_s[item.topology] = round(running.bring_up_s, 3)
+            state.save_meta()
+            state.progress.topology_up(item.topology, running.bring_up_s)
             api_key = running.endpoint_headers().get("Authorization", "").removeprefix("Bearer ") or None
-            session = BenchSession(
-                Endpoint.from_url(running.endpoint, api_key),
-                item.launch.served_model_name,
-                pp=spec.pp,
-                tg=spec.tg,
-                latency_mode=spec.latency_mode,
-                request_timeout=spec.request_timeout_s,
-                seed=spec.seed,
-            )
-            try:
-                await session.open()
+            async with BenchSession(Endpoint.from_url(running.endpoint, api_key), item.launch.served_model_name,
+                                    spec.bench_settings()) as session:
                 for note in session.notes:
-                    progress.note(f"{item.topology}: {note}")
-                for concurrency, first_run in todo:
+                    state.progress.note(f"{item.topology}: {note}")
+                for load, first_run in todo:
                     # a lost node or dead rank ends this topology with its log tail, not with cells of errors
                     await running.check_alive()
-                    warnings = await _measure_cell(item.topology, concurrency, first_run, session, store, progress,
-                                                   outcome, spec.runs)
-                    meta["warnings"].extend(f"{item.topology}: {w}" for w in warnings)
-                    write_meta(directory, meta)
-                    store.compact()
-            finally:
-                await session.close()
+                    warnings = await _measure_cell(item.topology, load, first_run, session, state)
+                    state.meta.warnings.extend(f"{item.topology}: {w}" for w in warnings)
+                    state.save_meta()
+                    state.folder.compact()
 
 
-async def _measure_cell(topology: str, concurrency: int, first_run: int, session: BenchSession,
-                        store: ResultsStore, progress: SweepProgress, outcome: SweepOutcome, runs: int) -> list[str]:
+async def _measure_cell(topology: str, load: Load, first_run: int, session: BenchSession, state: _Run) -> list[str]:
     rows: list[dict[str, Any]] = []
 
     def on_run(done: RunDone) -> None:
         # Stored the moment it is measured: Ctrl-C or a crash in the next run loses nothing of this one.
         if not done.warmup and done.row is not None:
-            run = first_run + done.run  # a resumed cell continues its numbering
-            for record in done.records:
-                record.run = run
-            row = dict(done.row, run=run, topology=topology)
-            store.append(done.records, [row])
-            rows.append(row)
-            outcome.measured_runs += 1
-        progress.run_done(topology, concurrency, first_run + max(done.run, 0), done.warmup)
+            state.folder.append(done.records, [done.row])
+            rows.append(done.row)
+            state.outcome.measured_runs += 1
+        state.progress.run_done(topology, load, max(done.run, first_run), done.warmup)
 
-    result = await session.cell(concurrency, runs - first_run, topology=topology, on_run=on_run)
-    progress.cell_done(topology, concurrency, rows, result.warnings)
+    result = await session.run(load, state.sweep.spec.runs - first_run, topology=topology, first_run=first_run,
+                               on_run=on_run)
+    state.progress.cell_done(topology, load, rows, result.warnings)
     return result.warnings
 
 
@@ -320,58 +285,56 @@ async def run_sweep(
     on_topology_done: Callable[[str], None] | None = None,
 ) -> SweepOutcome:
     """Measure every missing run of the sweep into `directory`; see the module docstring."""
-    directory.mkdir(parents=True, exist_ok=True)
-    store = ResultsStore(directory)
+    folder = ResultsFolder(directory)
     if resume:
-        meta = read_meta(directory)
-        meta.setdefault("resumed_at", []).append(datetime.now(timezone.utc).isoformat(timespec="seconds"))
-        meta["status"] = "running"
-        done = runs_done(store.read_cells())
+        meta = folder.read_meta()
+        meta.resumed_at.append(now_utc())
+        meta.status = "running"
+        done = folder.runs_done()
     else:
-        if (directory / META_FILE).exists():
+        if folder.has_meta():
             raise ResultsError(f"{directory} already holds a sweep; resume it with --resume {directory} "
                                "or choose another --out")
         meta = new_meta(sweep, command_line)
         done = {}
-    write_meta(directory, meta)
+    folder.write_meta(meta)
 
     spec = sweep.spec
     cells = set(sweep.cells())
     total = len(cells) * spec.runs
     already = sum(min(n, spec.runs) for key, n in done.items() if key in cells)
     progress.sweep_started(total, already)
-    outcome = SweepOutcome(directory, "running")
+    state = _Run(sweep, folder, meta, progress, SweepOutcome(directory, "running"))
     status: Status = "failed"
     try:
         for item in sweep.topologies:
-            todo = [(c, done.get((item.topology, c), 0)) for c in spec.concurrency
-                    if done.get((item.topology, c), 0) < spec.runs]
+            stored = {load: done.get(sweep.cell_key(item.topology, load), 0) for load in spec.loads}
+            todo = [(load, n) for load, n in stored.items() if n < spec.runs]
             if not todo:
                 continue
-            progress.topology_started(item.topology, [c for c, _ in todo])
+            progress.topology_started(item.topology, [load for load, _ in todo])
             try:
-                await _measure_topology(item, todo, sweep, store, meta, directory, progress, outcome)
+                await _measure_topology(item, todo, state)
             except TopoError as exc:
                 # One topology failing (a node that does not come up) must not cost the others' cells.
-                outcome.errors[item.topology] = str(exc)
-                meta["errors"][item.topology] = str(exc)
-                write_meta(directory, meta)
+                state.outcome.errors[item.topology] = str(exc)
+                meta.errors[item.topology] = str(exc)
+                state.save_meta()
                 progress.topology_failed(item.topology, exc)
             if on_topology_done:
                 on_topology_done(item.topology)
-        status = "incomplete" if outcome.errors else "complete"
+        status = "incomplete" if state.outcome.errors else "complete"
     except (asyncio.CancelledError, KeyboardInterrupt):
         status = "interrupted"
         raise
     finally:
-        store.compact()
-        outcome.status = status
-        meta["status"] = status
-        meta["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        write_meta(directory, meta)
-    return outcome
+        folder.compact()
+        state.outcome.status = status
+        meta.status = status
+        meta.finished_at = now_utc()
+        state.save_meta()
+    return state.outcome
 
 
 def command_line() -> list[str]:
     return [Path(sys.argv[0]).name, *sys.argv[1:]]
-

@@ -1,13 +1,16 @@
-"""The topology kinds and `plan()`: which processes run where, in which order, for one topology.
+"""`plan()`: which processes run where, in which order, for one topology of the registry.
 
-    Solo                  one TP=1 engine on the head node                     name: solo
-    TensorParallelMp      one engine over N nodes, PyTorch distributed (mp)     name: tp2-mp
-    TensorParallelRay     one engine over N nodes of a Ray cluster             name: tp2-ray
-    SoloShuffle           one TP=1 engine per node behind a LiteLLM proxy       name: 2x-solo-shuffle
+The topology (topology/registry.py) says how many engine replicas, of which tensor-parallel size, with
+which executor, behind which router. plan() lays that out on the cluster's nodes in order:
 
-A plain discriminated union (`Topology`), parameterised by node count, so tp4-mp or 4x-solo-shuffle are
-the same classes with `nodes=4`. `plan()` is pure: the cluster and recipe are already loaded, secrets are
-passed in, nothing is read or started.
+    one engine, TP=1           the engine on the head node                            (solo)
+    one engine, TP=N, mp       headless ranks 1..N-1 first, then rank 0               (tp2-mp)
+    one engine, TP=N, ray      Ray head, Ray workers, then the engine                 (tp2-ray)
+    R replicas behind a router each replica on its own K nodes, then the LiteLLM proxy (2x-solo-shuffle,
+                               2x-tp2-shuffle)
+
+`plan()` is pure: the cluster and recipe are already loaded, secrets are passed in, nothing is read or
+started.
 
 Per engine process (and per Ray node process, whose workers run the engine's ranks): VLLM_HOST_IP is the
 node's fast-link IP and GLOO/NCCL/TP_SOCKET_IFNAME its fast-link interface, then the recipe's env, then
@@ -17,16 +20,12 @@ the node's env. HTTP probe URLs and the endpoint are addresses as seen from the 
 from __future__ import annotations
 
 import json
-import re
 import secrets as secrets_module
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated, Literal, Union
 
 import yaml
-from pydantic import Field
 
-from common.config import StrictModel
 from common.errors import PlanError
 from topology.inventory import CONTROLLER, Cluster, Node, TwinEngine, VllmEngine
 from topology.plan import (
@@ -44,97 +43,10 @@ from topology.plan import (
     StopByProcessGroup,
 )
 from topology.recipe import Recipe
+from topology.registry import STUDY_TOPOLOGIES, RouterStrategy, Topology, parse_topology
 
-# ---------------------------------------------------------------------------------------------------------
-# The kinds
-
-
-class Solo(StrictModel):
-    """One TP=1 engine on the head node."""
-
-    kind: Literal["solo"] = "solo"
-
-    @property
-    def name(self) -> str:
-        return "solo"
-
-    @property
-    def nodes_needed(self) -> int:
-        return 1
-
-
-class TensorParallelMp(StrictModel):
-    """One engine spanning `nodes` nodes over PyTorch distributed: headless ranks first, then rank 0."""
-
-    kind: Literal["tp-mp"] = "tp-mp"
-    nodes: int = Field(default=2, ge=2)
-
-    @property
-    def name(self) -> str:
-        return f"tp{self.nodes}-mp"
-
-    @property
-    def nodes_needed(self) -> int:
-        return self.nodes
-
-
-class TensorParallelRay(StrictModel):
-    """One engine spanning `nodes` nodes of a Ray cluster started for it (head on node 0)."""
-
-    kind: Literal["tp-ray"] = "tp-ray"
-    nodes: int = Field(default=2, ge=2)
-
-    @property
-    def name(self) -> str:
-        return f"tp{self.nodes}-ray"
-
-    @property
-    def nodes_needed(self) -> int:
-        return self.nodes
-
-
-class SoloShuffle(StrictModel):
-    """One TP=1 engine on each of `nodes` nodes, behind a LiteLLM proxy that picks one at random."""
-
-    kind: Literal["solo-shuffle"] = "solo-shuffle"
-    nodes: int = Field(default=2, ge=2)
-
-    @property
-    def name(self) -> str:
-        return f"{self.nodes}x-solo-shuffle"
-
-    @property
-    def nodes_needed(self) -> int:
-        return self.nodes
-
-
-Topology = Annotated[
-    Union[Solo, TensorParallelMp, TensorParallelRay, SoloShuffle], Field(discriminator="kind")
-]
-
-# The four topologies of the published study, in the order a sweep runs them.
-STUDY_TOPOLOGIES: tuple[str, ...] = ("solo", "tp2-mp", "tp2-ray", "2x-solo-shuffle")
-
-_NAME_FORMS: tuple[tuple[re.Pattern[str], type[StrictModel]], ...] = (
-    (re.compile(r"^tp(\d+)-mp$"), TensorParallelMp),
-    (re.compile(r"^tp(\d+)-ray$"), TensorParallelRay),
-    (re.compile(r"^(\d+)x-solo-shuffle$"), SoloShuffle),
-)
-
-
-def parse_topology(name: str) -> Topology:
-    """`solo`, `tpN-mp`, `tpN-ray`, `Nx-solo-shuffle` (N >= 2) -> the topology."""
-    if name == "solo":
-        return Solo()
-    for pattern, kind in _NAME_FORMS:
-        match = pattern.match(name)
-        if match and int(match.group(1)) >= 2:
-            return kind(nodes=int(match.group(1)))  # type: ignore[call-arg]
-    raise PlanError(
-        f"unknown topology {name!r}: expected solo, tpN-mp, tpN-ray or Nx-solo-shuffle with N >= 2 "
-        f"(the study's four: {', '.join(STUDY_TOPOLOGIES)})"
-    )
-
+# The planner's callers name these here too; they live in the registry.
+__all__ = ["STUDY_TOPOLOGIES", "PlanSecrets", "Topology", "parse_topology", "plan", "render_router_config"]
 
 # ---------------------------------------------------------------------------------------------------------
 # Secrets
@@ -295,41 +207,53 @@ def _same_engine_kind(topology: Topology, nodes: tuple[Node, ...]) -> None:
 # Per kind
 
 
-def _plan_solo(topology: Solo, cluster: Cluster, recipe: Recipe) -> tuple[list[Stage], str, dict[str, ArgOrSecret]]:
-    head = cluster.head
-    step = _engine_step(
-        topology, cluster, recipe, head, name="engine", role="engine", tensor_parallel=1, parallel_flags=[],
-        probe=_engine_probe(cluster, head), listen_ports=(head.engine.port,),
+def _single_node_engine(topology: Topology, cluster: Cluster, recipe: Recipe, node: Node, *, name: str) -> Step:
+    return _engine_step(
+        topology, cluster, recipe, node, name=name, role="engine", tensor_parallel=1, parallel_flags=[],
+        probe=_engine_probe(cluster, node), listen_ports=(node.engine.port,),
     )
-    return [Stage(steps=(step,))], _endpoint(head), {}
 
 
-def _plan_tp_mp(
-    topology: TensorParallelMp, cluster: Cluster, recipe: Recipe
-) -> tuple[list[Stage], str, dict[str, ArgOrSecret]]:
-    nodes = cluster.nodes[: topology.nodes]
-    _same_engine_kind(topology, nodes)
+def _plan_solo(topology: Topology, cluster: Cluster, recipe: Recipe) -> tuple[list[Stage], str, dict[str, ArgOrSecret]]:
+    head = cluster.head
+    return [Stage(steps=(_single_node_engine(topology, cluster, recipe, head, name="engine"),))], _endpoint(head), {}
+
+
+def _tp_mp_ranks(
+    topology: Topology, cluster: Cluster, recipe: Recipe, nodes: Sequence[Node], *, name: str
+) -> tuple[tuple[Step, ...], Step]:
+    """One engine over `nodes` with PyTorch distributed: its headless ranks (started first) and rank 0."""
+    _same_engine_kind(topology, tuple(nodes))
     head = nodes[0]
+    size = len(nodes)
 
     def rank_flags(rank: int) -> list[str]:
-        flags = ["--distributed-executor-backend", "mp", "--nnodes", str(topology.nodes), "--node-rank", str(rank),
+        flags = ["--distributed-executor-backend", "mp", "--nnodes", str(size), "--node-rank", str(rank),
                  "--master-addr", head.fast_link.ip, "--master-port", str(head.master_port)]
         return flags + (["--headless"] if rank > 0 else [])
 
     headless = tuple(
         _engine_step(
-            topology, cluster, recipe, node, name=f"engine-rank{rank}", role="engine-headless",
-            tensor_parallel=topology.nodes, parallel_flags=rank_flags(rank), probe=NoProbe(), listen_ports=(),
+            topology, cluster, recipe, node, name=f"{name}-rank{rank}", role="engine-headless",
+            tensor_parallel=size, parallel_flags=rank_flags(rank), probe=NoProbe(), listen_ports=(),
         )
         for rank, node in enumerate(nodes)
         if rank > 0
     )
     rank0 = _engine_step(
-        topology, cluster, recipe, head, name="engine-rank0", role="engine", tensor_parallel=topology.nodes,
+        topology, cluster, recipe, head, name=f"{name}-rank0", role="engine", tensor_parallel=size,
         parallel_flags=rank_flags(0), probe=_engine_probe(cluster, head),
         listen_ports=(head.engine.port, head.master_port),
     )
-    return [Stage(steps=headless), Stage(steps=(rank0,))], _endpoint(head), {}
+    return headless, rank0
+
+
+def _plan_tp_mp(
+    topology: Topology, cluster: Cluster, recipe: Recipe
+) -> tuple[list[Stage], str, dict[str, ArgOrSecret]]:
+    nodes = cluster.nodes[: topology.nodes]
+    headless, rank0 = _tp_mp_ranks(topology, cluster, recipe, nodes, name="engine")
+    return [Stage(steps=headless), Stage(steps=(rank0,))], _endpoint(nodes[0]), {}
 
 
 # Ray puts AF_UNIX sockets at <temp-dir>/session_<date>_<time>_<usec>_<pid>/sockets/plasma_store (~62
@@ -338,7 +262,7 @@ RAY_TEMP_DIR_MAX_CHARS = 107 - len("/session_2026-11-23_19-35-37_784363_4219999/
 
 
 def _ray_start(
-    topology: TensorParallelRay, cluster: Cluster, recipe: Recipe, node: Node, *, head: Node, is_head: bool
+    topology: Topology, cluster: Cluster, recipe: Recipe, node: Node, *, head: Node, is_head: bool
 ) -> Step:
     ray = node.ray
     if len(node.ray_temp_dir) > RAY_TEMP_DIR_MAX_CHARS:
@@ -372,7 +296,7 @@ def _ray_start(
     # Every Ray node's processes host the engine's ranks, so they get the engine's env.
     env = _node_env(node, recipe)
     status = ["status", "--address", gcs]
-    nodes_expected = 1 if is_head else topology.nodes
+    nodes_expected = 1 if is_head else topology.tensor_parallel
     listen_ports = (ray.port,) if is_head else ()
     name = "ray-head" if is_head else f"ray-worker-{node.name}"
     engine = node.engine
@@ -400,7 +324,7 @@ def _ray_start(
 
 
 def _plan_tp_ray(
-    topology: TensorParallelRay, cluster: Cluster, recipe: Recipe
+    topology: Topology, cluster: Cluster, recipe: Recipe
 ) -> tuple[list[Stage], str, dict[str, ArgOrSecret]]:
     nodes = cluster.nodes[: topology.nodes]
     _same_engine_kind(topology, nodes)
@@ -408,7 +332,7 @@ def _plan_tp_ray(
     ray_head = _ray_start(topology, cluster, recipe, head, head=head, is_head=True)
     workers = tuple(_ray_start(topology, cluster, recipe, node, head=head, is_head=False) for node in nodes[1:])
     engine = _engine_step(
-        topology, cluster, recipe, head, name="engine", role="engine", tensor_parallel=topology.nodes,
+        topology, cluster, recipe, head, name="engine", role="engine", tensor_parallel=topology.tensor_parallel,
         parallel_flags=["--distributed-executor-backend", "ray"], probe=_engine_probe(cluster, head),
         listen_ports=(head.engine.port,),
         # the engine joins the Ray cluster started above (the per-node --temp-dir hides it from "auto")
@@ -417,8 +341,10 @@ def _plan_tp_ray(
     return [Stage(steps=(ray_head,)), Stage(steps=workers), Stage(steps=(engine,))], _endpoint(head), {}
 
 
-def render_router_config(served_model_name: str, backends: list[tuple[str, str]]) -> str:
-    """LiteLLM proxy config: every backend (id, api_base) under one model name, picked at random."""
+def render_router_config(
+    served_model_name: str, backends: list[tuple[str, str]], strategy: RouterStrategy = "simple-shuffle"
+) -> str:
+    """LiteLLM proxy config: every backend (id, api_base) under one model name, routed by `strategy`."""
     config = {
         "model_list": [
             {
@@ -432,7 +358,7 @@ def render_router_config(served_model_name: str, backends: list[tuple[str, str]]
             }
             for backend_id, api_base in backends
         ],
-        "router_settings": {"routing_strategy": "simple-shuffle", "num_retries": 0},
+        "router_settings": {"routing_strategy": strategy, "num_retries": 0},
     }
     return yaml.safe_dump(config, sort_keys=False)
 
@@ -463,35 +389,45 @@ def _proxy_pool_idle_s(nodes: Sequence[Node], recipe: Recipe) -> int:
     return idle
 
 
-def _plan_solo_shuffle(
-    topology: SoloShuffle, cluster: Cluster, recipe: Recipe, plan_secrets: PlanSecrets
+def _plan_routed(
+    topology: Topology, cluster: Cluster, recipe: Recipe, plan_secrets: PlanSecrets
 ) -> tuple[list[Stage], str, dict[str, ArgOrSecret]]:
+    """Each replica on its own consecutive nodes (all engines, headless ranks first), then the proxy."""
+    assert topology.router is not None
     nodes = cluster.nodes[: topology.nodes]
     proxy = cluster.proxy
     proxy_node = None if proxy.node == CONTROLLER else cluster.node(proxy.node)
     if proxy_node is not None and proxy_node not in nodes:
         raise PlanError(f"proxy.node {proxy.node!r} is not one of the {topology.nodes} nodes {topology.name} uses")
-    engines = tuple(
-        _engine_step(
-            topology, cluster, recipe, node, name=f"engine-{node.name}", role="engine", tensor_parallel=1,
-            parallel_flags=[], probe=_engine_probe(cluster, node), listen_ports=(node.engine.port,),
-        )
-        for node in nodes
-    )
+    size = topology.tensor_parallel
+    replicas = [nodes[index : index + size] for index in range(0, len(nodes), size)]
+    heads = [replica[0] for replica in replicas]  # where each replica serves HTTP
+    engine_stages: list[Stage]
+    if size == 1:
+        engines = tuple(_single_node_engine(topology, cluster, recipe, node, name=f"engine-{node.name}") for node in nodes)
+        engine_stages = [Stage(steps=engines)]
+    else:
+        ranks = [_tp_mp_ranks(topology, cluster, recipe, replica, name=f"engine-{replica[0].name}") for replica in replicas]
+        engine_stages = [
+            Stage(steps=tuple(step for headless, _ in ranks for step in headless)),
+            Stage(steps=tuple(rank0 for _, rank0 in ranks)),
+        ]
 
     def api_base(node: Node) -> str:
         # from the controller: the address clients use; from a node: the fast link between nodes
         host = node.reachable_host if proxy_node is None else node.fast_link.ip
         return f"http://{host}:{node.engine.port}/v1"
 
-    router_yaml = render_router_config(recipe.served_model_name, [(node.name, api_base(node)) for node in nodes])
+    router_yaml = render_router_config(
+        recipe.served_model_name, [(head.name, api_base(head)) for head in heads], topology.router
+    )
     workdir = proxy.workdir or (proxy_node.workdir if proxy_node is not None else "/tmp/topo")
     config_path = _joined_workdir(workdir, topology.name, ROUTER_CONFIG_NAME)
     env: dict[str, ArgOrSecret] = dict(proxy_node.env) if proxy_node is not None else {}
     env.update({
         "LITELLM_MASTER_KEY": plan_secrets.litellm_master_key,
         "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-        PROXY_POOL_IDLE_ENV: str(_proxy_pool_idle_s(nodes, recipe)),
+        PROXY_POOL_IDLE_ENV: str(_proxy_pool_idle_s(heads, recipe)),
     })
     proxy_host = "127.0.0.1" if proxy_node is None else proxy_node.reachable_host
     proxy_step = Step(
@@ -509,7 +445,7 @@ def _plan_solo_shuffle(
     headers: dict[str, ArgOrSecret] = {
         "Authorization": Secret(secret=f"Bearer {plan_secrets.litellm_master_key.secret}")
     }
-    return [Stage(steps=engines), Stage(steps=(proxy_step,))], f"http://{proxy_host}:{proxy.port}/v1", headers
+    return [*engine_stages, Stage(steps=(proxy_step,))], f"http://{proxy_host}:{proxy.port}/v1", headers
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -537,19 +473,19 @@ def _check_port_collisions(cluster: Cluster, topology: Topology, stages: list[St
 
 def plan(topology: Topology, cluster: Cluster, recipe: Recipe, *, secrets: PlanSecrets) -> LaunchPlan:
     """The ordered steps that bring `topology` up on `cluster` serving `recipe`. Pure: nothing runs."""
-    if len(cluster.nodes) < topology.nodes_needed:
+    if len(cluster.nodes) < topology.nodes:
         raise PlanError(
-            f"{topology.name} needs {topology.nodes_needed} nodes but cluster {cluster.name!r} has "
+            f"{topology.name} needs {topology.nodes} nodes but cluster {cluster.name!r} has "
             f"{len(cluster.nodes)} ({', '.join(node.name for node in cluster.nodes)})"
         )
-    if isinstance(topology, Solo):
+    if topology.routed:
+        stages, endpoint, headers = _plan_routed(topology, cluster, recipe, secrets)
+    elif topology.tensor_parallel == 1:
         stages, endpoint, headers = _plan_solo(topology, cluster, recipe)
-    elif isinstance(topology, TensorParallelMp):
+    elif topology.executor == "mp":
         stages, endpoint, headers = _plan_tp_mp(topology, cluster, recipe)
-    elif isinstance(topology, TensorParallelRay):
-        stages, endpoint, headers = _plan_tp_ray(topology, cluster, recipe)
     else:
-        stages, endpoint, headers = _plan_solo_shuffle(topology, cluster, recipe, secrets)
+        stages, endpoint, headers = _plan_tp_ray(topology, cluster, recipe)
     _check_port_collisions(cluster, topology, stages)
     return LaunchPlan(
         topology=topology.name,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from common.errors import TopoError
-from twin.cli import main
+from twin.launch import main
 
 if __name__ == "__main__":
     try:

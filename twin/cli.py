@@ -6,14 +6,13 @@ change nothing in the twin's performance model (--trust-remote-code, --dtype, --
 --enforce-eager) are accepted and recorded so a plan stays runnable on both engines.
 
     parse_serve_args(argv) -> ServeArgs          flags -> a validated, frozen record (ConfigError if not)
-    engine_config_kwargs(args) -> dict           ServeArgs -> keyword arguments of twin.engine.EngineConfig
-    main(argv) -> None                           the entry point of `python -m twin` and `topo twin serve`
+
+What runs once they are parsed is twin/launch.py; the HTTP server is twin/server.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from dataclasses import dataclass
 from typing import Any, NoReturn, Sequence
@@ -260,86 +259,4 @@ def parse_serve_args(argv: Sequence[str]) -> ServeArgs:
     )
 
 
-def engine_config_kwargs(args: ServeArgs, quantization_bytes: dict[str, float] | None = None) -> dict[str, Any]:
-    """Keyword arguments for `EngineConfig.from_names(args.hardware, args.card, **kw)`.
-
-    `quantization_bytes` is the card's table (bytes per weight by format); a --quantization the card does
-    not list is an error naming the choices.
-    """
-    weight_bytes: float | None = None
-    if args.quantization is not None:
-        table = quantization_bytes or {}
-        if args.quantization not in table:
-            raise ConfigError(
-                f"twin serve: --quantization {args.quantization!r} is not known for card {args.card!r} "
-                f"(known: {', '.join(sorted(table)) or 'none'})"
-            )
-        weight_bytes = table[args.quantization]
-    return {
-        "tensor_parallel": args.tensor_parallel_size,
-        "nnodes": args.nnodes,
-        "executor": args.executor,
-        "max_model_len": args.max_model_len,
-        "max_num_batched_tokens": args.max_num_batched_tokens,
-        "max_num_seqs": args.max_num_seqs,
-        "gpu_memory_utilization": args.gpu_memory_utilization,
-        "weight_bytes_per_param": weight_bytes,
-        "kv_cache_bytes_per_element": KV_CACHE_DTYPE_BYTES[args.kv_cache_dtype],
-        "link": args.link,
-    }
-
-
-def bind_host(args: ServeArgs) -> str:
-    """The HTTP bind address: --host, else all interfaces (vLLM's default)."""
-    return args.host if args.host is not None else "0.0.0.0"
-
-
-HTTP_KEEP_ALIVE_ENV = "VLLM_HTTP_TIMEOUT_KEEP_ALIVE"
-DEFAULT_HTTP_KEEP_ALIVE_S = 5  # vLLM's default, and uvicorn's
-
-
-def http_keep_alive_s() -> int:
-    """How long an idle HTTP connection is kept open: VLLM_HTTP_TIMEOUT_KEEP_ALIVE (like vLLM), else 5 s."""
-    raw = os.environ.get(HTTP_KEEP_ALIVE_ENV, "").strip()
-    if not raw:
-        return DEFAULT_HTTP_KEEP_ALIVE_S
-    try:
-        seconds = int(raw)
-    except ValueError:
-        seconds = -1
-    if seconds < 1:
-        raise ConfigError(f"{HTTP_KEEP_ALIVE_ENV}={raw!r}: expected a whole number of seconds, at least 1")
-    return seconds
-
-
-def local_rank_address() -> str | None:
-    """This node's address for rank traffic: VLLM_HOST_IP when set (like vLLM), else the OS's choice."""
-    return os.environ.get("VLLM_HOST_IP") or None
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """`twin serve ...`: parse, then run rank 0 (HTTP) or a headless rank until stopped."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print("usage: twin serve [MODEL] [vLLM serving flags] [--hardware NAME|PATH] [--card NAME|PATH]")
-        print("       twin serve --help   for every flag")
-        return
-    if argv[0] != "serve":
-        raise ConfigError(f"twin: unknown command {argv[0]!r} (the only command is `serve`)")
-    args = parse_serve_args(argv[1:])
-    from twin.server import run_serve  # heavy imports (uvicorn, ray) only when serving
-
-    run_serve(args)
-
-
-__all__ = [
-    "ServeArgs",
-    "build_parser",
-    "parse_serve_args",
-    "engine_config_kwargs",
-    "card_for_model",
-    "bind_host",
-    "local_rank_address",
-    "main",
-    "KV_CACHE_DTYPE_BYTES",
-]
+__all__ = ["KV_CACHE_DTYPE_BYTES", "ServeArgs", "build_parser", "card_for_model", "parse_serve_args"]

@@ -104,7 +104,7 @@ def simulate_open(
             loops[replica], wakes[replica] = None, math.inf
 
     def send(i: int, now: float) -> None:
-        replica = deployment.rng.randrange(replicas) if replicas > 1 else 0
+        replica = deployment.route(1)[0]  # the topology's router picks, one request at a time
         chosen[i] = replica
         sent[i] = now
         deployment._ids += 1

@@ -5,8 +5,9 @@ topology and returns `bench.records.RequestRecord`s with virtual timestamps, so 
 predictions and measurements into cells. `predict_cells()` runs a warm-up batch plus `runs` batches per
 concurrency and returns rows with the columns of cells.parquet.
 
-A topology is a number of independent engine replicas (each TP=k over k nodes) behind a router when there
-is more than one. The router picks a replica at random per request (LiteLLM's simple-shuffle), hands a
+A topology (topology/registry.py) is a number of independent engine replicas (each TP=k over k nodes)
+behind a router when there is more than one. The router picks a replica at random per request (LiteLLM's
+simple-shuffle, the only strategy the registry knows yet), hands a
 burst on in a clump (twin.profiles.RouterProfile: one asyncio process accepts every request of the burst
 before it dispatches any) and adds its latency to every chunk back. Replicas share nothing, so each is
 simulated on its own clock; a batch ends when the slowest replica is done, and the next batch starts then.
@@ -15,72 +16,36 @@ simulated on its own clock; a batch ends when the slowest replica is done, and t
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
-from typing import Any, Coroutine, Iterable, Literal, Sequence
+from typing import Any, Coroutine, Iterable, Sequence
 
 from bench.metrics import run_metrics
 from bench.records import RequestRecord
-from common.errors import ConfigError
-from twin.engine import EngineConfig, EngineCore, Executor, GenerationRequest, VirtualClock, run_step_loop
+from common.errors import ConfigError, PlanError
+from topology.registry import Topology, compared_on_nodes, parse_topology
+from twin.engine import EngineConfig, EngineCore, GenerationRequest, VirtualClock, run_step_loop
 from twin.scheduler import EmittedToken
 
-TopologyName = Literal["solo", "tp2-mp", "tp2-ray", "2x-solo-shuffle", "tp4-mp", "tp4-ray", "2x-tp2-shuffle", "4x-solo-shuffle"]
-
-
-@dataclass(frozen=True)
-class TopologyModel:
-    """How a topology lays engines out on nodes, as far as performance goes."""
-
-    name: str
-    replicas: int  # independent engines; > 1 means a router in front
-    tensor_parallel: int  # ranks (= nodes) per engine
-    executor: Executor = "uni"
-
-    @property
-    def nodes(self) -> int:
-        return self.replicas * self.tensor_parallel
-
-    @property
-    def routed(self) -> bool:
-        return self.replicas > 1
-
-    def engine_config(self, base: EngineConfig) -> EngineConfig:
-        return base.with_(tensor_parallel=self.tensor_parallel, nnodes=self.tensor_parallel, executor=self.executor)
-
-
-TOPOLOGIES: dict[str, TopologyModel] = {
-    t.name: t
-    for t in (
-        TopologyModel("solo", 1, 1),
-        TopologyModel("tp2-mp", 1, 2, "mp"),
-        TopologyModel("tp2-ray", 1, 2, "ray"),
-        TopologyModel("2x-solo-shuffle", 2, 1),
-        TopologyModel("tp4-mp", 1, 4, "mp"),
-        TopologyModel("tp4-ray", 1, 4, "ray"),
-        TopologyModel("2x-tp2-shuffle", 2, 2, "mp"),
-        TopologyModel("4x-solo-shuffle", 4, 1),
-    )
-}
+def engine_config(topology: Topology, base: EngineConfig) -> EngineConfig:
+    """One replica's engine: its tensor-parallel size, over as many nodes, with the topology's executor."""
+    return base.with_(tensor_parallel=topology.tensor_parallel, nnodes=topology.tensor_parallel,
+                      executor=topology.executor)
 
 
 def topologies_for_nodes(nodes: int) -> list[str]:
-    """The layouts worth comparing on `nodes` nodes (solo is always the baseline)."""
-    if nodes == 2:
-        return ["solo", "tp2-mp", "tp2-ray", "2x-solo-shuffle"]
-    if nodes == 4:
-        return ["solo", "tp2-mp", "tp4-mp", "tp4-ray", "2x-tp2-shuffle", "4x-solo-shuffle"]
-    if nodes == 1:
-        return ["solo"]
-    raise ConfigError(f"--nodes {nodes}: the twin lays out 1, 2 or 4 nodes")
+    """The layouts worth comparing on `nodes` nodes (solo is always the baseline), from the registry."""
+    try:
+        return compared_on_nodes(nodes)
+    except PlanError as error:
+        raise ConfigError(str(error)) from None
 
 
-def topology_model(topology: str | TopologyModel) -> TopologyModel:
-    if isinstance(topology, TopologyModel):
+def topology_model(topology: str | Topology) -> Topology:
+    if isinstance(topology, Topology):
         return topology
     try:
-        return TOPOLOGIES[topology]
-    except KeyError:
-        raise ConfigError(f"unknown topology {topology!r}; known: {', '.join(TOPOLOGIES)}") from None
+        return parse_topology(topology)
+    except PlanError as error:
+        raise ConfigError(str(error)) from None
 
 
 def _drive(coroutine: Coroutine[Any, Any, None]) -> None:
@@ -96,9 +61,9 @@ def _drive(coroutine: Coroutine[Any, Any, None]) -> None:
 class VirtualDeployment:
     """A topology's engines on virtual clocks; plays closed batches one after the other."""
 
-    def __init__(self, topology: str | TopologyModel, config: EngineConfig, *, seed: int = 0) -> None:
+    def __init__(self, topology: str | Topology, config: EngineConfig, *, seed: int = 0) -> None:
         self.topology = topology_model(topology)
-        self.config = self.topology.engine_config(config)
+        self.config = engine_config(self.topology, config)
         self.cores = [EngineCore(self.config) for _ in range(self.topology.replicas)]
         self.clocks = [VirtualClock() for _ in self.cores]
         self.rng = random.Random(seed)
@@ -107,6 +72,14 @@ class VirtualDeployment:
         self.response_latency = (hw.response_latency_ms + (self.router.response_latency_ms if self.router else 0)) / 1000
         self.now = 0.0
         self._ids = 0
+
+    def route(self, concurrency: int) -> list[int]:
+        """The replica each request of a burst goes to, as the topology's router strategy picks it."""
+        if not self.topology.routed:
+            return [0] * concurrency
+        if self.topology.router == "simple-shuffle":  # uniform at random, independently per request
+            return [self.rng.randrange(len(self.cores)) for _ in range(concurrency)]
+        raise ConfigError(f"the twin has no model of router strategy {self.topology.router!r}")
 
     def run_batch(
         self,
@@ -127,7 +100,7 @@ class VirtualDeployment:
             raise ConfigError(f"a batch of {concurrency} needs {concurrency} prompt and output lengths")
         batch_start = self.now
         if assignment is None:
-            assignment = [self.rng.randrange(len(self.cores)) for _ in range(concurrency)]
+            assignment = self.route(concurrency)
         elif len(assignment) != concurrency or not all(0 <= r < len(self.cores) for r in assignment):
             raise ConfigError(
                 f"assignment must name one of {len(self.cores)} replicas for each of {concurrency} requests"
@@ -180,7 +153,7 @@ class VirtualDeployment:
 
 
 def simulate_batch(
-    topology: str | TopologyModel,
+    topology: str | Topology,
     config: EngineConfig,
     concurrency: int,
     prompt_tokens: int,
@@ -204,7 +177,7 @@ def cell_row(records: Sequence[RequestRecord]) -> dict[str, Any]:
 
 
 def predict_cells(
-    topology: str | TopologyModel,
+    topology: str | Topology,
     config: EngineConfig,
     concurrencies: Iterable[int] = (1, 2, 4, 8, 16, 32, 64),
     *,
@@ -228,7 +201,7 @@ def predict_cells(
 
 
 def predict_sweep(
-    topologies: Iterable[str | TopologyModel],
+    topologies: Iterable[str | Topology],
     config: EngineConfig,
     concurrencies: Iterable[int] = (1, 2, 4, 8, 16, 32, 64),
     **kw: Any,

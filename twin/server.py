@@ -14,32 +14,29 @@ The server also keeps its own record of every request (arrival, first and last t
 GET /twin/requests: the server-side truth a client's TTFT and decode rate can be compared with.
 
     build_app(engine, group, *, served_model_names, model_root, api_key=None, seed=0) -> Starlette
-    run_serve(args: twin.cli.ServeArgs) -> None      blocks: rank 0 serves HTTP, a headless rank follows
+
+Starting it from `twin serve` flags (ranks, engine, socket, signals) is twin/launch.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
-import signal
-import socket
 import time
 import uuid
 from bisect import bisect_left
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
-from typing import Any, AsyncIterator, Callable, Iterator
+from typing import Any, AsyncIterator, Callable
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from common.errors import BringUpError, ConfigError, ConnectError, EngineRequestError
+from common.errors import ConfigError, EngineRequestError
 from common.text import builtin_corpus, builtin_tokenizer, count_tokens, render_chat
 from twin.distributed import LocalRanks, RankGroup
 
@@ -677,111 +674,4 @@ def build_app(
     return app
 
 
-# ------------------------------------------------------------------------------------------ serving
-
-
-def _log(message: str) -> None:
-    import sys
-
-    print(f"twin: {message}", file=sys.stderr, flush=True)
-
-
-def make_rank_group(args: Any) -> RankGroup:
-    """The peers rank 0 coordinates with, from the flags (mp over TCP, ray actors, or none)."""
-    from twin.distributed import RayRankGroup, TcpRankServer
-
-    if args.executor == "ray":
-        return RayRankGroup(args.tensor_parallel_size, ack_timeout_s=args.rank_timeout_s)
-    if args.nnodes > 1:
-        return TcpRankServer(args.master_addr, args.master_port, args.nnodes, ack_timeout_s=args.rank_timeout_s)
-    return LocalRanks()  # all ranks on this node: nothing crosses a network
-
-
-async def serve(args: Any) -> None:
-    """Run what the flags say until stopped (SIGINT/SIGTERM) or, for a headless rank, until rank 0 leaves."""
-    from twin.cli import bind_host, engine_config_kwargs, http_keep_alive_s, local_rank_address
-    from twin.distributed import run_headless_rank
-    from twin.engine import Engine, EngineConfig
-    from twin.profiles import load_card, load_hardware
-
-    keep_alive_s = http_keep_alive_s()  # a bad value fails before anything starts
-    card = load_card(args.card)
-    config = EngineConfig(hardware=load_hardware(args.hardware), card=card,
-                          **engine_config_kwargs(args, card.quantization_bytes))
-    if args.headless:
-        summary = await run_headless_rank(
-            args.master_addr, args.master_port, args.node_rank, args.nnodes,
-            local_addr=local_rank_address(), silence_timeout_s=max(10.0, 2 * args.rank_timeout_s),
-        )
-        _log(f"node rank {summary.node_rank} done after {summary.steps} steps "
-             f"({summary.prefill_tokens} prefill + {summary.decode_tokens} decode tokens): {summary.reason}")
-        if not summary.clean:
-            raise ConnectError(f"node rank {summary.node_rank}: {summary.reason}")
-        return
-
-    default_text_source(args.seed or 0)  # build the token table before the port opens, not on request 1
-    group = make_rank_group(args)
-    await group.start()
-    engine = Engine(config, step_hook=group.step)
-    await engine.start()
-    app = build_app(engine, group, served_model_names=args.served_model_names, model_root=args.model,
-                    api_key=args.api_key, seed=args.seed or 0)
-    host = bind_host(args)
-    _log(
-        f"serving {args.served_model_names[0]} (card {card.name}, hardware {config.hardware.name}, "
-        f"tp={config.tensor_parallel}, executor={config.executor}, max_model_len={config.effective_max_model_len}, "
-        f"KV cache {engine.stats().kv_capacity_tokens} tokens) on http://{host}:{args.port}"
-    )
-    server = _QuietSignalsServer(uvicorn.Config(app, host=host, port=args.port, log_level="warning",
-                                                access_log=False, lifespan="off", timeout_graceful_shutdown=5,
-                                                timeout_keep_alive=keep_alive_s))
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, server.request_exit)
-    try:
-        # Our own socket: uvicorn would sys.exit() on a port in use; we want a TopoError naming it.
-        sock = _listen_socket(host, args.port)
-        await server.serve(sockets=[sock])
-    finally:
-        try:
-            await engine.stop()
-        except Exception as exc:  # noqa: BLE001 - Engine.stop re-raises a step loop failure; it was reported
-            _log(f"the engine's step loop had failed: {exc!r}")
-        await group.stop()
-
-
-class _QuietSignalsServer(uvicorn.Server):
-    """uvicorn.Server whose signals are ours: uvicorn re-raises SIGTERM after its shutdown, which would kill
-    the process before the peer ranks hear goodbye and the engine stops."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-    def request_exit(self) -> None:
-        _log("shutting down (signal)")
-        self.should_exit = True
-
-
-def _listen_socket(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # proto=IPPROTO_TCP lets asyncio set TCP_NODELAY on accepted connections (it checks sock.proto); without
-    # it a first token sent soon after the headers waits for the client's delayed ACK (~40 ms of fake TTFT).
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise BringUpError(f"the twin cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
-    sock.listen(2048)
-    sock.setblocking(False)
-    return sock
-
-
-def run_serve(args: Any) -> None:
-    asyncio.run(serve(args))
-
-
-__all__ = ["ApiError", "ServedRequest", "TextSource", "TwinServer", "build_app", "make_rank_group", "run_serve", "serve"]
+__all__ = ["ApiError", "ServedRequest", "TextSource", "TwinServer", "build_app", "default_text_source"]

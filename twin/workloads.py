@@ -15,10 +15,11 @@ from bench.points import workload_row
 from bench.suite import LoadPoint, Suite
 from twin.engine import EngineConfig
 from twin.openloop import simulate_open
-from twin.predict import TopologyModel, VirtualDeployment
+from topology.registry import Topology
+from twin.predict import VirtualDeployment
 
 
-def predict_point(topology: str | TopologyModel, config: EngineConfig, point: LoadPoint, *, runs: int = 3,
+def predict_point(topology: str | Topology, config: EngineConfig, point: LoadPoint, *, runs: int = 3,
                   seed: int = 0) -> list[dict[str, Any]]:
     deployment = VirtualDeployment(topology, config, seed=seed)
     if point.open is not None:
@@ -27,8 +28,7 @@ def predict_point(topology: str | TopologyModel, config: EngineConfig, point: Lo
         specs = point.shape.requests(len(schedule), seed=load.seed)
         records = simulate_open(deployment, specs, schedule, max_concurrency=load.max_concurrency)
         return [workload_row(point, records)]
-    assert point.concurrency is not None
-    c = point.concurrency
+    c = point.load.concurrency
     rows = []
     for run in range(-1, point.runs or runs):  # run -1: the discarded warm-up batch
         specs = point.shape.requests(c, seed=seed, run=max(run, 0))
@@ -38,7 +38,7 @@ def predict_point(topology: str | TopologyModel, config: EngineConfig, point: Lo
     return rows
 
 
-def predict_suite(topologies: Iterable[str | TopologyModel], config: EngineConfig, suite: Suite, *, runs: int = 3,
+def predict_suite(topologies: Iterable[str | Topology], config: EngineConfig, suite: Suite, *, runs: int = 3,
                   seed: int = 0, on_point: Callable[[str, LoadPoint], None] | None = None) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for topology in topologies:

@@ -18,8 +18,9 @@ from twin_process import TwinProcess
 
 from bench.client import Endpoint
 from bench.metrics import decode_tps_request, e2e_ttft
-from bench.session import BenchSession
-from bench.store import ResultsStore
+from bench.results_folder import ResultsFolder
+from bench.session import BenchSession, BenchSettings
+from bench.workload import ClosedLoad
 
 PP, TG = 512, 24
 
@@ -44,12 +45,12 @@ def twin_gemma():
 async def measure_against(twin: TwinProcess, levels: tuple[int, ...], pp: int = PP, tg: int = TG):
     """Records of a session at each level, and the twin's own rows by request id."""
     httpx.delete(f"{twin.url}/twin/requests")
-    session = BenchSession(Endpoint.from_url(twin.url), None, pp=pp, tg=tg, seed=11)
+    session = BenchSession(Endpoint.from_url(twin.url), None, BenchSettings(pp=pp, tg=tg, seed=11))
     records = []
     try:
         await session.open()
         for c in levels:
-            result = await session.cell(c, 2, topology="solo")
+            result = await session.run(ClosedLoad(c), 2, topology="solo")
             assert len(result.run_rows) == 2 and all(row["failed"] == 0 for row in result.run_rows)
             records += result.records
     finally:
@@ -114,7 +115,7 @@ def test_topo_bench_prints_the_table_and_writes_parquet(twin, tmp_path, capsys, 
     for test in ("pp128 @ c1", "tg16 @ c1", "pp128 @ c3", "tg16 @ c3"):
         assert test in done.stdout
     assert "0/6" in done.stdout and "0/2" in done.stdout
-    store = ResultsStore(out)
+    store = ResultsFolder(out)
     requests = store.read_requests()
     assert len(requests) == 2 * 1 + 2 * 3
     assert set(requests["topology"]) == {"solo"} and set(requests["prompt_tokens"]) == {128}
@@ -122,7 +123,9 @@ def test_topo_bench_prints_the_table_and_writes_parquet(twin, tmp_path, capsys, 
     cells = store.read_cells()
     assert sorted(zip(cells["concurrency"], cells["run"])) == [(1, 0), (1, 1), (3, 0), (3, 1)]
     assert (cells["decode_tps"] > 0).all() and (cells["failed"] == 0).all()
-    assert not (out / "parts").exists()
+    assert not store.parts.exists()
+    meta = store.read_meta()  # what the folder holds, for `topo report` and `topo history`
+    assert meta.kind == "bench" and meta.status == "complete" and meta.model and (meta.pp, meta.tg) == (128, 16)
 
 
 def test_topo_bench_wrong_model_fails_fast_with_exit_2(twin, capsys, monkeypatch):

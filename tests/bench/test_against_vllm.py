@@ -11,19 +11,20 @@ import pytest
 
 from bench.client import Endpoint
 from bench.metrics import cell_summary
-from bench.session import BenchSession
+from bench.session import BenchSession, BenchSettings
+from bench.workload import ClosedLoad
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(1200)]
 
 
 async def test_bench_session_against_real_vllm(vllm_solo):
-    session = BenchSession(Endpoint.from_url(vllm_solo.base_url), None, pp=128, tg=16, latency_mode="generation",
-                           seed=3)
+    session = BenchSession(Endpoint.from_url(vllm_solo.base_url), None,
+                           BenchSettings(pp=128, tg=16, latency_mode="generation", seed=3))
     try:
         assert await session.open() == "tiny"
         assert any("counting locally" in note for note in session.notes)
         assert session.latency is not None and session.latency > 0
-        results = [await session.cell(c, 2, topology="solo") for c in (1, 2)]
+        results = [await session.run(ClosedLoad(c), 2, topology="solo") for c in (1, 2)]
     finally:
         await session.close()
     for result in results:

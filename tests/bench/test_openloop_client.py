@@ -11,9 +11,9 @@ from twin_process import TwinProcess
 from bench.arrivals import ArrivalProcess
 from bench.client import BenchClient, Endpoint
 from bench.openloop import run_open
-from bench.openmetrics import open_run_metrics, peak_in_flight, queue_s
+from bench.metrics import open_run_metrics, peak_in_flight, queue_s
 from bench.prompts import LocalTokenizer, PromptFactory
-from bench.runner import client_bound_reasons
+from bench.session import BenchSession, BenchSettings, client_bound_reasons
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ async def test_sends_keep_to_the_schedule(twin: TwinProcess) -> None:
     schedule, records = await load(twin, 24, rate=8.0, cap=None)
     assert all(r.ok for r in records), [r.error for r in records if not r.ok]
     origin = records[0].scheduled_at
-    assert [r.scheduled_at - origin for r in records] == pytest.approx(list(schedule))
+    assert [r.scheduled_at - origin for r in records] == pytest.approx([t - schedule[0] for t in schedule])
     lateness = [r.start - r.scheduled_at for r in records]
     mean_gap = schedule[-1] / (len(schedule) - 1)
     assert statistics.median(lateness) < 0.1 * mean_gap  # the client kept the schedule
@@ -60,7 +60,7 @@ async def test_the_cap_holds_the_requests_back_and_the_user_waits(twin: TwinProc
 
 
 async def test_measure_points_of_a_suite(twin: TwinProcess, tmp_path) -> None:
-    from bench.points import PointRun, measure_point
+    from bench.session import RunDone
     from bench.suite import load_suite
 
     path = tmp_path / "s.yaml"
@@ -70,17 +70,17 @@ async def test_measure_points_of_a_suite(twin: TwinProcess, tmp_path) -> None:
                     "  - id: peak\n    shape: {kind: fixed, prompt: 300, output: 12}\n"
                     "    load: {mode: open, rate: 2, requests: 6, max_concurrency: 2}\n    slo: {ttft_ms: 60000}\n")
     closed, peak = load_suite(path).points()
-    seen: list[PointRun] = []
-    async with BenchClient(Endpoint.from_url(twin.url)) as client:
-        await client.preflight()
-        factory = PromptFactory(LocalTokenizer.builtin(), pp=300, seed=2)
-        result = await measure_point(client, factory, closed, topology="t", runs=5, latency=0.0, on_run=seen.append)
+    seen: list[RunDone] = []
+    async with BenchSession(twin.url, None, BenchSettings(pp=300, seed=2)) as session:
+        result = await session.run_point(closed, 5, topology="t", on_run=seen.append)
         assert [r.run for r in seen] == [-1, 0, 1]  # the warm-up, then the test's own 2 runs
         assert [len(r.records) for r in seen] == [3, 3, 3]
         assert len({r.prompt_tokens_sent for r in seen[1].records}) > 1  # random lengths per request
-        assert [(row["workload"], row["load"]) for row in result.rows] == [("chat", "c3")] * 2
+        assert [(row["workload"], row["load"]) for row in result.run_rows] == [("chat", "c3")] * 2
+        assert {(r.workload, r.load) for r in result.records} == {("chat", "c3")}
         # rate_scale: the same arrivals 10x faster (for a twin profile sped up as much)
-        opened = await measure_point(client, factory, peak, topology="t", runs=5, latency=0.0, rate_scale=10.0)
-    (row,) = opened.rows
+        opened = await session.run_point(peak, 5, topology="t", rate_scale=10.0)
+    (row,) = opened.run_rows
     assert row["rate"] == 20.0 and row["peak_in_flight"] <= 2 and row["goodput"] == 1.0
-    assert row["requests"] == 6 and row["failed"] == 0
+    assert row["requests"] == 6 and row["failed"] == 0 and row["load"] == "2rps"
+    assert all(r.scheduled_at is not None for r in opened.records)

@@ -19,7 +19,8 @@ from twin_process import TwinProcess
 
 from bench.client import BenchClient, Endpoint
 from bench.openloop import run_open
-from bench.points import measure_point, workload_row
+from bench.points import workload_row
+from bench.session import BenchSession, BenchSettings
 from bench.prompts import LocalTokenizer, PromptFactory
 from bench.shapes import vllm_range_ratio
 from bench.suite import Suite
@@ -61,10 +62,8 @@ async def test_open_loop_agrees_with_vllm_bench_serve(twin: TwinProcess, tiny_mo
         "load": {"mode": "open", "rate": RATE, "burstiness": BURSTINESS, "requests": N, "max_concurrency": CAP}}]},
         source="test")
     (point,) = suite.points()
-    async with BenchClient(Endpoint.from_url(twin.url)) as client:
-        await client.preflight()
-        factory = PromptFactory(LocalTokenizer.builtin(), pp=PP, seed=1)
-        (ours,) = (await measure_point(client, factory, point, topology="twin", runs=1, latency=0.0)).rows
+    async with BenchSession(twin.url, None, BenchSettings(pp=PP, seed=1, latency_mode="none")) as session:
+        (ours,) = (await session.run_point(point, 1, topology="twin")).run_rows
     assert ours["failed"] == 0 and theirs["completed"] == N
     # Output t/s is set by the rate and the lengths; TTFT by which arrivals bunched up (compared below)
     assert ours["output_tps"] == pytest.approx(theirs["output_throughput"], rel=0.10)

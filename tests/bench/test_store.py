@@ -1,4 +1,4 @@
-"""requests.parquet / cells.parquet: round trip, crash-safe appends, compaction, later writes win."""
+"""The results folder's rows: round trip, crash-safe appends, compaction, later writes win."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from bench.metrics import run_metrics
 from bench.records import CELL_COLUMNS, RequestRecord
-from bench.store import CELLS_FILE, REQUESTS_FILE, ResultsStore
+from bench.results_folder import CELLS_FILE, REQUESTS_FILE, ResultsFolder
 from common.errors import ResultsError
 
 
@@ -33,7 +33,7 @@ def make_records(topology: str, c: int, run: int, failed: int = 0, shift: float 
 
 
 def test_round_trip_keeps_every_field_exactly(tmp_path):
-    store = ResultsStore(tmp_path)
+    store = ResultsFolder(tmp_path)
     records = make_records("solo", 3, 0, failed=1)
     store.append(records, [run_metrics(records)])
     assert store.read_records() == records
@@ -50,12 +50,12 @@ def test_round_trip_keeps_every_field_exactly(tmp_path):
 
 
 def test_appends_are_visible_before_compaction_and_survive_a_crash(tmp_path):
-    store = ResultsStore(tmp_path)
+    store = ResultsFolder(tmp_path)
     for run in range(3):
         records = make_records("tp2-mp", 2, run)
         store.append(records, [run_metrics(records)])
     # "crash": no compact(). A new store object on the same folder sees every run.
-    reread = ResultsStore(tmp_path)
+    reread = ResultsFolder(tmp_path)
     assert len(reread.read_requests()) == 6
     assert list(reread.read_cells()["run"]) == [0, 1, 2]
     reread.compact()
@@ -68,7 +68,7 @@ def test_appends_are_visible_before_compaction_and_survive_a_crash(tmp_path):
 
 
 def test_a_cell_measured_again_replaces_the_old_rows(tmp_path):
-    store = ResultsStore(tmp_path)
+    store = ResultsFolder(tmp_path)
     first = make_records("solo", 2, 0)
     store.append(first, [run_metrics(first)])
     store.compact()
@@ -80,7 +80,7 @@ def test_a_cell_measured_again_replaces_the_old_rows(tmp_path):
 
 
 def test_all_failed_run_round_trips_with_nan_metrics(tmp_path):
-    store = ResultsStore(tmp_path)
+    store = ResultsFolder(tmp_path)
     records = make_records("solo", 2, 0, failed=2)
     store.append(records, [run_metrics(records)])
     cells = store.read_cells()
@@ -90,18 +90,18 @@ def test_all_failed_run_round_trips_with_nan_metrics(tmp_path):
 
 def test_missing_folder_and_foreign_files_are_results_errors(tmp_path):
     with pytest.raises(ResultsError, match="no such results folder"):
-        ResultsStore(tmp_path / "nope").read_cells()
+        ResultsFolder(tmp_path / "nope").read_cells()
     pd.DataFrame({"x": [1]}).to_parquet(tmp_path / CELLS_FILE)
     with pytest.raises(ResultsError, match="schema version"):
-        ResultsStore(tmp_path).read_cells()
+        ResultsFolder(tmp_path).read_cells()
     (tmp_path / REQUESTS_FILE).write_text("not parquet")
     with pytest.raises(ResultsError, match="not a readable parquet file"):
-        ResultsStore(tmp_path).read_requests()
+        ResultsFolder(tmp_path).read_requests()
 
 
 def test_duckdb_can_query_the_folder(tmp_path):
     duckdb = pytest.importorskip("duckdb")
-    store = ResultsStore(tmp_path)
+    store = ResultsFolder(tmp_path)
     records = make_records("solo", 2, 0)
     store.append(records, [run_metrics(records)])
     store.compact()
@@ -110,11 +110,11 @@ def test_duckdb_can_query_the_folder(tmp_path):
 
 
 def test_completed_cells_tell_a_resume_what_to_skip(tmp_path):
-    store = ResultsStore(tmp_path / "sweep")
+    store = ResultsFolder(tmp_path / "sweep")
     assert store.completed_cells(runs=2) == set()
     for run in range(2):
         records = make_records("solo", 1, run)
         store.append(records, [run_metrics(records)])
     partial = make_records("solo", 2, 0)
     store.append(partial, [run_metrics(partial)])
-    assert store.completed_cells(runs=2) == {("solo", 1)}
+    assert store.completed_cells(runs=2) == {("solo", "default", "c1")}

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from bench.results_folder import FolderMeta, ResultsFolder
 from common.errors import ResultsError
 from reports.history import cell_means, load_history, sweep_order, trend_display
+from reports.html import render_html
 from reports.regress import compare_sweeps
 from reports.report import build_report
 from reports.tables import DECODE
@@ -22,7 +23,7 @@ def sweep_dir(root: Path, name: str, started: str | None, decode: list[float]) -
     frame(cell_rows("solo", 1, decode), cell_rows("tp2-mp", 1, [d * 1.5 for d in decode])).to_parquet(
         directory / "cells.parquet")
     if started is not None:
-        (directory / "meta.json").write_text(json.dumps({"started_at": started}))
+        ResultsFolder(directory).write_meta(FolderMeta(kind="sweep", started_at=started))
     return directory
 
 
@@ -49,7 +50,7 @@ def test_without_start_times_sweeps_are_ordered_by_name(tmp_path: Path) -> None:
 def test_history_errors(tmp_path: Path) -> None:
     with pytest.raises(ResultsError, match="no results folders"):
         load_history([])
-    with pytest.raises(ResultsError, match="cannot be read as Parquet"):
+    with pytest.raises(ResultsError, match="has no cells.parquet"):
         load_history([tmp_path])
     with pytest.raises(ResultsError, match="`sweep` column"):
         cell_means(frame(cell_rows("solo", 1, [1])), DECODE)
@@ -65,7 +66,8 @@ def nightly_report():
     current = sweeps[-1].drop(columns="sweep")
     gate = compare_sweeps(sweeps[0].drop(columns="sweep"), current, baseline_label="night-0",
                           current_label="night-3")
-    return build_report(current, {"model": "gemma4-26b"}, history=pd.concat(sweeps), regression=gate)
+    return build_report(current, FolderMeta(kind="sweep", spec={"model": "gemma4-26b"}), history=pd.concat(sweeps),
+                        regression=gate)
 
 
 def test_nightly_markdown_puts_the_gate_first_and_shows_trends() -> None:
@@ -78,7 +80,7 @@ def test_nightly_markdown_puts_the_gate_first_and_shows_trends() -> None:
 
 
 def test_nightly_html_has_the_gate_and_trend_charts() -> None:
-    page = nightly_report().to_html()
+    page = render_html(nightly_report())
     assert 'class="gate fail"' in page
     for metric in ("decode_tps", "prefill_tps", "ttft_ms"):
         assert f'id="trend-{metric}"' in page

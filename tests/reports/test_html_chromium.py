@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from reports.html import render_html
 from reports.names import display_name
 from reports.results import render_results
 from tests.reports.fixtures import cell_rows, frame, study_cells
@@ -76,7 +77,7 @@ def test_nightly_trend_charts_are_drawn(tmp_path: Path) -> None:
     from tests.reports.test_history import nightly_report
 
     page = tmp_path / "report.html"
-    page.write_text(nightly_report().to_html(), encoding="utf-8")
+    page.write_text(render_html(nightly_report()), encoding="utf-8")
     dom = rendered_dom(page, tmp_path / "profile")
     trend = dom[dom.index('id="trend-decode_tps"'):dom.index('id="trend-prefill_tps"')]
     assert 'class="main-svg"' in trend

@@ -10,16 +10,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from bench.results_folder import FolderMeta
 from common.errors import RegressionInputError
 from reports.regress import (
     RegressionPolicy,
     Status,
-    compare_result_dirs,
     compare_sweeps,
     compare_values,
     min_mannwhitney_p,
     parse_threshold,
 )
+from reports.regress import compare_result_dirs
 from reports.tables import DECODE, PREFILL, TTFT
 from tests.reports.fixtures import cell_rows, frame, study_cells
 
@@ -173,7 +174,8 @@ def test_unusable_input_is_a_regression_input_error(tmp_path: Path) -> None:
         compare_sweeps(frame(cell_rows("solo", 1, [1])), frame(cell_rows("solo", 2, [1])))
     with pytest.raises(RegressionInputError, match="pp is 1024 in the baseline and 512"):
         compare_sweeps(frame(cell_rows("solo", 1, [1])), frame(cell_rows("solo", 1, [1])),
-                       baseline_meta={"spec": {"pp": 1024}}, current_meta={"pp": 512})
+                       baseline_meta=FolderMeta(kind="sweep", spec={"pp": 1024}),
+                       current_meta=FolderMeta(kind="prediction", spec={"pp": 512}))
     with pytest.raises(RegressionInputError, match="missing column"):
         compare_sweeps(pd.DataFrame({"topology": ["solo"]}), frame(cell_rows("solo", 1, [1])))
     with pytest.raises(RegressionInputError, match="cannot compare: .*no such results folder"):

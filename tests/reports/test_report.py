@@ -12,22 +12,25 @@ import pandas as pd
 import pytest
 from rich.console import Console
 
+from bench.records import CLIENT_BOUND_LAG_SHARE
+from bench.results_folder import FolderMeta, ResultsFolder
 from common.errors import ResultsError
 from reports.console import print_report
-from bench.records import CLIENT_BOUND_LAG_SHARE
+from reports.names import topology_colours
 from reports.report import build_report, ttft_percentiles
-from reports.results import load_results, render_results
+from reports.results import render_results
 from tests.reports.fixtures import cell_rows, frame, study_cells
 
-META = {"model": "gemma4-26b", "cluster": {"name": "local-twin"}, "runs": 2,
-        "startup_s": {"tp2-ray": 160.4, "solo": 95.25}}
+META = FolderMeta(kind="sweep", spec={"model": "gemma4-26b", "runs": 2}, cluster={"name": "local-twin"},
+                  startup_s={"tp2-ray": 160.4, "solo": 95.25})
 
 
-def results_dir(tmp_path: Path, cells: pd.DataFrame, meta: dict | None = META,
+def results_dir(tmp_path: Path, cells: pd.DataFrame, meta: FolderMeta | None = META,
                 requests: pd.DataFrame | None = None) -> Path:
+    """A folder as pandas would write it (no topo schema version): what `topo predict` wrote before."""
     cells.to_parquet(tmp_path / "cells.parquet")
     if meta is not None:
-        (tmp_path / "meta.json").write_text(json.dumps(meta))
+        ResultsFolder(tmp_path).write_meta(meta)
     if requests is not None:
         requests.to_parquet(tmp_path / "requests.parquet")
     return tmp_path
@@ -73,11 +76,12 @@ def test_client_bound_cells_are_a_caveat() -> None:
 
 
 def test_what_the_sweep_recorded_is_a_caveat() -> None:
-    meta = {"status": "interrupted", "errors": {"tp2-ray": "ray start \x1b[1mtimed out\x1b[22m; log:\nline 1\nline 2"},
-            "warnings": ["solo: c=64 run 0: client-bound? max send lag 30.0 ms"],
-            "spec": {"model": "gemma4-26b", "pp": 1024, "tg": 128, "runs": 3}, "who": "ops@head",
-            "started_at": "2026-11-23T02:00:00+00:00", "finished_at": "2026-11-23T02:09:00+00:00",
-            "cluster": {"name": "two-sparks", "nodes": []}, "versions": {"vllm": None, "ray": "2.60.0"}}
+    meta = FolderMeta(kind="sweep", status="interrupted",
+                      errors={"tp2-ray": "ray start \x1b[1mtimed out\x1b[22m; log:\nline 1\nline 2"},
+                      warnings=["solo: c=64 run 0: client-bound? max send lag 30.0 ms"],
+                      spec={"model": "gemma4-26b", "pp": 1024, "tg": 128, "runs": 3}, who="ops@head",
+                      started_at="2026-11-23T02:00:00+00:00", finished_at="2026-11-23T02:09:00+00:00",
+                      cluster={"name": "two-sparks", "nodes": []}, versions={"vllm": None, "ray": "2.60.0"})
     report = build_report(frame(cell_rows("solo", 1, [1, 1]), cell_rows("tp2-mp", 1, [1, 1])), meta)
     assert any(c == "No Ray vs no-Ray table for Cluster TP=2: Cluster TP=2 (Ray) has no cells in this sweep."
                for c in report.caveats)
@@ -90,7 +94,7 @@ def test_what_the_sweep_recorded_is_a_caveat() -> None:
         "Recorded during the sweep: solo: c=64 run 0: client-bound? max send lag 30.0 ms",
     ]
     assert report.header_lines() == [
-        "Status: interrupted", "By: ops@head", "When: 2026-11-23T02:00:00+00:00 → 2026-11-23T02:09:00+00:00",
+        "Kind: sweep", "Status: interrupted", "By: ops@head", "When: 2026-11-23T02:00:00+00:00 → 2026-11-23T02:09:00+00:00",
         "Cluster: two-sparks", "Load: pp1024, tg128, 3 run(s) per level", "Versions: ray 2.60.0",
     ]
 
@@ -102,7 +106,7 @@ def test_ttft_percentiles_from_requests() -> None:
     table = ttft_percentiles(pd.DataFrame(rows))
     (only,) = table.itertuples()
     assert (only.p50, only.p90, only.p99, only.n) == (pytest.approx(50), pytest.approx(90), pytest.approx(99), 11)
-    markdown = build_report(frame(cell_rows("solo", 11, [1, 1])), {}, pd.DataFrame(rows)).to_markdown()
+    markdown = build_report(frame(cell_rows("solo", 11, [1, 1])), None, pd.DataFrame(rows)).to_markdown()
     assert "| 11 | 50 / 90 / 99 |" in markdown
 
 
@@ -111,7 +115,7 @@ def test_requests_parquet_is_read_for_ttft_only(tmp_path: Path) -> None:
                              "first_token": [1.1, 2.3], "error": [None, None],
                              "token_times": [[1.1, 1.2], [2.3, 2.4]]})
     directory = results_dir(tmp_path, frame(cell_rows("solo", 1, [1, 1])), requests=requests)
-    loaded = load_results(directory).requests
+    loaded = ResultsFolder(directory).load(["start", "first_token", "error"]).requests
     assert "token_times" not in loaded.columns
     report, md_path, _ = render_results(directory)
     assert report.ttft_percentiles.iloc[0]["p50"] == pytest.approx(200.0)
@@ -130,16 +134,19 @@ def test_render_results_writes_both_files(tmp_path: Path) -> None:
 
 def test_results_errors_are_clear(tmp_path: Path) -> None:
     with pytest.raises(ResultsError, match="no such results folder"):
-        load_results(tmp_path / "absent")
+        ResultsFolder(tmp_path / "absent").load()
     with pytest.raises(ResultsError, match="has no cells.parquet"):
-        load_results(tmp_path)
+        ResultsFolder(tmp_path).load()
     (tmp_path / "cells.parquet").write_bytes(b"not parquet at all")
-    with pytest.raises(ResultsError, match="cannot be read as Parquet"):
-        load_results(tmp_path)
+    with pytest.raises(ResultsError, match="not a readable parquet file"):
+        ResultsFolder(tmp_path).load()
     results_dir(tmp_path, study_cells(), meta=None)
     (tmp_path / "meta.json").write_text("{broken")
     with pytest.raises(ResultsError, match="meta.json: not readable JSON"):
-        load_results(tmp_path)
+        ResultsFolder(tmp_path).load()
+    (tmp_path / "meta.json").write_text(json.dumps({"schema_version": 2, "kind": "sweep", "stauts": "complete"}))
+    with pytest.raises(ResultsError, match="stauts: unknown key"):
+        ResultsFolder(tmp_path).load()
 
 
 def topo(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, *args: str) -> tuple[int, str, str]:
@@ -176,12 +183,10 @@ def test_topo_report_command(tmp_path: Path, capsys: pytest.CaptureFixture[str],
 
 
 def test_a_topology_keeps_its_colour_when_another_is_missing() -> None:
-    from reports.html import topology_colours
-
     full = topology_colours(["solo", "tp2-mp", "tp2-ray", "2x-solo-shuffle"])
-    partial = topology_colours(["solo", "tp2-mp", "2x-solo-shuffle", "tp4-mp"])
+    partial = topology_colours(["solo", "tp2-mp", "2x-solo-shuffle", "tp4-mp", "tp8-mp", "3x-solo-shuffle"])
     assert partial["2x-solo-shuffle"] == full["2x-solo-shuffle"]
-    assert len(set(partial.values())) == 4
+    assert len(set(partial.values())) == 6
 
 
 def test_a_narrow_terminal_gets_the_wide_tables_in_parts() -> None:

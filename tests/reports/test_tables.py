@@ -115,16 +115,18 @@ def test_a_cell_whose_runs_all_failed_has_no_value_and_cannot_win() -> None:
     assert format_cell(row.cells["tp2-mp"]) == "⚠ all failed"
 
 
-def test_unknown_topologies_keep_their_name_and_come_after_the_known_ones() -> None:
-    assert display_name("tp4-mp") == "tp4-mp"
+def test_unknown_topologies_keep_their_name_and_come_after_the_registered_ones() -> None:
+    assert display_name("tp8-mp") == "tp8-mp"
     assert display_name("tp2-ray") == "Cluster TP=2 (Ray)"
-    assert ordered_topologies(["tp4-mp", "2x-solo-shuffle", "solo", "4x-solo-shuffle"]) == [
-        "solo", "2x-solo-shuffle", "4x-solo-shuffle", "tp4-mp"]
+    assert display_name("tp4-mp") == "Cluster TP=4"
+    assert ordered_topologies(["tp8-mp", "tp4-mp", "2x-solo-shuffle", "solo", "4x-solo-shuffle", "3x-solo-shuffle"]) == [
+        "solo", "2x-solo-shuffle", "tp4-mp", "4x-solo-shuffle", "3x-solo-shuffle", "tp8-mp"]
 
 
-def test_ray_pairs_are_found_by_name_for_any_size() -> None:
-    assert ray_pairs(["tp2-ray", "tp2-mp", "tp4-ray", "tp4-mp", "2x-tp2-ray", "solo"]) == [
-        ("tp2-ray", "tp2-mp"), ("tp4-ray", "tp4-mp")]
+def test_ray_pairs_share_a_layout_for_any_size() -> None:
+    assert ray_pairs(["tp2-ray", "tp2-mp", "tp4-ray", "tp4-mp", "tp8-ray", "tp8-mp", "2x-tp2-shuffle", "solo",
+                      "not-a-topology"]) == [("tp2-ray", "tp2-mp"), ("tp4-ray", "tp4-mp"), ("tp8-ray", "tp8-mp")]
+    assert ray_pairs(["tp2-ray", "tp4-mp"]) == []
 
 
 def test_ray_table_gain() -> None:

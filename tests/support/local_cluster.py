@@ -1,4 +1,5 @@
-"""A local two-node twin cluster like the embedded default, on free ports and private workdirs.
+"""A local twin cluster like the embedded default (two nodes, or local-twin-4's four), on free ports and
+private workdirs.
 
 Tests must not collide with a sweep someone runs on the default ports, nor with each other.
 """
@@ -27,8 +28,10 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
-def write_local_cluster(directory: Path, *, hardware: str = "fast", name: str = "test-twin") -> Path:
-    """Copy configs/clusters/local-twin.yaml with fresh ports, workdirs under `directory`, `hardware`.
+def write_local_cluster(
+    directory: Path, *, hardware: str = "fast", name: str = "test-twin", source: str = "local-twin"
+) -> Path:
+    """Copy configs/clusters/<source>.yaml with fresh ports, workdirs under `directory`, `hardware`.
 
     Ray's socket paths must stay under 107 bytes, so the node workdirs go to a short folder under /tmp
     when `directory` (a pytest tmp_path, say) is long."""
@@ -37,15 +40,13 @@ def write_local_cluster(directory: Path, *, hardware: str = "fast", name: str = 
         short = Path(tempfile.mkdtemp(prefix="tc-", dir="/tmp"))
         (directory / "workdirs").symlink_to(short)
         directory = short
-    data = yaml.safe_load((CONFIGS_DIR / "clusters" / "local-twin.yaml").read_text())
-    engine_a, engine_b, ray_a, ray_b, master_a, master_b, proxy = free_ports(7)
+    data = yaml.safe_load((CONFIGS_DIR / "clusters" / f"{source}.yaml").read_text())
+    *node_ports, proxy = free_ports(3 * len(data["nodes"]) + 1)
     data["name"] = name
-    for node, engine, ray, master in zip(data["nodes"], (engine_a, engine_b), (ray_a, ray_b), (master_a, master_b)):
+    for index, node in enumerate(data["nodes"]):
         node["workdir"] = str(directory / node["name"])
-        node["engine"]["port"] = engine
+        node["engine"]["port"], node["ray"]["port"], node["master_port"] = node_ports[3 * index : 3 * index + 3]
         node["engine"]["hardware"] = hardware
-        node["ray"]["port"] = ray
-        node["master_port"] = master
     data["proxy"]["port"] = proxy
     data["proxy"]["workdir"] = str(directory / "controller")
     data["timeouts"] = {"engine_ready_s": 120, "ray_ready_s": 120, "proxy_ready_s": 180, "stop_grace_s": 20}

@@ -15,10 +15,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench.store import ResultsStore
+from bench.results_folder import ResultsFolder, runs_per_cell
 from common.errors import ConfigError, ResultsError
 from tests.support.local_cluster import write_local_cluster
-from topo.sweep import SweepSpec, plan_sweep, resume_spec, runs_done
+from topo.sweep import SweepSpec, plan_sweep, resume_spec
 
 TOPO = [sys.executable, "-m", "topo"]
 
@@ -39,7 +39,7 @@ def interrupt_sweep(args: list[str], out: Path, when: Callable[[pd.DataFrame], b
     of one of its nodes); return its exit code and output. The sweep must still be running by then."""
     process = subprocess.Popen([*TOPO, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                start_new_session=True)
-    store = ResultsStore(out)
+    store = ResultsFolder(out)
     deadline = time.monotonic() + 240
     try:
         while time.monotonic() < deadline and process.poll() is None:
@@ -134,9 +134,9 @@ def test_interrupted_sweep_resumes_without_losing_or_remeasuring(tmp_path: Path)
     out = tmp_path / "results"
     args = ["sweep", "--cluster", str(cluster), "-t", "solo,tp2-mp", "-c", "1,2,4", "--runs", "2",
             "--pp", "256", "--tg", "32", "--out", str(out)]
-    store = ResultsStore(out)
+    store = ResultsFolder(out)
     # Ctrl-C once a few runs are stored but before the sweep is through.
-    returncode, output = interrupt_sweep(args, out, lambda cells: sum(runs_done(cells).values()) >= 3,
+    returncode, output = interrupt_sweep(args, out, lambda cells: sum(runs_per_cell(cells).values()) >= 3,
                                          lambda process: os.killpg(process.pid, signal.SIGINT))
     assert returncode == 130, output[-3000:]
     assert f"topo sweep --resume {out}" in output
@@ -144,7 +144,7 @@ def test_interrupted_sweep_resumes_without_losing_or_remeasuring(tmp_path: Path)
     assert_nothing_left(cluster)
 
     before = store.read_cells()
-    stored = runs_done(before)
+    stored = runs_per_cell(before)
     assert 3 <= sum(stored.values()) < 2 * 3 * 2
 
     # The spec comes back from meta.json: the resumed sweep measures the same cells.
@@ -152,7 +152,7 @@ def test_interrupted_sweep_resumes_without_losing_or_remeasuring(tmp_path: Path)
     done = topo("sweep", "--resume", str(out))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     after = store.read_cells()
-    assert runs_done(after) == {(t, c): 2 for t in ("solo", "tp2-mp") for c in (1, 2, 4)}
+    assert runs_per_cell(after) == {(t, "default", f"c{c}"): 2 for t in ("solo", "tp2-mp") for c in (1, 2, 4)}
     assert len(after) == 12
     key = ["topology", "concurrency", "run"]
     kept = before.merge(after, on=key, suffixes=("_before", "_after"))
@@ -174,10 +174,10 @@ def test_a_node_lost_mid_sweep_costs_only_that_topology(tmp_path: Path) -> None:
     out = tmp_path / "results"
     args = ["sweep", "--cluster", str(cluster), "-t", "tp2-mp,solo", "-c", "1,2,4", "--runs", "1",
             "--pp", "256", "--tg", "48", "--out", str(out)]
-    store = ResultsStore(out)
+    store = ResultsFolder(out)
     rank1_pidfile = cluster.parent / "node2" / "run" / "engine-rank1.pid"
     returncode, output = interrupt_sweep(
-        args, out, lambda cells: bool(runs_done(cells).get(("tp2-mp", 1))),
+        args, out, lambda cells: bool(runs_per_cell(cells).get(("tp2-mp", "default", "c1"))),
         lambda _: os.killpg(int(rank1_pidfile.read_text()), signal.SIGKILL),  # node 2 is lost
     )
     assert returncode == 1, output[-3000:]
@@ -185,8 +185,27 @@ def test_a_node_lost_mid_sweep_costs_only_that_topology(tmp_path: Path) -> None:
     assert meta["status"] == "incomplete"
     assert "engine-rank1" in meta["errors"]["tp2-mp"]  # the error names what died
     cells = store.read_cells()
-    done = runs_done(cells)
-    assert done[("tp2-mp", 1)] == 1  # measured before the loss: kept
-    assert all(done.get(("solo", c)) == 1 for c in (1, 2, 4))  # the next topology still ran
+    done = runs_per_cell(cells)
+    assert done[("tp2-mp", "default", "c1")] == 1  # measured before the loss: kept
+    assert all(done.get(("solo", "default", f"c{c}")) == 1 for c in (1, 2, 4))  # the next topology still ran
     assert (cells[cells.topology == "solo"].failed == 0).all()
+    assert_nothing_left(cluster)
+
+
+@pytest.mark.slow
+def test_four_node_layouts_sweep_on_the_local_twin_of_four(tmp_path: Path) -> None:
+    """Every kind of four-node layout comes up and is measured on local-twin-4 (about 100 s)."""
+    cluster = write_local_cluster(tmp_path / "cluster", source="local-twin-4")
+    out = tmp_path / "results"
+    topologies = ["tp4-mp", "2x-tp2-shuffle", "4x-solo-shuffle"]
+    done = topo("sweep", "--cluster", str(cluster), "--model", "tiny", "-t", ",".join(topologies), "-c", "1,4",
+                "--pp", "256", "--tg", "16", "--out", str(out))
+    meta = json.loads((out / "meta.json").read_text())
+    assert done.returncode == 0, f"{meta['errors']}\n{done.stderr[-3000:]}"
+    cells = pd.read_parquet(out / "cells.parquet")
+    assert sorted(cells.topology.unique()) == sorted(topologies) and len(cells) == 3 * 2
+    assert (cells.failed == 0).all() and (cells.decode_tps > 0).all()
+    requests = pd.read_parquet(out / "requests.parquet")
+    served = requests[requests.topology == "2x-tp2-shuffle"].served_by
+    assert served.notna().all() and set(served) <= {"node1", "node3"}  # the replicas' rank-0 nodes
     assert_nothing_left(cluster)

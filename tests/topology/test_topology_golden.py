@@ -1,4 +1,5 @@
-"""The printed plan of each of the four topologies on a fixed two-node cluster, compared exactly.
+"""The printed plan of each study topology on a fixed two-node cluster (and of the four-node ones on a fixed
+four-node cluster), compared exactly.
 
 Regenerate after an intended change with `UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/topology`
 and review the diff: these files are the commands topo runs on real nodes.
@@ -11,10 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from topology.inventory import load_cluster
 from topology.kinds import STUDY_TOPOLOGIES, parse_topology, plan
 from topology.render import plan_text
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
+FOUR_NODE_GOLDENS = ("2x-tp2-shuffle",)
 
 
 def check_golden(name: str, actual: str) -> None:
@@ -35,11 +38,20 @@ def test_plan_matches_golden(topology_name, two_sparks, gemma, plan_secrets, rea
     check_golden(topology_name, text)
 
 
+@pytest.mark.parametrize("topology_name", FOUR_NODE_GOLDENS)
+def test_four_node_plan_matches_golden(topology_name, data_dir, gemma, plan_secrets, real_master_key):
+    four_sparks = load_cluster(data_dir / "four-sparks.yaml")
+    launch_plan = plan(parse_topology(topology_name), four_sparks, gemma, secrets=plan_secrets)
+    text = plan_text(launch_plan).plain
+    assert real_master_key not in text
+    check_golden(topology_name, text)
+
+
 def test_goldens_carry_design_commands():
     """Guards the goldens themselves: regenerating cannot silently drop DESIGN.md's exact command parts."""
     if os.environ.get("UPDATE_GOLDEN") == "1":
         pytest.skip("goldens being rewritten")
-    texts = {name: (GOLDEN_DIR / f"{name}.txt").read_text() for name in STUDY_TOPOLOGIES}
+    texts = {name: (GOLDEN_DIR / f"{name}.txt").read_text() for name in (*STUDY_TOPOLOGIES, *FOUR_NODE_GOLDENS)}
     assert "/opt/vllm/.venv/bin/vllm serve google/gemma-4-26B-A4B-it \\\n        -tp 1" in texts["solo"]
     assert "--nnodes 2" in texts["tp2-mp"] and "--headless" in texts["tp2-mp"]
     assert texts["tp2-mp"].index("--node-rank 1") < texts["tp2-mp"].index("--node-rank 0")
@@ -49,3 +61,9 @@ def test_goldens_carry_design_commands():
     assert "--distributed-executor-backend ray" in texts["tp2-ray"]
     assert "routing_strategy: simple-shuffle" in texts["2x-solo-shuffle"]
     assert "LITELLM_MASTER_KEY=***" in texts["2x-solo-shuffle"]
+    # two TP=2 engines, each on its own pair of nodes with its own master, behind one router
+    two_tp2 = texts["2x-tp2-shuffle"]
+    assert two_tp2.count("--nnodes 2") == 4 and two_tp2.count("--headless") == 2
+    assert "--master-addr 192.168.100.1" in two_tp2 and "--master-addr 192.168.100.3" in two_tp2
+    assert "api_base: http://192.168.100.1:8000/v1" in two_tp2 and "api_base: http://192.168.100.3:8000/v1" in two_tp2
+    assert "api_base: http://192.168.100.2" not in two_tp2  # headless ranks serve no HTTP

@@ -11,16 +11,8 @@ import yaml
 
 from common.errors import PlanError
 from topology.inventory import Cluster, TwinEngine
-from topology.kinds import (
-    STUDY_TOPOLOGIES,
-    PlanSecrets,
-    Solo,
-    SoloShuffle,
-    TensorParallelMp,
-    TensorParallelRay,
-    parse_topology,
-    plan,
-)
+from topology.kinds import STUDY_TOPOLOGIES, PlanSecrets, parse_topology, plan
+from topology.registry import Topology
 from topology.plan import CommandProbe, HttpProbe, LaunchPlan, NoProbe, Secret, StopByCommand, reveal
 from topology.render import plan_json, plan_text
 
@@ -48,10 +40,13 @@ def dockerised(cluster: Cluster, image: str | None = None) -> Cluster:
 def test_topology_names_round_trip_and_generalise():
     for name in STUDY_TOPOLOGIES:
         assert parse_topology(name).name == name
-    assert parse_topology("tp4-mp") == TensorParallelMp(nodes=4)
-    assert parse_topology("tp4-ray") == TensorParallelRay(nodes=4)
-    assert parse_topology("4x-solo-shuffle") == SoloShuffle(nodes=4)
-    for bad in ("tp1-mp", "1x-solo-shuffle", "tp2", "duo", ""):
+    assert parse_topology("tp4-mp") == Topology(tensor_parallel=4, executor="mp")
+    assert parse_topology("tp4-ray") == Topology(tensor_parallel=4, executor="ray")
+    assert parse_topology("4x-solo-shuffle") == Topology(replicas=4, router="simple-shuffle")
+    assert parse_topology("2x-tp2-shuffle") == Topology(replicas=2, tensor_parallel=2, executor="mp",
+                                                        router="simple-shuffle")
+    assert parse_topology("tp8-mp").name == "tp8-mp" and parse_topology("3x-tp2-shuffle").nodes == 6
+    for bad in ("tp1-mp", "1x-solo-shuffle", "2x-tp1-shuffle", "2x-solo-random", "tp2", "duo", ""):
         with pytest.raises(PlanError, match="unknown topology"):
             parse_topology(bad)
 
@@ -64,7 +59,7 @@ def test_two_node_topologies_on_one_node_are_plan_errors(topology_name, two_spar
     one_node = with_nodes(two_sparks, 1).model_copy(update={"proxy": two_sparks.proxy})
     with pytest.raises(PlanError, match=r"needs 2 nodes but cluster 'two-sparks' has 1 \(spark1\)"):
         plan(parse_topology(topology_name), one_node, gemma, secrets=plan_secrets)
-    assert plan(Solo(), one_node, gemma, secrets=plan_secrets).steps()[0].node == "spark1"
+    assert plan(Topology(), one_node, gemma, secrets=plan_secrets).steps()[0].node == "spark1"
 
 
 def test_node_env_may_not_override_the_fast_link(two_sparks, gemma, plan_secrets):
@@ -87,7 +82,7 @@ def test_ports_on_a_shared_host_must_differ(gemma, plan_secrets):
 
     local = load_cluster("local-twin")
     same_port = node_update(local, 1, engine=local.nodes[1].engine.model_copy(update={"port": 8000}))
-    plan(Solo(), same_port, gemma, secrets=plan_secrets)  # one engine: no collision
+    plan(Topology(), same_port, gemma, secrets=plan_secrets)  # one engine: no collision
     with pytest.raises(PlanError, match="engine-node1 .*engine-node2 .*port 8000"):
         plan(parse_topology("2x-solo-shuffle"), same_port, gemma, secrets=plan_secrets)
 
@@ -223,7 +218,7 @@ def test_generated_secrets_are_fresh():
 
 def test_docker_launcher_renders_docker_run_and_rm(two_sparks, gemma, plan_secrets):
     cluster = dockerised(two_sparks)
-    step = plan(Solo(), cluster, gemma, secrets=plan_secrets).steps()[0]
+    step = plan(Topology(), cluster, gemma, secrets=plan_secrets).steps()[0]
     argv = list(step.argv)
     assert argv[:12] == ["docker", "run", "--rm", "-d", "--name", "topo-solo-spark1", "--gpus", "all",
                          "--network", "host", "--ipc", "host"]
@@ -236,11 +231,11 @@ def test_docker_launcher_renders_docker_run_and_rm(two_sparks, gemma, plan_secre
 
 
 def test_docker_node_image_wins_and_missing_image_is_a_plan_error(two_sparks, gemma, plan_secrets):
-    own = plan(Solo(), dockerised(two_sparks, image="spark/vllm-node:20260405"), gemma, secrets=plan_secrets)
+    own = plan(Topology(), dockerised(two_sparks, image="spark/vllm-node:20260405"), gemma, secrets=plan_secrets)
     assert "spark/vllm-node:20260405" in own.steps()[0].argv
     no_image = gemma.model_copy(update={"image": None})
     with pytest.raises(PlanError, match="neither its engine.image nor recipe 'gemma4-26b'"):
-        plan(Solo(), dockerised(two_sparks), no_image, secrets=plan_secrets)
+        plan(Topology(), dockerised(two_sparks), no_image, secrets=plan_secrets)
 
 
 def test_docker_tp_topologies_use_one_container_per_process(two_sparks, gemma, plan_secrets):

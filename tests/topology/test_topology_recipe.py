@@ -50,8 +50,8 @@ def test_bad_layout_key_and_missing_layout(tmp_path, gemma):
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(ConfigError, match=r"max_model_len.*'duo'"):
         load_recipe(path)
-    with pytest.raises(PlanError, match="no max_model_len for a TP=4 engine"):
-        gemma.serve_flags(4)
+    with pytest.raises(PlanError, match="no max_model_len for a TP=8 engine"):
+        gemma.serve_flags(8)
 
 
 def test_extra_args_come_last_and_unset_options_are_left_to_the_engine(gemma):

@@ -9,7 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from common.errors import ConfigError
-from twin.cli import card_for_model, engine_config_kwargs, parse_serve_args
+from twin.cli import card_for_model, parse_serve_args
+from twin.launch import engine_config_kwargs
 from twin.engine import EngineConfig
 from twin.profiles import load_card
 

@@ -17,7 +17,7 @@ import pytest
 
 from common.errors import ConfigError
 from topology.kinds import ENGINE_DEFAULT_KEEP_ALIVE_S, ENGINE_KEEP_ALIVE_ENV
-from twin.cli import DEFAULT_HTTP_KEEP_ALIVE_S, HTTP_KEEP_ALIVE_ENV, http_keep_alive_s
+from twin.launch import DEFAULT_HTTP_KEEP_ALIVE_S, HTTP_KEEP_ALIVE_ENV, http_keep_alive_s
 
 from test_distributed import free_port, health, stop, wait_for
 

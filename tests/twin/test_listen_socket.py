@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from twin.server import _listen_socket
+from twin.launch import _listen_socket
 
 
 async def test_accepted_connections_have_nodelay() -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from bench.arrivals import ArrivalProcess
-from bench.openmetrics import open_run_metrics, peak_in_flight, queue_s, ttft_user
+from bench.metrics import open_run_metrics, peak_in_flight, queue_s, ttft_user
 from bench.shapes import RequestSpec
 from twin.engine import EngineConfig
 from twin.openloop import simulate_open

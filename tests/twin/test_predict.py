@@ -13,7 +13,6 @@ from common.errors import ConfigError
 from twin.costmodel import SeqWork
 from twin.engine import EngineConfig
 from twin.predict import (
-    TOPOLOGIES,
     VirtualDeployment,
     predict_cells,
     simulate_batch,
@@ -127,12 +126,12 @@ def test_what_ifs_quantization_and_four_nodes(gemma_gb10):
     nvfp4 = predict_cells("solo", gemma_gb10.with_(weight_bytes_per_param=0.5625), [1], runs=1)[0]
     assert nvfp4["decode_tps"] > 1.3 * fp8["decode_tps"]
     assert topologies_for_nodes(4) == ["solo", "tp2-mp", "tp4-mp", "tp4-ray", "2x-tp2-shuffle", "4x-solo-shuffle"]
-    assert TOPOLOGIES["2x-tp2-shuffle"].nodes == 4 and TOPOLOGIES["4x-solo-shuffle"].nodes == 4
+    assert topology_model("2x-tp2-shuffle").nodes == 4 and topology_model("4x-solo-shuffle").nodes == 4
     tp4 = predict_cells("tp4-mp", gemma_gb10, [1], runs=1)[0]
     tp2 = predict_cells("tp2-mp", gemma_gb10, [1], runs=1)[0]
     assert tp4["decode_tps"] > tp2["decode_tps"]
     with pytest.raises(ConfigError):
-        topology_model("tp3-mp")
+        topology_model("tp1-mp")
     with pytest.raises(ConfigError):
         topologies_for_nodes(3)
 

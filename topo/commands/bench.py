@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -13,13 +14,14 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from bench.client import LATENCY_MODES, Endpoint
+from bench.client import Endpoint
 from bench.metrics import cell_summary
 from bench.records import RequestRecord
-from bench.runner import RunDone
-from bench.session import BenchSession
-from bench.store import ResultsStore
+from bench.results_folder import FolderMeta, ResultsFolder
+from bench.session import BenchSession, BenchSettings, RunDone
+from bench.workload import ClosedLoad
 from common.errors import ConfigError
+from topo.sweep import command_line, now_utc
 
 
 def parse_concurrency(text: str) -> list[int]:
@@ -63,18 +65,32 @@ def summary_table(model: str, pp: int, tg: int, depth: int, summaries: list[dict
     return table
 
 
+def _bench_meta(session: BenchSession, levels: list[int], runs: int, topology: str) -> FolderMeta:
+    settings = session.settings
+    endpoint = re.sub(r"//[^/@]*@", "//***@", session.endpoint.base_url)  # no user:password from the URL
+    return FolderMeta(kind="bench", status="running", started_at=now_utc(), command_line=command_line(),
+                      spec={"endpoint": endpoint, "model": session.model, "topology": topology,
+                            "workload": settings.workload, "concurrency": levels, "runs": runs, "pp": settings.pp,
+                            "tg": settings.tg, "depth": settings.depth, "latency_mode": settings.latency_mode,
+                            "seed": settings.seed})
+
+
 async def _bench(session: BenchSession, levels: list[int], runs: int, topology: str, out: Path | None,
                  console: Console) -> tuple[str, list[dict[str, Any]], list[str], list[str]]:
-    store = ResultsStore(out) if out is not None else None
+    folder = ResultsFolder(out) if out is not None else None
     summaries: list[dict[str, Any]] = []
     warnings: list[str] = []
+    meta: FolderMeta | None = None
     try:
         model = await session.open()
         console.print(f"[bold]{escape(model)}[/] at {escape(str(session.endpoint))}; latency "
-                      f"({session.latency_mode}) {session.latency * 1000:.2f} ms", highlight=False)
+                      f"({session.settings.latency_mode}) {session.latency * 1000:.2f} ms", highlight=False)
         for note in session.notes:
             console.print(f"  {escape(note)}", highlight=False)
         session.notes.clear()
+        if folder is not None:
+            meta = _bench_meta(session, levels, runs, topology)
+            folder.write_meta(meta)
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=console, transient=False) as progress:
             for level in levels:
@@ -85,8 +101,8 @@ async def _bench(session: BenchSession, levels: list[int], runs: int, topology: 
                     progress.advance(task)
 
                 def on_run(done: RunDone, task: Any = task, level: int = level, failures: list[int] = failures) -> None:
-                    if not done.warmup and store is not None:
-                        store.append(done.records, [done.row] if done.row else [])
+                    if not done.warmup and folder is not None:
+                        folder.append(done.records, [done.row] if done.row else [])
                     failures.append(sum(1 for r in done.records if not r.ok) if not done.warmup else 0)
                     finished = "warm-up done" if done.warmup else f"run {done.run + 1}/{runs} done"
                     progress.update(task, description=f"c={level:<3} {finished}" + (
@@ -96,16 +112,23 @@ async def _bench(session: BenchSession, levels: list[int], runs: int, topology: 
                         if first_error:
                             progress.console.print(f"[yellow]warm-up c={level}: {escape(first_error)}[/]")
 
-                result = await session.cell(level, runs, topology=topology, on_run=on_run, on_request=on_request)
+                result = await session.run(ClosedLoad(level), runs, topology=topology, on_run=on_run,
+                                           on_request=on_request)
                 summaries.append(cell_summary(result.run_rows, result.records))
                 warnings.extend(result.warnings)
-                if store is not None:
-                    store.compact()
+                if folder is not None:
+                    folder.compact()
+        if meta is not None:
+            meta.status = "complete"
         return model, summaries, warnings, list(session.notes)
     finally:
         await session.close()
-        if store is not None and store.directory.exists():
-            store.compact()
+        if folder is not None and meta is not None:
+            meta.status = meta.status if meta.status == "complete" else "interrupted"
+            meta.finished_at = now_utc()
+            meta.warnings = warnings
+            folder.write_meta(meta)
+            folder.compact()
 
 
 def bench_command(
@@ -147,15 +170,13 @@ def bench_command(
 
     For each concurrency level: one discarded warm-up batch, then --runs closed batches of exactly c streamed chat requests. Prints prefill (pp) and decode (tg) t/s as mean ± population std over runs, peak t/s, TTFT mean and p50/p90/p99, and failed requests. A wrong URL or model fails before any load.
     """
-    if latency_mode not in LATENCY_MODES:
-        raise ConfigError(f"--latency-mode {latency_mode!r}: expected one of {', '.join(LATENCY_MODES)}")
     if runs < 1:
         raise ConfigError(f"--runs must be at least 1 (got {runs})")
     levels = parse_concurrency(concurrency)
-    session = BenchSession(Endpoint.from_url(url, api_key), model, pp=pp, tg=tg, depth=depth,
-                           latency_mode=latency_mode,  # type: ignore[arg-type]
-                           tokenizer=tokenizer, corpus=corpus, unique_prefix=cache_bust, request_timeout=timeout,
-                           seed=seed)
+    settings = BenchSettings(pp=pp, tg=tg, depth=depth, latency_mode=latency_mode,  # type: ignore[arg-type]
+                             tokenizer=tokenizer, corpus=corpus, unique_prefix=cache_bust, request_timeout=timeout,
+                             seed=seed)
+    session = BenchSession(Endpoint.from_url(url, api_key), model, settings)
     err = Console(stderr=True, highlight=False)
     served, summaries, warnings, notes = asyncio.run(_bench(session, levels, runs, topology, out, err))
     stdout = Console(highlight=False)
@@ -167,7 +188,8 @@ def bench_command(
     for warning in warnings:
         err.print(f"[yellow]warning:[/] {escape(warning)}")
     if out is not None:
-        err.print(f"results: {out / 'requests.parquet'}, {out / 'cells.parquet'}")
+        folder = ResultsFolder(out)
+        err.print(f"results: {folder.requests_path}, {folder.cells_path}, {folder.meta_path}")
 
 
 def register(app: typer.Typer) -> None:

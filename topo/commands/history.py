@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from bench.results_folder import ResultsFolder
 from reports.names import display_name, ordered_topologies
 from reports.tables import MetricSpec, format_pct, format_value
 from topo.nightly import (
@@ -186,7 +187,7 @@ def baseline_list(root: RootOption = DEFAULT_ROOT) -> None:
         table.add_column(header, overflow="fold", no_wrap=True)
     for tag, item in sorted(details.items()):
         folder = root / str(item["folder"])
-        if (folder / "cells.parquet").is_file():
+        if ResultsFolder(folder).has_cells():
             entry = read_entry(folder)
             facts = [escape(entry.model or "—"), _when(entry), escape(entry.status or "—")]
         else:

@@ -3,39 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from common.errors import RegressionInputError, ResultsError
+from bench.results_folder import ResultsFolder
 from reports.console import print_regression
-from reports.regress import check_comparable, compare_result_dirs, write_gate_outputs
-from reports.report import build_report
-from reports.results import load_results, write_report
 from topo.commands.bench import parse_concurrency
 from topo.commands.regress import policy_from_options
 from topo.commands.sweep import RichSweepProgress
-from topo.nightly import (
-    BASELINES_FILE,
-    DEFAULT_ROOT,
-    NightlyPaths,
-    find_baseline,
-    list_sweeps,
-    query_history,
-    read_entry,
-    read_tags,
-    same_kind,
-    sweep_label,
-)
-from topo.sweep import SweepSpec, command_line, default_out_dir, plan_sweep, read_meta, run_sweep, write_meta
+from topo.nightly import BASELINES_FILE, DEFAULT_ROOT, known_tags, plan_nightly, run_nightly
+from topo.sweep import SweepSpec, command_line
 from topology.kinds import STUDY_TOPOLOGIES
 
 NIGHTLY_CONCURRENCY = "1,2,4,8,16,32,64"
-NO_BASELINE_EXIT = 0  # a first night has nothing to compare with: not a failure (see --require-baseline)
 
 
 def nightly_command(
@@ -95,96 +79,46 @@ def nightly_command(
     spec = SweepSpec(model=model, cluster=cluster, runs=runs, pp=pp, tg=tg, twin_hardware=twin_hardware,
                      topologies=tuple(t.strip() for t in topologies.split(",") if t.strip()),
                      concurrency=tuple(parse_concurrency(concurrency)))
-    baseline_dir = find_baseline(baseline, root)
-    if baseline_dir is not None:
-        check_comparable(_meta_of(baseline_dir), {"spec": spec.to_json()})
-    elif require_baseline:
-        raise RegressionInputError(f"--baseline {baseline}: no such tag in {root / BASELINES_FILE} "
-                                   f"({_known_tags(root)}) and --require-baseline is set")
-    sweep = plan_sweep(spec)
-    directory = out or default_out_dir(spec, root)
+    plan = plan_nightly(spec, root, baseline, policy, out=out, junit=junit, markdown=md,
+                        history_sweeps=history_sweeps, require_baseline=require_baseline)
+    directory, paths = plan.directory, plan.paths
     if directory.resolve().parent != root.resolve():
         console.print(f"[yellow]note:[/] {directory} is not directly under --root {root}: later nightlies will "
                       "not see it in their history")
-    paths = NightlyPaths.for_sweep(directory, junit, md)
     if dry_run:
-        console.print(f"[bold]nightly[/] of {escape(spec.model)} on {escape(sweep.cluster.name)} -> {directory}")
+        console.print(f"[bold]nightly[/] of {escape(spec.model)} on {escape(plan.sweep.cluster.name)} -> {directory}")
         console.print(f"  topologies {', '.join(spec.topologies)}; c={','.join(map(str, spec.concurrency))}; "
                       f"{spec.runs} run(s) per cell; pp{spec.pp} tg{spec.tg}")
-        console.print(f"  baseline: {escape(str(baseline_dir)) if baseline_dir else f'none yet (tag {baseline!r})'}")
+        baseline_text = escape(str(plan.baseline_dir)) if plan.baseline_dir else f"none yet (tag {baseline!r})"
+        console.print(f"  baseline: {baseline_text}")
         console.print(f"  gate: {escape(policy.test_name)}, threshold {policy.threshold_pct:g}%, α = {policy.alpha:g}; "
                       f"JUnit {paths.junit}, Markdown {paths.markdown}")
         return
 
     with RichSweepProgress(console) as progress:
         try:
-            outcome = asyncio.run(run_sweep(sweep, directory, progress, command_line=command_line()))
+            outcome = asyncio.run(run_nightly(plan, progress, command_line=command_line()))
         except KeyboardInterrupt:
             progress.progress.stop()
             console.print(f"[yellow]interrupted[/]: the measured runs are kept in {directory}; "
                           f"`topo sweep --resume {directory}` completes it, `topo regress` then gates it")
             raise typer.Exit(130) from None
-    if not outcome.measured_runs:
-        raise ResultsError(f"the nightly sweep measured nothing ({'; '.join(outcome.errors.values()) or 'no cell'});"
-                           f" details in {directory / 'meta.json'}")
 
-    regression, unusable = None, None
-    if baseline_dir is not None:
-        try:
-            regression = compare_result_dirs(baseline_dir, directory, policy, current_label=directory.name,
-                                             baseline_label=sweep_label(baseline, baseline_dir))
-        except RegressionInputError as exc:
-            unusable = exc  # the night's report is still written before exit 2
-    results = load_results(directory)
-    current = read_entry(directory)
-    trend_of = [e for e in same_kind(list_sweeps(root), current) if e.path.resolve() != directory.resolve()]
-    trend_of = [*trend_of[-(history_sweeps - 1):], current] if history_sweeps > 1 else [current]
-    history = query_history(trend_of)
-    report = build_report(results.cells, results.meta, results.requests, history=history, regression=regression)
-    md_path, html_path = write_report(directory, report)
-    if unusable is not None:
-        raise unusable
-
-    meta = read_meta(directory)
-    meta["nightly"] = {"baseline": baseline, "baseline_folder": str(baseline_dir) if baseline_dir else None}
     console.print()
-    if regression is None:
-        code = 1 if outcome.errors else NO_BASELINE_EXIT
-        meta["nightly"]["exit_code"] = code
-        write_meta(directory, meta)
+    if outcome.regression is None:
         console.print(f"[bold yellow]no baseline yet[/]: tag {escape(baseline)!r} is not set in "
-                      f"{root / BASELINES_FILE} ({_known_tags(root)}), so nothing was compared.")
+                      f"{root / BASELINES_FILE} ({known_tags(root)}), so nothing was compared.")
         console.print(f"If this sweep is good, make it the baseline:\n  topo baseline set {directory} "
                       f"--tag {baseline} --root {root}", soft_wrap=True, highlight=False)  # a command to copy: unwrapped
     else:
-        code = write_gate_outputs(regression, junit=paths.junit, markdown=paths.markdown)
-        meta["nightly"]["exit_code"] = code
-        meta["nightly"]["summary"] = regression.summary()
-        write_meta(directory, meta)
-        print_regression(console, regression)
+        print_regression(console, outcome.regression)
         console.print(f"wrote [bold]{paths.junit}[/] and [bold]{paths.markdown}[/]")
-    if outcome.errors:
-        console.print(f"[bold red]failed topologies[/]: {', '.join(outcome.errors)} (details in "
-                      f"{directory / 'meta.json'})")
-    console.print(f"report with the trend over {len(trend_of)} sweep(s): [bold]{html_path}[/] ({md_path.name})")
-    raise typer.Exit(code)
-
-
-def _meta_of(directory: Path) -> dict[str, Any]:
-    """The baseline's meta.json ({} without one): enough to refuse another model or load before sweeping."""
-    path = directory / "meta.json"
-    if not path.is_file():
-        return {}
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise RegressionInputError(f"baseline {path}: not readable JSON ({exc})") from exc
-    return meta if isinstance(meta, dict) else {}
-
-
-def _known_tags(root: Path) -> str:
-    tags = sorted(read_tags(root))
-    return f"tags set: {', '.join(tags)}" if tags else "no tags set"
+    if outcome.sweep.errors:
+        console.print(f"[bold red]failed topologies[/]: {', '.join(outcome.sweep.errors)} (details in "
+                      f"{ResultsFolder(directory).meta_path})")
+    md_path, html_path = outcome.report_paths
+    console.print(f"report with the trend over {outcome.trend_sweeps} sweep(s): [bold]{html_path}[/] ({md_path.name})")
+    raise typer.Exit(outcome.exit_code)
 
 
 def register(app: typer.Typer) -> None:

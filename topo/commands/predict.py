@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
@@ -11,13 +10,15 @@ import typer
 from rich.console import Console
 
 from bench.records import CELL_COLUMNS
+from bench.results_folder import FolderMeta, ResultsFolder
 from common.errors import ConfigError
 from bench.suite import load_suites
 from reports.console import fitting_tables, print_report, rich_table
 from reports.report import build_report
 from reports.results import write_report
 from topo.commands.bench import parse_concurrency
-from topo.sweep import DEFAULT_CONCURRENCY, write_meta
+from topo.sweep import DEFAULT_CONCURRENCY, now_utc
+from topology.registry import COMPARED_ON_NODES
 from twin.engine import EngineConfig
 from twin.predict import predict_sweep, topologies_for_nodes, topology_model
 from twin.workloads import predict_suite
@@ -30,8 +31,8 @@ def predict_command(
                                  "(gb10, fast) or a YAML path — e.g. a copy with other bandwidth or link figures."),
     topologies: str = typer.Option(None, "--topologies", "-t", help="Comma-separated topologies (default: the "
                                    "layouts worth comparing on --nodes nodes)."),
-    nodes: int = typer.Option(2, "--nodes", "-n", help="2: solo, tp2-mp, tp2-ray, 2x-solo-shuffle. 4: adds tp4, "
-                              "2x tp2 behind a router and 4x solo."),
+    nodes: int = typer.Option(2, "--nodes", "-n", help="Nodes to lay out; compares " + "; ".join(
+                              f"{count}: {', '.join(names)}" for count, names in COMPARED_ON_NODES.items()) + "."),
     concurrency: str = typer.Option(",".join(map(str, DEFAULT_CONCURRENCY)), "--concurrency", "-c",
                                     help="Concurrency levels (closed batches of exactly c requests)."),
     runs: int = typer.Option(3, "--runs", "-r", help="Simulated runs per cell (they differ by the router's "
@@ -80,25 +81,22 @@ def predict_command(
     began = time.perf_counter()
     rows = predict_sweep(names, config, levels, prompt_tokens=pp, max_tokens=tg, runs=runs, seed=seed)
     cells = pd.DataFrame(rows, columns=list(CELL_COLUMNS))
-    meta = {
-        "schema": 1,
-        "kind": "prediction",
-        "status": "complete",
-        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "spec": {"model": model, "hardware": hardware, "topologies": names, "concurrency": levels, "runs": runs,
-                 "pp": pp, "tg": tg, "quantization": quantization, "nodes": nodes, "seed": seed},
-        "title": f"Prediction: {model} on {hardware} (twin, virtual time)",
-    }
+    meta = FolderMeta(
+        kind="prediction", status="complete", started_at=now_utc(),
+        spec={"model": model, "hardware": hardware, "topologies": names, "concurrency": levels, "runs": runs,
+              "pp": pp, "tg": tg, "quantization": quantization, "nodes": nodes, "seed": seed},
+        title=f"Prediction: {model} on {hardware} (twin, virtual time)",
+    )
     report = build_report(cells, meta)
     print_report(console, report)
     console.print(f"\n[dim]predicted {len(cells)} runs in {time.perf_counter() - began:.1f} s "
                   f"(virtual time; hardware {hardware}, card {model})[/]")
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        cells.to_parquet(out / "cells.parquet", index=False)
-        write_meta(out, meta)
-        md_path, html_path = write_report(out, report)
-        console.print(f"wrote [bold]{out / 'cells.parquet'}[/], {md_path.name} and {html_path.name}")
+        folder = ResultsFolder(out)
+        folder.write_cells(cells)
+        folder.write_meta(meta)
+        md_path, html_path = write_report(folder, report)
+        console.print(f"wrote [bold]{folder.cells_path}[/], {md_path.name} and {html_path.name}")
 
 
 def _predict_workloads(console: Console, config: EngineConfig, names: list[str], workload: str, only: str | None,
@@ -123,16 +121,13 @@ def _predict_workloads(console: Console, config: EngineConfig, names: list[str],
     console.print(f"\n[dim]predicted {len(cells)} runs of {len(suite.tests)} tests in "
                   f"{time.perf_counter() - began:.1f} s (virtual time)[/]")
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        cells.to_parquet(out / "cells.parquet", index=False)
-        meta = {"schema": 1, "kind": "prediction", "status": "complete",
-                "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "spec": {**spec, "workload": workload, "only": only}, "title": title,
-                "workloads": suite.model_dump(mode="json")}
-        write_meta(out, meta)
-        (out / "report.md").write_text(workload_markdown(report, title), encoding="utf-8")
-        (out / "report.html").write_text(workload_html(report, title), encoding="utf-8")
-        console.print(f"wrote [bold]{out / 'cells.parquet'}[/], report.md and report.html")
+        folder = ResultsFolder(out)
+        folder.write_cells(cells)
+        folder.write_meta(FolderMeta(kind="prediction", status="complete", started_at=now_utc(), title=title,
+                                     spec={**spec, "workload": workload, "only": only},
+                                     workloads=suite.model_dump(mode="json")))
+        folder.write_report(workload_markdown(report, title), workload_html(report, title))
+        console.print(f"wrote [bold]{folder.cells_path}[/], report.md and report.html")
 
 
 def _bytes_per_weight(quantization: str, card: str) -> float:

@@ -9,7 +9,8 @@ import typer
 from rich.console import Console
 
 from reports.console import print_regression
-from reports.regress import RegressionPolicy, TestName, compare_result_dirs, parse_threshold, write_gate_outputs
+from reports.regress import RegressionPolicy, TestName, parse_threshold, write_gate_outputs
+from reports.regress import compare_result_dirs
 from topo.nightly import DEFAULT_ROOT, resolve_sweep, sweep_label
 
 

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from bench.workload import Load
 from common.errors import ConfigError, TopoError
 from reports.console import print_report
 from reports.results import render_results
@@ -70,22 +71,21 @@ class RichSweepProgress:
         if already_done:
             self.console.print(f"resuming: {already_done} of {total_runs} runs are already measured")
 
-    def topology_started(self, topology: str, cells: Sequence[int]) -> None:
+    def topology_started(self, topology: str, loads: Sequence[Load]) -> None:
         self.progress.update(self.task, description=topology)
-        levels = ",".join(str(c) for c in cells)
-        self.console.print(f"[bold cyan]{topology}[/]: bringing it up, then c={levels}")
+        self.console.print(f"[bold cyan]{topology}[/]: bringing it up, then {','.join(l.label for l in loads)}")
 
     def topology_up(self, topology: str, startup_s: float) -> None:
         self.console.print(f"  {topology} up after {startup_s:.1f} s")
 
-    def run_done(self, topology: str, concurrency: int, run: int, warmup: bool) -> None:
+    def run_done(self, topology: str, load: Load, run: int, warmup: bool) -> None:
         if warmup:
-            self._status(f"c{concurrency}: warm-up done")
+            self._status(f"{load.label}: warm-up done")
             return
         self.progress.advance(self.task)
-        self._status(f"c{concurrency}: run {run + 1} done")
+        self._status(f"{load.label}: run {run + 1} done")
 
-    def cell_done(self, topology: str, concurrency: int, rows: list[dict[str, Any]], warnings: list[str]) -> None:
+    def cell_done(self, topology: str, load: Load, rows: list[dict[str, Any]], warnings: list[str]) -> None:
         if not rows:
             return
 
@@ -99,7 +99,7 @@ class RichSweepProgress:
             failed_text += "  [yellow]client-bound?[/]"
         # one line in 80 columns: topology, level, the three figures of the winner tables (mean over runs)
         self.console.print(
-            f"  {topology} c{concurrency:<3} decode {mean('decode_tps'):6.1f} t/s  prefill {mean('prefill_tps'):6.0f} t/s"
+            f"  {topology} {load.label:<4} decode {mean('decode_tps'):6.1f} t/s  prefill {mean('prefill_tps'):6.0f} t/s"
             f"  TTFT {mean('ttft_ms'):6.0f} ms{failed_text}", highlight=False
         )
 

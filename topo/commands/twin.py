@@ -25,7 +25,7 @@ def serve(ctx: typer.Context) -> None:
     a headless rank: `topo twin serve gemma4-26b -tp 2 --nnodes 2 --node-rank 1 --headless
     --master-addr 10.0.0.1 --master-port 29501`.
     """
-    from twin.cli import main as twin_main  # flags are vLLM's: argparse owns them, typer passes them on
+    from twin.launch import main as twin_main  # flags are vLLM's: argparse owns them, typer passes them on
 
     twin_main(["serve", *ctx.args])
 

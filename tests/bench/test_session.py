@@ -1,4 +1,4 @@
-"""run_cell: warm-up then closed batches of exactly c, every run handed over at once, failures as data."""
+"""BenchSession.run: warm-up then closed batches of exactly c, every run handed over at once, failures as data."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import math
 from fake_server import Behaviour, FakeServer
 
 from bench.records import RequestRecord
-from bench.runner import RunDone, client_bound_reasons, run_cell
+from bench.session import BenchSession, BenchSettings, RunDone, client_bound_reasons
+from bench.workload import ClosedLoad
 
 
 async def test_warm_up_then_runs_of_exactly_c_each_reported_as_it_finishes():
@@ -15,8 +16,9 @@ async def test_warm_up_then_runs_of_exactly_c_each_reported_as_it_finishes():
     finished: list[RequestRecord] = []
     behaviour = Behaviour(prefill_s=0.02, itl_s=0.002)
     with FakeServer(behaviour) as server:
-        records, run_rows = await run_cell(server.url, None, 3, 2, 128, 8, topology="solo", on_run=seen.append,
-                                           on_request=finished.append)
+        async with BenchSession(server.url, None, BenchSettings(pp=128, tg=8)) as session:
+            records, run_rows = await session.run(ClosedLoad(3), 2, topology="solo", on_run=seen.append,
+                                                  on_request=finished.append)
     assert len(finished) == 3 * 3  # progress: every request of the warm-up and of both runs
     assert [(d.run, d.warmup, len(d.records)) for d in seen] == [(-1, True, 3), (0, False, 3), (1, False, 3)]
     assert len(behaviour.seen) == 3 * 3  # warm-up batch + 2 runs, nothing else sent as chat requests
@@ -30,7 +32,8 @@ async def test_warm_up_then_runs_of_exactly_c_each_reported_as_it_finishes():
 
 async def test_failures_are_counted_per_run_and_the_cell_goes_on():
     with FakeServer(Behaviour(mode="fail_index", fail_every=4)) as server:
-        result = await run_cell(server.url, "tiny", 2, 3, 64, 4, latency_mode="none")
+        async with BenchSession(server.url, "tiny", BenchSettings(pp=64, tg=4, latency_mode="none")) as session:
+            result = await session.run(ClosedLoad(2), 3)
     assert result.latency == 0.0
     # arrivals 1..8: warm-up 1-2, run 0: 3-4 (4 fails), run 1: 5-6, run 2: 7-8 (8 fails)
     assert [row["failed"] for row in result.run_rows] == [1, 0, 1]

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from bench.openmetrics import SLOLimits, capacity, open_run_metrics, peak_in_flight, ttft_user
+from bench.metrics import SLOLimits, capacity, open_run_metrics, peak_in_flight, ttft_user
 from bench.records import RequestRecord
 
 
