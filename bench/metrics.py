@@ -183,8 +183,8 @@ def cell_summary(run_rows: Sequence[dict[str, Any]], records: Sequence[RequestRe
     return summary
 
 
-#  -- open loop (METRICS.md "Open loop") ------------------------------------------------------------------
-#  Per request: `queue_ms = start - scheduled_at` (held back by the cap, or a late client), `ttft_ms` from
+# -- open loop (METRICS.md "Open loop") ------------------------------------------------------------------
+# Per request: `queue_ms = start - scheduled_at` (held back by the cap, or a late client), `ttft_ms` from
 # `start` (comparable with `vllm bench serve` and llama-benchy), and the user's `ttft_user_ms = queue_ms +
 # ttft_ms` (likewise e2e): SLOs, goodput and capacity use the user's figures (vLLM issue 54101). A closed
 # batch's request has no `scheduled_at`; its user's wait starts when the batch fired (`batch_start`).

@@ -62,6 +62,14 @@ def fitting_tables(width: int, table: DisplayTable) -> list[DisplayTable]:
     return split
 
 
+def print_tables(console: Console, tables: list[DisplayTable]) -> None:
+    """Display tables one under the other, each split into parts when wider than the terminal."""
+    for table in tables:
+        for part in fitting_tables(console.width, table):
+            console.print()
+            console.print(rich_table(part))
+
+
 def print_report(console: Console, report: Report) -> None:
     console.print(f"[bold]{escape(report.title)}[/]")
     for line in report.header_lines():

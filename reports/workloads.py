@@ -249,7 +249,7 @@ class WorkloadReport:
 
     @property
     def only_default(self) -> bool:
-        return set(self.cells["workload"].astype(str)) <= {"pp1024-tg128"}
+        return set(self.cells["workload"].astype(str)) <= {"default"}
 
     def sections(self) -> list[DisplayTable]:
         tables: list[DisplayTable] = []
@@ -269,6 +269,36 @@ class WorkloadReport:
             if test.load.mode == "rate-sweep":
                 tables.append(capacity_table(self.cells, test, self.suite.think_time_s))
         return tables
+
+    def title(self, meta: FolderMeta | None) -> str:
+        if meta is not None and meta.title:
+            return meta.title
+        model = meta.model if meta is not None else None
+        return f"Workload report — {self.suite.name}" + (f" — {model}" if model else "")
+
+    def header_lines(self, meta: FolderMeta | None) -> list[str]:
+        if meta is None:
+            return []
+        lines = [f"Kind: {meta.kind}", f"Status: {meta.status}" if meta.status else "",
+                 f"When: {meta.started_at} → {meta.finished_at}" if meta.finished_at else
+                 (f"When: {meta.started_at}" if meta.started_at else ""),
+                 f"Suite: {self.suite.name} ({self.suite.description})" if self.suite.description else "",
+                 f"Cluster: {meta.cluster_name}" if meta.cluster_name else ""]
+        scale = meta.spec.get("rate_scale")
+        if scale and scale != 1:
+            lines.append(f"Open-loop rates × {scale:g} (the twin profile is that much faster; the rate column "
+                         "holds the rates sent)")
+        if meta.spec.get("twin_hardware"):
+            lines.append(f"Twin hardware: {meta.spec['twin_hardware']}")
+        if meta.command_line:
+            lines.append("Command: " + " ".join(meta.command_line))
+        return [line for line in lines if line]
+
+    def to_markdown(self, meta: FolderMeta | None) -> str:
+        return workload_markdown(self, self.title(meta), self.header_lines(meta))
+
+    def to_html(self, meta: FolderMeta | None) -> str:
+        return workload_html(self, self.title(meta), self.header_lines(meta))
 
     def figures(self) -> list[tuple[str, go.Figure]]:
         from reports.html import topology_colours
@@ -329,9 +359,11 @@ def workload_report(cells: pd.DataFrame, meta: FolderMeta | None, suite: Suite |
     return WorkloadReport(suite, cells[cells["workload"].notna()].copy())
 
 
-def workload_markdown(report: WorkloadReport, title: str) -> str:
-
+def workload_markdown(report: WorkloadReport, title: str, header_lines: Sequence[str] = ()) -> str:
     out = [f"# {title}", ""]
+    out += [f"- {line}" for line in header_lines]
+    if header_lines:
+        out.append("")
     for table in report.sections():
         out += [f"## {table.title}", ""]
         if table.intro:

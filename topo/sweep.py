@@ -29,6 +29,7 @@ from typing import Any, Literal, Protocol
 from bench.client import Endpoint
 from bench.results_folder import FolderMeta, ResultsFolder, Status
 from bench.session import BenchSession, BenchSettings, RunDone
+from bench.suite import LoadPoint, Suite, load_suites
 from bench.workload import DEFAULT_WORKLOAD, ClosedLoad, Load
 from cluster.bringup import BringUpProgress, bring_up, open_cluster
 from common.config import REPO_ROOT
@@ -57,8 +58,15 @@ class SweepSpec:
     request_timeout_s: float = 600.0
     seed: int | None = None
     workload: str = DEFAULT_WORKLOAD  # the request shape's name (pp/tg prompts: `default`)
+    suite: str | None = None  # --workload: suite names or YAML paths (bench/suite.py); None = the pp/tg shape
+    only: tuple[str, ...] = ()  # --only: tests of the suite
+    rate_scale: float = 1.0  # open-loop rates x this (a twin profile sped up as much, e.g. 50 for `fast`)
 
     def __post_init__(self) -> None:
+        if not self.rate_scale > 0:
+            raise ConfigError(f"--rate-scale must be > 0 (got {self.rate_scale})")
+        if self.only and not self.suite:
+            raise ConfigError("--only picks tests of a --workload suite; give --workload too")
         if not self.topologies:
             raise ConfigError("--topologies: give at least one topology")
         if not self.concurrency or any(c < 1 for c in self.concurrency):
@@ -87,9 +95,29 @@ class SweepSpec:
             data = dict(data)
             data["topologies"] = tuple(data["topologies"])
             data["concurrency"] = tuple(int(c) for c in data["concurrency"])
+            data["only"] = tuple(data.get("only") or ())
             return cls(**data)
         except (KeyError, TypeError, ValueError) as exc:
             raise ResultsError(f"{source}: the stored sweep spec is unusable ({exc})") from exc
+
+
+@dataclass(frozen=True)
+class SweepCell:
+    """One cell of the sweep per topology: the workload, its load, and (for a suite's test) the point."""
+
+    workload: str
+    load: Load
+    label: str
+    runs: int
+    point: LoadPoint | None = None
+
+
+def sweep_cells(spec: SweepSpec, suite: Suite | None) -> tuple[SweepCell, ...]:
+    if suite is None:
+        return tuple(SweepCell(spec.workload, load, load.label, spec.runs) for load in spec.loads)
+    # an open-loop point is one run of its schedule (as `vllm bench serve`); a closed one its test's runs
+    return tuple(SweepCell(p.workload, p.load, p.label, 1 if p.open is not None else (p.runs or spec.runs), p)
+                 for p in suite.points())
 
 
 @dataclass(frozen=True)
@@ -106,13 +134,19 @@ class SweepPlan:
     cluster: Cluster
     recipe: Recipe
     topologies: tuple[TopologyPlan, ...]
+    suite: Suite | None = None
+    points: tuple[SweepCell, ...] = ()
 
-    def cell_key(self, topology: str, load: Load) -> tuple[str, str, str]:
+    def cell_key(self, topology: str, cell: SweepCell) -> tuple[str, str, str]:
         """(topology, workload, load label): how the results folder keys the cell's rows."""
-        return (topology, self.spec.workload, load.label)
+        return (topology, cell.workload, cell.label)
 
     def cells(self) -> list[tuple[str, str, str]]:
-        return [self.cell_key(t.topology, load) for t in self.topologies for load in self.spec.loads]
+        return [self.cell_key(t.topology, cell) for t in self.topologies for cell in self.points]
+
+    @property
+    def total_runs(self) -> int:
+        return len(self.topologies) * sum(cell.runs for cell in self.points)
 
 
 def _with_twin_hardware(cluster: Cluster, hardware: str) -> Cluster:
@@ -136,7 +170,8 @@ def plan_sweep(spec: SweepSpec, *, secrets: PlanSecrets | None = None) -> SweepP
     plans = tuple(
         TopologyPlan(name, plan(parse_topology(name), cluster, recipe, secrets=secrets)) for name in spec.topologies
     )
-    return SweepPlan(spec, cluster, recipe, plans)
+    suite = load_suites(spec.suite, spec.only) if spec.suite else None
+    return SweepPlan(spec, cluster, recipe, plans, suite, sweep_cells(spec, suite))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -193,6 +228,7 @@ def new_meta(sweep: SweepPlan, command_line: Sequence[str]) -> FolderMeta:
         spec=sweep.spec.to_json(),
         cluster=sweep.cluster.model_dump(mode="json"),
         recipe=sweep.recipe.model_dump(mode="json"),
+        workloads=sweep.suite.model_dump(mode="json") if sweep.suite is not None else None,
     )
 
 
@@ -236,7 +272,7 @@ class _Run:
         self.folder.write_meta(self.meta)
 
 
-async def _measure_topology(item: TopologyPlan, todo: list[tuple[Load, int]], state: _Run) -> None:
+async def _measure_topology(item: TopologyPlan, todo: list[tuple[SweepCell, int]], state: _Run) -> None:
     """Bring one topology up, measure its missing runs cell by cell, tear it down (always)."""
     spec = state.sweep.spec
     async with open_cluster(state.sweep.cluster) as nodes:
@@ -249,17 +285,19 @@ async def _measure_topology(item: TopologyPlan, todo: list[tuple[Load, int]], st
                                     spec.bench_settings()) as session:
                 for note in session.notes:
                     state.progress.note(f"{item.topology}: {note}")
-                for load, first_run in todo:
+                for cell, first_run in todo:
                     # a lost node or dead rank ends this topology with its log tail, not with cells of errors
                     await running.check_alive()
-                    warnings = await _measure_cell(item.topology, load, first_run, session, state)
+                    warnings = await _measure_cell(item.topology, cell, first_run, session, state)
                     state.meta.warnings.extend(f"{item.topology}: {w}" for w in warnings)
                     state.save_meta()
                     state.folder.compact()
 
 
-async def _measure_cell(topology: str, load: Load, first_run: int, session: BenchSession, state: _Run) -> list[str]:
+async def _measure_cell(topology: str, cell: SweepCell, first_run: int, session: BenchSession,
+                        state: _Run) -> list[str]:
     rows: list[dict[str, Any]] = []
+    load = cell.load
 
     def on_run(done: RunDone) -> None:
         # Stored the moment it is measured: Ctrl-C or a crash in the next run loses nothing of this one.
@@ -269,8 +307,12 @@ async def _measure_cell(topology: str, load: Load, first_run: int, session: Benc
             state.outcome.measured_runs += 1
         state.progress.run_done(topology, load, max(done.run, first_run), done.warmup)
 
-    result = await session.run(load, state.sweep.spec.runs - first_run, topology=topology, first_run=first_run,
-                               on_run=on_run)
+    if cell.point is not None:
+        result = await session.run_point(cell.point, cell.runs, topology=topology, first_run=first_run,
+                                         rate_scale=state.sweep.spec.rate_scale, on_run=on_run)
+    else:
+        result = await session.run(load, cell.runs - first_run, topology=topology, first_run=first_run,
+                                   on_run=on_run)
     state.progress.cell_done(topology, load, rows, result.warnings)
     return result.warnings
 
@@ -299,20 +341,18 @@ async def run_sweep(
         done = {}
     folder.write_meta(meta)
 
-    spec = sweep.spec
-    cells = set(sweep.cells())
-    total = len(cells) * spec.runs
-    already = sum(min(n, spec.runs) for key, n in done.items() if key in cells)
-    progress.sweep_started(total, already)
+    runs_of = {sweep.cell_key(t.topology, cell): cell.runs for t in sweep.topologies for cell in sweep.points}
+    already = sum(min(n, runs_of[key]) for key, n in done.items() if key in runs_of)
+    progress.sweep_started(sweep.total_runs, already)
     state = _Run(sweep, folder, meta, progress, SweepOutcome(directory, "running"))
     status: Status = "failed"
     try:
         for item in sweep.topologies:
-            stored = {load: done.get(sweep.cell_key(item.topology, load), 0) for load in spec.loads}
-            todo = [(load, n) for load, n in stored.items() if n < spec.runs]
+            stored = [(cell, done.get(sweep.cell_key(item.topology, cell), 0)) for cell in sweep.points]
+            todo = [(cell, n) for cell, n in stored if n < cell.runs]
             if not todo:
                 continue
-            progress.topology_started(item.topology, [load for load, _ in todo])
+            progress.topology_started(item.topology, [cell.load for cell, _ in todo])
             try:
                 await _measure_topology(item, todo, state)
             except TopoError as exc:

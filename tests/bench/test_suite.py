@@ -35,8 +35,8 @@ def test_default_is_todays_sweep() -> None:
 
 
 def test_only_and_merge() -> None:
-    suite = load_suites("arena,default", only=["01-chat", "pp1024-tg128"])
-    assert [t.id for t in suite.tests] == ["01-chat", "pp1024-tg128"]
+    suite = load_suites("arena,default", only=["01-chat", "default"])
+    assert [t.id for t in suite.tests] == ["01-chat", "default"]
     with pytest.raises(ConfigError, match="no test '99-nope'"):
         load_suites("arena", only=["99-nope"])
 

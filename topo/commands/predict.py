@@ -13,7 +13,7 @@ from bench.records import CELL_COLUMNS
 from bench.results_folder import FolderMeta, ResultsFolder
 from common.errors import ConfigError
 from bench.suite import load_suites
-from reports.console import fitting_tables, print_report, rich_table
+from reports.console import print_report, print_tables
 from reports.report import build_report
 from reports.results import write_report
 from topo.commands.bench import parse_concurrency
@@ -101,7 +101,7 @@ def predict_command(
 
 def _predict_workloads(console: Console, config: EngineConfig, names: list[str], workload: str, only: str | None,
                        *, runs: int, seed: int, out: Path | None, spec: dict[str, object]) -> None:
-    from reports.workloads import WorkloadReport, workload_html, workload_markdown  # see tests/topo/test_predict_workload.py
+    from reports.workloads import WorkloadReport  # see tests/topo/test_predict_workload.py
 
     suite = load_suites(workload, (only or "").split(","))
     began = time.perf_counter()
@@ -114,19 +114,16 @@ def _predict_workloads(console: Console, config: EngineConfig, names: list[str],
     if not console.is_terminal:
         console.width = max(console.width, 160)  # a piped report keeps one line per row
     console.print(f"[bold]{title}[/]")
-    for table in report.sections():
-        for part in fitting_tables(console.width, table):
-            console.print()
-            console.print(rich_table(part))
+    print_tables(console, report.sections())
     console.print(f"\n[dim]predicted {len(cells)} runs of {len(suite.tests)} tests in "
                   f"{time.perf_counter() - began:.1f} s (virtual time)[/]")
     if out is not None:
         folder = ResultsFolder(out)
         folder.write_cells(cells)
-        folder.write_meta(FolderMeta(kind="prediction", status="complete", started_at=now_utc(), title=title,
-                                     spec={**spec, "workload": workload, "only": only},
-                                     workloads=suite.model_dump(mode="json")))
-        folder.write_report(workload_markdown(report, title), workload_html(report, title))
+        meta = FolderMeta(kind="prediction", status="complete", started_at=now_utc(), title=title,
+                          spec={**spec, "workload": workload, "only": only}, workloads=suite.model_dump(mode="json"))
+        folder.write_meta(meta)
+        folder.write_report(report.to_markdown(meta), report.to_html(meta))
         console.print(f"wrote [bold]{folder.cells_path}[/], report.md and report.html")
 
 

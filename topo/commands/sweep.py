@@ -15,7 +15,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from bench.workload import Load
 from common.errors import ConfigError, TopoError
-from reports.console import print_report
+from reports.console import print_report, print_tables
+from reports.workloads import WorkloadReport
 from reports.results import render_results
 from topo.commands.bench import parse_concurrency
 from topo.sweep import (
@@ -116,9 +117,13 @@ def _print_dry_run(console: Console, sweep: SweepPlan, out: Path) -> None:
 
     spec = sweep.spec
     console.print(f"[bold]sweep[/] of {spec.model} on cluster {sweep.cluster.name} -> {out}")
-    console.print(f"  topologies {', '.join(spec.topologies)}; c={','.join(map(str, spec.concurrency))}; "
-                  f"{spec.runs} run(s) per cell after one warm-up batch; pp{spec.pp} tg{spec.tg}")
-    console.print(f"  {len(sweep.cells())} cells, {len(sweep.cells()) * spec.runs} measured runs\n")
+    if sweep.suite is not None:
+        console.print(f"  topologies {', '.join(spec.topologies)}; workload {sweep.suite.name}: "
+                      + ", ".join(f"{c.workload} {c.label}" for c in sweep.points))
+    else:
+        console.print(f"  topologies {', '.join(spec.topologies)}; c={','.join(map(str, spec.concurrency))}; "
+                      f"{spec.runs} run(s) per cell after one warm-up batch; pp{spec.pp} tg{spec.tg}")
+    console.print(f"  {len(sweep.cells())} cells, {sweep.total_runs} measured runs\n")
     for item in sweep.topologies:
         console.rule(item.topology)
         console.print(plan_text(item.launch), end="")
@@ -146,6 +151,11 @@ def sweep_command(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print every topology's commands and the cells; "
                                  "start nothing."),
     seed: int = typer.Option(None, "--seed", help="Seed for prompt offsets (default: random)."),
+    workload: str = typer.Option(None, "--workload", "-w", help="Workload suite(s) instead of -c/--pp/--tg: names "
+                                 "under configs/workloads/ (arena, default) or YAML paths, comma-separated."),
+    only: str = typer.Option(None, "--only", help="Tests of the suite to measure, e.g. 01-chat,10-monday-peak."),
+    rate_scale: float = typer.Option(1.0, "--rate-scale", help="Multiply open-loop request rates (and divide "
+                                     "durations) by this: 50 with `--twin-hardware fast`, which is gb10 x50."),
 ) -> None:
     """Bring the cluster up in each topology, sweep the concurrency levels, tear it down, write a report.
 
@@ -174,6 +184,9 @@ def sweep_command(
             latency_mode=_latency_mode(latency_mode),
             twin_hardware=twin_hardware,
             seed=seed,
+            suite=workload,
+            only=tuple(t.strip() for t in (only or "").split(",") if t.strip()),
+            rate_scale=rate_scale,
         )
         directory = out or default_out_dir(spec)
     sweep = plan_sweep(spec)
@@ -193,7 +206,10 @@ def sweep_command(
     if outcome.measured_runs or resume is not None:
         report, md_path, html_path = render_results(directory)
         console.print()
-        print_report(console, report)
+        if isinstance(report, WorkloadReport):
+            print_tables(console, report.sections())
+        else:
+            print_report(console, report)
         console.print(f"\nwrote [bold]{md_path}[/] and [bold]{html_path}[/]")
     else:
         console.print(f"[red]nothing was measured[/]; what happened is in {directory}/meta.json")
