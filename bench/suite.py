@@ -23,7 +23,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import Field, model_validator
 
-from bench.shapes import Shape
+from bench.shapes import Shape, ShareGPTShape
 from bench.workload import ClosedLoad, Load, OpenLoad
 from common.config import StrictModel, load_model, resolve_config, validate_model
 from common.errors import ConfigError
@@ -193,8 +193,9 @@ def load_suite(name_or_path: str | Path) -> Suite:
     return load_model(Suite, path)
 
 
-def load_suites(spec: str, only: Sequence[str] = ()) -> Suite:
-    """`--workload arena,default` (names or paths) merged into one suite; `--only` picks tests of it."""
+def load_suites(spec: str, only: Sequence[str] = (), dataset: Path | str | None = None) -> Suite:
+    """`--workload arena,default` (names or paths) merged into one suite; `--only` picks tests of it;
+    `--dataset FILE` (a ShareGPT JSON) replaces the synthetic stand-in of every `sharegpt` shape."""
     names = [part.strip() for part in spec.split(",") if part.strip()]
     if not names:
         raise ConfigError("--workload: give a suite name (e.g. arena) or a YAML path")
@@ -204,4 +205,14 @@ def load_suites(spec: str, only: Sequence[str] = ()) -> Suite:
         "description": "; ".join(s.description for s in suites if s.description),
         "think_time_s": suites[0].think_time_s,
         "tests": [t.model_dump() for s in suites for t in s.tests]}, source=f"--workload {spec}")
-    return merged.only(only)
+    merged = merged.only(only)
+    if dataset is not None:
+        path = Path(dataset)
+        if not path.is_file():
+            raise ConfigError(f"--dataset {path}: no such file")
+        tests = [t.model_copy(update={"shape": t.shape.model_copy(update={"dataset": path})})
+                 if isinstance(t.shape, ShareGPTShape) else t for t in merged.tests]
+        if tests == list(merged.tests):
+            raise ConfigError(f"--dataset {path}: no test of {merged.name} has a sharegpt shape to use it")
+        merged = merged.model_copy(update={"tests": tests})
+    return merged

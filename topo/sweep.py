@@ -61,12 +61,13 @@ class SweepSpec:
     suite: str | None = None  # --workload: suite names or YAML paths (bench/suite.py); None = the pp/tg shape
     only: tuple[str, ...] = ()  # --only: tests of the suite
     rate_scale: float = 1.0  # open-loop rates x this (a twin profile sped up as much, e.g. 50 for `fast`)
+    dataset: str | None = None  # --dataset: a ShareGPT JSON for the suite's sharegpt test
 
     def __post_init__(self) -> None:
         if not self.rate_scale > 0:
             raise ConfigError(f"--rate-scale must be > 0 (got {self.rate_scale})")
-        if self.only and not self.suite:
-            raise ConfigError("--only picks tests of a --workload suite; give --workload too")
+        if (self.only or self.dataset) and not self.suite:
+            raise ConfigError("--only and --dataset pick tests of a --workload suite; give --workload too")
         if not self.topologies:
             raise ConfigError("--topologies: give at least one topology")
         if not self.concurrency or any(c < 1 for c in self.concurrency):
@@ -170,7 +171,7 @@ def plan_sweep(spec: SweepSpec, *, secrets: PlanSecrets | None = None) -> SweepP
     plans = tuple(
         TopologyPlan(name, plan(parse_topology(name), cluster, recipe, secrets=secrets)) for name in spec.topologies
     )
-    suite = load_suites(spec.suite, spec.only) if spec.suite else None
+    suite = load_suites(spec.suite, spec.only, spec.dataset) if spec.suite else None
     return SweepPlan(spec, cluster, recipe, plans, suite, sweep_cells(spec, suite))
 
 

@@ -84,3 +84,29 @@ async def test_measure_points_of_a_suite(twin: TwinProcess, tmp_path) -> None:
     assert row["rate"] == 20.0 and row["peak_in_flight"] <= 2 and row["goodput"] == 1.0
     assert row["requests"] == 6 and row["failed"] == 0 and row["load"] == "2rps"
     assert all(r.scheduled_at is not None for r in opened.records)
+
+
+def test_topo_bench_workload_stores_every_point(twin: TwinProcess, tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from bench.results_folder import ResultsFolder
+
+    repo = Path(__file__).resolve().parents[2]
+    suite = tmp_path / "s.yaml"
+    suite.write_text("name: s\ntests:\n"
+                     "  - id: chat\n    shape: {kind: fixed, prompt: 200, output: 8}\n"
+                     "    load: {mode: closed, concurrency: [2], runs: 1}\n"
+                     "  - id: peak\n    shape: {kind: sharegpt}\n"
+                     "    load: {mode: open, rate: 4, requests: 8, max_concurrency: 3}\n")
+    done = subprocess.run([sys.executable, "-m", "topo", "bench", "--url", twin.url, "--workload", str(suite),
+                           "--out", str(tmp_path / "out"), "--seed", "1"], cwd=repo, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(repo)}, timeout=600, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    contents = ResultsFolder(tmp_path / "out").load()
+    assert set(zip(contents.cells.workload, contents.cells.load)) == {("chat", "c2"), ("peak", "4rps")}
+    assert contents.requests is not None and contents.requests["scheduled_at"].notna().sum() == 8
+    assert contents.meta is not None and contents.meta.workloads is not None
+    assert "peak:" in done.stdout and "chat:" in done.stdout

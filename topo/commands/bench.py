@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -20,6 +21,7 @@ from bench.records import RequestRecord
 from bench.results_folder import FolderMeta, ResultsFolder
 from bench.session import BenchSession, BenchSettings, RunDone
 from bench.workload import ClosedLoad
+from bench.suite import Suite, load_suites
 from common.errors import ConfigError
 from topo.sweep import command_line, now_utc
 
@@ -131,6 +133,52 @@ async def _bench(session: BenchSession, levels: list[int], runs: int, topology: 
             folder.compact()
 
 
+async def _bench_workload(session: BenchSession, suite: Suite, runs: int, topology: str, out: Path | None,
+                          console: Console, rate_scale: float) -> None:
+    """Every point of the suite against the endpoint; stored as measured, reported per test at the end."""
+    from reports.console import print_tables
+    from reports.workloads import WorkloadReport
+
+    folder = ResultsFolder(out) if out is not None else None
+    rows: list[dict[str, Any]] = []
+    meta: FolderMeta | None = None
+    try:
+        model = await session.open()
+        console.print(f"[bold]{escape(model)}[/] at {escape(str(session.endpoint))}: workload {suite.name}",
+                      highlight=False)
+        if folder is not None:
+            meta = FolderMeta(kind="bench", status="running", started_at=now_utc(), command_line=command_line(),
+                              spec={"model": model, "topology": topology, "workload": suite.name, "runs": runs,
+                                    "rate_scale": rate_scale, "seed": session.settings.seed},
+                              workloads=suite.model_dump(mode="json"))
+            folder.write_meta(meta)
+        for point in suite.points():
+            def on_run(done: RunDone) -> None:
+                if not done.warmup and done.row is not None:
+                    rows.append(done.row)
+                    if folder is not None:
+                        folder.append(done.records, [done.row])
+
+            console.print(f"  {point.workload} {point.label} ...", highlight=False)
+            result = await session.run_point(point, runs, topology=topology, rate_scale=rate_scale, on_run=on_run)
+            for warning in result.warnings:
+                console.print(f"  [yellow]warning:[/] {escape(warning)}")
+        if meta is not None:
+            meta.status = "complete"
+    finally:
+        await session.close()
+        if folder is not None and meta is not None:
+            meta.status = meta.status if meta.status == "complete" else "interrupted"
+            meta.finished_at = now_utc()
+            folder.write_meta(meta)
+            folder.compact()
+    if rows:
+        stdout = Console(highlight=False)
+        if not stdout.is_terminal:
+            stdout.width = max(stdout.width, 160)
+        print_tables(stdout, WorkloadReport(suite, pd.DataFrame(rows)).sections())
+
+
 def bench_command(
     url: str = typer.Option(..., "--url", "-u", help="Base URL of the OpenAI-compatible server, e.g. "
                             "http://127.0.0.1:8000 (a trailing /v1 is accepted)."),
@@ -165,6 +213,12 @@ def bench_command(
     cache_bust: bool = typer.Option(True, "--cache-bust/--no-cache-bust", help="Start each prompt with a unique "
                                     "tag so a server's prefix cache cannot hit (on by default)."),
     seed: int = typer.Option(None, "--seed", help="Seed for the prompt offsets (default: random)."),
+    workload: str = typer.Option(None, "--workload", "-w", help="Workload suite(s) instead of -c/--pp/--tg: names "
+                                 "under configs/workloads/ (arena, default) or YAML paths, comma-separated."),
+    only: str = typer.Option(None, "--only", help="Tests of the suite, e.g. 01-chat,10-monday-peak."),
+    dataset: Path = typer.Option(None, "--dataset", help="A ShareGPT JSON for the suite's sharegpt test (default: "
+                                 "a synthetic stand-in with ShareGPT's published length statistics)."),
+    rate_scale: float = typer.Option(1.0, "--rate-scale", help="Multiply open-loop request rates by this."),
 ) -> None:
     """Benchmark one OpenAI-compatible endpoint with llama-benchy's load shape and metrics.
 
@@ -178,6 +232,12 @@ def bench_command(
                              seed=seed)
     session = BenchSession(Endpoint.from_url(url, api_key), model, settings)
     err = Console(stderr=True, highlight=False)
+    if workload is not None:
+        suite = load_suites(workload, (only or "").split(","), dataset)
+        asyncio.run(_bench_workload(session, suite, runs, topology, out, err, rate_scale))
+        return
+    if only is not None or dataset is not None:
+        raise ConfigError("--only and --dataset pick tests of a --workload suite; give --workload too")
     served, summaries, warnings, notes = asyncio.run(_bench(session, levels, runs, topology, out, err))
     stdout = Console(highlight=False)
     if not stdout.is_terminal:

@@ -51,6 +51,8 @@ def predict_command(
                                  "configs/workloads/ (arena, default) or YAML paths, comma-separated. Replaces "
                                  "-c/--pp/--tg by the suite's shapes and loads (closed, open loop, rate sweeps)."),
     only: str = typer.Option(None, "--only", help="Tests of the suite to run, e.g. 01-chat,10-monday-peak."),
+    dataset: Path = typer.Option(None, "--dataset", help="A ShareGPT JSON for the suite's sharegpt test (default: "
+                                 "a synthetic stand-in with ShareGPT's published length statistics)."),
 ) -> None:
     """Predict decode, prefill and TTFT per topology and concurrency, in seconds, without any node.
 
@@ -71,7 +73,7 @@ def predict_command(
         weight_bytes_per_param=_bytes_per_weight(quantization, model) if quantization else None,
     )
     if workload is not None:
-        _predict_workloads(console, config, names, workload, only, runs=runs, seed=seed, out=out,
+        _predict_workloads(console, config, names, workload, only, dataset, runs=runs, seed=seed, out=out,
                            spec={"model": model, "hardware": hardware, "topologies": names, "runs": runs,
                                  "quantization": quantization, "nodes": nodes, "seed": seed})
         return
@@ -100,10 +102,10 @@ def predict_command(
 
 
 def _predict_workloads(console: Console, config: EngineConfig, names: list[str], workload: str, only: str | None,
-                       *, runs: int, seed: int, out: Path | None, spec: dict[str, object]) -> None:
+                       dataset: Path | None, *, runs: int, seed: int, out: Path | None, spec: dict[str, object]) -> None:
     from reports.workloads import WorkloadReport  # see tests/topo/test_predict_workload.py
 
-    suite = load_suites(workload, (only or "").split(","))
+    suite = load_suites(workload, (only or "").split(","), dataset)
     began = time.perf_counter()
     with console.status("predicting") as status:
         rows = predict_suite(names, config, suite, runs=runs, seed=seed,

@@ -154,6 +154,8 @@ def sweep_command(
     workload: str = typer.Option(None, "--workload", "-w", help="Workload suite(s) instead of -c/--pp/--tg: names "
                                  "under configs/workloads/ (arena, default) or YAML paths, comma-separated."),
     only: str = typer.Option(None, "--only", help="Tests of the suite to measure, e.g. 01-chat,10-monday-peak."),
+    dataset: Path = typer.Option(None, "--dataset", help="A ShareGPT JSON for the suite's sharegpt test (default: "
+                                 "a synthetic stand-in with ShareGPT's published length statistics)."),
     rate_scale: float = typer.Option(1.0, "--rate-scale", help="Multiply open-loop request rates (and divide "
                                      "durations) by this: 50 with `--twin-hardware fast`, which is gb10 x50."),
 ) -> None:
@@ -187,6 +189,7 @@ def sweep_command(
             suite=workload,
             only=tuple(t.strip() for t in (only or "").split(",") if t.strip()),
             rate_scale=rate_scale,
+            dataset=str(dataset) if dataset is not None else None,
         )
         directory = out or default_out_dir(spec)
     sweep = plan_sweep(spec)
