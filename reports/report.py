@@ -341,7 +341,14 @@ def recommendations_display(recommendations: list[Recommendation]) -> DisplayTab
         "When to use which topology", ["Use case", "Levels", "Use", "Because (measured)"], rows,
         intro="Derived from the measured cells (tables below): the topology with the best mean relative standing over the levels "
               "(decode for the first three rows, prefill for prefill-heavy, TTFT for latency at scale).",
+        notes=[SYNTHETIC_SHAPE_NOTE],
     )
+
+
+# The use cases above are named after concurrency ranges of one request shape; a workload suite measures them.
+SYNTHETIC_SHAPE_NOTE = ("These rows are inferred from one synthetic shape (one prompt and answer length, closed "
+                        "batches), not measured on the workloads they name: `topo sweep --workload arena` measures "
+                        "chat, RAG, agents, big contexts, a peak hour and capacity under a latency limit.")
 
 
 def percentiles_display(percentiles: pd.DataFrame) -> DisplayTable:
