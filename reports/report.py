@@ -18,7 +18,7 @@ import pandas as pd
 
 from bench.records import CELL_KEY, RUN_KEY, client_cpu_bound, send_lag_bound
 from bench.results_folder import FolderMeta
-from reports.display import DisplayTable, markdown_table
+from reports.display import DisplayTable, tables_markdown
 from reports.history import trend_display
 from reports.names import BASELINE_TOPOLOGY, display_name, executor_partner, ordered_topologies
 from reports.recommend import Recommendation, recommend
@@ -128,14 +128,7 @@ class Report:
             out.append("")
         if self.regression is not None:
             out += [self.regression.to_markdown()]
-        for table in self.sections():
-            out += [f"## {table.title}", ""]
-            if table.intro:
-                out += [table.intro, ""]
-            out += markdown_table(table.headers, table.rows)
-            out.append("")
-            for note in table.notes:
-                out += [f"_{note}_", ""]
+        out += tables_markdown(self.sections())
         out += ["## Caveats", ""]
         out += [f"- {caveat}" for caveat in self.caveats] or ["- none found in the data."]
         out.append("")

@@ -27,7 +27,7 @@ from bench.results_folder import FolderMeta
 from bench.suite import Suite, WorkloadTest, test_points
 from common.config import validate_model
 from reports.names import display_name, ordered_topologies, ray_pairs
-from reports.display import DisplayTable, markdown_table
+from reports.display import DisplayTable, tables_markdown
 
 MATERIAL = 0.03  # a margin under 3% is a tie (METRICS.md "Deciding")
 
@@ -364,13 +364,7 @@ def workload_markdown(report: WorkloadReport, title: str, header_lines: Sequence
     out += [f"- {line}" for line in header_lines]
     if header_lines:
         out.append("")
-    for table in report.sections():
-        out += [f"## {table.title}", ""]
-        if table.intro:
-            out += [table.intro, ""]
-        out += markdown_table(table.headers, table.rows)
-        out.append("")
-        out += [f"_{note}_\n" for note in table.notes]
+    out += tables_markdown(report.sections())
     return "\n".join(out)
 
 

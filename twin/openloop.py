@@ -21,7 +21,7 @@ from typing import Any
 from bench.records import RequestRecord
 from bench.shapes import RequestSpec
 from common.errors import ConfigError
-from twin.engine import GenerationRequest, run_step_loop
+from twin.engine import GenerationRequest, VirtualClock, run_step_loop
 from twin.predict import VirtualDeployment
 from twin.scheduler import EmittedToken
 
@@ -38,19 +38,8 @@ class _Wake:
         yield self.deadline
 
 
-class EventClock:
+class EventClock(VirtualClock):
     """Virtual time for one replica; `sleep_until` suspends the step loop until the driver reaches it."""
-
-    real = False
-
-    def __init__(self, start: float = 0.0) -> None:
-        self._now = start
-
-    def now(self) -> float:
-        return self._now
-
-    def advance_to(self, moment: float) -> None:
-        self._now = max(self._now, moment)
 
     async def sleep_until(self, deadline: float) -> None:
         if deadline > self._now:

@@ -23,6 +23,7 @@ from bench.session import BenchSession, BenchSettings, RunDone
 from bench.workload import ClosedLoad
 from bench.suite import Suite, load_suites
 from common.errors import ConfigError
+from topo.commands import workload_options as options
 from topo.sweep import command_line, now_utc
 
 
@@ -213,12 +214,10 @@ def bench_command(
     cache_bust: bool = typer.Option(True, "--cache-bust/--no-cache-bust", help="Start each prompt with a unique "
                                     "tag so a server's prefix cache cannot hit (on by default)."),
     seed: int = typer.Option(None, "--seed", help="Seed for the prompt offsets (default: random)."),
-    workload: str = typer.Option(None, "--workload", "-w", help="Workload suite(s) instead of -c/--pp/--tg: names "
-                                 "under configs/workloads/ (arena, default) or YAML paths, comma-separated."),
-    only: str = typer.Option(None, "--only", help="Tests of the suite, e.g. 01-chat,10-monday-peak."),
-    dataset: Path = typer.Option(None, "--dataset", help="A ShareGPT JSON for the suite's sharegpt test (default: "
-                                 "a synthetic stand-in with ShareGPT's published length statistics)."),
-    rate_scale: float = typer.Option(1.0, "--rate-scale", help="Multiply open-loop request rates by this."),
+    workload: str = options.WORKLOAD,
+    only: str = options.ONLY,
+    dataset: Path = options.DATASET,
+    rate_scale: float = options.RATE_SCALE,
 ) -> None:
     """Benchmark one OpenAI-compatible endpoint with llama-benchy's load shape and metrics.
 
@@ -233,7 +232,7 @@ def bench_command(
     session = BenchSession(Endpoint.from_url(url, api_key), model, settings)
     err = Console(stderr=True, highlight=False)
     if workload is not None:
-        suite = load_suites(workload, (only or "").split(","), dataset)
+        suite = load_suites(workload, options.only_list(only), dataset)
         asyncio.run(_bench_workload(session, suite, runs, topology, out, err, rate_scale))
         return
     if only is not None or dataset is not None:

@@ -17,6 +17,7 @@ from reports.console import print_report, print_tables
 from reports.report import build_report
 from reports.results import write_report
 from topo.commands.bench import parse_concurrency
+from topo.commands import workload_options as options
 from topo.sweep import DEFAULT_CONCURRENCY, now_utc
 from topology.registry import COMPARED_ON_NODES
 from twin.engine import EngineConfig
@@ -47,12 +48,9 @@ def predict_command(
     seed: int = typer.Option(0, "--seed", help="Seed of the router's random split."),
     out: Path = typer.Option(None, "--out", "-o", help="Write DIR/cells.parquet (the sweep's columns), "
                              "meta.json, report.md and report.html."),
-    workload: str = typer.Option(None, "--workload", "-w", help="Workload suite(s): names under "
-                                 "configs/workloads/ (arena, default) or YAML paths, comma-separated. Replaces "
-                                 "-c/--pp/--tg by the suite's shapes and loads (closed, open loop, rate sweeps)."),
-    only: str = typer.Option(None, "--only", help="Tests of the suite to run, e.g. 01-chat,10-monday-peak."),
-    dataset: Path = typer.Option(None, "--dataset", help="A ShareGPT JSON for the suite's sharegpt test (default: "
-                                 "a synthetic stand-in with ShareGPT's published length statistics)."),
+    workload: str = options.WORKLOAD,
+    only: str = options.ONLY,
+    dataset: Path = options.DATASET,
 ) -> None:
     """Predict decode, prefill and TTFT per topology and concurrency, in seconds, without any node.
 
@@ -105,7 +103,7 @@ def _predict_workloads(console: Console, config: EngineConfig, names: list[str],
                        dataset: Path | None, *, runs: int, seed: int, out: Path | None, spec: dict[str, object]) -> None:
     from reports.workloads import WorkloadReport  # see tests/topo/test_predict_workload.py
 
-    suite = load_suites(workload, (only or "").split(","), dataset)
+    suite = load_suites(workload, options.only_list(only), dataset)
     began = time.perf_counter()
     with console.status("predicting") as status:
         rows = predict_suite(names, config, suite, runs=runs, seed=seed,

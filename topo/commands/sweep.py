@@ -19,6 +19,7 @@ from reports.console import print_report, print_tables
 from reports.workloads import WorkloadReport
 from reports.results import render_results
 from topo.commands.bench import parse_concurrency
+from topo.commands import workload_options as options
 from topo.sweep import (
     DEFAULT_CONCURRENCY,
     SweepPlan,
@@ -151,13 +152,10 @@ def sweep_command(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print every topology's commands and the cells; "
                                  "start nothing."),
     seed: int = typer.Option(None, "--seed", help="Seed for prompt offsets (default: random)."),
-    workload: str = typer.Option(None, "--workload", "-w", help="Workload suite(s) instead of -c/--pp/--tg: names "
-                                 "under configs/workloads/ (arena, default) or YAML paths, comma-separated."),
-    only: str = typer.Option(None, "--only", help="Tests of the suite to measure, e.g. 01-chat,10-monday-peak."),
-    dataset: Path = typer.Option(None, "--dataset", help="A ShareGPT JSON for the suite's sharegpt test (default: "
-                                 "a synthetic stand-in with ShareGPT's published length statistics)."),
-    rate_scale: float = typer.Option(1.0, "--rate-scale", help="Multiply open-loop request rates (and divide "
-                                     "durations) by this: 50 with `--twin-hardware fast`, which is gb10 x50."),
+    workload: str = options.WORKLOAD,
+    only: str = options.ONLY,
+    dataset: Path = options.DATASET,
+    rate_scale: float = options.RATE_SCALE,
 ) -> None:
     """Bring the cluster up in each topology, sweep the concurrency levels, tear it down, write a report.
 
@@ -187,7 +185,7 @@ def sweep_command(
             twin_hardware=twin_hardware,
             seed=seed,
             suite=workload,
-            only=tuple(t.strip() for t in (only or "").split(",") if t.strip()),
+            only=tuple(options.only_list(only)),
             rate_scale=rate_scale,
             dataset=str(dataset) if dataset is not None else None,
         )
