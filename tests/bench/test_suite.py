@@ -56,3 +56,19 @@ def test_errors_name_the_file_and_the_key(tmp_path: Path) -> None:
 def test_merging_suites_with_the_same_test_twice_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="twice: 01-chat"):
         load_suites("arena,arena")
+
+
+def test_open_load_labels_and_scaling() -> None:
+    from bench.workload import ClosedLoad, OpenLoad, parse_load
+
+    load = OpenLoad(1.5, 1.0, requests=300, max_concurrency=25)
+    assert load.label == "1.5rps" and parse_load("1.5rps").rate == 1.5 and parse_load("c4") == ClosedLoad(4)
+    fast = OpenLoad(0.3, 0.7, requests=10, duration_s=250).scaled(50)
+    assert (fast.rate, fast.duration_s, fast.requests) == (15.0, 5.0, 10)
+    # the same arrivals, 50x faster
+    slow_times = OpenLoad(0.3, 0.7, requests=10, duration_s=250).schedule()
+    assert [t * 50 for t in fast.schedule()] == pytest.approx(list(slow_times))
+    with pytest.raises(ConfigError):
+        OpenLoad(1.0)  # neither a number of requests nor a duration
+    with pytest.raises(ConfigError, match="1.5rps"):
+        parse_load("fast")
