@@ -219,6 +219,13 @@ class BenchSession:
 
         def done(run: int, records: list[RequestRecord], cpu_frac: float, rate: float | None) -> None:
             row = workload_row(point, records, rate=rate, client_cpu_frac=cpu_frac)
+            if run < 0 and not prompts.adapted:
+                # the chat template's overhead, learned once (as run() does): what the server counted beyond
+                # what each prompt was built to be
+                extra = [r.prompt_tokens - r.prompt_tokens_sent for r in records if r.ok and r.prompt_tokens is not None]
+                if extra and (shrank := prompts.adapt(prompts.target_prompt_tokens + round(sum(extra) / len(extra)))):
+                    self.notes.append(f"the server counts {shrank} more prompt tokens than the text (chat template): "
+                                      "every prompt's text shrank by that much")
             if run < 0:
                 if on_run:
                     on_run(RunDone(point.load, run, records, None, warmup=True))

@@ -110,3 +110,17 @@ def test_topo_bench_workload_stores_every_point(twin: TwinProcess, tmp_path) -> 
     assert contents.requests is not None and contents.requests["scheduled_at"].notna().sum() == 8
     assert contents.meta is not None and contents.meta.workloads is not None
     assert "peak:" in done.stdout and "chat:" in done.stdout
+
+
+async def test_a_closed_point_learns_the_chat_template_once(twin: TwinProcess) -> None:
+    from bench.suite import Suite
+    from common.config import validate_model
+
+    suite = validate_model(Suite, {"name": "x", "tests": [{
+        "id": "t", "shape": {"kind": "random", "prompt": 400, "output": 4},
+        "load": {"mode": "closed", "concurrency": [2], "runs": 1}}]}, source="test")
+    (point,) = suite.points()
+    async with BenchSession(twin.url, None, BenchSettings(pp=400, seed=3)) as session:
+        result = await session.run_point(point, 1, topology="t")
+    # after the warm-up, the server counts exactly the lengths each prompt was built for
+    assert all(r.prompt_tokens == r.prompt_tokens_sent for r in result.records)
