@@ -13,7 +13,7 @@ from bench.client import BenchClient, Endpoint
 from bench.openloop import run_open
 from bench.metrics import open_run_metrics, peak_in_flight, queue_s
 from bench.prompts import LocalTokenizer, PromptFactory
-from bench.session import BenchSession, BenchSettings, client_bound_reasons
+from bench.session import BenchSession, BenchSettings
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,6 @@ async def test_sends_keep_to_the_schedule(twin: TwinProcess) -> None:
     mean_gap = schedule[-1] / (len(schedule) - 1)
     assert statistics.median(lateness) < 0.1 * mean_gap  # the client kept the schedule
     assert all(queue_s(r) == pytest.approx(r.send_lag) for r in records)  # no cap: all of it is client lag
-    assert not client_bound_reasons(records, 0.0)
     row = open_run_metrics(records, rate=8.0)
     assert row["ttft_user_p50_ms"] >= row["ttft_p50_ms"]
 
