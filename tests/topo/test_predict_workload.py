@@ -65,3 +65,14 @@ def test_predict_a_suite(tmp_path: Path) -> None:
 def test_only_needs_a_workload(tmp_path: Path) -> None:
     result = topo("predict", "--only", "01-chat")
     assert result.returncode != 0 and "--workload" in result.stdout + result.stderr
+
+
+def test_topo_report_re_renders_a_workload_folder(tmp_path: Path) -> None:
+    suite = tmp_path / "small.yaml"
+    suite.write_text(SUITE)
+    out = tmp_path / "out"
+    assert topo("predict", "--workload", str(suite), "-t", "solo", "--only", "chat", "--out", str(out)).returncode == 0
+    (out / "report.md").unlink()
+    result = topo("report", str(out))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "chat:" in (out / "report.md").read_text() and "chat:" in result.stdout

@@ -15,8 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from bench.workload import Load
 from common.errors import ConfigError, TopoError
-from reports.console import print_report, print_tables
-from reports.workloads import WorkloadReport
+from reports.console import print_results
 from reports.results import render_results
 from topo.commands.bench import parse_concurrency
 from topo.commands import workload_options as options
@@ -207,10 +206,7 @@ def sweep_command(
     if outcome.measured_runs or resume is not None:
         report, md_path, html_path = render_results(directory)
         console.print()
-        if isinstance(report, WorkloadReport):
-            print_tables(console, report.sections())
-        else:
-            print_report(console, report)
+        print_results(console, report)
         console.print(f"\nwrote [bold]{md_path}[/] and [bold]{html_path}[/]")
     else:
         console.print(f"[red]nothing was measured[/]; what happened is in {directory}/meta.json")
