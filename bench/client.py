@@ -201,7 +201,8 @@ class BenchClient:
             try:
                 transport = self._slot_transports[index]
                 if isinstance(transport, WireTransport):
-                    await transport.connect(self.endpoint.chat_url)
+                    # a connection idle for long may be closed by the server as the batch writes to it
+                    await transport.connect(self.endpoint.chat_url, fresh=now - self._slot_used[index] > idle_after)
                 elif now - self._slot_used[index] > idle_after:
                     response = await slot.get(self.endpoint.models_url)
                     await response.aclose()
