@@ -240,6 +240,11 @@ class BenchClient:
                                 f"{', '.join(served)}")
         return self.model
 
+    def load_timeout(self) -> httpx.Timeout:
+        """A load request's httpx timeout: no per-read timeout, since _one's deadlines bound each request (a
+        read timeout would let a server that sends a keep-alive comment now and then hold a request forever)."""
+        return httpx.Timeout(connect=self._timeout.connect, read=None, write=self._timeout.write, pool=None)
+
     async def warm_connections(self, count: int, idle_after: float = WARM_IDLE_S) -> None:
         """Open `count` connections (one per slot) so that no request of the next batch pays a handshake.
 
@@ -255,7 +260,8 @@ class BenchClient:
             try:
                 transport = self._slot_transports[index]
                 if isinstance(transport, WireTransport):
-                    await transport.connect(self.endpoint.chat_url)
+                    # a connection idle for long may be closed by the server as the batch writes to it
+                    await transport.connect(self.endpoint.chat_url, fresh=now - self._slot_used[index] > idle_after)
                 elif now - self._slot_used[index] > idle_after:
                     response = await slot.get(self.endpoint.models_url)
                     await response.aclose()
@@ -308,7 +314,7 @@ class BenchClient:
     async def run_batch(
         self,
         prompts: Sequence[Prompt],
-        tg: int,
+        tg: int | Sequence[int],
         *,
         topology: str = "",
         workload: str = DEFAULT_WORKLOAD,
@@ -316,20 +322,20 @@ class BenchClient:
         latency: float = 0.0,
         on_request: Callable[[RequestRecord], None] | None = None,
     ) -> list[RequestRecord]:
-        """Fire len(prompts) requests at once and wait for all of them (a closed batch)."""
+        """Fire len(prompts) requests at once and wait for all of them (a closed batch). `tg` is one output
+        length for all, or one per request."""
         if self.model is None:
             raise EndpointError("BenchClient.run_batch before preflight(): no model chosen")
         concurrency = len(prompts)
+        outputs = [tg] * concurrency if isinstance(tg, int) else list(tg)
         slots = await self._ensure_slots(concurrency)
         await self.warm_connections(concurrency)
-        # No per-read timeout on the load: _one's deadlines bound each request (a read timeout would let a
-        # server that sends a keep-alive comment now and then hold a request forever).
-        timeout = httpx.Timeout(connect=self._timeout.connect, read=None, write=self._timeout.write, pool=None)
+        timeout = self.load_timeout()
         requests = [
             slot.build_request("POST", self.endpoint.chat_url,
-                               content=json.dumps(chat_payload(self.model, prompt, tg)).encode(),
+                               content=json.dumps(chat_payload(self.model, prompt, out)).encode(),
                                headers={"content-type": "application/json"}, timeout=timeout)
-            for slot, prompt in zip(slots, prompts)
+            for slot, prompt, out in zip(slots, prompts, outputs)
         ]
         wires = [t for t in self._slot_transports[:concurrency] if isinstance(t, WireTransport)]
         primed = len(wires) == concurrency
@@ -349,20 +355,23 @@ class BenchClient:
             if gc_was_enabled:
                 gc.enable()
         async def one(index: int, slot: httpx.AsyncClient, request: httpx.Request,
-                      prompt: Prompt) -> tuple[RequestRecord, list[_Chunk]]:
-            result = await self._one(slot, request, prompt, tg, topology, workload, concurrency, run, index,
+                      prompt: Prompt, out: int) -> tuple[RequestRecord, list[_Chunk]]:
+            result = await self._one(slot, request, prompt, out, topology, workload, concurrency, run, index,
                                      batch_start, latency)
             if on_request is not None:
                 on_request(result[0])  # progress only: token times are assigned after the batch
             return result
 
         results = await asyncio.gather(*(
-            one(index, slot, request, prompt)
-            for index, (slot, request, prompt) in enumerate(zip(slots, requests, prompts))
+            one(index, slot, request, prompt, out)
+            for index, (slot, request, prompt, out) in enumerate(zip(slots, requests, prompts, outputs))
         ))
+        return self.finish_records(results)
+
+    def finish_records(self, results: Sequence[tuple[RequestRecord, list[_Chunk]]]) -> list[RequestRecord]:
         records = []
         for record, chunks in results:
-            # Token timestamps are assigned after the batch so that tokenizer work never delays a stream.
+            # Token timestamps are assigned after the run so that tokenizer work never delays a stream.
             record.token_times = assign_token_times(chunks, record.completion_tokens, self.count_tokens)
             if record.ok and record.completion_tokens is None:
                 record.completion_tokens = len(record.token_times)
@@ -371,7 +380,7 @@ class BenchClient:
 
     async def _one(self, slot: httpx.AsyncClient, request: httpx.Request, prompt: Prompt, tg: int,
                    topology: str, workload: str, concurrency: int, run: int, index: int, batch_start: float,
-                   latency: float) -> tuple[RequestRecord, list[_Chunk]]:
+                   latency: float, slot_index: int | None = None) -> tuple[RequestRecord, list[_Chunk]]:
         record = RequestRecord(topology=topology, workload=workload, concurrency=concurrency, run=run, index=index,
                                batch_start=batch_start, start=math.nan,
                                prompt_tokens_sent=prompt.expected_prompt_tokens, latency_offset=latency)
@@ -445,7 +454,7 @@ class BenchClient:
             record.error = f"request failed: {type(exc).__name__}: {exc}"
         finally:
             self.activity.finished()
-            self._slot_used[index] = time.perf_counter()
+            self._slot_used[index if slot_index is None else slot_index] = time.perf_counter()
             self._note_start(record, request, fallback_start)
             if record.end is None:
                 record.end = time.perf_counter()

@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from bench.records import CELL_COLUMNS, RequestRecord
+from bench.records import CELL_COLUMNS, OPEN_COLUMNS, RequestRecord
 from bench.stats import INTERVAL_METRICS, bound_columns, within_run_bounds
 
 NAN = float("nan")
 
 
-# -- per request -----------------------------------------------------------------------------------------
+#  -- per request -----------------------------------------------------------------------------------------
 
 def ttfr(record: RequestRecord) -> float:
     """Time to first response (first SSE chunk with `choices`), seconds."""
@@ -80,7 +81,7 @@ def request_metrics(record: RequestRecord) -> dict[str, float]:
     }
 
 
-# -- per run ---------------------------------------------------------------------------------------------
+#  -- per run ---------------------------------------------------------------------------------------------
 
 def _mean(values: Iterable[float]) -> float:
     finite = [v for v in values if not math.isnan(v)]
@@ -99,8 +100,11 @@ def peak_tps(token_times: Sequence[float], window: float = 1.0) -> float:
     return best / window if times else NAN
 
 
-def run_metrics(records: Sequence[RequestRecord], client_cpu_frac: float = NAN) -> dict[str, Any]:
-    """One row of cells.parquet (exactly CELL_COLUMNS) from the c records of one run."""
+def run_metrics(records: Sequence[RequestRecord], client_cpu_frac: float = NAN, *, rate: float = NAN,
+                slo: SLOLimits | None = None) -> dict[str, Any]:
+    """One row of cells.parquet (exactly CELL_COLUMNS) from the records of one run; `rate` (offered, open
+    loop) and `slo` (for goodput) feed the open-loop columns (bench/metrics.py, open loop)."""
+
     if not records:
         raise ValueError("run_metrics needs the records of one run (got none)")
     first = records[0]
@@ -139,11 +143,12 @@ def run_metrics(records: Sequence[RequestRecord], client_cpu_frac: float = NAN) 
         row["decode_tps_req"] = _mean(decode_tps_request(r) for r in ok)
         row["prefill_tps_req"] = _mean(prefill_tps_request(r) for r in ok)
         row.update(within_run_bounds(ok, row))
+    row.update(open_run_metrics(records, rate=rate, slo=slo))
     assert tuple(row) == CELL_COLUMNS, "run_metrics must produce exactly CELL_COLUMNS"
     return row
 
 
-# -- per cell --------------------------------------------------------------------------------------------
+#  -- per cell --------------------------------------------------------------------------------------------
 
 SUMMARIZED = ("decode_tps", "prefill_tps", "ttft_ms", "peak_tps", "decode_tps_req", "prefill_tps_req")
 
@@ -179,3 +184,148 @@ def cell_summary(run_rows: Sequence[dict[str, Any]], records: Sequence[RequestRe
     summary["failed"] = int(sum(row["failed"] for row in run_rows))
     summary["max_send_lag_ms"] = max(row["max_send_lag_ms"] for row in run_rows)
     return summary
+
+
+# -- open loop (METRICS.md "Open loop") ------------------------------------------------------------------
+# Per request: `queue_ms = start - scheduled_at` (held back by the cap, or a late client), `ttft_ms` from
+# `start` (comparable with `vllm bench serve` and llama-benchy), and the user's `ttft_user_ms = queue_ms +
+# ttft_ms` (likewise e2e): SLOs, goodput and capacity use the user's figures (vLLM issue 54101). A closed
+# batch's request has no `scheduled_at`; its user's wait starts when the batch fired (`batch_start`).
+#
+# Per run (`open_run_metrics`): achieved request rate and output t/s over the run's span (first due time to
+# last byte), peak requests in flight, TTFT mean/p50/p90/p95/p99 (from send and the user's), TPOT and ITL
+# p50/p99, end-to-end p50/p99 (the user's), goodput against an SLO, and the client's worst lateness.
+#
+# Capacity over a rate sweep (`capacity`): the highest rate whose p95 TTFT stays under a limit,
+# interpolated linearly between the last step under it and the first step over it ("none" when even the
+# lowest step is over, the highest step when none is).
+
+
+def user_origin(record: RequestRecord) -> float:
+    """When the user started waiting: the scheduled arrival (open loop) or the batch's firing (closed)."""
+    return record.scheduled_at if record.scheduled_at is not None else record.batch_start
+
+
+def queue_s(record: RequestRecord) -> float:
+    return record.start - user_origin(record)
+
+
+def ttft_user(record: RequestRecord) -> float:
+    """Seconds from when the request was due to its first token."""
+    return record.first_token - user_origin(record) if record.first_token is not None else NAN
+
+
+def e2e_user(record: RequestRecord) -> float:
+    end = last_token(record) if record.token_times else (record.end if record.end is not None else NAN)
+    return end - user_origin(record) if record.ok else NAN
+
+
+def tpot(record: RequestRecord) -> float:
+    """Time per output token after the first (vLLM's TPOT): (last - first token) / (tokens - 1)."""
+    if record.first_token is None or decode_tokens(record) == 0:
+        return NAN
+    return (last_token(record) - record.first_token) / decode_tokens(record)
+
+
+def itls(record: RequestRecord) -> list[float]:
+    times = record.token_times
+    return [b - a for a, b in zip(times, times[1:])]
+
+
+def peak_in_flight(records: Sequence[RequestRecord]) -> int:
+    """Most requests between their send and their last byte at any moment."""
+    events = sorted([(r.start, 1) for r in records] + [(r.end if r.end is not None else r.start, -1) for r in records],
+                    key=lambda e: (e[0], e[1]))
+    peak = current = 0
+    for _, step in events:
+        current += step
+        peak = max(peak, current)
+    return peak
+
+
+@dataclass(frozen=True)
+class SLOLimits:
+    ttft_ms: float | None = None
+    e2e_ms: float | None = None
+
+    def met(self, record: RequestRecord) -> bool:
+        if not record.ok or record.first_token is None:
+            return False
+        if self.ttft_ms is not None and not ttft_user(record) * 1000 <= self.ttft_ms:
+            return False
+        return self.e2e_ms is None or e2e_user(record) * 1000 <= self.e2e_ms
+
+
+def open_run_metrics(records: Sequence[RequestRecord], *, rate: float = NAN,
+                     slo: SLOLimits | None = None) -> dict[str, Any]:
+    """The OPEN_COLUMNS of one run (add them to bench.metrics.run_metrics' row)."""
+    ok = [r for r in records if r.ok and r.first_token is not None]
+    row: dict[str, Any] = {name: NAN for name in OPEN_COLUMNS}
+    row["rate"] = rate
+    row["peak_in_flight"] = peak_in_flight(records) if records else 0
+    if slo is not None and (slo.ttft_ms is not None or slo.e2e_ms is not None) and records:
+        row["goodput"] = sum(1 for r in records if slo.met(r)) / len(records)
+    if not ok:
+        return row
+    origin = min(user_origin(r) for r in records)
+    span = max((r.end if r.end is not None else r.start) for r in records) - origin
+    if span > 0:
+        row["achieved_rate"] = len(ok) / span
+        generated = sum(generated_tokens(r) for r in ok)
+        row["output_tps"] = generated / span
+        row["total_tps"] = (generated + sum(prompt_tokens(r) for r in ok)) / span
+    ttfts = [e2e_ttft(r) * 1000 for r in ok]
+    users = [ttft_user(r) * 1000 for r in ok]
+    for q in (50, 90, 95, 99):
+        row[f"ttft_p{q}_ms"] = percentile(ttfts, q)
+        row[f"ttft_user_p{q}_ms"] = percentile(users, q)
+    row["ttft_user_ms"] = float(np.mean(users))
+    row["queue_p99_ms"] = percentile([queue_s(r) * 1000 for r in ok], 99)
+    tpots = [tpot(r) * 1000 for r in ok]
+    gaps = [g * 1000 for r in ok for g in itls(r)]
+    e2es = [e2e_user(r) * 1000 for r in ok]
+    for q in (50, 99):
+        row[f"tpot_p{q}_ms"] = percentile(tpots, q)
+        row[f"itl_p{q}_ms"] = percentile(gaps, q)
+        row[f"e2e_user_p{q}_ms"] = percentile(e2es, q)
+    return row
+
+
+#  -- capacity -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Capacity:
+    limit_s: float
+    rate: float | None  # None: not even the lowest step met the limit
+    bounded: bool = True  # False: every step met it (the true capacity is above the highest rate measured)
+
+    def text(self) -> str:
+        if self.rate is None:
+            return "none"
+        return f"{self.rate:.2f} req/s" + ("" if self.bounded else "+")
+
+
+def capacity(steps: Sequence[tuple[float, float]], limit_s: float) -> Capacity:
+    """`steps`: (achieved or offered rate, p95 TTFT in seconds) per rate-sweep step.
+
+    The p95 grows with the rate; capacity is where it crosses the limit, interpolated linearly between
+    the highest step under the limit and the next step over it. A NaN p95 (a step whose requests all
+    failed) counts as over the limit.
+    """
+    ordered = sorted((rate, p95 if not math.isnan(p95) else math.inf) for rate, p95 in steps)
+    if not ordered:
+        return Capacity(limit_s, None)
+    last_ok: tuple[float, float] | None = None
+    for rate, p95 in ordered:
+        if p95 <= limit_s:
+            last_ok = (rate, p95)
+            continue
+        if last_ok is None:
+            return Capacity(limit_s, None)
+        r0, p0 = last_ok
+        if math.isinf(p95):
+            return Capacity(limit_s, r0)
+        return Capacity(limit_s, r0 + (rate - r0) * (limit_s - p0) / (p95 - p0))
+    assert last_ok is not None
+    return Capacity(limit_s, last_ok[0], bounded=False)

@@ -147,9 +147,14 @@ class PromptFactory:
         self._rng = random.Random(self.seed)
         if self.corpus is None:
             self.corpus = load_corpus(None)
+        self._ensure_corpus(self.pp + self.depth)
+
+    def _ensure_corpus(self, tokens: int) -> None:
         if isinstance(self.counter, LocalTokenizer):
-            ids = self.counter.encode_corpus(self.corpus)
-            need = 2 * (self.pp + self.depth) + 64
+            ids = self.counter.encode_corpus(self.corpus or "")
+            need = 2 * tokens + 64
+            if self._corpus_ids is not None and len(self._corpus_ids) >= need:
+                return
             # A corpus shorter than one prompt is repeated: still natural text, just not unique.
             self._corpus_ids = ids * (need // max(1, len(ids)) + 1) if len(ids) < need else ids
 
@@ -158,16 +163,22 @@ class PromptFactory:
         """What the server's `usage.prompt_tokens` should say for every request."""
         return self.pp + self.depth
 
-    def build(self) -> Prompt:
-        user_tokens = max(1, self.pp - self.template_overhead)
+    def build(self, pp: int | None = None, depth: int | None = None) -> Prompt:
+        """One request's messages; `pp` / `depth` override the factory's for shapes whose lengths vary."""
+        pp = self.pp if pp is None else pp
+        depth = self.depth if depth is None else depth
+        if pp < 1 or depth < 0:
+            raise ConfigError(f"a prompt needs pp >= 1 and depth >= 0 (got pp={pp}, depth={depth})")
+        self._ensure_corpus(pp + depth)
+        user_tokens = max(1, pp - self.template_overhead)
         tag = f"[{uuid.UUID(int=self._rng.getrandbits(128)).hex[:12]}] " if self.unique_prefix else ""
         messages: list[dict[str, str]] = []
         first_offset = -1
         total = 0
-        if self.depth > 0:
-            context, offset = self._cut(self.depth, prefix=tag)
+        if depth > 0:
+            context, offset = self._cut(depth, prefix=tag)
             messages.append({"role": "system", "content": context})
-            first_offset, total, tag = offset, self.depth, ""
+            first_offset, total, tag = offset, depth, ""
         text, offset = self._cut(user_tokens, prefix=tag)
         messages.append({"role": "user", "content": text})
         return Prompt(messages=messages, text_tokens=total + user_tokens,

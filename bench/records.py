@@ -14,7 +14,8 @@ from bench.workload import DEFAULT_WORKLOAD, closed_label
 
 # 2: the `workload` and `load` key columns (bench/workload.py). Version 1 files are migrated on reading
 # (bench/results_folder.py): workload `default`, load `c{concurrency}`.
-SCHEMA_VERSION = 2
+# 3: open-loop columns (OPEN_COLUMNS in cells, `scheduled_at` in requests); older files read them as nulls.
+SCHEMA_VERSION = 3
 
 
 @dataclass
@@ -41,9 +42,13 @@ class RequestRecord:
     response_id: str | None = None  # the stream's `id` (e.g. chatcmpl-...): joins a row with server-side logs
     workload: str = DEFAULT_WORKLOAD  # the request shape's name (bench/workload.py)
     load: str = ""  # the load's label (bench/workload.py); empty = the closed load of `concurrency`
+    # Open loop only: when the arrival schedule said the request was due (same clock as `start`). Then
+    # `batch_start` is when the client was free to send it (due, and a slot free under the cap), so
+    # `send_lag` stays the client's own lateness and `start - scheduled_at` is the user's queueing.
+    scheduled_at: float | None = None
 
     def __post_init__(self) -> None:
-        if not self.load:
+        if not self.load and self.concurrency >= 1:  # an open-loop record is labelled by its point
             self.load = closed_label(self.concurrency)
 
     @property
@@ -86,6 +91,23 @@ CELL_COLUMNS: tuple[str, ...] = (
     "ttft_ms_lo",
     "ttft_ms_hi",
 )
+
+# Columns every run row gains for open loop and workload reports (bench/metrics.py, open loop computes them; for a
+# closed batch the user's wait starts when the batch fired, so the `_user` figures equal the others).
+OPEN_COLUMNS: tuple[str, ...] = (
+    "rate",  # offered request rate (req/s); NaN for a closed batch
+    "achieved_rate",  # completed requests / run span (first due time to last byte)
+    "output_tps",  # generated tokens / run span
+    "total_tps",  # (prompt + generated tokens) / run span
+    "peak_in_flight",
+    "ttft_p50_ms", "ttft_p90_ms", "ttft_p95_ms", "ttft_p99_ms",  # from send (vllm bench serve's TTFT)
+    "ttft_user_ms", "ttft_user_p50_ms", "ttft_user_p90_ms", "ttft_user_p95_ms", "ttft_user_p99_ms",  # from due
+    "queue_p99_ms",
+    "tpot_p50_ms", "tpot_p99_ms", "itl_p50_ms", "itl_p99_ms",
+    "e2e_user_p50_ms", "e2e_user_p99_ms",
+    "goodput",  # share of the run's requests that met the test's SLO (NaN: no SLO)
+)
+CELL_COLUMNS = CELL_COLUMNS + OPEN_COLUMNS
 
 # What identifies a cell (its runs are numbered under it) and a request row.
 CELL_KEY: tuple[str, ...] = ("topology", "workload", "load")

@@ -53,6 +53,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from bench.records import (
     CELL_COLUMNS,
     CELL_KEY,
+    OPEN_COLUMNS,
     REQUEST_KEY,
     REQUIRED_CELL_COLUMNS,
     RUN_KEY,
@@ -202,6 +203,7 @@ class FolderMeta(BaseModel):
     # the time to a decision: wall_s (the sweep, bring-ups included), serving_s (batches of measured runs,
     # first send to last byte) and serving_share = serving_s / wall_s
     timing: dict[str, float] = {}
+    workloads: dict[str, Any] | None = None  # the workload suite measured (bench/suite.py Suite, as JSON)
 
     @property
     def model(self) -> str | None:
@@ -283,6 +285,7 @@ CELL_SCHEMA = pa.schema(
     metadata={SCHEMA_KEY: str(SCHEMA_VERSION).encode()},
 )
 _LOAD_COLUMNS = {"workload", "load"}  # what schema 2 added
+_OPEN_COLUMNS = {*OPEN_COLUMNS, "scheduled_at"}  # what schema 3 added
 
 # telemetry.parquet: one row per (scrape, series), long format. Samples are never deduplicated (each is one
 # moment of one source); the cell keys are those of the run window the sample fell in (null outside).

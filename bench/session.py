@@ -24,9 +24,13 @@ import httpx
 
 from bench.client import LATENCY_MODES, BenchClient, Endpoint, LatencyMode, StreamActivity
 from bench.metrics import e2e_ttft, run_metrics
-from bench.prompts import LocalTokenizer, PromptFactory, ServerTokenizer, TokenCounter
+from bench.prompts import LocalTokenizer, Prompt, PromptFactory, ServerTokenizer, TokenCounter
 from bench.records import CLIENT_BOUND_LAG_SHARE, RequestRecord, client_cpu_bound, send_lag_bound
-from bench.workload import DEFAULT_WORKLOAD, ClosedLoad, Load
+from bench.openloop import run_open
+from bench.points import workload_row
+from bench.shapes import RequestSpec
+from bench.suite import LoadPoint
+from bench.workload import DEFAULT_WORKLOAD, ClosedLoad, Load, OpenLoad
 from common.errors import ConfigError, EndpointError
 from common.text import builtin_corpus, load_corpus
 
@@ -218,9 +222,77 @@ class BenchSession:
                 on_run(RunDone(load, run, records, row))
         return result
 
+    async def run_point(self, point: LoadPoint, runs: int, *, topology: str = "", first_run: int = 0,
+                        rate_scale: float = 1.0, on_run: Callable[[RunDone], None] | None = None,
+                        on_request: Callable[[RequestRecord], None] | None = None) -> CellResult:
+        """One cell of a workload test (bench/suite.py). Closed: the warm-up, then runs `first_run` up to the
+        test's own number of runs (or `runs`) of exactly c requests, each shaped by the test's shape. Open: one run of the arrival schedule under
+        the test's cap (bench/openloop.py), `rate_scale` times faster for a twin profile sped up as much."""
+        if self._client is None or self._prompts is None:
+            await self.open()
+        assert self._client is not None and self._prompts is not None
+        client, prompts = self._client, self._prompts
+        result = CellResult(records=[], run_rows=[], latency=self.latency)
+
+        def done(run: int, records: list[RequestRecord], cpu_frac: float, rate: float | None) -> None:
+            row = workload_row(point, records, rate=rate, client_cpu_frac=cpu_frac)
+            if run < 0 and not prompts.adapted:
+                # the chat template's overhead, learned once (as run() does): what the server counted beyond
+                # what each prompt was built to be
+                extra = [r.prompt_tokens - r.prompt_tokens_sent for r in records if r.ok and r.prompt_tokens is not None]
+                if extra and (shrank := prompts.adapt(prompts.target_prompt_tokens + round(sum(extra) / len(extra)))):
+                    self.notes.append(f"the server counts {shrank} more prompt tokens than the text (chat template): "
+                                      "every prompt's text shrank by that much")
+            if run < 0:
+                if on_run:
+                    on_run(RunDone(point.load, run, records, None, warmup=True))
+                return
+            result.records.extend(records)
+            result.run_rows.append(row)
+            reasons = client_bound_reasons(records, cpu_frac)
+            if isinstance(point.load, OpenLoad) and rate and row["max_send_lag_ms"] > 100.0 / rate:
+                reasons.append(f"the client fell behind the schedule by up to {row['max_send_lag_ms']:.0f} ms "
+                               "(over 10% of the mean gap between arrivals)")
+            for reason in reasons:
+                result.client_bound = True
+                result.warnings.append(f"{point.workload} {point.label} run {run}: client-bound? {reason}")
+            if on_run:
+                on_run(RunDone(point.load, run, records, row))
+
+        def shaped(specs: list[RequestSpec]) -> list[Prompt]:
+            return [prompts.build(pp=s.prompt, depth=s.depth) for s in specs]
+
+        if isinstance(point.load, OpenLoad):
+            load = point.load.scaled(rate_scale) if rate_scale != 1.0 else point.load
+            schedule = load.schedule()
+            specs = point.shape.requests(len(schedule), seed=load.seed)
+            built = shaped(specs)
+            cpu0, wall0 = time.process_time(), time.perf_counter()
+            records = await run_open(client, built, [s.output for s in specs], schedule,
+                                     max_concurrency=load.max_concurrency, topology=topology, run=first_run,
+                                     latency=self.latency, on_request=on_request)
+            done(first_run, records, _cpu_frac(cpu0, wall0), load.rate)
+            return result
+        c = point.load.concurrency
+        seed = self.settings.seed or 0
+        todo = list(range(first_run, point.runs or runs))  # a resumed cell measures only its missing runs
+        for run in ([-1] if self.settings.warmup else []) + todo:
+            specs = point.shape.requests(c, seed=seed, run=max(run, 0))
+            cpu0, wall0 = time.process_time(), time.perf_counter()
+            records = await client.run_batch(shaped(specs), [s.output for s in specs], topology=topology,
+                                             workload=point.workload, run=run, latency=self.latency,
+                                             on_request=on_request)
+            done(run, records, _cpu_frac(cpu0, wall0), None)
+        return result
+
     async def close(self) -> None:
         if self._client is not None:
             await self._client.aclose()
         counter = self._prompts.counter if self._prompts else None
         if isinstance(counter, ServerTokenizer):
             counter.close()
+
+
+def _cpu_frac(cpu0: float, wall0: float) -> float:
+    wall = time.perf_counter() - wall0
+    return (time.process_time() - cpu0) / wall if wall > 0 else math.nan

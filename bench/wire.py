@@ -86,11 +86,12 @@ class WireTransport(httpx.AsyncBaseTransport):
         return self._wire is not None and not self._wire.closed and self._h11 is not None \
             and self._h11.our_state is h11.IDLE
 
-    async def connect(self, url: httpx.URL | str) -> None:
-        """Open the connection now (before a batch), unless an idle one is open already."""
+    async def connect(self, url: httpx.URL | str, *, fresh: bool = False) -> None:
+        """Open the connection now (before a batch), unless an idle one is open already; `fresh` replaces an
+        open one (a connection idle near the server's keep-alive limit may be closed by it mid-request)."""
         url = httpx.URL(url)
         origin = (url.host, url.port or (443 if url.scheme == "https" else 80))
-        if self.connected and self._origin == origin:
+        if self.connected and self._origin == origin and not fresh:
             return
         self._drop()
         if url.scheme != "http":

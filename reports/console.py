@@ -13,6 +13,7 @@ from reports.names import display_name
 from reports.regress import RegressionResult, Status, allowed_text, mean_std_text, p_text
 from reports.display import DisplayTable
 from reports.report import Report
+from reports.workloads import WorkloadReport
 from reports.tables import format_pct
 
 
@@ -60,6 +61,22 @@ def fitting_tables(width: int, table: DisplayTable) -> list[DisplayTable]:
             notes=table.notes if label == table.parts[0][0] else [],
         ))
     return split
+
+
+def print_tables(console: Console, tables: list[DisplayTable]) -> None:
+    """Display tables one under the other, each split into parts when wider than the terminal."""
+    for table in tables:
+        for part in fitting_tables(console.width, table):
+            console.print()
+            console.print(rich_table(part))
+
+
+def print_results(console: Console, report: Report | WorkloadReport) -> None:
+    """What `render_results` returned: a sweep's report, or a workload suite's per-test report."""
+    if isinstance(report, WorkloadReport):
+        print_tables(console, report.sections())
+    else:
+        print_report(console, report)
 
 
 def print_report(console: Console, report: Report) -> None:

@@ -28,3 +28,17 @@ def markdown_table(headers: list[str], rows: list[list[str]]) -> list[str]:
 
     aligns = ["---:" if header == "c" else "---" for header in headers]
     return [line(headers), "|" + "|".join(aligns) + "|"] + [line(row) for row in rows]
+
+
+def tables_markdown(tables: list[DisplayTable]) -> list[str]:
+    """Each table as a Markdown section: heading, intro, the table, its notes."""
+    out: list[str] = []
+    for table in tables:
+        out += [f"## {table.title}", ""]
+        if table.intro:
+            out += [table.intro, ""]
+        out += markdown_table(table.headers, table.rows)
+        out.append("")
+        for note in table.notes:
+            out += [f"_{note}_", ""]
+    return out

@@ -18,7 +18,7 @@ import pandas as pd
 
 from bench.records import CELL_KEY, RUN_KEY, client_cpu_bound, send_lag_bound
 from bench.results_folder import FolderMeta
-from reports.display import DisplayTable, markdown_table
+from reports.display import DisplayTable, tables_markdown
 from reports.history import trend_display
 from reports.names import BASELINE_TOPOLOGY, display_name, executor_partner, ordered_topologies
 from reports.recommend import Recommendation, recommend
@@ -146,14 +146,7 @@ class Report:
             out.append("")
         if self.regression is not None:
             out += [self.regression.to_markdown()]
-        for table in self.sections():
-            out += [f"## {table.title}", ""]
-            if table.intro:
-                out += [table.intro, ""]
-            out += markdown_table(table.headers, table.rows)
-            out.append("")
-            for note in table.notes:
-                out += [f"_{note}_", ""]
+        out += tables_markdown(self.sections())
         out += ["## Caveats", ""]
         out += [f"- {caveat}" for caveat in self.caveats] or ["- none found in the data."]
         out.append("")
@@ -421,7 +414,14 @@ def recommendations_display(recommendations: list[Recommendation]) -> DisplayTab
         intro="Derived from the measured cells (tables below): the layout with the best mean relative standing over the levels "
               "(decode for the first three rows, prefill for prefill-heavy, TTFT for latency at scale), by its better "
               "executor. Two names mean the difference is not settled or does not matter (same rule as the tables).",
+        notes=[SYNTHETIC_SHAPE_NOTE],
     )
+
+
+# The use cases above are named after concurrency ranges of one request shape; a workload suite measures them.
+SYNTHETIC_SHAPE_NOTE = ("These rows are inferred from one synthetic shape (one prompt and answer length, closed "
+                        "batches), not measured on the workloads they name: `topo sweep --workload arena` measures "
+                        "chat, RAG, agents, big contexts, a peak hour and capacity under a latency limit.")
 
 
 def percentiles_display(percentiles: pd.DataFrame) -> DisplayTable:

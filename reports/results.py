@@ -10,6 +10,7 @@ from bench.results_folder import ResultsFolder
 from reports.html import render_html
 from reports.regress import RegressionResult
 from reports.report import Report, build_report
+from reports.workloads import WorkloadReport, workload_report
 
 # what the report uses of requests.parquet (its per-token timestamps are the bulk of the file)
 REPORT_REQUEST_COLUMNS = ("topology", "concurrency", "run", "batch_start", "start", "first_token", "end",
@@ -31,9 +32,17 @@ def write_report(folder: ResultsFolder, report: Report) -> tuple[Path, Path]:
     return folder.write_report(report.to_markdown(), render_html(report))
 
 
-def render_results(directory: Path | str, margin_pct: float | None = None) -> tuple[Report, Path, Path]:
-    """Re-render a results folder's report from its stored data (what `topo report DIR` does)."""
+def render_results(directory: Path | str, margin_pct: float | None = None) -> tuple[Report | WorkloadReport, Path, Path]:
+    """Re-render a results folder's report from its stored data (what `topo report DIR` does). A folder of a
+    workload suite (meta.json names one) gets the per-test report (reports/workloads.py)."""
     folder = ResultsFolder(directory)
+    meta = folder.meta_or_none()
+    if meta is not None and meta.workloads:
+        contents = folder.load(with_requests=False)
+        workloads = workload_report(contents.cells, meta)
+        if workloads is not None and not workloads.only_default:
+            md_path, html_path = folder.write_report(workloads.to_markdown(meta), workloads.to_html(meta))
+            return workloads, md_path, html_path
     report = folder_report(folder, margin_pct=margin_pct)
     md_path, html_path = write_report(folder, report)
     return report, md_path, html_path

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -13,8 +14,11 @@ from bench.metrics import cell_summary
 from bench.records import RequestRecord
 from bench.results_folder import FolderMeta, ResultsFolder
 from bench.session import BenchSession, RunDone
+from bench.suite import Suite
 from bench.workload import ClosedLoad
 from common.masking import mask_url_credentials
+from reports.console import print_tables
+from reports.workloads import WorkloadReport
 from topo.sweep import command_line, now_utc
 
 
@@ -85,3 +89,46 @@ async def run_bench(session: BenchSession, levels: list[int], runs: int, topolog
             meta.warnings = warnings
             folder.write_meta(meta)
             folder.compact()
+
+
+async def run_bench_workload(session: BenchSession, suite: Suite, runs: int, topology: str, out: Path | None,
+                          console: Console, rate_scale: float) -> None:
+    """Every point of the suite against the endpoint; stored as measured, reported per test at the end."""
+    folder = ResultsFolder(out) if out is not None else None
+    rows: list[dict[str, Any]] = []
+    meta: FolderMeta | None = None
+    try:
+        model = await session.open()
+        console.print(f"[bold]{escape(model)}[/] at {escape(str(session.endpoint))}: workload {suite.name}",
+                      highlight=False)
+        if folder is not None:
+            meta = FolderMeta(kind="bench", status="running", started_at=now_utc(), command_line=command_line(),
+                              spec={"model": model, "topology": topology, "workload": suite.name, "runs": runs,
+                                    "rate_scale": rate_scale, "seed": session.settings.seed},
+                              workloads=suite.model_dump(mode="json"))
+            folder.write_meta(meta)
+        for point in suite.points():
+            def on_run(done: RunDone) -> None:
+                if not done.warmup and done.row is not None:
+                    rows.append(done.row)
+                    if folder is not None:
+                        folder.append(done.records, [done.row])
+
+            console.print(f"  {point.workload} {point.label} ...", highlight=False)
+            result = await session.run_point(point, runs, topology=topology, rate_scale=rate_scale, on_run=on_run)
+            for warning in result.warnings:
+                console.print(f"  [yellow]warning:[/] {escape(warning)}")
+        if meta is not None:
+            meta.status = "complete"
+    finally:
+        await session.close()
+        if folder is not None and meta is not None:
+            meta.status = meta.status if meta.status == "complete" else "interrupted"
+            meta.finished_at = now_utc()
+            folder.write_meta(meta)
+            folder.compact()
+    if rows:
+        stdout = Console(highlight=False)
+        if not stdout.is_terminal:
+            stdout.width = max(stdout.width, 160)
+        print_tables(stdout, WorkloadReport(suite, pd.DataFrame(rows)).sections())

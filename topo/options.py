@@ -108,3 +108,21 @@ def deprecated_cluster_flag(command: str, cluster: str, old_flag: str | None, co
         return old_flag
     raise ConfigError(f"topo {command} -c {old_flag}: -c is --concurrency, which `topo {command}` does not take "
                       "(the cluster is --cluster)")
+
+
+# A workload suite instead of one pp/tg shape (bench/suite.py), for sweep, bench and predict.
+WorkloadOption = Annotated[str, typer.Option(
+    "--workload", "-w", help="Workload suite(s) instead of -c/--pp/--tg: "
+    f"{CONFIGS_HINT.format(folder='workloads')} (arena, default), comma-separated.")]
+OnlyOption = Annotated[str, typer.Option("--only", help="Tests of the suite, e.g. 01-chat,10-monday-peak.")]
+DatasetOption = Annotated[Path, typer.Option(
+    "--dataset", help="A ShareGPT JSON for the suite's sharegpt test (default: a synthetic stand-in with "
+    "ShareGPT's published length statistics).")]
+RateScaleOption = Annotated[float, typer.Option(
+    "--rate-scale", help="Multiply open-loop request rates (and divide durations) by this: 50 with "
+    "`--twin-hardware fast`, which is gb10 x50.")]
+
+
+def only_list(only: str | None) -> list[str]:
+    """`--only a,b` -> ["a", "b"]."""
+    return [part.strip() for part in (only or "").split(",") if part.strip()]

@@ -4,20 +4,25 @@ in virtual time, as the cells and meta of a results folder, and their report."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 
 from bench.records import CELL_COLUMNS
 from bench.results_folder import FolderMeta
+from bench.suite import LoadPoint, Suite, load_suites
 from common.errors import ConfigError
 from reports.report import Report, build_report
+from reports.workloads import WorkloadReport
 from reports.tables import DEFAULT_MARGIN_PCT
 from topo.sweep import now_utc
 from topo.transport import planned_transport
 from twin.engine import EngineConfig
 from twin.predict import predict_sweep, topologies_for_nodes, topology_model
 from twin.profiles import TRANSPORTS, load_card
+from twin.workloads import predict_suite
 
 
 @dataclass(frozen=True)
@@ -49,12 +54,17 @@ class Prediction:
     link_why: str  # what the link was read from, for printing
 
 
-def run_predict(spec: PredictSpec) -> Prediction:
+def _topology_names(spec: PredictSpec) -> list[str]:
     names = list(spec.topologies) or topologies_for_nodes(spec.nodes)
     for name in spec.topologies:
         needed = topology_model(name).nodes
         if needed > spec.nodes:
             raise ConfigError(f"--topologies {name} needs {needed} nodes; --nodes is {spec.nodes}")
+    return names
+
+
+def _engine_config(spec: PredictSpec) -> tuple[EngineConfig, str, str]:
+    """The twin's engine config, its TP link and what the link was read from."""
     if spec.link is not None and spec.link not in TRANSPORTS:
         raise ConfigError(f"--link {spec.link!r}: one of {', '.join(TRANSPORTS)}")
     if spec.link is None:
@@ -68,6 +78,12 @@ def run_predict(spec: PredictSpec) -> Prediction:
         weight_bytes_per_param=_bytes_per_weight(spec.quantization, spec.model) if spec.quantization else None,
         link=link,
     )
+    return config, link, link_why
+
+
+def run_predict(spec: PredictSpec) -> Prediction:
+    names = _topology_names(spec)
+    config, link, link_why = _engine_config(spec)
     began = time.perf_counter()
     levels = list(spec.concurrency)
     rows = predict_sweep(names, config, levels, prompt_tokens=spec.pp, max_tokens=spec.tg, runs=spec.runs,
@@ -82,6 +98,33 @@ def run_predict(spec: PredictSpec) -> Prediction:
     )
     elapsed_s = time.perf_counter() - began
     return Prediction(cells, meta, build_report(cells, meta), elapsed_s, link, link_why)
+
+
+@dataclass(frozen=True)
+class WorkloadPrediction:
+    cells: pd.DataFrame
+    meta: FolderMeta
+    report: WorkloadReport
+    suite: Suite
+    elapsed_s: float
+
+
+def run_predict_workloads(spec: PredictSpec, workload: str, only: Sequence[str] = (), dataset: Path | None = None,
+                          on_point: Callable[[str, LoadPoint], None] | None = None) -> WorkloadPrediction:
+    """Every test of the workload suite(s) through the twin in virtual time, per topology."""
+    names = _topology_names(spec)
+    config, link, _ = _engine_config(spec)
+    suite = load_suites(workload, list(only), dataset)
+    began = time.perf_counter()
+    rows = predict_suite(names, config, suite, runs=spec.runs, seed=spec.seed, on_point=on_point)
+    cells = pd.DataFrame(rows)
+    title = f"Prediction: {spec.model} on {config.hardware.name}, workload {suite.name} (twin, virtual time)"
+    meta = FolderMeta(kind="prediction", status="complete", started_at=now_utc(), title=title,
+                      spec={"model": spec.model, "hardware": spec.hardware, "topologies": names, "runs": spec.runs,
+                            "quantization": spec.quantization, "nodes": spec.nodes, "seed": spec.seed, "link": link,
+                            "workload": workload, "only": list(only)},
+                      workloads=suite.model_dump(mode="json"))
+    return WorkloadPrediction(cells, meta, WorkloadReport(suite, cells), suite, time.perf_counter() - began)
 
 
 def _bytes_per_weight(quantization: str, card: str) -> float:

@@ -32,6 +32,7 @@ from bench.client import Endpoint
 from bench.records import RequestRecord
 from bench.results_folder import CellProgress, FolderMeta, Incident, ResultsFolder, Status, WhatRan, run_failed
 from bench.session import BenchSession, BenchSettings, RunDone
+from bench.suite import LoadPoint, Suite, load_suites
 from bench.workload import DEFAULT_WORKLOAD, ClosedLoad, Load
 from cluster.bringup import BringUpProgress, Running, bring_up, open_cluster
 from cluster.doctor import require_ready
@@ -82,8 +83,16 @@ class SweepSpec:
     workload: str = DEFAULT_WORKLOAD  # the request shape's name (pp/tg prompts: `default`)
     # server and node telemetry (telemetry/sampler.py) every this many seconds during each topology; 0: off
     telemetry_interval_s: float = DEFAULT_INTERVAL_S
+    suite: str | None = None  # --workload: suite names or YAML paths (bench/suite.py); None = the pp/tg shape
+    only: tuple[str, ...] = ()  # --only: tests of the suite
+    rate_scale: float = 1.0  # open-loop rates x this (a twin profile sped up as much, e.g. 50 for `fast`)
+    dataset: str | None = None  # --dataset: a ShareGPT JSON for the suite's sharegpt test
 
     def __post_init__(self) -> None:
+        if not self.rate_scale > 0:
+            raise ConfigError(f"--rate-scale must be > 0 (got {self.rate_scale})")
+        if (self.only or self.dataset) and not self.suite:
+            raise ConfigError("--only and --dataset pick tests of a --workload suite; give --workload too")
         if not self.topologies:
             raise ConfigError("--topologies: give at least one topology")
         if not self.concurrency or any(c < 1 for c in self.concurrency):
@@ -140,9 +149,29 @@ class SweepSpec:
             data = dict(data)
             data["topologies"] = tuple(data["topologies"])
             data["concurrency"] = tuple(int(c) for c in data["concurrency"])
+            data["only"] = tuple(data.get("only") or ())
             return cls(**data)
         except (KeyError, TypeError, ValueError) as exc:
             raise ResultsError(f"{source}: the stored sweep spec is unusable ({exc})") from exc
+
+
+@dataclass(frozen=True)
+class SweepCell:
+    """One cell of the sweep per topology: the workload, its load, and (for a suite's test) the point."""
+
+    workload: str
+    load: Load
+    label: str
+    runs: int
+    point: LoadPoint | None = None
+
+
+def sweep_cells(spec: SweepSpec, suite: Suite | None) -> tuple[SweepCell, ...]:
+    if suite is None:
+        return tuple(SweepCell(spec.workload, load, load.label, spec.planned_runs) for load in spec.loads)
+    # an open-loop point is one run of its schedule (as `vllm bench serve`); a closed one its test's runs
+    return tuple(SweepCell(p.workload, p.load, p.label, 1 if p.open is not None else (p.runs or spec.planned_runs), p)
+                 for p in suite.points())
 
 
 @dataclass(frozen=True)
@@ -159,13 +188,19 @@ class SweepPlan:
     cluster: Cluster
     recipe: Recipe
     topologies: tuple[TopologyPlan, ...]
+    suite: Suite | None = None
+    points: tuple[SweepCell, ...] = ()
 
-    def cell_key(self, topology: str, load: Load) -> tuple[str, str, str]:
+    def cell_key(self, topology: str, cell: SweepCell) -> tuple[str, str, str]:
         """(topology, workload, load label): how the results folder keys the cell's rows."""
-        return (topology, self.spec.workload, load.label)
+        return (topology, cell.workload, cell.label)
 
     def cells(self) -> list[tuple[str, str, str]]:
-        return [self.cell_key(t.topology, load) for t in self.topologies for load in self.spec.loads]
+        return [self.cell_key(t.topology, cell) for t in self.topologies for cell in self.points]
+
+    @property
+    def total_runs(self) -> int:
+        return len(self.topologies) * sum(cell.runs for cell in self.points)
 
 
 def with_twin_overrides(cluster: Cluster, flag: str, update: dict[str, Any]) -> Cluster:
@@ -197,7 +232,8 @@ def plan_sweep(spec: SweepSpec, *, secrets: PlanSecrets | None = None) -> SweepP
     plans = tuple(
         TopologyPlan(name, plan(parse_topology(name), cluster, recipe, secrets=secrets)) for name in spec.topologies
     )
-    return SweepPlan(spec, cluster, recipe, plans)
+    suite = load_suites(spec.suite, spec.only, spec.dataset) if spec.suite else None
+    return SweepPlan(spec, cluster, recipe, plans, suite, sweep_cells(spec, suite))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -254,6 +290,7 @@ def new_meta(sweep: SweepPlan, command_line: Sequence[str]) -> FolderMeta:
         spec=sweep.spec.to_json(),
         cluster=sweep.cluster.model_dump(mode="json"),
         recipe=sweep.recipe.model_dump(mode="json"),
+        workloads=sweep.suite.model_dump(mode="json") if sweep.suite is not None else None,
     )
 
 
@@ -313,9 +350,9 @@ class _Run:
         share = self.sweep.spec.max_failed_share
         return [row for row in self.rows.get(key, []) if not run_failed(row["failed"], row["requests"], share)]
 
-    def rivals(self, topology: str, load: Load) -> dict[str, list[dict[str, Any]]]:
-        """The other topologies' counted runs at this load, as measured so far."""
-        return {other.topology: self.measured(self.sweep.cell_key(other.topology, load))
+    def rivals(self, topology: str, cell: SweepCell) -> dict[str, list[dict[str, Any]]]:
+        """The other topologies' counted runs of this cell, as measured so far."""
+        return {other.topology: self.measured(self.sweep.cell_key(other.topology, cell))
                 for other in self.sweep.topologies if other.topology != topology}
 
 
@@ -361,36 +398,36 @@ async def _while_alive(running: Running, work: Awaitable[T], poll_s: float = LIV
         await asyncio.gather(task, watcher, return_exceptions=True)
 
 
-async def _measure_topology(item: TopologyPlan, todo: list[tuple[Load, int, int]], state: _Run) -> None:
+async def _measure_topology(item: TopologyPlan, todo: list[tuple[SweepCell, int, int]], state: _Run) -> None:
     """Bring one topology up, measure its missing runs cell by cell, tear it down (always). When the
     watchdog calls it hung: record the incident, tear down, bring it up again and retry the cell (at most
     `watchdog.restarts` times; then TopologyHung ends this topology and the sweep goes on)."""
-    remaining = list(todo)  # (load, runs still to measure, first run's number); the head is in progress
+    remaining = list(todo)  # (cell, runs still to measure, first run's number); the head is in progress
     restarts = 0
     while remaining:
         stored_in_cell = [0]  # runs of the head cell stored during this bring-up
         try:
             await _up_and_measure(item, remaining, stored_in_cell, state)
         except TopologyHung as hang:
-            load, runs, first_run = remaining[0]
+            cell, runs, first_run = remaining[0]
             done = stored_in_cell[0]
             given_up = state.watchdog is None or restarts >= state.watchdog.restarts
             incident = Incident(
-                topology=item.topology, load=load.label, reason=str(hang), at=now_utc(),
+                topology=item.topology, load=cell.label, reason=str(hang), at=now_utc(),
                 runs_failed=list(range(first_run + done, first_run + runs)),
                 action=(f"torn down; given up after {restarts} restart(s)" if given_up
                         else "torn down, brought up again, cell retried"),
             )
             state.meta.incidents.append(incident)
             state.save_meta()
-            state.progress.note(f"{item.topology} hung at {load.label}: {hang}; {incident.action}")
+            state.progress.note(f"{item.topology} hung at {cell.label}: {hang}; {incident.action}")
             if given_up:
                 raise
             restarts += 1
-            remaining[0] = (load, runs - done, first_run + done)  # runs stored before the hang stay
+            remaining[0] = (cell, runs - done, first_run + done)  # runs stored before the hang stay
 
 
-async def _up_and_measure(item: TopologyPlan, remaining: list[tuple[Load, int, int]], stored_in_cell: list[int],
+async def _up_and_measure(item: TopologyPlan, remaining: list[tuple[SweepCell, int, int]], stored_in_cell: list[int],
                           state: _Run) -> None:
     """One bring-up: record what runs, then measure the cells of `remaining` in order (each removed when
     done) under the watchdog."""
@@ -431,7 +468,7 @@ async def _up_and_measure(item: TopologyPlan, remaining: list[tuple[Load, int, i
                         state.progress.note(f"{item.topology}: telemetry: {note}")
 
 
-async def _measure_cells(item: TopologyPlan, remaining: list[tuple[Load, int, int]], stored_in_cell: list[int],
+async def _measure_cells(item: TopologyPlan, remaining: list[tuple[SweepCell, int, int]], stored_in_cell: list[int],
                          running: Running, state: _Run, sampler: TelemetrySampler | None,
                          session: BenchSession) -> None:
     """The cells of `remaining` of one topology that is up, in order, each removed when done; the sampler
@@ -440,13 +477,13 @@ async def _measure_cells(item: TopologyPlan, remaining: list[tuple[Load, int, in
     for note in session.notes:
         state.progress.note(f"{item.topology}: {note}")
     while remaining:
-        load, runs, first_run = remaining[0]
+        cell, runs, first_run = remaining[0]
         # a lost node or dead rank ends this topology with its log tail, not with cells of errors
         await running.check_alive()
         if sampler is not None:
-            sampler.mark(load)
+            sampler.mark(cell.load)
         stored_in_cell[0] = 0
-        warnings = await _while_alive(running, _measure_cell(item.topology, load, runs, first_run, session, state,
+        warnings = await _while_alive(running, _measure_cell(item.topology, cell, runs, first_run, session, state,
                                                              sampler, stored_in_cell))
         if sampler is not None:
             sampler.mark(None)
@@ -477,15 +514,17 @@ async def _watched(work: Coroutine[Any, Any, None], watchdog: Coroutine[Any, Any
     raise TopologyHung(dog_task.result())
 
 
-async def _measure_cell(topology: str, load: Load, runs: int, first_run: int, session: BenchSession,
+async def _measure_cell(topology: str, cell: SweepCell, runs: int, first_run: int, session: BenchSession,
                         state: _Run, sampler: TelemetrySampler | None = None,
                         stored_in_cell: list[int] | None = None) -> list[str]:
-    """The missing runs of one cell: `runs` of them, or (adaptive) run after run until topo/adaptive.py's
-    rule says the cell is done. Why it stopped goes to meta.json."""
+    """The missing runs of one cell: `runs` of them (a workload test's point: its own runs), or (adaptive,
+    closed loads of the pp/tg shape) run after run until topo/adaptive.py's rule says the cell is done. Why
+    it stopped goes to meta.json."""
     spec = state.sweep.spec
-    key = state.sweep.cell_key(topology, load)
+    key = state.sweep.cell_key(topology, cell)
     stored = state.rows.setdefault(key, [])
     rows: list[dict[str, Any]] = []
+    load = cell.load
 
     def on_run(done: RunDone) -> None:
         if sampler is not None:
@@ -504,13 +543,18 @@ async def _measure_cell(topology: str, load: Load, runs: int, first_run: int, se
                 stored_in_cell[0] += 1
         state.progress.run_done(topology, load, max(done.run, first_run), done.warmup)
 
-    if not spec.adaptive:
+    if cell.point is not None:
+        result = await session.run_point(cell.point, first_run + runs, topology=topology, first_run=first_run,
+                                         rate_scale=spec.rate_scale, on_run=on_run)
+        warnings = result.warnings
+        state.meta.cell_stops[cell_label(key)] = f"fixed: {cell.runs} run(s) of the test"
+    elif not spec.adaptive:
         result = await session.run(load, runs, topology=topology, first_run=first_run, on_run=on_run)
         warnings = result.warnings
         state.meta.cell_stops[cell_label(key)] = f"fixed: {spec.planned_runs} runs"
     else:
         policy, warm, warnings, next_run = spec.adaptive_policy(), True, [], first_run
-        while (reason := stop_reason(topology, state.measured(key), state.rivals(topology, load), policy)) is None:
+        while (reason := stop_reason(topology, state.measured(key), state.rivals(topology, cell), policy)) is None:
             if len(stored) >= 2 * policy.max_runs:  # failed runs count towards a limit too
                 reason = f"stopped after {len(stored)} runs, {len(stored) - len(state.measured(key))} of them failed"
                 break
@@ -557,10 +601,9 @@ async def run_sweep(
     folder.write_meta(meta)
 
     spec = sweep.spec
-    cells = set(sweep.cells())
-    total = len(cells) * spec.planned_runs
-    already = sum(min(cell.measured, spec.planned_runs) for key, cell in done.items() if key in cells)
-    progress.sweep_started(total, already)
+    runs_of = {sweep.cell_key(t.topology, cell): cell.runs for t in sweep.topologies for cell in sweep.points}
+    already = sum(min(cell.measured, runs_of[key]) for key, cell in done.items() if key in runs_of)
+    progress.sweep_started(sweep.total_runs, already)
     state = _Run(sweep, folder, meta, progress, SweepOutcome(directory, "running"), watchdog)
     if done:
         for row in folder.read_cells().to_dict("records"):
@@ -568,17 +611,18 @@ async def run_sweep(
     status: Status = "failed"
     try:
         for item in sweep.topologies:
-            todo = []  # (load, runs still to measure, number of the first of them)
-            for load in spec.loads:
-                key = sweep.cell_key(item.topology, load)
-                cell = done.get(key, CellProgress(0, 0, 0))
+            todo = []  # (cell, runs still to measure, number of the first of them)
+            for cell in sweep.points:
+                key = sweep.cell_key(item.topology, cell)
+                stored = done.get(key, CellProgress(0, 0, 0))
                 # a resumed adaptive cell is done when it said why it stopped
-                finished = cell_label(key) in meta.cell_stops if spec.adaptive else cell.measured >= spec.runs
+                adaptive = spec.adaptive and cell.point is None
+                finished = cell_label(key) in meta.cell_stops if adaptive else stored.measured >= cell.runs
                 if not finished:
-                    todo.append((load, spec.planned_runs - cell.measured, cell.next_run))
+                    todo.append((cell, cell.runs - stored.measured, stored.next_run))
             if not todo:
                 continue
-            progress.topology_started(item.topology, [load for load, _, _ in todo])
+            progress.topology_started(item.topology, [cell.load for cell, _, _ in todo])
             try:
                 await _measure_topology(item, todo, state)
             except StorageError:
@@ -627,13 +671,16 @@ def _short_cells(folder: ResultsFolder, sweep: SweepPlan) -> list[str]:
     """Cells with fewer measured runs than the spec asks: failed runs (stored, measured again by a resume)
     or runs never measured (a topology that failed)."""
     progress = folder.cell_progress(sweep.spec.max_failed_share)
-    needed = MIN_RUNS if sweep.spec.adaptive else sweep.spec.planned_runs  # adaptive: the fewest that can stop
     short = []
-    for key in sweep.cells():
-        cell = progress.get(key, CellProgress(0, 0, 0))
-        if cell.measured < needed:
-            failed = f", {cell.failed} failed" if cell.failed else ""
-            short.append(f"{key[0]} {key[2]}: {cell.measured} of {needed} runs measured{failed}")
+    for item in sweep.topologies:
+        for point in sweep.points:
+            # adaptive (closed pp/tg cells): the fewest runs that can stop; a workload test's point: its runs
+            needed = MIN_RUNS if sweep.spec.adaptive and point.point is None else point.runs
+            key = sweep.cell_key(item.topology, point)
+            cell = progress.get(key, CellProgress(0, 0, 0))
+            if cell.measured < needed:
+                failed = f", {cell.failed} failed" if cell.failed else ""
+                short.append(f"{key[0]} {key[2]}: {cell.measured} of {needed} runs measured{failed}")
     return short
 
 

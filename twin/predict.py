@@ -88,16 +88,20 @@ class VirtualDeployment:
     def run_batch(
         self,
         concurrency: int,
-        prompt_tokens: int,
-        max_tokens: int,
+        prompt_tokens: int | Sequence[int],
+        max_tokens: int | Sequence[int],
         *,
         run: int = 0,
         assignment: Sequence[int] | None = None,
     ) -> list[RequestRecord]:
         """One closed batch. `assignment` (replica per request) replays a measured router split instead of
-        drawing one."""
+        drawing one. Lengths are one for all, or one per request (a workload shape's)."""
         if concurrency < 1:
             raise ConfigError(f"concurrency must be >= 1 (got {concurrency})")
+        prompts = [prompt_tokens] * concurrency if isinstance(prompt_tokens, int) else list(prompt_tokens)
+        outputs = [max_tokens] * concurrency if isinstance(max_tokens, int) else list(max_tokens)
+        if len(prompts) != concurrency or len(outputs) != concurrency:
+            raise ConfigError(f"a batch of {concurrency} needs {concurrency} prompt and output lengths")
         batch_start = self.now
         if assignment is None:
             assignment = self.route(concurrency)
@@ -116,7 +120,7 @@ class VirtualDeployment:
             request_id = f"req-{self._ids}"
             ids[index] = request_id
             self.clocks[replica].advance_to(batch_start)
-            self.cores[replica].submit(GenerationRequest(request_id, prompt_tokens, max_tokens), handover)
+            self.cores[replica].submit(GenerationRequest(request_id, prompts[index], outputs[index]), handover)
         times: dict[str, list[float]] = {request_id: [] for request_id in ids}
 
         def collect(tokens: list[EmittedToken]) -> None:
@@ -145,12 +149,12 @@ class VirtualDeployment:
                     index=index,
                     batch_start=batch_start,
                     start=batch_start,
-                    prompt_tokens_sent=prompt_tokens,
+                    prompt_tokens_sent=prompts[index],
                     first_response=token_times[0],
                     first_token=token_times[0],
                     token_times=token_times,
                     end=token_times[-1],
-                    prompt_tokens=prompt_tokens,
+                    prompt_tokens=prompts[index],
                     completion_tokens=len(token_times),
                     status_code=200,
                     served_by=f"replica{replica}" if self.topology.routed else None,

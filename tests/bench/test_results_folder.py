@@ -14,6 +14,7 @@ import pytest
 
 from bench.metrics import run_metrics
 from bench.records import CELL_COLUMNS, RequestRecord
+from bench.records import SCHEMA_VERSION
 from bench.results_folder import CELL_SCHEMA, META_SCHEMA_VERSION, SCHEMA_KEY, FolderMeta, ResultsFolder
 from bench.workload import ClosedLoad, parse_load
 from common.errors import ConfigError, ResultsError
@@ -76,13 +77,14 @@ def test_a_sweep_folder_written_before_schema_2_loads_migrated(tmp_path: Path) -
     assert json.loads(folder.meta_path.read_text())["schema"] == 1  # reading never rewrites an old folder
 
 
-def test_resuming_an_old_folder_appends_schema_2_rows_and_compacts_to_schema_2(tmp_path: Path) -> None:
+def test_resuming_an_old_folder_appends_current_rows_and_compacts_to_the_current_schema(tmp_path: Path) -> None:
     folder = copy_of("v1-sweep", tmp_path)
     more = records("solo", 1, 1)
     folder.append(more, [run_metrics(more)])
     assert folder.runs_done()[("solo", "default", "c1")] == 2  # the old main file and the new part together
     folder.compact()
-    assert pq.read_schema(folder.cells_path).metadata[SCHEMA_KEY] == b"2"
+    assert pq.read_schema(folder.cells_path).metadata[SCHEMA_KEY] == str(SCHEMA_VERSION).encode()
+    assert folder.read_cells()["ttft_p99_ms"].isna().sum() == 4  # the old rows lack the open-loop columns
     cells = folder.read_cells()
     assert len(cells) == 5 and set(cells["load"]) == {"c1", "c4"}
     assert len(folder.read_requests()) == 2 * (1 + 4) + 1

@@ -16,15 +16,21 @@ from bench.client import Endpoint
 from bench.results_folder import ResultsFolder
 from bench.session import BenchSession, BenchSettings
 from common.errors import ConfigError
-from topo.bench import run_bench
+from bench.suite import load_suites
+from topo.bench import run_bench, run_bench_workload
 from topo.options import (
     ConcurrencyOption,
+    DatasetOption,
     GeneratedTokensOption,
     LatencyModeOption,
+    OnlyOption,
     OutOption,
     PromptTokensOption,
+    RateScaleOption,
     RunsOption,
     SeedOption,
+    WorkloadOption,
+    only_list,
     parse_concurrency,
 )
 from topo.exits import EXIT_CODES_HELP, EXIT_FAILURES
@@ -90,6 +96,10 @@ def bench_command(
     cache_bust: bool = typer.Option(True, "--cache-bust/--no-cache-bust", help="Start each prompt with a unique "
                                     "tag so a server's prefix cache cannot hit (on by default)."),
     seed: SeedOption = None,  # type: ignore[assignment]
+    workload: WorkloadOption = None,  # type: ignore[assignment]
+    only: OnlyOption = None,  # type: ignore[assignment]
+    dataset: DatasetOption = None,  # type: ignore[assignment]
+    rate_scale: RateScaleOption = 1.0,
 ) -> None:
     """Benchmark one OpenAI-compatible endpoint with llama-benchy's load shape and metrics.
 
@@ -109,6 +119,12 @@ def bench_command(
                              seed=seed)
     session = BenchSession(Endpoint.from_url(url, api_key), model, settings)
     err = Console(stderr=True, highlight=False)
+    if workload is not None:
+        suite = load_suites(workload, only_list(only), dataset)
+        asyncio.run(run_bench_workload(session, suite, runs, topology, out, err, rate_scale))
+        return
+    if only is not None or dataset is not None:
+        raise ConfigError("--only and --dataset pick tests of a --workload suite; give --workload too")
     served, summaries, warnings, notes = asyncio.run(run_bench(session, levels, runs, topology, out, err))
     stdout = Console(highlight=False)
     if not stdout.is_terminal:

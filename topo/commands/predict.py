@@ -7,19 +7,24 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from reports.console import print_report
+from reports.console import print_report, print_tables
+from common.errors import ConfigError
 from reports.tables import DEFAULT_MARGIN_PCT
 from reports.results import write_report
 from topo.options import (
     ConcurrencyOption,
+    DatasetOption,
     GeneratedTokensOption,
+    OnlyOption,
     PromptTokensOption,
     TopologiesOption,
+    WorkloadOption,
+    only_list,
     parse_concurrency,
     parse_topologies,
 )
 from bench.results_folder import ResultsFolder
-from topo.predict import PredictSpec, run_predict
+from topo.predict import PredictSpec, run_predict, run_predict_workloads
 from topo.sweep import DEFAULT_CONCURRENCY
 from topology.registry import COMPARED_ON_NODES
 
@@ -52,6 +57,9 @@ def predict_command(
                                  "a winner; smaller ones are ties that name both."),
     out: Path = typer.Option(None, "--out", "-o", help="Write DIR/cells.parquet (the sweep's columns), "
                              "meta.json, report.md and report.html."),
+    workload: WorkloadOption = None,  # type: ignore[assignment]
+    only: OnlyOption = None,  # type: ignore[assignment]
+    dataset: DatasetOption = None,  # type: ignore[assignment]
 ) -> None:
     """Predict decode, prefill and TTFT per topology and concurrency, in seconds, without any node.
 
@@ -63,12 +71,18 @@ def predict_command(
     Without --topologies it predicts the layouts worth comparing on --nodes nodes.
     """
     console = Console()
-    prediction = run_predict(PredictSpec(
+    spec = PredictSpec(
         model=model, hardware=hardware, topologies=tuple(parse_topologies(topologies, default=())), nodes=nodes,
         concurrency=tuple(parse_concurrency(concurrency)), runs=runs, pp=pp, tg=tg, quantization=quantization,
         max_num_batched_tokens=max_num_batched_tokens, gpu_memory_utilization=gpu_memory_utilization, seed=seed,
         link=link, cluster=cluster, margin_pct=margin,
-    ))
+    )
+    if workload is not None:
+        _predict_workloads(console, spec, workload, only_list(only), dataset, out)
+        return
+    if only is not None or dataset is not None:
+        raise ConfigError("--only and --dataset pick tests of a --workload suite; give --workload too")
+    prediction = run_predict(spec)
     cells, meta, report = prediction.cells, prediction.meta, prediction.report
     print_report(console, report)
     console.print(f"\n[dim]predicted {len(cells)} runs in {prediction.elapsed_s:.1f} s "
@@ -79,6 +93,26 @@ def predict_command(
         folder.write_meta(meta)
         md_path, html_path = write_report(folder, report)
         console.print(f"wrote [bold]{folder.cells_path}[/], {md_path.name} and {html_path.name}")
+
+
+def _predict_workloads(console: Console, spec: PredictSpec, workload: str, only: list[str], dataset: Path | None,
+                       out: Path | None) -> None:
+    with console.status("predicting") as status:
+        prediction = run_predict_workloads(
+            spec, workload, only, dataset,
+            on_point=lambda topology, point: status.update(f"{topology} {point.workload} {point.label}"))
+    if not console.is_terminal:
+        console.width = max(console.width, 160)  # a piped report keeps one line per row
+    console.print(f"[bold]{prediction.meta.title}[/]")
+    print_tables(console, prediction.report.sections())
+    console.print(f"\n[dim]predicted {len(prediction.cells)} runs of {len(prediction.suite.tests)} tests in "
+                  f"{prediction.elapsed_s:.1f} s (virtual time)[/]")
+    if out is not None:
+        folder = ResultsFolder(out)
+        folder.write_cells(prediction.cells)
+        folder.write_meta(prediction.meta)
+        folder.write_report(prediction.report.to_markdown(prediction.meta), prediction.report.to_html(prediction.meta))
+        console.print(f"wrote [bold]{folder.cells_path}[/], report.md and report.html")
 
 
 def register(app: typer.Typer) -> None:

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from reports.console import print_report
+from reports.console import print_results
 from reports.results import render_results
 
 
@@ -36,7 +36,7 @@ def report(
     console = Console()
     result, md_path, html_path = render_results(directory, margin_pct=margin)
     if not quiet:
-        print_report(console, result)
+        print_results(console, result)
         console.print()
     console.print(f"wrote [bold]{md_path}[/] and [bold]{html_path}[/]")
     if open_browser:

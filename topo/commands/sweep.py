@@ -13,22 +13,27 @@ from rich.markup import escape
 from bench.results_folder import ResultsFolder
 from common.errors import ConfigError
 from topo.exits import EXIT_CODES_HELP, EXIT_FAILURES, interrupted_exit_code
-from reports.console import print_report
+from reports.console import print_results
 from reports.results import render_results
 from reports.tables import DEFAULT_MARGIN_PCT
 from topo.adaptive import DEFAULT_MAX_RUNS, DEFAULT_PRECISION_PCT
 from topo.options import (
     ClusterOption,
     ConcurrencyOption,
+    DatasetOption,
     GeneratedTokensOption,
     LatencyModeOption,
     MarginOption,
+    OnlyOption,
     OutOption,
     PromptTokensOption,
+    RateScaleOption,
     RecipeOption,
     SeedOption,
     TopologiesOption,
     TwinHardwareOption,
+    WorkloadOption,
+    only_list,
     parse_concurrency,
     parse_topologies,
 )
@@ -52,10 +57,14 @@ def _print_dry_run(console: Console, sweep: SweepPlan, out: Path) -> None:
 
     spec = sweep.spec
     console.print(f"[bold]sweep[/] of {spec.model} on cluster {sweep.cluster.name} -> {out}")
-    console.print(f"  topologies {', '.join(spec.topologies)}; c={','.join(map(str, spec.concurrency))}; "
-                  f"runs per cell {spec.runs_text}, after one short warm-up batch; pp{spec.pp} tg{spec.tg}")
+    if sweep.suite is not None:
+        console.print(f"  topologies {', '.join(spec.topologies)}; workload {sweep.suite.name}: "
+                      + ", ".join(f"{c.workload} {c.label}" for c in sweep.points))
+    else:
+        console.print(f"  topologies {', '.join(spec.topologies)}; c={','.join(map(str, spec.concurrency))}; "
+                      f"runs per cell {spec.runs_text}, after one short warm-up batch; pp{spec.pp} tg{spec.tg}")
     most = "at most " if spec.adaptive else ""
-    console.print(f"  {len(sweep.cells())} cells, {most}{len(sweep.cells()) * spec.planned_runs} measured runs\n")
+    console.print(f"  {len(sweep.cells())} cells, {most}{sweep.total_runs} measured runs\n")
     for item in sweep.topologies:
         console.rule(item.topology)
         console.print(plan_text(item.launch), end="")
@@ -102,6 +111,10 @@ def sweep_command(
                                         "seconds without a token on any in-flight request before the topology "
                                         "counts as hung (it is then restarted once and the cell retried)."),
     no_watchdog: bool = typer.Option(False, "--no-watchdog", help="Never restart a topology that stops serving."),
+    workload: WorkloadOption = None,  # type: ignore[assignment]
+    only: OnlyOption = None,  # type: ignore[assignment]
+    dataset: DatasetOption = None,  # type: ignore[assignment]
+    rate_scale: RateScaleOption = 1.0,
 ) -> None:
     """Bring the cluster up in each topology, sweep the concurrency levels, tear it down, write a report.
 
@@ -139,6 +152,10 @@ def sweep_command(
             telemetry_interval_s=telemetry_interval,
             request_timeout_s=timeout,
             max_failed_share=max_failed_share,
+            suite=workload,
+            only=tuple(only_list(only)),
+            rate_scale=rate_scale,
+            dataset=str(dataset) if dataset is not None else None,
         )
         directory = out or default_out_dir(spec)
     sweep = plan_sweep(spec)
@@ -159,7 +176,7 @@ def sweep_command(
     if outcome.measured_runs or resume is not None:
         report, md_path, html_path = render_results(directory)
         console.print()
-        print_report(console, report)
+        print_results(console, report)
         console.print(f"\nwrote [bold]{md_path}[/] and [bold]{html_path}[/]")
         if outcome.timing:
             console.print(f"time to decision: {outcome.timing_text()}", highlight=False)

@@ -1,0 +1,384 @@
+"""The report of a workload suite: per-test tables, the capacity table, "when to use which topology".
+
+Input: cells rows with `workload` and `load` columns (a sweep's or `topo predict --workload`'s) and the
+suite they measured (stored in meta.json under `workloads`). Per test the Arena's figures: tokens/s per
+user, tokens/s total, TTFT mean and P99 (open loop: the user's, from the due time, METRICS.md), goodput
+where the test has an SLO. Capacity (rate sweeps): the highest rate whose p95 TTFT stays under each
+limit, and what that means in users at the suite's think time. "When to use" rows come from the tests
+that declare what they decide (`decides:` in the YAML) and were measured; a sweep of the default shape
+only says its answer is inferred from one synthetic shape.
+
+Winners here compare means over runs with a 3% materiality margin (METRICS.md "Deciding"); the interval
+rule of the closed winner tables is not applied to workload cells yet.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from bench.metrics import capacity
+from bench.results_folder import FolderMeta
+from bench.suite import Suite, WorkloadTest, test_points
+from common.config import validate_model
+from reports.names import display_name, ordered_topologies, ray_pairs
+from reports.display import DisplayTable, tables_markdown
+
+MATERIAL = 0.03  # a margin under 3% is a tie (METRICS.md "Deciding")
+
+
+@dataclass(frozen=True)
+class MetricView:
+    key: str  # column of the cells frame
+    title: str
+    unit: str
+    higher_is_better: bool
+    digits: int = 1
+
+
+VIEWS = {
+    "decode_tps_req": MetricView("decode_tps_req", "Per-user decode", "t/s", True),
+    "decode_tps": MetricView("decode_tps", "Total decode", "t/s", True),
+    "output_tps": MetricView("output_tps", "Output", "t/s", True),
+    "prefill_tps": MetricView("prefill_tps", "Prefill", "t/s", True, 0),
+    "ttft_ms": MetricView("ttft_ms", "TTFT mean", "ms", False, 0),
+    "ttft_user_ms": MetricView("ttft_user_ms", "TTFT mean (user)", "ms", False, 0),
+    "ttft_p99_ms": MetricView("ttft_user_p99_ms", "TTFT P99 (user)", "ms", False, 0),
+    "ttft_user_p95_ms": MetricView("ttft_user_p95_ms", "TTFT P95 (user)", "ms", False, 0),
+    "goodput": MetricView("goodput", "Goodput", "share", True, 2),
+    "achieved_rate": MetricView("achieved_rate", "Achieved", "req/s", True, 2),
+    "peak_in_flight": MetricView("peak_in_flight", "Peak in flight", "requests", True, 0),
+}
+
+
+def suite_from_meta(meta: FolderMeta | None) -> Suite | None:
+    data = meta.workloads if meta is not None else None
+    return validate_model(Suite, data, source="meta.json workloads") if data else None
+
+
+def has_workloads(cells: pd.DataFrame) -> bool:
+    return "workload" in cells.columns and "load" in cells.columns and cells["workload"].notna().any()
+
+
+def _means(cells: pd.DataFrame, test: WorkloadTest) -> pd.DataFrame:
+    """Mean over runs per (load, topology), loads in the test's order."""
+    rows = cells[cells["workload"] == test.id]
+    numeric = rows.select_dtypes("number").columns
+    means = rows.groupby(["load", "topology"], sort=False)[list(numeric)].mean().reset_index()
+    order = [p.label for p in test_points(test)]
+    means["_order"] = means["load"].map(lambda label: order.index(label) if label in order else len(order))
+    return means.sort_values(["_order"], kind="stable").drop(columns="_order")
+
+
+def _fmt(value: float, digits: int) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return f"{value:.{digits}f}" if digits else f"{value:,.0f}"
+
+
+def _pct(value: float) -> str:
+    return f"{value:+.0%}"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    load: str
+    view: MetricView
+    best: str | None
+    runner_up: str | None
+    margin: float  # relative: best vs runner-up (positive = better by this much)
+    values: dict[str, float]
+
+    @property
+    def tie(self) -> bool:
+        return self.runner_up is not None and abs(self.margin) < MATERIAL
+
+    def text(self) -> str:
+        if self.best is None:
+            return "—"
+        if self.runner_up is None:
+            return display_name(self.best)
+        if self.tie:
+            return f"{display_name(self.best)} = {display_name(self.runner_up)} (tie)"
+        sign = 1 if self.view.higher_is_better else -1
+        return f"{display_name(self.best)} ({_pct(sign * self.margin)} vs {display_name(self.runner_up)})"
+
+
+def verdict(means: pd.DataFrame, load: str, view: MetricView) -> Verdict:
+    """Best layout vs the runner-up; a Ray variant whose no-Ray twin was measured is left out (the executor
+    is compared in its own table, METRICS.md "Deciding")."""
+    rows = means[means["load"] == load]
+    values = {str(t): float(v) for t, v in zip(rows["topology"], rows.get(view.key, pd.Series(dtype=float)))
+              if v is not None and not math.isnan(float(v))}
+    for ray, _ in ray_pairs(values):
+        values.pop(ray)
+    ranked = sorted(values, key=lambda t: values[t], reverse=view.higher_is_better)
+    if not ranked:
+        return Verdict(load, view, None, None, math.nan, values)
+    if len(ranked) == 1:
+        return Verdict(load, view, ranked[0], None, math.nan, values)
+    best, second = values[ranked[0]], values[ranked[1]]
+    margin = (best - second) / abs(second) if second else math.inf
+    if not view.higher_is_better:
+        margin = (second - best) / abs(second) if second else math.inf
+    return Verdict(load, view, ranked[0], ranked[1], margin, values)
+
+
+def test_columns(test: WorkloadTest) -> list[MetricView]:
+    if test.open_loop:
+        views = [VIEWS["decode_tps_req"], VIEWS["output_tps"], VIEWS["ttft_user_ms"], VIEWS["ttft_p99_ms"],
+                 VIEWS["achieved_rate"], VIEWS["peak_in_flight"]]
+    else:
+        views = [VIEWS["decode_tps_req"], VIEWS["decode_tps"], VIEWS["ttft_ms"], VIEWS["ttft_p99_ms"]]
+    if test.slo is not None:
+        views.append(VIEWS["goodput"])
+    return views
+
+
+def deciding_view(test: WorkloadTest) -> MetricView:
+    if test.decides is not None and test.decides.metric in VIEWS:
+        return VIEWS[test.decides.metric]
+    return VIEWS["ttft_p99_ms"] if test.open_loop else VIEWS["decode_tps_req"]
+
+
+def test_table(cells: pd.DataFrame, test: WorkloadTest) -> DisplayTable:
+    means = _means(cells, test)
+    views = test_columns(test)
+    topologies = ordered_topologies(means["topology"].astype(str))
+    decide = deciding_view(test)
+    rows = []
+    for load in dict.fromkeys(means["load"]):
+        win = verdict(means, load, decide)
+        for topology in topologies:
+            match = means[(means["load"] == load) & (means["topology"] == topology)]
+            if match.empty:
+                continue
+            record = match.iloc[0]
+            values = [_fmt(float(record[v.key]) if v.key in record else math.nan, v.digits) for v in views]
+            rows.append([load, display_name(topology), *values, win.text() if topology == topologies[0] else ""])
+    headers = ["Load", "Topology", *(f"{v.title} ({v.unit})" for v in views), f"Winner: {decide.title}"]
+    notes = []
+    if test.open_loop:
+        notes.append("Open loop: TTFT is the user's, from the moment the request was due (queueing behind the "
+                     "cap or a late client included); per-user t/s is decode after the first token.")
+    if test.slo is not None:
+        limits = [f"TTFT ≤ {test.slo.ttft_ms:g} ms" if test.slo.ttft_ms else "",
+                  f"end-to-end ≤ {test.slo.e2e_ms:g} ms" if test.slo.e2e_ms else ""]
+        notes.append("Goodput: share of requests with " + " and ".join(x for x in limits if x) + ".")
+    title = f"{test.id}: {test.title or test.shape.describe()}"
+    return DisplayTable(title, headers, rows, intro=test.shape.describe(), notes=notes)
+
+
+def rate_steps(cells: pd.DataFrame, test: WorkloadTest, topology: str) -> list[tuple[float, float, float]]:
+    """(offered rate, achieved rate, p95 user TTFT in s) per step of a rate sweep."""
+    means = _means(cells, test)
+    rows = means[means["topology"] == topology]
+    return [(float(r["rate"]), float(r["achieved_rate"]), float(r["ttft_user_p95_ms"]) / 1000)
+            for _, r in rows.iterrows()]
+
+
+def capacity_table(cells: pd.DataFrame, test: WorkloadTest, think_time_s: float) -> DisplayTable:
+    assert test.load.mode == "rate-sweep"
+    limits = list(test.load.limits_s)
+    topologies = ordered_topologies(cells.loc[cells["workload"] == test.id, "topology"].astype(str))
+    rows = []
+    for topology in topologies:
+        steps = [(rate, p95) for rate, _, p95 in rate_steps(cells, test, topology)]
+        row = [display_name(topology)]
+        for limit in limits:
+            found = capacity(steps, limit)
+            users = f" ≈ {found.rate * think_time_s:.0f} users" if found.rate is not None else ""
+            row.append(found.text() + users)
+        rows.append(row)
+    rates = ", ".join(f"{r:g}" for r in test.load.rates)
+    return DisplayTable(
+        f"Capacity ({test.id}): highest request rate under a p95 TTFT limit",
+        ["Topology", *(f"p95 TTFT ≤ {limit:g} s" for limit in limits)], rows,
+        intro=f"Steps at {rates} req/s; between the last step under a limit and the first over it the rate is "
+              f"interpolated linearly. Users = rate × {think_time_s:g} s think time between a user's requests.",
+        notes=["'none': even the lowest step was over the limit; '+': every step met it (capacity is higher)."],
+    )
+
+
+def when_to_use(cells: pd.DataFrame, suite: Suite) -> DisplayTable:
+    rows = []
+    measured = set(cells["workload"].astype(str))
+    for test in suite.tests:
+        if test.decides is None or test.id not in measured:
+            continue
+        if test.decides.metric == "capacity":
+            if test.load.mode != "rate-sweep":
+                continue
+            limit = 5.0 if 5.0 in test.load.limits_s else test.load.limits_s[0]
+            found = {t: capacity([(r, p) for r, _, p in rate_steps(cells, test, t)], limit)
+                     for t in ordered_topologies(cells.loc[cells["workload"] == test.id, "topology"].astype(str))}
+            ranked = sorted(found, key=lambda t: found[t].rate or 0.0, reverse=True)
+            best = ranked[0]
+            detail = ", ".join(f"{display_name(t)} {found[t].text()}" for t in ranked)
+            rows.append([test.decides.use, test.id, f"rate under {limit:g} s p95 TTFT",
+                         display_name(best) if found[best].rate else "none meets it", detail])
+            continue
+        view = VIEWS.get(test.decides.metric, deciding_view(test))
+        means = _means(cells, test)
+        loads = list(dict.fromkeys(means["load"]))
+        load = test.decides.at if test.decides.at in loads else (loads[-1] if loads else None)
+        if load is None:
+            continue
+        win = verdict(means, load, view)
+        detail = ", ".join(f"{display_name(t)} {_fmt(v, view.digits)}" for t, v in
+                           sorted(win.values.items(), key=lambda kv: kv[1], reverse=view.higher_is_better))
+        if view.key == "ttft_user_p99_ms" and test.slo is not None:
+            good = verdict(means, load, VIEWS["goodput"])
+            detail += "; goodput " + ", ".join(f"{display_name(t)} {v:.0%}" for t, v in good.values.items())
+        rows.append([test.decides.use, test.id, f"{view.title} at {load}", win.text(), detail])
+    return DisplayTable("When to use which topology (measured workloads)",
+                        ["Use", "Test", "Deciding metric", "Winner", "All topologies"], rows,
+                        intro="Each row is a workload test that was measured, decided by the metric that matters "
+                              "for that use.")
+
+
+@dataclass(frozen=True)
+class WorkloadReport:
+    suite: Suite
+    cells: pd.DataFrame
+
+    @property
+    def only_default(self) -> bool:
+        return set(self.cells["workload"].astype(str)) <= {"default"}
+
+    def sections(self) -> list[DisplayTable]:
+        tables: list[DisplayTable] = []
+        measured = set(self.cells["workload"].astype(str))
+        if self.only_default:
+            tables.append(DisplayTable(
+                "When to use which topology", ["Note"],
+                [["Only the default shape (pp1024 tg128, closed batches) was measured: the use-case rows above "
+                  "are inferred from one synthetic shape. Measure `--workload arena` to decide from chat, RAG, "
+                  "agents, big contexts and a peak hour."]]))
+        else:
+            tables.append(when_to_use(self.cells, self.suite))
+        for test in self.suite.tests:
+            if test.id not in measured:
+                continue
+            tables.append(test_table(self.cells, test))
+            if test.load.mode == "rate-sweep":
+                tables.append(capacity_table(self.cells, test, self.suite.think_time_s))
+        return tables
+
+    def title(self, meta: FolderMeta | None) -> str:
+        if meta is not None and meta.title:
+            return meta.title
+        model = meta.model if meta is not None else None
+        return f"Workload report — {self.suite.name}" + (f" — {model}" if model else "")
+
+    def header_lines(self, meta: FolderMeta | None) -> list[str]:
+        if meta is None:
+            return []
+        lines = [f"Kind: {meta.kind}", f"Status: {meta.status}" if meta.status else "",
+                 f"When: {meta.started_at} → {meta.finished_at}" if meta.finished_at else
+                 (f"When: {meta.started_at}" if meta.started_at else ""),
+                 f"Suite: {self.suite.name} ({self.suite.description})" if self.suite.description else "",
+                 f"Cluster: {meta.cluster_name}" if meta.cluster_name else ""]
+        scale = meta.spec.get("rate_scale")
+        if scale and scale != 1:
+            lines.append(f"Open-loop rates × {scale:g} (the twin profile is that much faster; the rate column "
+                         "holds the rates sent)")
+        if meta.spec.get("twin_hardware"):
+            lines.append(f"Twin hardware: {meta.spec['twin_hardware']}")
+        if meta.command_line:
+            lines.append("Command: " + " ".join(meta.command_line))
+        return [line for line in lines if line]
+
+    def to_markdown(self, meta: FolderMeta | None) -> str:
+        return workload_markdown(self, self.title(meta), self.header_lines(meta))
+
+    def to_html(self, meta: FolderMeta | None) -> str:
+        return workload_html(self, self.title(meta), self.header_lines(meta))
+
+    def figures(self) -> list[tuple[str, go.Figure]]:
+        from reports.html import topology_colours
+
+        figures = []
+        measured = set(self.cells["workload"].astype(str))
+        topologies = ordered_topologies(self.cells["topology"].astype(str))
+        colours = topology_colours(topologies)
+        for test in self.suite.tests:
+            if test.id not in measured:
+                continue
+            if test.load.mode == "rate-sweep":
+                figures.append((f"rate-{test.id}", rate_figure(self.cells, test, topologies, colours)))
+                continue
+            view = deciding_view(test)
+            means = _means(self.cells, test)
+            figure = go.Figure()
+            for topology in topologies:
+                rows = means[means["topology"] == topology]
+                figure.add_trace(go.Scatter(x=list(rows["load"]), y=list(rows[view.key]), name=display_name(topology),
+                                            mode="lines+markers", line={"color": colours[topology]}))
+            better = "higher" if view.higher_is_better else "lower"
+            figure.update_layout(title={"text": f"{test.id}: {view.title} ({view.unit}, {better} is better)"},
+                                 xaxis={"type": "category", "title": {"text": "load"}},
+                                 yaxis={"title": {"text": view.unit}, "rangemode": "tozero"},
+                                 legend={"orientation": "h", "y": -0.25}, height=400, template="plotly_white",
+                                 margin={"l": 60, "r": 20, "t": 50, "b": 40})
+            figures.append((f"workload-{test.id}", figure))
+        return figures
+
+
+def rate_figure(cells: pd.DataFrame, test: WorkloadTest, topologies: Sequence[str],
+                colours: dict[str, str]) -> go.Figure:
+    """p95 TTFT (the user's) against the achieved request rate, one line per topology, the limits drawn."""
+    figure = go.Figure()
+    for topology in topologies:
+        steps = rate_steps(cells, test, topology)
+        figure.add_trace(go.Scatter(x=[a for _, a, _ in steps], y=[p for _, _, p in steps], name=display_name(topology),
+                                    mode="lines+markers", line={"color": colours[topology]}))
+    assert test.load.mode == "rate-sweep"
+    for limit in test.load.limits_s:
+        figure.add_hline(y=limit, line_dash="dot", line_color="#888", annotation_text=f"{limit:g} s")
+    figure.update_layout(title={"text": f"{test.id}: p95 TTFT vs achieved rate"},
+                         xaxis={"title": {"text": "achieved request rate (req/s)"}},
+                         yaxis={"title": {"text": "p95 TTFT, user's (s)"}, "type": "log"},
+                         legend={"orientation": "h", "y": -0.25}, height=420, template="plotly_white",
+                         margin={"l": 60, "r": 20, "t": 50, "b": 40})
+    return figure
+
+
+def workload_report(cells: pd.DataFrame, meta: FolderMeta | None, suite: Suite | None = None) -> WorkloadReport | None:
+    """The workload part of a report, when the cells have workload columns and the suite is known."""
+    if not has_workloads(cells):
+        return None
+    suite = suite or suite_from_meta(meta)
+    if suite is None:
+        return None
+    return WorkloadReport(suite, cells[cells["workload"].notna()].copy())
+
+
+def workload_markdown(report: WorkloadReport, title: str, header_lines: Sequence[str] = ()) -> str:
+    out = [f"# {title}", ""]
+    out += [f"- {line}" for line in header_lines]
+    if header_lines:
+        out.append("")
+    out += tables_markdown(report.sections())
+    return "\n".join(out)
+
+
+def workload_html(report: WorkloadReport, title: str, header_lines: Sequence[str] = ()) -> str:
+    import html as html_lib
+
+    from reports.html import CSS, table_html
+
+    charts = [figure.to_html(full_html=False, include_plotlyjs=index == 0, include_mathjax=False, div_id=key,
+                             config={"displaylogo": False, "responsive": True, "displayModeBar": False})
+              for index, (key, figure) in enumerate(report.figures())]
+    meta = "".join(f"<li>{html_lib.escape(line)}</li>" for line in header_lines)
+    tables = "\n".join(table_html(t) for t in report.sections())
+    return (f"<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>{html_lib.escape(title)}"
+            f"</title>\n<style>{CSS}</style>\n</head>\n<body>\n<h1>{html_lib.escape(title)}</h1>\n<ul class=\"meta\">"
+            f"{meta}</ul>\n<div class=\"charts\">{''.join(f'<div class=chart>{c}</div>' for c in charts)}</div>\n"
+            f"{tables}\n</body>\n</html>\n")
