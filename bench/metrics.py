@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from bench.records import CELL_COLUMNS, RequestRecord
+from bench.stats import INTERVAL_METRICS, bound_columns, within_run_bounds
 
 NAN = float("nan")
 
@@ -120,6 +121,7 @@ def run_metrics(records: Sequence[RequestRecord], client_cpu_frac: float = NAN) 
         "failed": len(records) - len(ok),
         "max_send_lag_ms": max(r.send_lag for r in records) * 1000,
         "client_cpu_frac": client_cpu_frac,
+        **{column: NAN for metric in INTERVAL_METRICS for column in bound_columns(metric)},
     }
     if ok:
         min_start = min(r.start for r in ok)
@@ -136,6 +138,7 @@ def run_metrics(records: Sequence[RequestRecord], client_cpu_frac: float = NAN) 
         row["peak_tps"] = peak_tps([t for r in ok for t in r.token_times])
         row["decode_tps_req"] = _mean(decode_tps_request(r) for r in ok)
         row["prefill_tps_req"] = _mean(prefill_tps_request(r) for r in ok)
+        row.update(within_run_bounds(ok, row))
     assert tuple(row) == CELL_COLUMNS, "run_metrics must produce exactly CELL_COLUMNS"
     return row
 

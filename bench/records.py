@@ -77,6 +77,14 @@ CELL_COLUMNS: tuple[str, ...] = (
     "failed",  # how many of them failed
     "max_send_lag_ms",  # the client's worst scheduling lag in the run
     "client_cpu_frac",  # client process CPU seconds / run wall seconds (near 1: the client was the bottleneck)
+    # 95% bounds of the run's headline metrics from the noise inside the batch (bench/stats.py): what a
+    # single-run cell's interval rests on; cells with several runs take their interval over runs
+    "decode_tps_lo",
+    "decode_tps_hi",
+    "prefill_tps_lo",
+    "prefill_tps_hi",
+    "ttft_ms_lo",
+    "ttft_ms_hi",
 )
 
 # What identifies a cell (its runs are numbered under it) and a request row.

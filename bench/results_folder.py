@@ -197,6 +197,11 @@ class FolderMeta(BaseModel):
     incidents: list[Incident] = []
     ran: dict[str, WhatRan] = {}  # topology -> what ran on each node
     nightly: NightlyFacts | None = None
+    # why each cell stopped measuring ("topology/workload/load" -> "precise: ±3.1% after 3 runs", ...)
+    cell_stops: dict[str, str] = {}
+    # the time to a decision: wall_s (the sweep, bring-ups included), serving_s (batches of measured runs,
+    # first send to last byte) and serving_share = serving_s / wall_s
+    timing: dict[str, float] = {}
 
     @property
     def model(self) -> str | None:

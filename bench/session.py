@@ -51,11 +51,19 @@ class BenchSettings:
     request_deadline: float | None = None  # a whole request at most (None: 10 x request_timeout)
     seed: int | None = None  # prompt offsets (None: random)
     warmup: bool = True  # one discarded batch before the measured runs of each cell
+    # tokens each warm-up request generates (None: tg). The warm-up's job is the engine's first prefill and
+    # decode steps at this batch size and the connections, not a full batch's decode: the sweep uses a few.
+    warmup_tg: int | None = None
+    # at least this many warm-up requests, whatever the load's c: at c1 behind a router one request warms one
+    # engine's path, and the first measured run may go to a cold one
+    warmup_min_requests: int = 1
 
     def __post_init__(self) -> None:
         if self.pp < 1 or self.tg < 1 or self.depth < 0:
             raise ConfigError(f"--pp and --tg must be at least 1, --depth at least 0 (got pp={self.pp}, "
                               f"tg={self.tg}, depth={self.depth})")
+        if self.warmup_tg is not None and self.warmup_tg < 1:
+            raise ConfigError(f"the warm-up's generated tokens must be at least 1 (got {self.warmup_tg})")
         if self.latency_mode not in LATENCY_MODES:
             raise ConfigError(f"--latency-mode {self.latency_mode!r}: expected one of {', '.join(LATENCY_MODES)}")
 
@@ -165,9 +173,11 @@ class BenchSession:
 
     async def run(self, load: Load, runs: int, *, topology: str = "", first_run: int = 0,
                   on_run: Callable[[RunDone], None] | None = None,
-                  on_request: Callable[[RequestRecord], None] | None = None) -> CellResult:
+                  on_request: Callable[[RequestRecord], None] | None = None,
+                  warmup: bool | None = None) -> CellResult:
         """One cell: the warm-up, then `runs` runs numbered from `first_run` (a resumed cell continues its
-        numbering). `on_run` gets every finished run (store it at once); `on_request` every request."""
+        numbering). `on_run` gets every finished run (store it at once); `on_request` every request.
+        `warmup` overrides the settings' (False: more runs of a cell already warmed up)."""
         if not isinstance(load, ClosedLoad):
             raise ConfigError(f"load {load}: this bench measures closed loads only")
         if runs < 1:
@@ -177,14 +187,15 @@ class BenchSession:
         assert self._client is not None and self._prompts is not None
         client, prompts, settings = self._client, self._prompts, self.settings
 
-        async def batch(run: int) -> list[RequestRecord]:
-            return await client.run_batch([prompts.build() for _ in range(load.concurrency)], settings.tg,
+        async def batch(run: int, tg: int, size: int = load.concurrency) -> list[RequestRecord]:
+            return await client.run_batch([prompts.build() for _ in range(size)], tg,
                                           topology=topology, workload=settings.workload, run=run,
                                           latency=self.latency, on_request=on_request)
 
         result = CellResult(records=[], run_rows=[], latency=self.latency)
-        if settings.warmup:
-            warm = await batch(-1)
+        if settings.warmup if warmup is None else warmup:
+            warm = await batch(-1, settings.warmup_tg or settings.tg,
+                               max(load.concurrency, settings.warmup_min_requests))
             if not prompts.adapted:
                 counted = [r.prompt_tokens for r in warm if r.ok and r.prompt_tokens is not None]
                 if counted and (shrank := prompts.adapt(round(sum(counted) / len(counted)))):
@@ -194,7 +205,7 @@ class BenchSession:
                 on_run(RunDone(load, -1, warm, None, warmup=True))
         for run in range(first_run, first_run + runs):
             cpu0, wall0 = time.process_time(), time.perf_counter()
-            records = await batch(run)
+            records = await batch(run, settings.tg)
             wall = time.perf_counter() - wall0
             cpu_frac = (time.process_time() - cpu0) / wall if wall > 0 else math.nan
             row = run_metrics(records, client_cpu_frac=cpu_frac)

@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from reports.names import display_name
-from reports.regress import RegressionResult, Status, mean_std_text, p_text
+from reports.regress import RegressionResult, Status, allowed_text, mean_std_text, p_text
 from reports.display import DisplayTable
 from reports.report import Report
 from reports.tables import format_pct
@@ -82,8 +82,8 @@ def print_regression(console: Console, result: RegressionResult) -> None:
     style = "bold red" if result.exit_code else "bold green"
     console.print(f"[{style}]{escape(result.summary())}[/]")
     table = Table(show_lines=False)
-    for header in ("Topology", "c", "Metric", "Baseline", "Current", "Change", "p", "Status"):
-        table.add_column(header, justify="right" if header in ("c", "Change", "p") else "left")
+    for header in ("Topology", "c", "Metric", "Baseline", "Current", "Change", "Allowed", "p", "Status"):
+        table.add_column(header, justify="right" if header in ("c", "Change", "Allowed", "p") else "left")
     order = [Status.REGRESSION, Status.FAILED, Status.MISSING, Status.INCONCLUSIVE, Status.IMPROVEMENT, Status.NEW]
     shown = sorted((c for c in result.comparisons if c.status in order), key=lambda c: order.index(c.status))
     for cell in shown:
@@ -91,7 +91,7 @@ def print_regression(console: Console, result: RegressionResult) -> None:
         p = cell.p_better if cell.status is Status.IMPROVEMENT else cell.p_worse
         table.add_row(escape(display_name(cell.topology)), str(cell.concurrency), cell.metric.title,
                       mean_std_text(cell.baseline), mean_std_text(cell.current), format_pct(cell.change_pct),
-                      p_text(p), f"[{colour}]{cell.status.value}[/]: {escape(cell.reason)}")
+                      allowed_text(cell), p_text(p), f"[{colour}]{cell.status.value}[/]: {escape(cell.reason)}")
     if shown:
         console.print(table)
     for note in result.notes:

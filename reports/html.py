@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 
 from reports.display import DisplayTable
 from reports.history import sweep_order, trend_figure
-from reports.names import display_name, topology_colours
+from reports.names import display_name, ordered_topologies, topology_colours
 from reports.regress import regression_display
 from reports.report import Report
 from reports.tables import METRICS, WinnerTable
@@ -38,25 +38,27 @@ td.winner { font-weight: 600; background: #eef7ee; text-align: left; }
 
 
 def chart(table: WinnerTable) -> go.Figure:
-    """One line per topology: mean against concurrency (log2 axis), population std as error bars."""
+    """One line per topology: mean against concurrency (log2 axis), the 95% interval as error bars."""
     metric = table.metric
     figure = go.Figure()
     levels = [row.concurrency for row in table.rows]
     colours = topology_colours(table.topologies)
     for topology in table.topologies:
-        xs, ys, errs = [], [], []
+        xs, ys, above, below = [], [], [], []
         for row in table.rows:
-            stat = row.cells.get(topology)
+            stat = row.topology_cells.get(topology)
             if stat is not None and stat.has_value:
                 xs.append(row.concurrency)
                 ys.append(stat.mean)
-                errs.append(0.0 if math.isnan(stat.std) else stat.std)
+                known = stat.interval.known
+                above.append(stat.hi - stat.mean if known else 0.0)
+                below.append(stat.mean - stat.lo if known else 0.0)
         figure.add_trace(go.Scatter(
             x=xs, y=ys, name=display_name(topology), mode="lines+markers",
             line={"color": colours[topology]},
-            error_y={"type": "data", "array": errs, "visible": True},
-            hovertemplate=f"{display_name(topology)}<br>c%{{x}}: %{{y:.1f}} ± %{{error_y.array:.1f}} {metric.unit}"
-                          "<extra></extra>",
+            error_y={"type": "data", "array": above, "arrayminus": below, "symmetric": False, "visible": True},
+            hovertemplate=f"{display_name(topology)}<br>c%{{x}}: %{{y:.1f}} {metric.unit}"
+                          " (95% interval +%{error_y.array:.1f} / −%{error_y.arrayminus:.1f})<extra></extra>",
         ))
     better = "higher" if metric.higher_is_better else "lower"
     figure.update_layout(
@@ -68,6 +70,34 @@ def chart(table: WinnerTable) -> go.Figure:
         legend={"orientation": "h", "y": -0.25},
         margin={"l": 60, "r": 20, "t": 50, "b": 40},
         height=420,
+        template="plotly_white",
+    )
+    return figure
+
+
+def frontier_chart(points: dict[str, list[tuple[int, float, float]]], workload: str = "") -> go.Figure:
+    """Total tokens/s against tokens/s per user, one line per topology through its load levels: up and to
+    the right is better; the upper-right envelope is the frontier (vLLM's sweep plot, InferenceX's charts)."""
+    figure = go.Figure()
+    topologies = ordered_topologies(points)
+    colours = topology_colours(topologies)
+    for topology in topologies:
+        levels = sorted(points[topology])
+        figure.add_trace(go.Scatter(
+            x=[p[1] for p in levels], y=[p[2] for p in levels], name=display_name(topology),
+            mode="lines+markers+text", text=[f"c{p[0]}" for p in levels], textposition="top center",
+            line={"color": colours[topology]},
+            hovertemplate=f"{display_name(topology)} %{{text}}<br>%{{x:.1f}} t/s per user, %{{y:.0f}} t/s total"
+                          "<extra></extra>",
+        ))
+    title = "Throughput vs interactivity" + (f" — {workload}" if workload else "")
+    figure.update_layout(
+        title={"text": f"{title} (up and right is better)"},
+        xaxis={"title": {"text": "decode tokens/s per user"}, "rangemode": "tozero"},
+        yaxis={"title": {"text": "decode tokens/s total"}, "rangemode": "tozero"},
+        legend={"orientation": "h", "y": -0.25},
+        margin={"l": 60, "r": 20, "t": 50, "b": 40},
+        height=460,
         template="plotly_white",
     )
     return figure
@@ -102,6 +132,18 @@ def render_html(report: Report) -> str:
             div_id=f"chart-{metric.key}",
             config={"displaylogo": False, "responsive": True, "displayModeBar": False},
         ))
+    frontiers = []
+    for index, (workload, points) in enumerate(sorted((report.frontier or {}).items())):
+        frontiers.append(frontier_chart(points, workload).to_html(
+            full_html=False, include_plotlyjs=False, include_mathjax=False, div_id=f"frontier-{index}",
+            config={"displaylogo": False, "responsive": True, "displayModeBar": False},
+        ))
+    frontier = ""
+    if frontiers:
+        frontier = ("<h2>Throughput vs interactivity</h2><p>Per workload, each topology's load levels from c1 up: "
+                    "total decode tokens/s against what one user's stream gets. A topology whose line lies above and "
+                    "to the right of another's gives more of both.</p>"
+                    + "".join(f'<div class="frontier">{figure}</div>' for figure in frontiers))
     trends = ""
     if report.history is not None:
         figures = [
@@ -146,6 +188,7 @@ def render_html(report: Report) -> str:
 <div class="charts">
 {''.join(f'<div class="chart">{c}</div>' for c in charts)}
 </div>
+{frontier}
 {trends}
 {tables}
 {timelines}

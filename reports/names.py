@@ -5,7 +5,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from topology.registry import BASELINE, colours, display_name, executor_pairs, executor_partner, ordered
+from topology.registry import (
+    BASELINE,
+    colours,
+    display_name,
+    executor_pairs,
+    executor_partner,
+    layout_groups,
+    ordered,
+    topology_of,
+)
 
 BASELINE_TOPOLOGY = BASELINE
 
@@ -25,5 +34,23 @@ def ray_pairs(topologies: Iterable[str]) -> list[tuple[str, str]]:
     return executor_pairs(topologies)
 
 
-__all__ = ["BASELINE_TOPOLOGY", "display_name", "executor_partner", "ordered_topologies", "ray_pairs",
-           "topology_colours"]
+def layouts(topologies: Iterable[str]) -> dict[str, list[str]]:
+    """Layout -> its present topologies (executor variants), both in display order: the winner tables'
+    columns. The executor is a choice within a layout, compared in its own table."""
+    return layout_groups(topologies)
+
+
+def layout_of(topology: str) -> str:
+    """`tp2-mp` and `tp2-ray` -> `tp2`; a name that is not a topology is its own layout."""
+    parsed = topology_of(topology)
+    return parsed.layout.name if parsed else topology
+
+
+def layout_display_name(topology: str) -> str:
+    """How the layout a topology runs is called: `Cluster TP=2` for tp2-mp and tp2-ray."""
+    parsed = topology_of(topology)
+    return parsed.layout.display_name if parsed else display_name(topology)
+
+
+__all__ = ["BASELINE_TOPOLOGY", "display_name", "executor_partner", "layout_display_name", "layout_of", "layouts",
+           "ordered_topologies", "ray_pairs", "topology_colours"]

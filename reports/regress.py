@@ -1,13 +1,22 @@
-"""The statistics of the regression gate: compare two sweeps cell by cell on their per-run values.
+"""The statistics of the regression gate: compare two sweeps cell by cell, on the footing of the winner tables.
 
-A cell is (topology, concurrency, metric). For each cell present in both sweeps the per-run values of the
-baseline and of the current sweep are compared with a one-sided test (Welch's t-test by default,
-Mann-Whitney U on request), never with a ratio of two means alone:
+A cell is (topology, concurrency, metric); ``worse_pct`` is how much worse the current mean is, in percent
+of the baseline mean (positive = worse: lower throughput, higher TTFT). A cell is judged by what its own
+noise allows, never by a ratio of two means alone:
 
-- ``worse_pct`` is how much worse the current mean is, in percent of the baseline mean (positive = worse:
-  lower throughput, higher TTFT);
-- a REGRESSION is ``worse_pct > threshold`` *and* ``p < alpha`` for "current is worse";
-- an IMPROVEMENT is ``-worse_pct > threshold`` *and* ``p < alpha`` for "current is better";
+- **with history** (the cell's mean in at least ``min_history`` earlier sweeps of the same cluster): the
+  sweep-to-sweep spread those sweeps have shown sets the cell's tolerance: one-sided
+  ``t(1 - alpha / cells, n - 1) * s * sqrt(2)`` of the history's mean (the difference of two sweep means,
+  each that noisy; alpha shared by the ``cells`` judged this way, so a night of 40 cells alarms by chance
+  with probability alpha, not 40 times that), never below ``threshold``. A REGRESSION is ``worse_pct``
+  above the tolerance, an IMPROVEMENT ``-worse_pct`` above it. So a cell that a busy machine (or a
+  router's random split) moves by 10% night after night does not alarm at 10%, and says how much it could
+  detect; a steady cell still alarms just above the threshold;
+- **without history**, by the cells' 95% intervals (the default test, `intervals`, the same intervals the
+  winner tables show): a REGRESSION is ``worse_pct > threshold`` *and* the current interval entirely on the
+  worse side of the baseline's; a cell without an interval on a side is INCONCLUSIVE. On request, a
+  one-sided test on the per-run values instead (Welch's t-test or Mann-Whitney U):
+  ``worse_pct > threshold`` *and* ``p < alpha``, the same for improvements;
 - when both samples (2+ runs each) have no spread at all (a deterministic twin), the difference of the
   means is exact: p is 0 when the means differ and 1 when they are equal;
 - fewer than 2 runs on a side (Welch) leaves the cell INCONCLUSIVE: it is reported, it does not fail;
@@ -35,12 +44,14 @@ import numpy as np
 import pandas as pd
 
 from bench.results_folder import FolderMeta, ResultsFolder, ran_differences
+from bench.stats import Interval, cell_interval, t_quantile
 from common.errors import RegressionInputError, ResultsError
 from reports.names import display_name, ordered_topologies
 from reports.display import DisplayTable, markdown_table
-from reports.tables import METRICS, MetricSpec, format_pct, validate_cells
+from reports.tables import DEFAULT_MARGIN_PCT, METRICS, MetricSpec, cell_stat, format_pct, validate_cells
 
-TestName = Literal["welch", "mannwhitney"]
+TestName = Literal["intervals", "welch", "mannwhitney"]
+TEST_NAMES: tuple[str, ...] = ("intervals", "welch", "mannwhitney")
 
 # meta facts that must agree for two sweeps to be comparable at all (FolderMeta properties)
 COMPARABLE_META_KEYS: tuple[str, ...] = ("model", "pp", "tg")
@@ -62,22 +73,26 @@ class Status(str, Enum):
 
 @dataclass(frozen=True)
 class RegressionPolicy:
-    threshold_pct: float = 5.0  # a change smaller than this is never a regression, however significant
-    alpha: float = 0.05  # significance level of the one-sided test
-    test: TestName = "welch"
+    # a change smaller than this is never a regression, however settled: the winner tables' margin
+    threshold_pct: float = DEFAULT_MARGIN_PCT
+    alpha: float = 0.05  # one-sided: of the test, and of the history's tolerance
+    test: TestName = "intervals"  # how a cell without history is judged
     metrics: tuple[MetricSpec, ...] = METRICS
+    min_history: int = 3  # earlier sweeps of a cell before its own spread sets its tolerance
 
     def __post_init__(self) -> None:
         if not (self.threshold_pct >= 0 and math.isfinite(self.threshold_pct)):
             raise RegressionInputError(f"threshold must be a non-negative percentage (got {self.threshold_pct})")
         if not 0 < self.alpha < 1:
             raise RegressionInputError(f"alpha must be between 0 and 1 (got {self.alpha})")
-        if self.test not in ("welch", "mannwhitney"):
-            raise RegressionInputError(f"test must be 'welch' or 'mannwhitney' (got {self.test!r})")
+        if self.test not in TEST_NAMES:
+            raise RegressionInputError(f"test must be one of {', '.join(TEST_NAMES)} (got {self.test!r})")
+        if self.min_history < 2:
+            raise RegressionInputError(f"min_history must be at least 2 (got {self.min_history})")
 
     @property
     def test_name(self) -> str:
-        return "Welch's t-test" if self.test == "welch" else "Mann-Whitney U"
+        return {"intervals": "95% intervals", "welch": "Welch's t-test", "mannwhitney": "Mann-Whitney U"}[self.test]
 
 
 def parse_threshold(text: str | float) -> float:
@@ -104,6 +119,8 @@ class CellComparison:
     baseline_failed: int = 0
     current_failed: int = 0
     reason: str = ""
+    tolerance_pct: float = math.nan  # how much worse the cell may get before it regresses
+    history_sweeps: int = 0  # earlier sweeps whose spread set the tolerance (0: the threshold did)
 
     @property
     def name(self) -> str:
@@ -161,8 +178,13 @@ class RegressionResult:
         verdict = "FAIL" if self.exit_code else "PASS"
         parts = [f"{counts[s]} {s.value}" for s in Status if counts[s] and s is not Status.UNCHANGED]
         parts.append(f"{counts[Status.UNCHANGED]} unchanged")
+        with_history = sum(1 for c in self.comparisons if c.history_sweeps)
+        basis = f"{self.policy.test_name}, α = {self.policy.alpha:g}"
+        if with_history:
+            basis = (f"{with_history} cells by their history's spread (α = {self.policy.alpha:g} shared), "
+                     f"the others by {self.policy.test_name}")
         return (f"{verdict}: {', '.join(parts)} of {len(self.comparisons)} cells "
-                f"(threshold {self.policy.threshold_pct:g}%, {self.policy.test_name}, α = {self.policy.alpha:g})")
+                f"(threshold {self.policy.threshold_pct:g}%, {basis})")
 
     def to_markdown(self) -> str:
         return regression_markdown(self)
@@ -216,10 +238,29 @@ def min_mannwhitney_p(n_current: int, n_baseline: int) -> float:
     return 1.0 / math.comb(n_current + n_baseline, n_current)
 
 
+def history_tolerance_pct(history_means: np.ndarray, alpha: float) -> float:
+    """How much worse (in % of the history's mean) a cell may get from one sweep to the next by the
+    sweep-to-sweep spread its history shows: one-sided t(1 - alpha, n - 1) * s * sqrt(2) / mean."""
+    finite = history_means[np.isfinite(history_means)]
+    mean = float(finite.mean())
+    if finite.size < 2 or mean == 0:
+        return math.nan
+    spread = float(finite.std(ddof=1))
+    return t_quantile(finite.size - 1, 1 - 2 * alpha) * spread * math.sqrt(2) / abs(mean) * 100.0
+
+
+def interval_worse(current: Interval, baseline: Interval, higher_is_better: bool) -> bool:
+    """The current interval lies entirely on the worse side of the baseline's (not touching)."""
+    return current.hi < baseline.lo if higher_is_better else current.lo > baseline.hi
+
+
 def compare_values(topology: str, concurrency: int, metric: MetricSpec, baseline: np.ndarray,
                    current: np.ndarray, policy: RegressionPolicy, baseline_failed: int = 0,
-                   current_failed: int = 0) -> CellComparison:
-    """Classify one cell from its per-run values (NaN runs are dropped)."""
+                   current_failed: int = 0, *, baseline_interval: Interval | None = None,
+                   current_interval: Interval | None = None,
+                   history_means: np.ndarray | None = None, history_alpha: float | None = None) -> CellComparison:
+    """Classify one cell from its per-run values (NaN runs are dropped), its intervals and the cell's
+    means in earlier sweeps (see the module docstring); `history_alpha`: this cell's share of alpha."""
     baseline = baseline[~np.isnan(baseline)]
     current = current[~np.isnan(current)]
     common: dict[str, Any] = {
@@ -235,28 +276,63 @@ def compare_values(topology: str, concurrency: int, metric: MetricSpec, baseline
     change = (cur_mean - base_mean) / base_mean * 100.0 if base_mean else math.nan
     worse = -change if metric.higher_is_better else change
     worse_alt, better_alt = ("less", "greater") if metric.higher_is_better else ("greater", "less")
-    p_worse = one_sided_p(current, baseline, policy.test, worse_alt)
-    p_better = one_sided_p(current, baseline, policy.test, better_alt)
-    common.update(worse_pct=worse, p_worse=p_worse, p_better=p_better)
+    p_worse = p_better = math.nan
+    if policy.test != "intervals":
+        p_worse = one_sided_p(current, baseline, policy.test, worse_alt)
+        p_better = one_sided_p(current, baseline, policy.test, better_alt)
+    common.update(worse_pct=worse, p_worse=p_worse, p_better=p_better, tolerance_pct=policy.threshold_pct)
     if current_failed and not baseline_failed:
         return CellComparison(status=Status.FAILED,
                               reason=f"{current_failed} request(s) failed; none failed in the baseline", **common)
-    if math.isnan(p_worse) or math.isnan(p_better):
-        need = "2 runs on each side" if policy.test == "welch" else "1 run on each side"
-        return CellComparison(status=Status.INCONCLUSIVE, reason=f"too few runs for a test (needs {need})",
-                              **common)
-    if worse > policy.threshold_pct and p_worse < policy.alpha:
-        return CellComparison(status=Status.REGRESSION, reason=f"{worse:.1f}% worse, p = {p_worse:.2g}", **common)
-    if -worse > policy.threshold_pct and p_better < policy.alpha:
-        return CellComparison(status=Status.IMPROVEMENT, reason=f"{-worse:.1f}% better, p = {p_better:.2g}",
+    history = history_means[np.isfinite(history_means)] if history_means is not None else np.array([])
+    if history.size >= policy.min_history:
+        spread = history_tolerance_pct(history, history_alpha or policy.alpha)
+        tolerance = max(policy.threshold_pct, spread)
+        common.update(tolerance_pct=tolerance, history_sweeps=int(history.size))
+        allows = f"its {history.size} earlier sweeps allow ±{spread:.1f}%"
+        if spread <= policy.threshold_pct:
+            allows += f", so the {policy.threshold_pct:g}% threshold holds"
+        if worse > tolerance:
+            return CellComparison(status=Status.REGRESSION, reason=f"{worse:.1f}% worse; {allows}", **common)
+        if -worse > tolerance:
+            return CellComparison(status=Status.IMPROVEMENT, reason=f"{-worse:.1f}% better; {allows}", **common)
+        return CellComparison(status=Status.UNCHANGED, reason=f"{_signed(worse)}; {allows}", **common)
+    if policy.test == "intervals":
+        # given by the caller when the runs carry within-run bounds (cells.parquet); else over the runs
+        baseline_interval = baseline_interval or cell_interval(list(baseline))
+        current_interval = current_interval or cell_interval(list(current))
+        if not (baseline_interval.known and current_interval.known):
+            return CellComparison(status=Status.INCONCLUSIVE, reason="no interval on a side (one value only)",
+                                  **common)
+        worse_apart = interval_worse(current_interval, baseline_interval, metric.higher_is_better)
+        better_apart = interval_worse(baseline_interval, current_interval, metric.higher_is_better)
+        settled_worse, settled_better = worse_apart, better_apart
+        evidence_worse, evidence_better = "the intervals are apart", "the intervals are apart"
+        unsettled = "the intervals overlap"
+    else:
+        if math.isnan(p_worse) or math.isnan(p_better):
+            need = "2 runs on each side" if policy.test == "welch" else "1 run on each side"
+            return CellComparison(status=Status.INCONCLUSIVE, reason=f"too few runs for a test (needs {need})",
+                                  **common)
+        settled_worse, settled_better = p_worse < policy.alpha, p_better < policy.alpha
+        evidence_worse, evidence_better = f"p = {p_worse:.2g}", f"p = {p_better:.2g}"
+        unsettled = ""
+    if worse > policy.threshold_pct and settled_worse:
+        return CellComparison(status=Status.REGRESSION, reason=f"{worse:.1f}% worse, {evidence_worse}", **common)
+    if -worse > policy.threshold_pct and settled_better:
+        return CellComparison(status=Status.IMPROVEMENT, reason=f"{-worse:.1f}% better, {evidence_better}",
                               **common)
     if worse > policy.threshold_pct:
-        reason = f"{worse:.1f}% worse but not significant (p = {p_worse:.2g})"
+        reason = f"{worse:.1f}% worse but not significant ({unsettled or evidence_worse})"
     elif -worse > policy.threshold_pct:
-        reason = f"{-worse:.1f}% better but not significant (p = {p_better:.2g})"
+        reason = f"{-worse:.1f}% better but not significant ({unsettled or evidence_better})"
     else:
         reason = f"within the {policy.threshold_pct:g}% threshold"
     return CellComparison(status=Status.UNCHANGED, reason=reason, **common)
+
+
+def _signed(worse: float) -> str:
+    return f"{worse:.1f}% worse" if worse >= 0 else f"{-worse:.1f}% better"
 
 
 # ---- two sweeps ------------------------------------------------------------------------------------------
@@ -283,10 +359,24 @@ def check_comparable(baseline_meta: FolderMeta | None, current_meta: FolderMeta 
             )
 
 
+def history_means(history: pd.DataFrame | None, metric: MetricSpec) -> dict[tuple[str, int], np.ndarray]:
+    """(topology, concurrency) -> the cell's mean in each earlier sweep (`history` has a `sweep` column)."""
+    if history is None or history.empty:
+        return {}
+    if "sweep" not in history.columns:
+        raise RegressionInputError("the history needs a `sweep` column naming each row's sweep")
+    means = history.groupby(["topology", "concurrency", "sweep"])[metric.key].mean()
+    return {(str(t), int(c)): group.to_numpy(float) for (t, c), group in means.groupby(level=[0, 1])}
+
+
 def compare_sweeps(baseline: pd.DataFrame, current: pd.DataFrame, policy: RegressionPolicy | None = None, *,
                    baseline_meta: FolderMeta | None = None, current_meta: FolderMeta | None = None,
-                   baseline_label: str = "baseline", current_label: str = "current") -> RegressionResult:
-    """Every (topology, concurrency, metric) cell of either sweep, classified (see the module docstring)."""
+                   baseline_label: str = "baseline", current_label: str = "current",
+                   history: pd.DataFrame | None = None) -> RegressionResult:
+    """Every (topology, concurrency, metric) cell of either sweep, classified (see the module docstring).
+
+    `history`: cells of EARLIER sweeps of the same cluster (the current one not among them; the baseline
+    may be), with a `sweep` column; cells with enough of it are judged by its spread."""
     policy = policy or RegressionPolicy()
     try:
         baseline = validate_cells(baseline, source=baseline_label)
@@ -302,6 +392,16 @@ def compare_sweeps(baseline: pd.DataFrame, current: pd.DataFrame, policy: Regres
         )
     keys = sorted(set(base_runs) | set(cur_runs),
                   key=lambda k: (ordered_topologies(t for t, _ in set(base_runs) | set(cur_runs)).index(k[0]), k[1]))
+    if history is not None and not history.empty:
+        try:
+            history = validate_cells(history, source="history")
+        except ResultsError as exc:
+            raise RegressionInputError(str(exc)) from exc
+    past = {metric.key: history_means(history, metric) for metric in policy.metrics}
+    judged_by_history = sum(1 for metric in policy.metrics for key, means in past[metric.key].items()
+                            if key in cur_runs and key in base_runs
+                            and np.isfinite(means).sum() >= policy.min_history)
+    history_alpha = policy.alpha / max(judged_by_history, 1)
     comparisons = []
     for topology, concurrency in keys:
         base_rows, cur_rows = base_runs.get((topology, concurrency)), cur_runs.get((topology, concurrency))
@@ -313,9 +413,13 @@ def compare_sweeps(baseline: pd.DataFrame, current: pd.DataFrame, policy: Regres
                                                   reason="not measured by the current sweep"))
                 continue
             base_values = base_rows[metric.key].to_numpy(float) if base_rows is not None else np.array([])
-            comparisons.append(compare_values(topology, concurrency, metric, base_values,
-                                              cur_rows[metric.key].to_numpy(float), policy,
-                                              _failed(base_rows), _failed(cur_rows)))
+            base_interval = (cell_stat(base_rows, topology, concurrency, metric).interval
+                             if base_rows is not None else None)
+            comparisons.append(compare_values(
+                topology, concurrency, metric, base_values, cur_rows[metric.key].to_numpy(float), policy,
+                _failed(base_rows), _failed(cur_rows), baseline_interval=base_interval,
+                current_interval=cell_stat(cur_rows, topology, concurrency, metric).interval,
+                history_means=past[metric.key].get((topology, concurrency)), history_alpha=history_alpha))
     notes = []
     if policy.test == "mannwhitney":
         sizes = [(len(c.current), len(c.baseline)) for c in comparisons if c.current and c.baseline]
@@ -330,7 +434,7 @@ def compare_sweeps(baseline: pd.DataFrame, current: pd.DataFrame, policy: Regres
 
 def compare_result_dirs(baseline_dir: Path | str, current_dir: Path | str,
                         policy: RegressionPolicy | None = None, *, baseline_label: str | None = None,
-                        current_label: str | None = None) -> RegressionResult:
+                        current_label: str | None = None, history: pd.DataFrame | None = None) -> RegressionResult:
     """compare_sweeps over two results folders; any unreadable folder is a RegressionInputError (exit 2).
 
     The labels name the sweeps in the outputs (default: the folder paths; `topo regress` passes a tag)."""
@@ -340,7 +444,7 @@ def compare_result_dirs(baseline_dir: Path | str, current_dir: Path | str,
         raise RegressionInputError(f"cannot compare: {exc}") from exc
     return compare_sweeps(baseline.cells, current.cells, policy, baseline_meta=baseline.meta,
                           current_meta=current.meta, baseline_label=baseline_label or str(baseline_dir),
-                          current_label=current_label or str(current_dir))
+                          current_label=current_label or str(current_dir), history=history)
 
 
 def _cell_list(runs: dict[tuple[str, int], Any]) -> str:
@@ -364,6 +468,11 @@ def mean_std_text(values: tuple[float, ...]) -> str:
     return f"{mean:.{decimals}f} ± {std:.{decimals}f}"
 
 
+def allowed_text(comparison: CellComparison) -> str:
+    """How much worse the cell may get (its history's spread, or the threshold)."""
+    return "—" if math.isnan(comparison.tolerance_pct) else f"{comparison.tolerance_pct:.1f}%"
+
+
 def p_text(p: float) -> str:
     return "—" if math.isnan(p) else f"{p:.2g}"
 
@@ -382,12 +491,12 @@ def regression_display(result: RegressionResult) -> DisplayTable:
         rows.append([
             STATUS_ICON[comparison.status], display_name(comparison.topology), str(comparison.concurrency),
             f"{comparison.metric.title} ({comparison.metric.unit})", mean_std_text(comparison.baseline),
-            mean_std_text(comparison.current), format_pct(comparison.change_pct), p_text(p),
-            f"{comparison.status.value}: {comparison.reason}",
+            mean_std_text(comparison.current), format_pct(comparison.change_pct), allowed_text(comparison),
+            p_text(p), f"{comparison.status.value}: {comparison.reason}",
         ])
     return DisplayTable(
         f"Regression gate: {result.current_label} vs {result.baseline_label}",
-        ["", "Topology", "c", "Metric", "Baseline", "Current", "Change", "p", "Status"], rows,
+        ["", "Topology", "c", "Metric", "Baseline", "Current", "Change", "Allowed", "p", "Status"], rows,
         intro=result.summary(), notes=list(result.notes),
     )
 

@@ -25,11 +25,13 @@ from reports.recommend import Recommendation, recommend
 from reports.regress import RegressionResult
 from reports.telemetry import TelemetrySection, telemetry_section
 from reports.tables import (
+    DEFAULT_MARGIN_PCT,
     METRICS,
     CellStat,
     RayTable,
     WinnerTable,
     format_pct,
+    frontier_points,
     ray_tables,
     validate_cells,
     winner_table,
@@ -63,6 +65,8 @@ class Report:
     caveats: list[str]
     history: pd.DataFrame | None = None  # cells of earlier sweeps with a `sweep` column (reports/history.py)
     regression: RegressionResult | None = None  # the nightly gate's verdict against a baseline
+    # workload -> topology -> (concurrency, t/s per user, t/s total): the frontier chart (reports/html.py)
+    frontier: dict[str, dict[str, list[tuple[int, float, float]]]] | None = None
     telemetry: TelemetrySection | None = None  # energy, the servers' view, roofline (reports/telemetry.py)
 
     @property
@@ -97,9 +101,14 @@ class Report:
         add("When", when)
         add("Cluster", meta.cluster)
         add("Recipe", meta.recipe)
-        load = [f"pp{meta.pp}" if meta.pp else None, f"tg{meta.tg}" if meta.tg else None,
-                f"{meta.runs} run(s) per level" if meta.runs else None]
+        adaptive = meta.kind == "sweep" and "runs" in meta.spec and meta.spec["runs"] is None
+        runs = (f"runs per cell until settled (at most {meta.spec.get('max_runs')})" if adaptive
+                else f"{meta.runs} run(s) per level" if meta.runs else None)
+        load = [f"pp{meta.pp}" if meta.pp else None, f"tg{meta.tg}" if meta.tg else None, runs]
         add("Load", ", ".join(part for part in load if part))
+        if meta.timing:
+            add("Time to decision", f"wall {meta.timing['wall_s']:.0f} s, serving measured requests "
+                                    f"{meta.timing['serving_s']:.0f} s ({meta.timing['serving_share']:.0%})")
         add("Twin hardware", meta.spec.get("twin_hardware"))
         add("Git", meta.git_describe)
         add("Versions", ", ".join(f"{k} {v}" for k, v in meta.versions.items() if v))
@@ -150,9 +159,16 @@ class Report:
         out.append("")
         return "\n".join(out)
 
+def margin_of(meta: FolderMeta | None) -> float:
+    """The practical margin the sweep was run with (its spec's margin_pct), else the default."""
+    value = meta.spec.get("margin_pct") if meta else None
+    return float(value) if isinstance(value, (int, float)) else DEFAULT_MARGIN_PCT
+
+
 def build_report(cells: pd.DataFrame, meta: FolderMeta | None = None, requests: pd.DataFrame | None = None,
                  *, history: pd.DataFrame | None = None, regression: RegressionResult | None = None,
-                 unmerged_parts: int = 0, telemetry: pd.DataFrame | None = None) -> Report:
+                 unmerged_parts: int = 0, telemetry: pd.DataFrame | None = None,
+                 margin_pct: float | None = None) -> Report:
     """Analyse one sweep's cells (cells.parquet rows); meta.json and requests.parquet are optional.
 
     A nightly run adds `history` (earlier sweeps' cells with a `sweep` column, this one included: trend
@@ -160,9 +176,12 @@ def build_report(cells: pd.DataFrame, meta: FolderMeta | None = None, requests: 
     `unmerged_parts` counts the folder's part files not merged yet (their rows are in `cells`).
     `telemetry` (telemetry.parquet) adds energy, the servers' view per cell and time charts; the roofline
     needs only the hardware and model the meta names.
+    `margin_pct` (`--margin`) is the smallest difference that counts as a win; default: the sweep's own,
+    else 3%.
     """
     cells = validate_cells(cells)
-    winners = {m.key: winner_table(cells, m) for m in METRICS}
+    margin = margin_of(meta) if margin_pct is None else margin_pct
+    winners = {m.key: winner_table(cells, m, margin) for m in METRICS}
     startup = dict(meta.startup_s) if meta else {}
     client_bound = find_client_bound(cells)
     percentiles = ttft_percentiles(requests) if requests is not None else None
@@ -176,7 +195,7 @@ def build_report(cells: pd.DataFrame, meta: FolderMeta | None = None, requests: 
     return Report(
         meta=meta,
         winners=winners,
-        ray=ray_tables(cells),
+        ray=ray_tables(cells, margin),
         recommendations=recommend(winners),
         startup_s=startup,
         ttft_percentiles=percentiles,
@@ -184,6 +203,7 @@ def build_report(cells: pd.DataFrame, meta: FolderMeta | None = None, requests: 
         caveats=notes,
         history=history,
         regression=regression,
+        frontier=frontier_points(cells),
         telemetry=section,
     )
 
@@ -256,9 +276,9 @@ def caveats(cells: pd.DataFrame, winners: dict[str, WinnerTable], client_bound: 
         notes.append(f"Some runs are stored twice ({where}): the results folder may have been written by two "
                      f"sweeps at once; every copy is counted.")
     runs = cells.groupby(list(CELL_KEY))["run"].nunique()
-    if not runs.empty and runs.min() < 3:
-        notes.append(f"Some cells have only {int(runs.min())} run(s): their spread (±) says little, so a "
-                     f"`(tie)` is rarely detected; use more runs (--runs) before drawing conclusions.")
+    if not runs.empty and runs.min() < 2:
+        notes.append("Some cells have a single run: their interval is the noise inside that one batch and cannot "
+                     "show run-to-run drift (`--runs auto` measures until the call is settled).")
     measured = set(decode.topologies)
     for topology in ordered_topologies(measured):
         other = executor_partner(topology)
@@ -297,34 +317,69 @@ def ttft_percentiles(requests: pd.DataFrame) -> pd.DataFrame | None:
 
 
 def format_cell(stat: CellStat | None) -> str:
+    """`4807 [4750–4860]`: the mean and its 95% interval; `(no CI)` when one value cannot give one."""
     if stat is None:
         return MISSING
     if not stat.has_value:
         return f"{FAILED_MARK} all failed"
     decimals = 0 if abs(stat.mean) >= 100 else 1
-    text = f"{stat.mean:.{decimals}f} ± {stat.std:.{decimals}f}"
+    if stat.interval.known:
+        text = f"{stat.mean:.{decimals}f} [{stat.lo:.{decimals}f}–{stat.hi:.{decimals}f}]"
+    else:
+        text = f"{stat.mean:.{decimals}f} (no CI)"
     return f"{text} {FAILED_MARK}" if stat.failed else text
+
+
+EXECUTOR_LABELS = {"-mp": "no Ray", "-ray": "Ray"}
+
+
+def executor_label(topology: str) -> str:
+    return next((label for suffix, label in EXECUTOR_LABELS.items() if topology.endswith(suffix)), topology)
+
+
+def interval_methods(stats: list[CellStat]) -> str:
+    """How the shown intervals were computed, in one phrase (over runs, within one run, or both)."""
+    methods = {s.method for s in stats if s.has_value}
+    parts = []
+    if "runs" in methods:
+        parts.append("over runs (Student t) where a cell has 2+ runs")
+    if "within-run" in methods:
+        parts.append("within the one run (bootstrap: decode over its steps, prefill and TTFT over its requests)"
+                     " where a cell has one run")
+    if "none" in methods:
+        parts.append("none where one value gives no interval (no CI)")
+    return "; ".join(parts) or "none"
 
 
 def winner_display(table: WinnerTable) -> DisplayTable:
     metric = table.metric
-    vs = table.vs_solo_topologies
-    headers = ["c"] + [display_name(t) for t in table.topologies] + ["Winner"]
-    headers += [f"{display_name(t)} vs solo" for t in vs]
+    layouts = list(table.layouts)
+    vs = table.vs_solo_layouts
+    headers = ["c"] + [table.layout_title(layout) for layout in layouts] + ["Winner"]
+    headers += [f"{table.layout_title(layout)} vs solo" for layout in vs]
     rows = []
     for row in table.rows:
-        line = [str(row.concurrency)] + [format_cell(row.cells.get(t)) for t in table.topologies]
+        line = [str(row.concurrency)]
+        for layout in layouts:
+            stat = row.cells.get(layout)
+            text = format_cell(stat)
+            if stat is not None and sum(t in row.topology_cells for t in table.layouts[layout]) > 1:
+                text += f" ({executor_label(stat.topology)})"
+            line.append(text)
         line.append(row.verdict.label() if row.verdict else MISSING)
-        line += [format_pct(row.vs_solo.get(t, math.nan)) for t in vs]
+        line += [format_pct(row.vs_solo.get(layout, math.nan)) for layout in vs]
         rows.append(line)
     better = "higher" if metric.higher_is_better else "lower"
+    shown = [s for r in table.rows for s in r.cells.values()]
     notes = [
-        "Cells: mean ± population std over runs. Winner margin is relative to the runner-up; `(tie)` when the "
-        "two cells' mean ± std intervals overlap.",
+        f"Cells: mean [95% interval], {interval_methods(shown)}. Layouts are compared, each by its better executor "
+        "at that level (named in brackets; the executors have their own table). A winner is called only when "
+        f"its interval clears the runner-up's and the difference exceeds {table.margin_pct:g}%; otherwise "
+        "`tie` names both and says why. The margin is relative to the best other layout.",
     ]
-    if any(s.failed for r in table.rows for s in r.cells.values()):
+    if any(s.failed for s in shown):
         notes.append(f"{FAILED_MARK} = some requests of this cell failed (see Caveats).")
-    main = list(range(len(table.topologies) + 2))
+    main = list(range(len(layouts) + 2))
     parts = [("", main)]
     if vs:
         parts.append(("change vs solo", [0, *range(len(main), len(headers))]))
@@ -337,21 +392,25 @@ def ray_display(table: RayTable) -> DisplayTable:
     ray, mp = display_name(table.ray_topology), display_name(table.no_ray_topology)
     headers = ["c"]
     for metric in METRICS:
-        headers += [f"{metric.title} ray", f"{metric.title} no-ray", f"{metric.title} gain"]
+        headers += [f"{metric.title} ray", f"{metric.title} no-ray", f"{metric.title} gain", f"{metric.title} call"]
     rows = []
     for row in table.rows:
         line = [str(row.concurrency)]
         for metric in METRICS:
+            verdict = row.verdict.get(metric.key)
+            call = MISSING
+            if verdict is not None and verdict.runner_up is not None:
+                call = f"tie ({verdict.why})" if verdict.tie else executor_label(verdict.winner)
             line += [format_cell(row.ray[metric.key]), format_cell(row.no_ray[metric.key]),
-                     format_pct(row.gain_pct[metric.key])]
+                     format_pct(row.gain_pct[metric.key]), call]
         rows.append(line)
     return DisplayTable(
         f"Ray vs no-Ray: {ray} vs {mp}", headers, rows,
         intro=f"Same engine layout, executor over Ray ({table.ray_topology}) or PyTorch distributed "
               f"({table.no_ray_topology}).",
         notes=["gain = (ray − no-ray) / no-ray: positive is better for decode and prefill; for TTFT negative "
-               "means Ray answers sooner."],
-        parts=[(metric.title, [0, 1 + 3 * i, 2 + 3 * i, 3 + 3 * i]) for i, metric in enumerate(METRICS)],
+               "means Ray answers sooner. call: the better executor by the winner tables' rule, or tie."],
+        parts=[(metric.title, [0, 1 + 4 * i, 2 + 4 * i, 3 + 4 * i, 4 + 4 * i]) for i, metric in enumerate(METRICS)],
     )
 
 
@@ -359,8 +418,9 @@ def recommendations_display(recommendations: list[Recommendation]) -> DisplayTab
     rows = [[r.use_case, r.range_text if r.levels else MISSING, r.choice(), r.evidence()] for r in recommendations]
     return DisplayTable(
         "When to use which topology", ["Use case", "Levels", "Use", "Because (measured)"], rows,
-        intro="Derived from the measured cells (tables below): the topology with the best mean relative standing over the levels "
-              "(decode for the first three rows, prefill for prefill-heavy, TTFT for latency at scale).",
+        intro="Derived from the measured cells (tables below): the layout with the best mean relative standing over the levels "
+              "(decode for the first three rows, prefill for prefill-heavy, TTFT for latency at scale), by its better "
+              "executor. Two names mean the difference is not settled or does not matter (same rule as the tables).",
     )
 
 

@@ -17,11 +17,13 @@ REPORT_REQUEST_COLUMNS = ("topology", "concurrency", "run", "batch_start", "star
 
 
 def folder_report(folder: ResultsFolder, *, history: pd.DataFrame | None = None,
-                  regression: RegressionResult | None = None) -> Report:
-    """The report of one folder's stored data (unmerged parts included, and named in the caveats)."""
+                  regression: RegressionResult | None = None, margin_pct: float | None = None) -> Report:
+    """The report of one folder's stored data (unmerged parts included, and named in the caveats);
+    `margin_pct` overrides the margin the folder was swept with."""
     contents = folder.load(REPORT_REQUEST_COLUMNS)
     return build_report(contents.cells, contents.meta, contents.requests, history=history, regression=regression,
-                        unmerged_parts=contents.unmerged_parts, telemetry=contents.telemetry)
+                        unmerged_parts=contents.unmerged_parts, telemetry=contents.telemetry,
+                        margin_pct=margin_pct)
 
 
 def write_report(folder: ResultsFolder, report: Report) -> tuple[Path, Path]:
@@ -29,10 +31,10 @@ def write_report(folder: ResultsFolder, report: Report) -> tuple[Path, Path]:
     return folder.write_report(report.to_markdown(), render_html(report))
 
 
-def render_results(directory: Path | str) -> tuple[Report, Path, Path]:
+def render_results(directory: Path | str, margin_pct: float | None = None) -> tuple[Report, Path, Path]:
     """Re-render a results folder's report from its stored data (what `topo report DIR` does)."""
     folder = ResultsFolder(directory)
-    report = folder_report(folder)
+    report = folder_report(folder, margin_pct=margin_pct)
     md_path, html_path = write_report(folder, report)
     return report, md_path, html_path
 

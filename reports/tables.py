@@ -8,7 +8,7 @@ same numbers.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,7 +17,8 @@ import pandas as pd
 from bench.records import REQUIRED_CELL_COLUMNS
 from bench.results_folder import fill_load_keys
 from common.errors import ResultsError
-from reports.names import BASELINE_TOPOLOGY, display_name, ordered_topologies, ray_pairs
+from bench.stats import Interval, Method, bound_columns, cell_interval
+from reports.names import BASELINE_TOPOLOGY, display_name, layout_display_name, layouts, ray_pairs
 
 # cells columns a report cannot do without; the others of CELL_COLUMNS are used when present.
 REQUIRED_COLUMNS: tuple[str, ...] = REQUIRED_CELL_COLUMNS
@@ -41,7 +42,7 @@ METRICS: tuple[MetricSpec, ...] = (DECODE, PREFILL, TTFT)
 
 @dataclass(frozen=True)
 class CellStat:
-    """One topology at one concurrency for one metric: mean and population std over its runs."""
+    """One topology at one concurrency for one metric: mean, population std over runs, and the 95% interval."""
 
     topology: str
     concurrency: int
@@ -50,18 +51,17 @@ class CellStat:
     runs: int  # runs with a value
     failed: int  # failed requests over all runs of the cell
     requests: int  # requests sent over all runs of the cell (0 when unknown)
+    lo: float = math.nan  # 95% interval (bench/stats.py); NaN bounds: no interval (one value only)
+    hi: float = math.nan
+    method: Method = "none"
 
     @property
     def has_value(self) -> bool:
         return not math.isnan(self.mean)
 
     @property
-    def low(self) -> float:
-        return self.mean - self.std
-
-    @property
-    def high(self) -> float:
-        return self.mean + self.std
+    def interval(self) -> Interval:
+        return Interval(self.mean, self.lo, self.hi, self.runs, self.method)
 
 
 def validate_cells(cells: pd.DataFrame, source: str = "cells") -> pd.DataFrame:
@@ -77,8 +77,9 @@ def validate_cells(cells: pd.DataFrame, source: str = "cells") -> pd.DataFrame:
         raise ResultsError(f"{source}: has no rows, so there is nothing to report")
     typed = cells.copy()
     typed["topology"] = typed["topology"].astype(str)
+    bounds = [column for m in METRICS for column in bound_columns(m.key)]
     numeric = [c for c in ("concurrency", "run", "decode_tps", "prefill_tps", "ttft_ms", "peak_tps",
-                           "requests", "failed", "max_send_lag_ms") if c in typed.columns]
+                           "requests", "failed", "max_send_lag_ms", *bounds) if c in typed.columns]
     for column in numeric:
         try:
             typed[column] = pd.to_numeric(typed[column], errors="raise")
@@ -92,14 +93,18 @@ def validate_cells(cells: pd.DataFrame, source: str = "cells") -> pd.DataFrame:
 
 def cell_stat(rows: pd.DataFrame, topology: str, concurrency: int, metric: MetricSpec) -> CellStat:
     values = rows[metric.key].to_numpy(dtype=float)
-    values = values[~np.isnan(values)]
+    lo_key, hi_key = bound_columns(metric.key)
+    run_lo = rows[lo_key].to_numpy(dtype=float) if lo_key in rows else np.full(values.size, np.nan)
+    run_hi = rows[hi_key].to_numpy(dtype=float) if hi_key in rows else np.full(values.size, np.nan)
+    interval = cell_interval(list(values), list(run_lo), list(run_hi))
+    finite = values[~np.isnan(values)]
     failed = int(rows["failed"].fillna(0).sum()) if "failed" in rows else 0
     requests = int(rows["requests"].fillna(0).sum()) if "requests" in rows else 0
-    if values.size == 0:
+    if finite.size == 0:
         return CellStat(topology, concurrency, math.nan, math.nan, 0, failed, requests)
     # population std (ddof=0), as llama-benchy reports it
-    return CellStat(topology, concurrency, float(values.mean()), float(values.std(ddof=0)), int(values.size),
-                    failed, requests)
+    return CellStat(topology, concurrency, float(finite.mean()), float(finite.std(ddof=0)), int(finite.size),
+                    failed, requests, interval.lo, interval.hi, interval.method)
 
 
 def summarize(cells: pd.DataFrame, metric: MetricSpec) -> dict[tuple[str, int], CellStat]:
@@ -117,9 +122,12 @@ def relative_pct(value: float, reference: float) -> float:
     return (value - reference) / reference * 100.0
 
 
-def spreads_overlap(a: CellStat, b: CellStat) -> bool:
-    """Do the closed intervals [mean - std, mean + std] of the two cells intersect (touching counts)?"""
-    return a.low <= b.high and b.low <= a.high
+def clears(best: CellStat, other: CellStat, higher_is_better: bool) -> bool:
+    """Is `best`'s 95% interval entirely on the better side of `other`'s (no overlap, not touching)?
+    Without an interval on either side nothing is cleared: one value cannot show it is not noise."""
+    if not (best.interval.known and other.interval.known):
+        return False
+    return best.lo > other.hi if higher_is_better else best.hi < other.lo
 
 
 def format_value(value: float) -> str:
@@ -138,34 +146,42 @@ def format_pct(pct: float) -> str:
     return f"{pct:+.1f}%" if abs(pct) < 10 else f"{pct:+.0f}%"
 
 
+DEFAULT_MARGIN_PCT = 3.0  # a difference smaller than this does not matter in practice (`--margin`)
+
+
 @dataclass(frozen=True)
 class Verdict:
-    """Who wins one row of a winner table.
+    """Who wins one comparison (a row of a winner table, a Ray vs no-Ray call).
 
-    Rule: among the topologies with a value at this concurrency, the best mean wins (highest for
-    throughput, lowest for TTFT). The margin is relative to the runner-up (second best mean):
-    ``(winner - runner_up) / runner_up``, so it is positive for throughput and negative for TTFT. The row
-    is a tie when the winner's and the runner-up's spreads overlap, i.e. the closed intervals
-    ``[mean - std, mean + std]`` (population std over runs) intersect; touching intervals count as a tie,
-    and two single-run cells (std 0) tie only when their means are equal. A lone topology wins unopposed
-    (no runner-up, no margin).
+    Rule (the only one; recommendations and the adaptive sweep use it too): rank the contenders by mean
+    (highest for throughput, lowest for TTFT). The best WINS only when its 95% interval clears the
+    runner-up's (reports.tables.clears) AND the difference exceeds the practical margin
+    (|(best - runner_up) / runner_up| > margin_pct); otherwise the comparison is a TIE that names both.
+    The margin is relative to the runner-up, so it is positive for throughput and negative for TTFT. A
+    lone contender wins unopposed.
     """
 
     winner: str
     runner_up: str | None
     margin_pct: float  # NaN when unopposed
     tie: bool
+    why: str = ""  # what made it a tie: "intervals overlap", "< 3%", "no interval"
+    winner_name: str = ""  # how the winner / runner-up are shown (a topology's or a layout's name)
+    runner_up_name: str = ""
 
     def label(self) -> str:
+        winner = self.winner_name or display_name(self.winner)
         if self.runner_up is None:
-            return f"{display_name(self.winner)} (only one)"
+            return f"{winner} (only one)"
+        runner = self.runner_up_name or display_name(self.runner_up)
         if self.tie:
-            return f"{display_name(self.winner)} ≈ {display_name(self.runner_up)} (tie)"
-        return f"{display_name(self.winner)} ({format_pct(self.margin_pct)})"
+            return f"tie: {winner} or {runner} ({format_pct(self.margin_pct)}, {self.why})"
+        return f"{winner} ({format_pct(self.margin_pct)})"
 
 
-def decide(stats: Sequence[CellStat], higher_is_better: bool) -> Verdict | None:
-    """The Verdict over the given cells (one per topology, same concurrency); None when none has a value."""
+def decide(stats: Sequence[CellStat], higher_is_better: bool, margin_pct: float = DEFAULT_MARGIN_PCT,
+           name: Callable[[str], str] = display_name) -> Verdict | None:
+    """The Verdict over the given cells (one per contender, same concurrency); None when none has a value."""
     contenders = [s for s in stats if s.has_value]
     if not contenders:
         return None
@@ -173,53 +189,111 @@ def decide(stats: Sequence[CellStat], higher_is_better: bool) -> Verdict | None:
     ranked = sorted(contenders, key=lambda s: -s.mean if higher_is_better else s.mean)
     best = ranked[0]
     if len(ranked) == 1:
-        return Verdict(best.topology, None, math.nan, False)
+        return Verdict(best.topology, None, math.nan, False, winner_name=name(best.topology))
     runner = ranked[1]
-    return Verdict(best.topology, runner.topology, relative_pct(best.mean, runner.mean),
-                   spreads_overlap(best, runner))
+    margin = relative_pct(best.mean, runner.mean)
+    why = tie_reason([(best, runner)], margin, higher_is_better, margin_pct)
+    return Verdict(best.topology, runner.topology, margin, bool(why), why, name(best.topology), name(runner.topology))
+
+
+def tie_reason(pairs: Sequence[tuple[CellStat, CellStat]], margin: float, higher_is_better: bool,
+               margin_pct: float) -> str:
+    """Why (best, runner-up) is a tie, or "" when the best wins: its interval must clear the runner-up's at
+    every compared level and the (mean) margin must exceed `margin_pct`. The rule of Verdict's docstring."""
+    if not abs(margin) > margin_pct:
+        return f"< {margin_pct:g}%"
+    if not all(a.interval.known and b.interval.known for a, b in pairs):
+        return "no interval"
+    if not all(clears(a, b, higher_is_better) for a, b in pairs):
+        return "intervals overlap"
+    return ""
+
+
+def settled(a: CellStat, b: CellStat, higher_is_better: bool, margin_pct: float = DEFAULT_MARGIN_PCT) -> bool:
+    """Would more runs change the call between a and b? No when one wins by the rule (its interval clears
+    the other's and the means differ by more than the margin), nor when even the intervals' far ends
+    differ by less than the margin (a tie that matters to nobody). The adaptive sweep stops on it."""
+    if not (a.has_value and b.has_value and a.interval.known and b.interval.known):
+        return False
+    best, other = (a, b) if (a.mean >= b.mean) == higher_is_better else (b, a)
+    if not tie_reason([(best, other)], relative_pct(best.mean, other.mean), higher_is_better, margin_pct):
+        return True
+    widest = max(abs(relative_pct(a.hi, b.lo)), abs(relative_pct(a.lo, b.hi)))
+    return widest < margin_pct
 
 
 @dataclass(frozen=True)
 class WinnerRow:
     concurrency: int
-    cells: dict[str, CellStat]  # topologies measured at this concurrency
-    verdict: Verdict | None
-    vs_solo: dict[str, float]  # topology -> % vs solo (NaN when either is missing); solo itself excluded
+    cells: dict[str, CellStat]  # layout -> its better executor's cell at this level (the one compared)
+    verdict: Verdict | None  # between layouts
+    vs_solo: dict[str, float]  # layout -> % vs solo (NaN when either is missing); solo itself excluded
+    topology_cells: dict[str, CellStat] = field(default_factory=dict)  # every topology measured here
 
 
 @dataclass(frozen=True)
 class WinnerTable:
+    """A metric's winner table: layouts compared level by level, each by its better executor there."""
+
     metric: MetricSpec
-    topologies: list[str]
+    layouts: dict[str, list[str]]  # layout -> its topologies (executor variants), display order
     rows: list[WinnerRow]
+    margin_pct: float = DEFAULT_MARGIN_PCT
 
     @property
-    def vs_solo_topologies(self) -> list[str]:
-        if BASELINE_TOPOLOGY not in self.topologies:
+    def topologies(self) -> list[str]:
+        return [t for variants in self.layouts.values() for t in variants]
+
+    def layout_title(self, layout: str) -> str:
+        return layout_display_name(self.layouts[layout][0])
+
+    @property
+    def vs_solo_layouts(self) -> list[str]:
+        if BASELINE_TOPOLOGY not in self.layouts:
             return []
-        return [t for t in self.topologies if t != BASELINE_TOPOLOGY]
+        return [layout for layout in self.layouts if layout != BASELINE_TOPOLOGY]
+
+    def row(self, concurrency: int) -> WinnerRow | None:
+        return next((row for row in self.rows if row.concurrency == concurrency), None)
 
     def cell(self, topology: str, concurrency: int) -> CellStat | None:
-        for row in self.rows:
-            if row.concurrency == concurrency:
-                return row.cells.get(topology)
+        """A topology's own cell (not its layout's representative)."""
+        row = self.row(concurrency)
+        return row.topology_cells.get(topology) if row else None
+
+    def layout_cell(self, layout: str, concurrency: int) -> CellStat | None:
+        row = self.row(concurrency)
+        return row.cells.get(layout) if row else None
+
+
+def better(stats: Sequence[CellStat], higher_is_better: bool) -> CellStat | None:
+    """The cell with the best mean (the first in the given order on equal means); None if none has a value."""
+    valued = [s for s in stats if s.has_value]
+    if not valued:
         return None
+    return max(valued, key=lambda s: s.mean) if higher_is_better else min(valued, key=lambda s: s.mean)
 
 
-def winner_table(cells: pd.DataFrame, metric: MetricSpec) -> WinnerTable:
+def winner_table(cells: pd.DataFrame, metric: MetricSpec, margin_pct: float = DEFAULT_MARGIN_PCT) -> WinnerTable:
     stats = summarize(cells, metric)
-    topologies = ordered_topologies(t for t, _ in stats)
+    grouped = layouts(t for t, _ in stats)
+    topologies = [t for variants in grouped.values() for t in variants]
     rows = []
     for concurrency in sorted({c for _, c in stats}):
         present = {t: stats[(t, concurrency)] for t in topologies if (t, concurrency) in stats}
-        verdict = decide(list(present.values()), metric.higher_is_better)
-        solo = present.get(BASELINE_TOPOLOGY)
+        representatives: dict[str, CellStat] = {}
+        for layout, variants in grouped.items():
+            measured = [present[t] for t in variants if t in present]
+            if measured:
+                representatives[layout] = better(measured, metric.higher_is_better) or measured[0]
+        verdict = decide(list(representatives.values()), metric.higher_is_better, margin_pct, name=layout_display_name)
+        solo = representatives.get(BASELINE_TOPOLOGY)
         vs_solo = {
-            t: relative_pct(s.mean, solo.mean) if solo is not None else math.nan
-            for t, s in present.items() if t != BASELINE_TOPOLOGY
+            layout: relative_pct(s.mean, solo.mean) if solo is not None else math.nan
+            for layout, s in representatives.items() if layout != BASELINE_TOPOLOGY
         }
-        rows.append(WinnerRow(concurrency, present, verdict, vs_solo))
-    return WinnerTable(metric, topologies, rows)
+        rows.append(WinnerRow(concurrency, representatives, verdict, vs_solo, present))
+    return WinnerTable(metric, grouped, rows, margin_pct)
 
 
 @dataclass(frozen=True)
@@ -228,6 +302,7 @@ class RayRow:
     ray: dict[str, CellStat | None]  # metric key -> cell
     no_ray: dict[str, CellStat | None]
     gain_pct: dict[str, float]  # metric key -> (ray - no-ray) / no-ray in %; for TTFT negative = Ray faster
+    verdict: dict[str, Verdict | None] = field(default_factory=dict)  # metric key -> Ray vs no-Ray, same rule
 
 
 @dataclass(frozen=True)
@@ -237,8 +312,8 @@ class RayTable:
     rows: list[RayRow] = field(default_factory=list)
 
 
-def ray_tables(cells: pd.DataFrame) -> list[RayTable]:
-    """One table per (X-ray, X-mp) pair present in the cells."""
+def ray_tables(cells: pd.DataFrame, margin_pct: float = DEFAULT_MARGIN_PCT) -> list[RayTable]:
+    """One table per (X-ray, X-mp) pair present in the cells: the executor choice, decided by the same rule."""
     stats = {m.key: summarize(cells, m) for m in METRICS}
     tables = []
     for ray, no_ray in ray_pairs(cells["topology"].unique()):
@@ -247,11 +322,31 @@ def ray_tables(cells: pd.DataFrame) -> list[RayTable]:
         for concurrency in concurrencies:
             ray_cells = {m.key: stats[m.key].get((ray, concurrency)) for m in METRICS}
             mp_cells = {m.key: stats[m.key].get((no_ray, concurrency)) for m in METRICS}
-            gain = {
-                m.key: relative_pct(ray_cells[m.key].mean, mp_cells[m.key].mean)
-                if ray_cells[m.key] is not None and mp_cells[m.key] is not None else math.nan
-                for m in METRICS
-            }
-            rows.append(RayRow(concurrency, ray_cells, mp_cells, gain))
+            gain, verdicts = {}, {}
+            for m in METRICS:
+                mine, other = ray_cells[m.key], mp_cells[m.key]
+                both = [s for s in (other, mine) if s is not None]
+                gain[m.key] = relative_pct(mine.mean, other.mean) if mine is not None and other is not None else math.nan
+                verdicts[m.key] = decide(both, m.higher_is_better, margin_pct) if len(both) == 2 else None
+            rows.append(RayRow(concurrency, ray_cells, mp_cells, gain, verdicts))
         tables.append(RayTable(ray, no_ray, rows))
     return tables
+
+
+def frontier_points(cells: pd.DataFrame) -> dict[str, dict[str, list[tuple[int, float, float]]]]:
+    """workload -> topology -> (concurrency, tokens/s per user, total tokens/s) per load level, mean over runs.
+
+    Per user = the mean per-request decode t/s (what one user's stream sees); total = decode t/s over the
+    batch. Folders without a `workload` column are one workload."""
+    needed = {"decode_tps", "decode_tps_req"}
+    if not needed <= set(cells.columns):
+        return {}
+    workloads = cells["workload"].astype(str) if "workload" in cells.columns else pd.Series("", index=cells.index)
+    out: dict[str, dict[str, list[tuple[int, float, float]]]] = {}
+    for (workload, topology, concurrency), rows in cells.groupby([workloads, "topology", "concurrency"], sort=True):
+        per_user, total = rows["decode_tps_req"].mean(), rows["decode_tps"].mean()
+        if math.isnan(per_user) or math.isnan(total):
+            continue
+        out.setdefault(str(workload), {}).setdefault(str(topology), []).append((int(concurrency), float(per_user),
+                                                                                float(total)))
+    return out

@@ -238,7 +238,9 @@ def time_chart(samples: pd.DataFrame, windows: pd.DataFrame | None, topology: st
                 figure.add_trace(go.Scatter(x=one["t"] - origin, y=one["value"] * 100, mode="lines",
                                             name=f"KV {source.split(':', 1)[1]}"), row=row, col=1)
         else:
-            total = series.groupby(series["t"].round(0))["value"].sum()  # engines are scraped together per tick
+            # engines are scraped together per tick: per second, each engine's mean, summed over engines
+            per_engine = series.groupby([series["t"].round(0), "source"])["value"].mean()
+            total = per_engine.groupby(level=0).sum()
             figure.add_trace(go.Scatter(x=total.index - origin, y=total.values, mode="lines", name=label),
                              row=row, col=1)
     power = samples[samples["metric"] == "gpu_power_w"]

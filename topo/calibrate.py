@@ -15,7 +15,8 @@ everything else held at the base profile's values:
 - tp2-mp decode at c1 (2 x layers small all-reduces a step: the link's per-hop latency);
 - tp2-mp prefill of one full step (all-reduces of MBs: the link's bandwidth);
 - 2x-solo-shuffle TTFT at c1 (the proxy's request latency) and c8 (its per-request burst cost; the
-  accept and dispatch parts move together), predicted with the split the router really made.
+  accept and dispatch parts move together), and decode at c32 (how long the proxy takes to relay a chunk:
+  a busy proxy caps the tokens per second of all streams), predicted with the split the router really made.
 
 The link fitted is the transport the TP=2 plan's env implies (topo/transport.py), the one the engines really
 use; the other transports and the executors keep the base profile's figures. The fit is a least-squares
@@ -79,6 +80,7 @@ def default_cells(max_num_batched_tokens: int = 8192, *, router: bool = True) ->
         cells += [
             CalibrationCell("2x-solo-shuffle", 1, 64, 8, (("ttft_ms", "router request_latency_ms"),)),
             CalibrationCell("2x-solo-shuffle", 8, 64, 8, (("ttft_ms", "router per_request_ms"),)),
+            CalibrationCell("2x-solo-shuffle", 32, 64, 32, (("decode_tps", "router relay_per_chunk_ms"),)),
         ]
     return tuple(cells)
 
@@ -175,6 +177,7 @@ class Knob:
     low: float
     high: float
     tied: tuple[str, ...] = ()
+    start: float = 0.0  # where the fit starts when the base's value is below `low` (e.g. 0: not modeled)
 
     def resolved(self, transport: str) -> tuple[str, ...]:
         return tuple(transport if part == "{link}" else part for part in self.path)
@@ -200,6 +203,8 @@ KNOBS: dict[str, Knob] = {
     "router request_latency_ms": Knob(("router", "request_latency_ms"), 0.001, 5000.0),
     "router per_request_ms": Knob(("router", "accept_per_request_ms"), 0.001, 1000.0,
                                   tied=("dispatch_per_request_ms",)),
+    # 0 in a base profile (no relay limit); started where a saturated proxy would show it
+    "router relay_per_chunk_ms": Knob(("router", "relay_per_chunk_ms"), 0.0001, 100.0, start=1.0),
 }
 
 
@@ -285,7 +290,8 @@ def fit_constants(config: EngineConfig, measured: Sequence[MeasuredCell]) -> Fit
 
     low = [math.log(KNOBS[n].low) for n in names]
     high = [math.log(KNOBS[n].high) for n in names]
-    start = [min(max(math.log(before[n]), lo + 1e-9), hi - 1e-9) for n, lo, hi in zip(names, low, high)]
+    first = {n: before[n] if before[n] > KNOBS[n].low else max(KNOBS[n].start, KNOBS[n].low) for n in names}
+    start = [min(max(math.log(first[n]), lo + 1e-9), hi - 1e-9) for n, lo, hi in zip(names, low, high)]
     solved = least_squares(residuals, start, bounds=(low, high), diff_step=1e-3, x_scale="jac", xtol=1e-10,
                            ftol=1e-12, gtol=1e-12)
     values = {name: math.exp(v) for name, v in zip(names, solved.x)}
@@ -328,7 +334,7 @@ def calibrated_data(
         section = data
         for part in parent:
             section = section[part]
-        factor = value / fit.before[knob_name] if fit.before[knob_name] > 0 else 1.0
+        factor = value / fit.before[knob_name] if fit.before[knob_name] > 0 else 1.0  # tied keys only
         section[key] = {"value": round(value, 6), "source": source}
         for tied in knob.tied:
             entry = section[tied]

@@ -313,6 +313,18 @@ def same_kind(entries: Sequence[SweepEntry], like: SweepEntry) -> list[SweepEntr
             and e.tg == like.tg]
 
 
+def history_for_gate(root: Path, current: Path, limit: int) -> pd.DataFrame | None:
+    """The cells of up to `limit` sweeps under `root` before `current`, of the same kind, model, load and
+    cluster: the run-to-run spread the gate judges `current`'s cells by (None when there are none)."""
+    if limit < 1:
+        return None
+    like = read_entry(current)
+    earlier = [e for e in same_kind(list_sweeps(root), like)
+               if e.cluster == like.cluster and e.path.resolve() != current.resolve()
+               and (like.started is None or e.started is None or e.started < like.started)]
+    return query_history(earlier[-limit:]) if earlier else None
+
+
 @dataclass
 class NightlyPaths:
     """Where a nightly run writes: the sweep folder and the gate's files (CI uploads them)."""
@@ -345,6 +357,7 @@ class NightlyPlan:
     policy: RegressionPolicy
     paths: NightlyPaths
     history_sweeps: int  # how many sweeps (this one included) the report's trends cover
+    gate_history: int = 20  # how many earlier sweeps' spread the gate judges a cell by (0: intervals only)
 
     @property
     def directory(self) -> Path:
@@ -353,7 +366,7 @@ class NightlyPlan:
 
 def plan_nightly(spec: SweepSpec, root: Path, baseline: str, policy: RegressionPolicy, *, out: Path | None = None,
                  junit: Path | None = None, markdown: Path | None = None, history_sweeps: int = 30,
-                 require_baseline: bool = False) -> NightlyPlan:
+                 require_baseline: bool = False, gate_history: int = 20) -> NightlyPlan:
     """Everything that can be refused is refused here, before an hour of sweeping: an unknown baseline
     folder, a baseline of another model or load, a missing tag when one is required, a bad topology."""
     baseline_dir = find_baseline(baseline, root)
@@ -364,7 +377,7 @@ def plan_nightly(spec: SweepSpec, root: Path, baseline: str, policy: RegressionP
                                    f"({known_tags(root)}) and --require-baseline is set")
     sweep = plan_sweep(spec)
     paths = NightlyPaths.for_sweep(out or default_out_dir(spec, root), junit, markdown)
-    return NightlyPlan(sweep, root, baseline, baseline_dir, policy, paths, history_sweeps)
+    return NightlyPlan(sweep, root, baseline, baseline_dir, policy, paths, history_sweeps, gate_history)
 
 
 @dataclass
@@ -394,7 +407,8 @@ async def run_nightly(plan: NightlyPlan, progress: SweepProgress, *, command_lin
     if plan.baseline_dir is not None:
         try:
             regression = compare_result_dirs(plan.baseline_dir, directory, plan.policy, current_label=directory.name,
-                                             baseline_label=sweep_label(plan.baseline, plan.baseline_dir))
+                                             baseline_label=sweep_label(plan.baseline, plan.baseline_dir),
+                                             history=history_for_gate(plan.root, directory, plan.gate_history))
         except RegressionInputError as exc:
             unusable = exc  # the night's report is still written before exit 2
     current = read_entry(directory)

@@ -48,12 +48,21 @@ TwinHardwareOption = Annotated[str, typer.Option(
 SeedOption = Annotated[int, typer.Option("--seed", help="Seed for prompt offsets (default: random).")]
 OutOption = Annotated[Path, typer.Option("--out", "-o", help="Results folder.")]
 ThresholdOption = Annotated[str, typer.Option(
-    "--threshold", help="A cell regresses only when it is worse by more than this (5% or 5) AND the test says "
-    "it is significant.")]
-AlphaOption = Annotated[float, typer.Option("--alpha", help="Significance level of the one-sided test.")]
+    "--threshold", help="A cell regresses only when it is worse by more than this (3% or 3; the winner tables' "
+    "margin) AND by more than its history's spread allows or, without history, the test says so.")]
+AlphaOption = Annotated[float, typer.Option(
+    "--alpha", help="One-sided level of the history's tolerance (shared by the cells it judges) and of "
+    "welch / mannwhitney.")]
 TestOption = Annotated[str, typer.Option(
-    "--test", help="welch (Welch's t-test on the per-run values; needs 2+ runs a side) or mannwhitney (rank "
-    "test; needs 4+ runs a side for α = 0.05).")]
+    "--test", help="How a cell without history is judged: intervals (its 95% interval clear of the "
+    "baseline's, as the winner tables), welch (Welch's t-test on the per-run values; 2+ runs a side) or "
+    "mannwhitney (rank test; 4+ runs a side for α = 0.05).")]
+GateHistoryOption = Annotated[int, typer.Option(
+    "--gate-history", min=0, help="Judge each cell by the sweep-to-sweep spread of up to this many earlier "
+    "sweeps under --root (same cluster, model and load; 3+ needed per cell); 0 = never.")]
+MarginOption = Annotated[float, typer.Option(
+    "--margin", min=0, help="The smallest difference, in %, that makes a winner; smaller ones are ties that "
+    "name both.")]
 JunitOption = Annotated[Path, typer.Option(
     "--junit", help="Write JUnit XML here: one test case per (topology, concurrency, metric) cell, regressions "
     "as failures.")]

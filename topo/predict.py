@@ -12,6 +12,7 @@ from bench.records import CELL_COLUMNS
 from bench.results_folder import FolderMeta
 from common.errors import ConfigError
 from reports.report import Report, build_report
+from reports.tables import DEFAULT_MARGIN_PCT
 from topo.sweep import now_utc
 from topo.transport import planned_transport
 from twin.engine import EngineConfig
@@ -35,6 +36,7 @@ class PredictSpec:
     seed: int = 0
     link: str | None = None  # a what-if transport; None: what the plan's env on `cluster` implies
     cluster: str | None = None
+    margin_pct: float = DEFAULT_MARGIN_PCT  # the smallest difference that makes a winner
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,7 @@ def run_predict(spec: PredictSpec) -> Prediction:
         kind="prediction", status="complete", started_at=now_utc(),
         spec={"model": spec.model, "hardware": spec.hardware, "topologies": names, "concurrency": levels,
               "runs": spec.runs, "pp": spec.pp, "tg": spec.tg, "quantization": spec.quantization, "nodes": spec.nodes,
-              "seed": spec.seed, "link": link},
+              "seed": spec.seed, "link": link, "margin_pct": spec.margin_pct},
         title=f"Prediction: {spec.model} on {spec.hardware} (twin, virtual time)",
     )
     elapsed_s = time.perf_counter() - began

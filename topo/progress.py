@@ -85,7 +85,8 @@ class RichSweepProgress:
         # one line in 80 columns: topology, level, the three figures of the winner tables (mean over runs)
         self.console.print(
             f"  {topology} {load.label:<4} decode {mean('decode_tps'):6.1f} t/s  prefill {mean('prefill_tps'):6.0f} t/s"
-            f"  TTFT {mean('ttft_ms'):6.0f} ms{failed_text}", highlight=False
+            f"  TTFT {mean('ttft_ms'):6.0f} ms  ({len(rows)} run{'s' if len(rows) > 1 else ''}){failed_text}",
+            highlight=False
         )
 
     def topology_failed(self, topology: str, error: TopoError) -> None:

@@ -20,6 +20,7 @@ import platform
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -28,7 +29,8 @@ from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 
 from bench.client import Endpoint
-from bench.results_folder import CellProgress, FolderMeta, Incident, ResultsFolder, Status, WhatRan
+from bench.records import RequestRecord
+from bench.results_folder import CellProgress, FolderMeta, Incident, ResultsFolder, Status, WhatRan, run_failed
 from bench.session import BenchSession, BenchSettings, RunDone
 from bench.workload import DEFAULT_WORKLOAD, ClosedLoad, Load
 from cluster.bringup import BringUpProgress, Running, bring_up, open_cluster
@@ -43,8 +45,18 @@ from topology.inventory import Cluster, TwinEngine, load_cluster
 from topology.kinds import STUDY_TOPOLOGIES, PlanSecrets, parse_topology, plan
 from topology.plan import LaunchPlan
 from topology.recipe import Recipe, load_recipe
+from reports.tables import DEFAULT_MARGIN_PCT
+from topo.adaptive import DEFAULT_MAX_RUNS, DEFAULT_PRECISION_PCT, MIN_RUNS, AdaptivePolicy, stop_reason
 
 DEFAULT_CONCURRENCY = (1, 2, 4, 8, 16, 32, 64)
+# Tokens per request of a cell's warm-up batch: the batch's prefill and first decode steps at this
+# concurrency warm the engine; 128 more decode steps only cost time (benchmarks/adaptive_vs_fixed.py
+# compares a cell's first measured run with its later ones).
+WARMUP_TG = 8
+# ... and at least this many requests: at c1 a router sends one request to one engine, and the first
+# measured run to a cold one half the time (seen: Shuffle's first c1 run 60% later TTFT); 4 reach both
+# engines of a 2-replica router 7 times in 8
+WARMUP_MIN_REQUESTS = 4
 
 
 @dataclass(frozen=True)
@@ -55,11 +67,15 @@ class SweepSpec:
     cluster: str = "local-twin"
     topologies: tuple[str, ...] = STUDY_TOPOLOGIES
     concurrency: tuple[int, ...] = DEFAULT_CONCURRENCY
-    runs: int = 1
+    runs: int | None = None  # measured runs per cell; None = adaptive (`--runs auto`, topo/adaptive.py)
+    max_runs: int = DEFAULT_MAX_RUNS  # adaptive: at most this many runs per cell
+    precision_pct: float = DEFAULT_PRECISION_PCT  # adaptive: stop when every interval is within ± this % ...
+    margin_pct: float = DEFAULT_MARGIN_PCT  # ... or the call is settled at this margin (also the report's)
     pp: int = 1024
     tg: int = 128
     latency_mode: Literal["api", "generation", "none"] = "api"
     twin_hardware: str | None = None  # override every twin node's --hardware (e.g. `fast` in tests)
+    twin_noise_cv: float | None = None  # override every twin node's --noise-cv (per-step jitter, tests)
     request_timeout_s: float = 600.0
     max_failed_share: float = 0.0  # a run with more failed requests than this share is stored as failed
     seed: int | None = None
@@ -74,8 +90,11 @@ class SweepSpec:
             raise ConfigError(f"-c: concurrency levels must be >= 1 (got {list(self.concurrency)})")
         if self.telemetry_interval_s < 0:
             raise ConfigError(f"--telemetry-interval must be >= 0 s, 0 switches it off (got {self.telemetry_interval_s})")
-        if self.runs < 1:
-            raise ConfigError(f"--runs must be >= 1 (got {self.runs})")
+        if self.runs is not None and self.runs < 1:
+            raise ConfigError(f"--runs must be >= 1 or auto (got {self.runs})")
+        self.adaptive_policy()  # checks --precision, --margin and --max-runs
+        if self.twin_noise_cv is not None and not 0 <= self.twin_noise_cv <= 2:
+            raise ConfigError(f"--twin-noise-cv must be between 0 and 2 (got {self.twin_noise_cv})")
         if self.pp < 1 or self.tg < 1:
             raise ConfigError(f"--pp and --tg must be >= 1 (got pp={self.pp}, tg={self.tg})")
         if not 0 <= self.max_failed_share < 1:
@@ -90,9 +109,27 @@ class SweepSpec:
     def loads(self) -> tuple[Load, ...]:
         return tuple(ClosedLoad(c) for c in self.concurrency)
 
+    @property
+    def adaptive(self) -> bool:
+        return self.runs is None
+
+    @property
+    def planned_runs(self) -> int:
+        """The fixed count, or the most an adaptive cell may take."""
+        return self.max_runs if self.runs is None else self.runs
+
+    @property
+    def runs_text(self) -> str:
+        return (f"auto (±{self.precision_pct:g}% or settled at {self.margin_pct:g}%, {MIN_RUNS}..{self.max_runs} runs)"
+                if self.adaptive else str(self.runs))
+
+    def adaptive_policy(self) -> AdaptivePolicy:
+        return AdaptivePolicy(self.precision_pct, self.margin_pct, self.max_runs)
+
     def bench_settings(self) -> BenchSettings:
         return BenchSettings(pp=self.pp, tg=self.tg, workload=self.workload, latency_mode=self.latency_mode,
-                             request_timeout=self.request_timeout_s, seed=self.seed)
+                             request_timeout=self.request_timeout_s, seed=self.seed,
+                             warmup_tg=min(self.tg, WARMUP_TG), warmup_min_requests=WARMUP_MIN_REQUESTS)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -131,16 +168,21 @@ class SweepPlan:
         return [self.cell_key(t.topology, load) for t in self.topologies for load in self.spec.loads]
 
 
-def with_twin_hardware(cluster: Cluster, hardware: str) -> Cluster:
-    """Every twin node of `cluster` with `--hardware hardware` (sweeps and calibrations of twin clusters)."""
+def with_twin_overrides(cluster: Cluster, flag: str, update: dict[str, Any]) -> Cluster:
+    """Every twin node's engine with `update` applied (`flag` names the option in the error)."""
+    if not any(isinstance(n.engine, TwinEngine) for n in cluster.nodes):
+        raise ConfigError(f"{flag}: cluster {cluster.name!r} has no twin engine to apply it to")
     nodes = tuple(
-        node.model_copy(update={"engine": node.engine.model_copy(update={"hardware": hardware})})
+        node.model_copy(update={"engine": node.engine.model_copy(update=update)})
         if isinstance(node.engine, TwinEngine) else node
         for node in cluster.nodes
     )
-    if not any(isinstance(n.engine, TwinEngine) for n in cluster.nodes):
-        raise ConfigError(f"--twin-hardware {hardware}: cluster {cluster.name!r} has no twin engine to apply it to")
     return cluster.model_copy(update={"nodes": nodes})
+
+
+def with_twin_hardware(cluster: Cluster, hardware: str) -> Cluster:
+    """Every twin node of `cluster` with `--hardware hardware` (sweeps and calibrations of twin clusters)."""
+    return with_twin_overrides(cluster, f"--twin-hardware {hardware}", {"hardware": hardware})
 
 
 def plan_sweep(spec: SweepSpec, *, secrets: PlanSecrets | None = None) -> SweepPlan:
@@ -148,6 +190,8 @@ def plan_sweep(spec: SweepSpec, *, secrets: PlanSecrets | None = None) -> SweepP
     cluster = load_cluster(spec.cluster)
     if spec.twin_hardware:
         cluster = with_twin_hardware(cluster, spec.twin_hardware)
+    if spec.twin_noise_cv is not None:
+        cluster = with_twin_overrides(cluster, f"--twin-noise-cv {spec.twin_noise_cv:g}", {"noise_cv": spec.twin_noise_cv})
     recipe = load_recipe(spec.model)
     secrets = secrets or PlanSecrets.generate()
     plans = tuple(
@@ -234,6 +278,14 @@ class SweepOutcome:
     errors: dict[str, str] = field(default_factory=dict)
     measured_runs: int = 0  # runs stored by this process (failed ones included)
     short_cells: list[str] = field(default_factory=list)  # cells with fewer measured runs than asked, and why
+    timing: dict[str, float] = field(default_factory=dict)  # meta.json's: wall_s, serving_s, serving_share
+
+    def timing_text(self) -> str:
+        """The closing line's figures: how long the decision took, and how much of it was measuring."""
+        if not self.timing:
+            return ""
+        return (f"wall {self.timing['wall_s']:.0f} s, serving measured requests {self.timing['serving_s']:.0f} s "
+                f"({self.timing['serving_share']:.0%} of the wall time)")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -250,9 +302,33 @@ class _Run:
     progress: SweepProgress
     outcome: SweepOutcome
     watchdog: WatchdogSettings | None = None
+    rows: dict[tuple[str, str, str], list[dict[str, Any]]] = field(default_factory=dict)  # by cell, failed too
+    serving_s: float = 0.0  # measured batches, first send to last byte
 
     def save_meta(self) -> None:
         self.folder.write_meta(self.meta)
+
+    def measured(self, key: tuple[str, str, str]) -> list[dict[str, Any]]:
+        """A cell's runs that count (not stored as failed), as stored so far."""
+        share = self.sweep.spec.max_failed_share
+        return [row for row in self.rows.get(key, []) if not run_failed(row["failed"], row["requests"], share)]
+
+    def rivals(self, topology: str, load: Load) -> dict[str, list[dict[str, Any]]]:
+        """The other topologies' counted runs at this load, as measured so far."""
+        return {other.topology: self.measured(self.sweep.cell_key(other.topology, load))
+                for other in self.sweep.topologies if other.topology != topology}
+
+
+def cell_label(key: tuple[str, str, str]) -> str:
+    """meta.json's key of a cell: topology/workload/load."""
+    return "/".join(key)
+
+
+def batch_seconds(records: Sequence[RequestRecord]) -> float:
+    """How long one measured batch kept the server busy: from the first send to the last byte."""
+    starts = [r.start for r in records]
+    ends = [r.end for r in records if r.end is not None] or [t for r in records for t in r.token_times[-1:]]
+    return max(ends) - min(starts) if starts and ends else 0.0
 
 
 T = TypeVar("T")
@@ -404,6 +480,11 @@ async def _watched(work: Coroutine[Any, Any, None], watchdog: Coroutine[Any, Any
 async def _measure_cell(topology: str, load: Load, runs: int, first_run: int, session: BenchSession,
                         state: _Run, sampler: TelemetrySampler | None = None,
                         stored_in_cell: list[int] | None = None) -> list[str]:
+    """The missing runs of one cell: `runs` of them, or (adaptive) run after run until topo/adaptive.py's
+    rule says the cell is done. Why it stopped goes to meta.json."""
+    spec = state.sweep.spec
+    key = state.sweep.cell_key(topology, load)
+    stored = state.rows.setdefault(key, [])
     rows: list[dict[str, Any]] = []
 
     def on_run(done: RunDone) -> None:
@@ -416,14 +497,30 @@ async def _measure_cell(topology: str, load: Load, runs: int, first_run: int, se
                 sampler.mark_run(load, done.run, min(r.batch_start for r in done.records), max(ends))
             state.folder.append(done.records, [done.row])
             rows.append(done.row)
+            stored.append(done.row)
+            state.serving_s += batch_seconds(done.records)
             state.outcome.measured_runs += 1
             if stored_in_cell is not None:
                 stored_in_cell[0] += 1
         state.progress.run_done(topology, load, max(done.run, first_run), done.warmup)
 
-    result = await session.run(load, runs, topology=topology, first_run=first_run, on_run=on_run)
-    state.progress.cell_done(topology, load, rows, result.warnings)
-    return result.warnings
+    if not spec.adaptive:
+        result = await session.run(load, runs, topology=topology, first_run=first_run, on_run=on_run)
+        warnings = result.warnings
+        state.meta.cell_stops[cell_label(key)] = f"fixed: {spec.planned_runs} runs"
+    else:
+        policy, warm, warnings, next_run = spec.adaptive_policy(), True, [], first_run
+        while (reason := stop_reason(topology, state.measured(key), state.rivals(topology, load), policy)) is None:
+            if len(stored) >= 2 * policy.max_runs:  # failed runs count towards a limit too
+                reason = f"stopped after {len(stored)} runs, {len(stored) - len(state.measured(key))} of them failed"
+                break
+            more = max(1, MIN_RUNS - len(state.measured(key)))  # a cell's first batch: the fewest that can stop
+            result = await session.run(load, more, topology=topology, first_run=next_run, on_run=on_run, warmup=warm)
+            warm, next_run = False, next_run + more
+            warnings += result.warnings
+        state.meta.cell_stops[cell_label(key)] = reason
+    state.progress.cell_done(topology, load, rows, warnings)
+    return warnings
 
 
 async def run_sweep(
@@ -441,6 +538,7 @@ async def run_sweep(
     First (unless `check_nodes` is off) `topo doctor`'s blocking checks: NodesNotReady, nothing started."""
     if check_nodes:
         await require_ready(sweep.cluster, sweep.recipe)
+    began = time.perf_counter()
     folder = ResultsFolder(directory)
     if resume:
         meta = folder.read_meta()
@@ -460,18 +558,24 @@ async def run_sweep(
 
     spec = sweep.spec
     cells = set(sweep.cells())
-    total = len(cells) * spec.runs
-    already = sum(min(cell.measured, spec.runs) for key, cell in done.items() if key in cells)
+    total = len(cells) * spec.planned_runs
+    already = sum(min(cell.measured, spec.planned_runs) for key, cell in done.items() if key in cells)
     progress.sweep_started(total, already)
     state = _Run(sweep, folder, meta, progress, SweepOutcome(directory, "running"), watchdog)
+    if done:
+        for row in folder.read_cells().to_dict("records"):
+            state.rows.setdefault((str(row["topology"]), str(row["workload"]), str(row["load"])), []).append(row)
     status: Status = "failed"
     try:
         for item in sweep.topologies:
             todo = []  # (load, runs still to measure, number of the first of them)
             for load in spec.loads:
-                cell = done.get(sweep.cell_key(item.topology, load), CellProgress(0, 0, 0))
-                if cell.measured < spec.runs:
-                    todo.append((load, spec.runs - cell.measured, cell.next_run))
+                key = sweep.cell_key(item.topology, load)
+                cell = done.get(key, CellProgress(0, 0, 0))
+                # a resumed adaptive cell is done when it said why it stopped
+                finished = cell_label(key) in meta.cell_stops if spec.adaptive else cell.measured >= spec.runs
+                if not finished:
+                    todo.append((load, spec.planned_runs - cell.measured, cell.next_run))
             if not todo:
                 continue
             progress.topology_started(item.topology, [load for load, _, _ in todo])
@@ -506,6 +610,10 @@ async def run_sweep(
         state.outcome.status = status
         meta.status = status
         meta.finished_at = now_utc()
+        wall = time.perf_counter() - began
+        meta.timing = {"wall_s": round(wall, 3), "serving_s": round(state.serving_s, 3),
+                       "serving_share": round(state.serving_s / wall, 4) if wall > 0 else 0.0}
+        state.outcome.timing = dict(meta.timing)
         try:
             state.save_meta()
         except StorageError as exc:
@@ -519,12 +627,13 @@ def _short_cells(folder: ResultsFolder, sweep: SweepPlan) -> list[str]:
     """Cells with fewer measured runs than the spec asks: failed runs (stored, measured again by a resume)
     or runs never measured (a topology that failed)."""
     progress = folder.cell_progress(sweep.spec.max_failed_share)
+    needed = MIN_RUNS if sweep.spec.adaptive else sweep.spec.planned_runs  # adaptive: the fewest that can stop
     short = []
     for key in sweep.cells():
         cell = progress.get(key, CellProgress(0, 0, 0))
-        if cell.measured < sweep.spec.runs:
+        if cell.measured < needed:
             failed = f", {cell.failed} failed" if cell.failed else ""
-            short.append(f"{key[0]} {key[2]}: {cell.measured} of {sweep.spec.runs} runs measured{failed}")
+            short.append(f"{key[0]} {key[2]}: {cell.measured} of {needed} runs measured{failed}")
     return short
 
 

@@ -23,12 +23,18 @@ class RenderedTransport:
 
 
 def engine_env(step: Step) -> dict[str, str]:
-    """The env an engine process of the plan starts with: its env, plus `-e K=V` of a `docker run`."""
+    """The env an engine process of the plan starts with: its env, plus what a `docker run` passes in
+    (`--env-file` written by the plan, `-e K=V`)."""
     env = {key: reveal(value) for key, value in step.env.items()}
     argv = [reveal(a) for a in step.argv]
-    if "run" in argv[:3]:  # the docker launcher passes the env on its command line
+    if "run" in argv[:3]:  # the docker launcher passes the env to the container
         for flag, value in zip(argv, argv[1:]):
-            if flag == "-e" and "=" in value:
+            if flag == "--env-file" and value in step.files:
+                for line in step.files[value].splitlines():
+                    key, sep, val = line.partition("=")
+                    if sep:
+                        env[key] = val
+            elif flag == "-e" and "=" in value:
                 key, _, val = value.partition("=")
                 env[key] = val
     return env

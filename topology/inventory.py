@@ -130,6 +130,7 @@ class TwinEngine(DockerLaunch):
     twin: tuple[str, ...] = ("{python}", "-m", "twin")  # how to start the twin on the node
     hardware: str = "gb10"  # the twin's --hardware profile
     port: Port = 8000
+    noise_cv: float | None = Field(default=None, ge=0, le=2)  # the twin's --noise-cv (None: the profile's)
 
     @field_validator("twin")
     @classmethod

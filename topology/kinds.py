@@ -247,6 +247,8 @@ def _engine_step(
     engine = node.engine
     if isinstance(engine, TwinEngine):
         command = [*engine.twin, *serve, "--hardware", engine.hardware, "--card", recipe.twin_card]
+        if engine.noise_cv is not None:
+            command += ["--noise-cv", f"{engine.noise_cv:g}"]
     else:
         command = [engine.vllm or "vllm", *serve]
     files: dict[str, str] = {}

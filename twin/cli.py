@@ -76,6 +76,7 @@ class ServeArgs:
     api_key: str | None
     link: str | None  # twin: roce2 | roce1 | sockets; None = what NCCL's env implies (transport_from_env)
     rank_timeout_s: float  # twin: how long rank 0 waits for an ack / peers wait to join
+    noise_cv: float | None = None  # twin: per-step jitter (None: the hardware profile's)
 
     @property
     def served_model_name(self) -> str:
@@ -145,6 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     twin.add_argument("--link", choices=TRANSPORTS, default=None,
                       help="how TP ranks talk in the cost model: NCCL over both RoCE twins, one, or TCP sockets "
                            "(default: what this process's NCCL_IB_HCA / NCCL_IB_DISABLE imply, like NCCL)")
+    twin.add_argument("--noise-cv", type=float, default=None,
+                      help="per-step jitter: each step's modeled time times a seeded random factor with this "
+                           "coefficient of variation (default: the hardware profile's, 0 = deterministic); "
+                           "seeded by --seed")
     twin.add_argument("--rank-timeout", type=float, default=30.0,
                       help="seconds rank 0 waits for a peer's ack before declaring it lost (default 30)")
     return p
@@ -226,6 +231,8 @@ def parse_serve_args(argv: Sequence[str]) -> ServeArgs:
         )
     if ns.rank_timeout <= 0:
         raise ConfigError(f"twin serve: --rank-timeout must be positive (got {ns.rank_timeout})")
+    if ns.noise_cv is not None and not 0 <= ns.noise_cv <= 2:
+        raise ConfigError(f"twin serve: --noise-cv must be between 0 and 2 (got {ns.noise_cv})")
     card = ns.card or card_for_model(model)
     served = tuple(ns.served_model_name) if ns.served_model_name else (model,)
     return ServeArgs(
@@ -258,6 +265,7 @@ def parse_serve_args(argv: Sequence[str]) -> ServeArgs:
         api_key=ns.api_key,
         link=ns.link,
         rank_timeout_s=ns.rank_timeout,
+        noise_cv=ns.noise_cv,
     )
 
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import math
+import random
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -52,6 +54,8 @@ class EngineConfig:
     weight_bytes_per_param: float | None = None  # what-if: fp8=1, nvfp4~0.56, bf16=2
     kv_cache_bytes_per_element: float | None = None  # fp8 kv = 1 (the default)
     link: Transport = "roce2"  # how the ranks of a TP>1 engine talk (twin.profiles.transport_from_env)
+    noise_cv: float | None = None  # per-step jitter (HardwareProfile.noise_cv); None: the profile's
+    noise_seed: int = 0  # seeds the jitter: the same seed replays the same steps
 
     def __post_init__(self) -> None:
         problems = []
@@ -71,6 +75,8 @@ class EngineConfig:
             problems.append(f"unknown link {self.link!r} (one of {', '.join(TRANSPORTS)})")
         if self.max_model_len is not None and self.max_model_len < 1:
             problems.append(f"max_model_len must be >= 1 (got {self.max_model_len})")
+        if self.noise_cv is not None and not 0 <= self.noise_cv <= 2:
+            problems.append(f"noise_cv must be between 0 and 2 (got {self.noise_cv})")
         if problems:
             raise ConfigError("engine config: " + "; ".join(problems))
 
@@ -82,6 +88,10 @@ class EngineConfig:
     @property
     def effective_max_model_len(self) -> int:
         return self.max_model_len or self.card.default_max_model_len
+
+    @property
+    def effective_noise_cv(self) -> float:
+        return self.hardware.noise_cv if self.noise_cv is None else self.noise_cv
 
     def cost_model(self) -> CostModel:
         return CostModel(
@@ -206,12 +216,26 @@ class _Pending:
     seq: Sequence = field(compare=False)
 
 
+class StepJitter:
+    """Seeded per-step noise: a lognormal factor with mean 1 and coefficient of variation `cv`."""
+
+    def __init__(self, cv: float, seed: int) -> None:
+        self.sigma = math.sqrt(math.log1p(cv * cv))
+        self.rng = random.Random(seed)
+
+    def factor(self) -> float:
+        return math.exp(self.rng.gauss(-self.sigma * self.sigma / 2, self.sigma))
+
+
 class EngineCore:
     """Scheduler + cost model + the modeled frontend, with no clock of its own (times are passed in)."""
 
-    def __init__(self, config: EngineConfig) -> None:
+    def __init__(self, config: EngineConfig, *, noise_stream: int = 0) -> None:
+        """`noise_stream` tells apart engines that share a config (replicas behind a router)."""
         self.config = config
         self.cost = config.cost_model()
+        cv = config.effective_noise_cv
+        self.jitter = StepJitter(cv, config.noise_seed * 1_000_003 + noise_stream) if cv > 0 else None
         hw = config.hardware
         self.frontend_seconds = hw.frontend_ms_per_request / 1000
         self.pickup_seconds = hw.engine_pickup_ms / 1000
@@ -305,6 +329,8 @@ class EngineCore:
     def plan_step(self) -> tuple[StepPlan, StepCost, StepDescription]:
         plan = self.scheduler.schedule()
         cost = self.cost.step(plan.works())
+        if self.jitter is not None and cost.seconds > 0:
+            cost = replace(cost, seconds=cost.seconds * self.jitter.factor())
         self.step_index += 1
         description = StepDescription(
             step=self.step_index,

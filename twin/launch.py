@@ -58,6 +58,9 @@ def engine_config_kwargs(
         "weight_bytes_per_param": weight_bytes,
         "kv_cache_bytes_per_element": KV_CACHE_DTYPE_BYTES[args.kv_cache_dtype],
         "link": args.link or transport_from_env(os.environ if env is None else env),
+        "noise_cv": args.noise_cv,
+        # two engines of one sweep (2x solo) get the same --seed: the port keeps their noise apart
+        "noise_seed": (args.seed or 0) * 65_537 + args.port,
     }
 
 

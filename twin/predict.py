@@ -9,8 +9,10 @@ A topology (topology/registry.py) is a number of independent engine replicas (ea
 behind a router when there is more than one. The router picks a replica at random per request (LiteLLM's
 simple-shuffle, the only strategy the registry knows yet), hands a
 burst on in a clump (twin.profiles.RouterProfile: one asyncio process accepts every request of the burst
-before it dispatches any) and adds its latency to every chunk back. Replicas share nothing, so each is
-simulated on its own clock; a batch ends when the slowest replica is done, and the next batch starts then.
+before it dispatches any), relays every chunk back through its one event loop (chunks of all replicas queue,
+`relay_per_chunk_ms` each) and adds its latency to every chunk. Replicas share nothing but the proxy, so
+each is simulated on its own clock and the relay is applied to their chunks afterwards; a batch ends when
+the slowest replica is done, and the next batch starts then.
 """
 
 from __future__ import annotations
@@ -64,12 +66,14 @@ class VirtualDeployment:
     def __init__(self, topology: str | Topology, config: EngineConfig, *, seed: int = 0) -> None:
         self.topology = topology_model(topology)
         self.config = engine_config(self.topology, config)
-        self.cores = [EngineCore(self.config) for _ in range(self.topology.replicas)]
+        self.cores = [EngineCore(self.config, noise_stream=seed * 17 + replica)
+                      for replica in range(self.topology.replicas)]
         self.clocks = [VirtualClock() for _ in self.cores]
         self.rng = random.Random(seed)
         hw = self.config.hardware
         self.router = hw.router if self.topology.routed else None
-        self.response_latency = (hw.response_latency_ms + (self.router.response_latency_ms if self.router else 0)) / 1000
+        self.engine_response = hw.response_latency_ms / 1000
+        self.router_response = self.router.response_latency_ms / 1000 if self.router else 0.0
         self.now = 0.0
         self._ids = 0
 
@@ -117,10 +121,18 @@ class VirtualDeployment:
 
         def collect(tokens: list[EmittedToken]) -> None:
             for token in tokens:
-                times[token.request_id].append(token.time + self.response_latency)
+                times[token.request_id].append(token.time + self.engine_response)
 
         for core, clock in zip(self.cores, self.clocks):
             _drive(run_step_loop(core, clock, collect, stop_when_idle=True))
+        if self.router is not None and self.router.relay_per_chunk_ms > 0:
+            # every replica's chunks pass the one proxy: relay them in arrival order across replicas
+            flat = [(request_id, i) for request_id in ids for i in range(len(times[request_id]))]
+            left = self.router.relayed([times[request_id][i] for request_id, i in flat])
+            for (request_id, i), leave in zip(flat, left):
+                times[request_id][i] = leave
+        for request_id in ids:
+            times[request_id] = [t + self.router_response for t in times[request_id]]
         records = []
         topology = self.topology.name
         for index, (request_id, replica) in enumerate(zip(ids, assignment)):

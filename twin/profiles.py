@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from functools import cached_property, lru_cache
 from pathlib import Path
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
@@ -27,8 +27,10 @@ from common.errors import ConfigError
 SOURCE_KINDS = ("published:", "estimate:", "calibrated:")
 
 # Keys that are descriptive, not constants of the model: they need no source.
-# `decode_slowdown` is a what-if knob (tests, "what if decode got 10% slower"), not a fact to source.
-_UNSOURCED_KEYS = frozenset({"name", "description", "hf_id", "default_quantization", "sources", "decode_slowdown"})
+# `decode_slowdown` and `noise_cv` are what-if knobs (tests: "what if decode got 10% slower", "what if every
+# step jittered by 5%"), not facts to source.
+_UNSOURCED_KEYS = frozenset({"name", "description", "hf_id", "default_quantization", "sources", "decode_slowdown",
+                             "noise_cv"})
 
 
 class SourcedModel(StrictModel):
@@ -138,6 +140,20 @@ class RouterProfile(SourcedModel):
     accept_per_request_ms: float = Field(default=0.0, ge=0)
     dispatch_per_request_ms: float = Field(default=0.0, ge=0)
     response_latency_ms: float = Field(default=0.0, ge=0)
+    # The proxy relays every streamed chunk in its one event loop: chunks from all engines queue for it,
+    # each taking this long, so a busy proxy caps the tokens per second all streams together get.
+    relay_per_chunk_ms: float = Field(default=0.0, ge=0)
+
+    def relayed(self, arrivals: Sequence[float]) -> list[float]:
+        """When chunks reaching the proxy at `arrivals` (seconds, any order) leave it, in the same order:
+        first come, first served, one at a time."""
+        service = self.relay_per_chunk_ms / 1000
+        leave = [0.0] * len(arrivals)
+        free = float("-inf")
+        for index in sorted(range(len(arrivals)), key=arrivals.__getitem__):
+            free = max(arrivals[index], free) + service
+            leave[index] = free
+        return leave
 
     def handover_s(self, burst: int, k: int) -> float:
         """When request k (1-based) of a burst that arrived at once reaches its engine, after the burst."""
@@ -207,6 +223,10 @@ class HardwareProfile(SourcedModel):
     # this many times its modeled time. 1.1 = "decode got 10% slower" (a kernel or driver regression) while
     # TTFT and prefill stay as they were; the nightly gate's tests use it.
     decode_slowdown: float = Field(default=1.0, gt=0)
+    # Testing knob: every engine step's modeled time is multiplied by a seeded random factor with mean 1 and
+    # this coefficient of variation (lognormal), so intervals, ties and adaptive stops meet a noisy engine.
+    # 0 (the default) keeps the twin deterministic.
+    noise_cv: float = Field(default=0.0, ge=0, le=2)
     power: PowerProfile | None = None  # None: the twin's nvidia-smi is not installed (no power figures)
 
     @model_validator(mode="after")
@@ -411,6 +431,7 @@ class DerivedProfile(StrictModel):
     derived_from: str
     speedup: float = Field(gt=0)
     decode_slowdown: float | None = Field(default=None, gt=0)  # replaces the base's (not scaled)
+    noise_cv: float | None = Field(default=None, ge=0, le=2)  # replaces the base's (not scaled)
 
 
 _RATE_KEYS = frozenset({"memory_bandwidth_gbs", "dense_tflops_bf16", "dense_tflops_fp8", "dense_tflops_fp4", "bandwidth_gbit_s", "vector_tops"})
@@ -453,6 +474,8 @@ def hardware_data(name_or_path: str | Path) -> tuple[dict[str, Any], str]:
         scaled["description"] = derived.description or note
         if derived.decode_slowdown is not None:
             scaled["decode_slowdown"] = derived.decode_slowdown
+        if derived.noise_cv is not None:
+            scaled["noise_cv"] = derived.noise_cv
         return scaled, f"{path} (derived from {base_path})"
     if data is None:
         raise ConfigError(f"{path}: the file is empty (expected a hardware profile)")

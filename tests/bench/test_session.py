@@ -52,3 +52,19 @@ def test_client_bound_flags_send_lag_large_against_ttft_and_a_busy_client():
     assert not client_bound_reasons([_record(0.002, 0.004)], 0.1)
     # the client process busy 90% of the run's wall time -> flagged
     assert "90%" in client_bound_reasons([_record(0.001, 0.5)], 0.9)[0]
+
+
+async def test_a_short_warm_up_and_more_runs_of_a_warmed_cell():
+    seen: list[RunDone] = []
+    behaviour = Behaviour(prefill_s=0.01, itl_s=0.001)
+    settings = BenchSettings(pp=64, tg=8, latency_mode="none", warmup_tg=2, warmup_min_requests=4)
+    with FakeServer(behaviour) as server:
+        async with BenchSession(server.url, "tiny", settings) as session:
+            await session.run(ClosedLoad(1), 1, on_run=seen.append)
+            # the adaptive sweep's next run of the same cell: no second warm-up, numbering goes on
+            await session.run(ClosedLoad(1), 1, first_run=1, on_run=seen.append, warmup=False)
+    warm = seen[0]
+    assert warm.warmup and len(warm.records) == 4  # at least 4 warm-up requests, even at c1
+    assert {len(r.token_times) for r in warm.records} == {2}  # 2 tokens each, not tg
+    assert [(d.run, d.warmup, len(d.records)) for d in seen[1:]] == [(0, False, 1), (1, False, 1)]
+    assert {len(r.token_times) for d in seen[1:] for r in d.records} == {8}

@@ -118,3 +118,45 @@ def test_completed_cells_tell_a_resume_what_to_skip(tmp_path):
     partial = make_records("solo", 2, 0)
     store.append(partial, [run_metrics(partial)])
     assert store.completed_cells(runs=2) == {("solo", "default", "c1")}
+
+
+def test_a_run_with_failed_requests_is_stored_as_failed_and_numbering_continues_past_it(tmp_path):
+    store = ResultsFolder(tmp_path / "sweep")
+    for run, failed in ((0, 0), (1, 1), (2, 2)):  # of 4 requests: none, one, two failed
+        records = make_records("solo", 4, run, failed=failed)
+        store.append(records, [run_metrics(records)])
+    progress = store.cell_progress()[("solo", "default", "c4")]
+    assert (progress.measured, progress.failed, progress.next_run) == (1, 2, 3)
+    assert store.cell_progress(max_failed_share=0.25)[("solo", "default", "c4")].measured == 2
+    assert store.completed_cells(runs=1) == {("solo", "default", "c4")} and store.completed_cells(runs=2) == set()
+
+
+def test_a_damaged_part_is_set_aside_with_its_runs_other_half_and_reported(tmp_path):
+    store = ResultsFolder(tmp_path / "sweep")
+    records = make_records("solo", 1, 0)
+    store.append(records, [run_metrics(records)])
+    (tmp_path / "sweep" / "parts" / "cells-0009-1-000000.parquet").write_bytes(b"")
+    (tmp_path / "sweep" / "parts" / "requests-0009-1-000000.parquet").write_bytes(b"PAR1")
+    assert len(store.read_cells()) == 1  # the good run is read; the damaged one is not in the way
+    assert len(store.notes) == 1 and "cells-0009-1-000000.parquet was damaged" in store.notes[0]
+    damaged = sorted(p.name for p in (tmp_path / "sweep" / "parts" / "damaged").iterdir())
+    assert damaged == ["cells-0009-1-000000.parquet", "requests-0009-1-000000.parquet"]
+    store.compact()
+    assert len(store.read_requests()) == 1
+
+
+def test_a_full_disk_is_a_storage_error_and_leaves_no_temporary_file(tmp_path, monkeypatch):
+    import errno
+
+    from common.errors import StorageError
+
+    store = ResultsFolder(tmp_path / "sweep")
+    records = make_records("solo", 1, 0)
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("os.fsync", no_space)
+    with pytest.raises(StorageError, match=r"cannot write .*No space left on device \(free some space, then resume\)"):
+        store.append(records, [run_metrics(records)])
+    assert [p.name for p in (tmp_path / "sweep").rglob("*.tmp")] == []

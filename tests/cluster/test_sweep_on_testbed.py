@@ -40,4 +40,9 @@ def test_sweep_of_tp2_mp_and_shuffle_over_ssh(bed: Testbed, tmp_path: Path) -> N
     shuffled = requests[requests.topology == "2x-solo-shuffle"].served_by
     assert shuffled.notna().all() and set(shuffled) <= {n.name for n in bed.nodes}
     assert "When to use" in (out / "report.md").read_text()
+    # telemetry over SSH: the agent's own connections probed both nodes, whose twins answer nvidia-smi
+    samples = pd.read_parquet(out / "telemetry.parquet")
+    power = samples[samples.metric == "gpu_power_w"]
+    assert set(power.source) == {f"node:{n.name}" for n in bed.nodes}
+    assert "Energy per output token" in (out / "report.md").read_text()
     assert foreign_processes(bed) == {}  # nothing of either topology is left on any node

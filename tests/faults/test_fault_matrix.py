@@ -4,6 +4,9 @@
 
 Server faults run `topo bench` against the hostile fake server (tests/bench/fake_server.py); cluster,
 signal and disk faults run `topo sweep` on a local two-node twin cluster (`fast` hardware, tiny loads).
+A test that needs a second sweep (the resume) is marked slow: each `topo` process costs a bring-up and
+the imports (15-35 s on a busy 2-core machine). A headless rank killed mid-sweep is
+tests/topo/test_sweep.py::test_a_node_lost_mid_sweep_costs_only_that_topology (slow).
 """
 
 from __future__ import annotations
@@ -100,6 +103,7 @@ def test_a_hostile_server_costs_requests_not_the_benchmark(tmp_path: Path, mode:
 # --- faults of the cluster --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # ~25 s idle, ~70 s at load 11
 def test_engine_killed_mid_cell_records_failed_runs_and_resume_measures_them(cluster: Path, tmp_path: Path) -> None:
     out = tmp_path / "results"
     engine_pidfile = cluster.parent / "node1" / "run" / "engine.pid"
@@ -123,7 +127,7 @@ def test_engine_killed_mid_cell_records_failed_runs_and_resume_measures_them(clu
     assert len(remeasured) == 3 - c1.measured and not set(remeasured.run) & failed_runs  # none overwritten
 
 
-@pytest.mark.slow  # LiteLLM takes most of a minute to start on a busy 2-core machine
+@pytest.mark.slow  # ~55 s at load 11: LiteLLM is slow to start
 def test_proxy_killed_mid_sweep_ends_the_topology(cluster: Path, tmp_path: Path) -> None:
     out = tmp_path / "results"
     args = sweep_args(cluster, out)
@@ -145,7 +149,10 @@ def test_proxy_killed_mid_sweep_ends_the_topology(cluster: Path, tmp_path: Path)
 # --- signals ----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize("signum, code", [
+    pytest.param(signal.SIGINT, 130, marks=pytest.mark.slow),  # with the resume: ~20 s idle, ~55 s at load 11
+    (signal.SIGTERM, 143),
+])
 def test_a_signal_tears_down_keeps_the_runs_and_resume_completes(cluster: Path, tmp_path: Path, signum: int,
                                                                  code: int) -> None:
     out = tmp_path / "results"
@@ -157,13 +164,14 @@ def test_a_signal_tears_down_keeps_the_runs_and_resume_completes(cluster: Path, 
     assert_nothing_left(cluster)
     before = ResultsFolder(out).read_cells()
     assert 1 <= len(before) < 6
-    if signum == signal.SIGTERM:  # the resume after Ctrl-C is tests/topo/test_sweep.py's (slow) test
+    if signum == signal.SIGINT:  # slow: a second sweep
         assert_resume_completes(out, cluster, before)
 
 
 # --- the disk -------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # ~20 s idle, ~60 s at load 11
 def test_a_disk_that_fills_mid_sweep_stops_it_with_exit_2_and_a_true_status(cluster: Path, tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root")
@@ -216,6 +224,7 @@ def test_a_disk_error_at_sweep_start_is_exit_2_without_a_temp_file(cluster: Path
     assert_nothing_left(cluster)
 
 
+@pytest.mark.slow  # ~25 s idle, ~70 s at load 11
 def test_a_damaged_part_file_is_set_aside_and_resume_measures_its_run_again(cluster: Path, tmp_path: Path) -> None:
     out = tmp_path / "results"
     done = topo(*sweep_args(cluster, out))

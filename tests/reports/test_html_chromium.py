@@ -34,7 +34,7 @@ def rendered_dom(page: Path, profile: Path) -> str:
 
 def chart_dom(dom: str, div_id: str) -> str:
     start = dom.index(f'id="{div_id}"')
-    following = [dom.find('id="chart-', start + 1)]
+    following = [dom.find('id="chart-', start + 1), dom.find('id="frontier-', start + 1)]
     end = min([i for i in following if i > 0], default=len(dom))
     return dom[start:end]
 
@@ -58,6 +58,12 @@ def test_charts_are_drawn_offline(tmp_path: Path) -> None:
         assert legend == [display_name(t) for t in topologies]
         ticks = re.findall(r'class="xtick"><text[^>]*>([^<]*)<', chart)
         assert ticks == [str(c) for c in levels]
+    # the frontier: one line per topology through its levels, labelled c1..c64
+    start = dom.index('id="frontier-0"')
+    frontier = dom[start:dom.index("<h2>", start)]
+    assert 'class="main-svg"' in frontier
+    assert len(re.findall(r'class="trace scatter', frontier)) == len(topologies)
+    assert frontier.count(">c64<") == len(topologies)
     # the tables are in the page too
     assert "When to use which topology" in dom and "Shuffle (+33%)" in dom
 

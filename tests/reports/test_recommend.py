@@ -20,11 +20,15 @@ def test_each_row_is_derived_from_the_cells() -> None:
 
     single = rows["Single user / low latency"]
     assert single.levels == [1, 2, 4]
-    assert (single.winner, single.runner_up) == ("tp2-mp", "tp2-ray")
-    assert single.margin_pct == pytest.approx(100 * (60 / 54 - 1))  # 11.1% at every level
+    # layouts compete: TP=2 (by its better executor, no Ray) against the best other layout, Solo (ties Shuffle
+    # below c8 and comes first in display order)
+    assert (single.winner, single.runner_up) == ("tp2-mp", "solo")
+    assert single.margin_pct == pytest.approx(50.0)  # 60 vs 40 at every level
+    assert single.executor_alternative is None  # Ray trails by 10%, well outside the intervals
     assert single.figures["decode_tps"] == pytest.approx(60 * 7 / 3)  # mean of 60, 120, 240
     assert single.figures["ttft_ms"] == pytest.approx(150 * 7 / 3)
-    assert single.evidence().startswith("decode 140 t/s, prefill 7000 t/s, TTFT 350 ms (mean over c1–c4); +11% decode")
+    assert single.evidence().startswith("decode 140 t/s, prefill 7000 t/s, TTFT 350 ms (mean over c1–c4); +50% decode")
+    assert single.choice() == "Cluster TP=2"
 
     moderate = rows["Moderate concurrency"]
     assert moderate.levels == [8, 16, 32]
@@ -37,8 +41,8 @@ def test_each_row_is_derived_from_the_cells() -> None:
 
     prefill = rows["Prefill-heavy (long prompts)"]
     assert prefill.levels == [1, 2, 4, 8, 16, 32, 64]
-    assert (prefill.winner, prefill.runner_up) == ("tp2-mp", "tp2-ray")
-    assert "+11% prefill vs Cluster TP=2 (Ray)" in prefill.evidence()
+    assert (prefill.winner, prefill.runner_up) == ("tp2-mp", "solo")
+    assert "+40% prefill vs Solo" in prefill.evidence()
 
     latency = rows["Latency-sensitive at scale"]
     assert latency.levels == [16, 32, 64]
@@ -73,15 +77,37 @@ def test_topologies_missing_a_level_are_left_out_and_named() -> None:
                   cell_rows("tp2-mp", 1, [600, 600]))  # far faster, but only measured at c1
     single = recommendations(cells)["Single user / low latency"]
     assert single.winner == "solo" and single.runner_up is None
-    assert "the only topology measured there" in single.evidence()
+    assert "the only layout measured there" in single.evidence()
     assert "not compared: Cluster TP=2 (not measured at every level of c1–c2)" in single.evidence()
 
 
-def test_overlapping_spreads_at_every_level_read_as_within_noise() -> None:
+def test_a_difference_under_the_margin_names_both() -> None:
+    # 41 vs 40 (runs 39/43 and 38/42): +2.5%, under the 3% margin
     cells = frame(cell_rows("solo", 1, [38, 42]), cell_rows("2x-solo-shuffle", 1, [39, 43]))
     single = recommendations(cells)["Single user / low latency"]
-    assert single.tie
-    assert single.choice() == "Shuffle or Solo (within noise)"
+    assert single.tie and single.why == "< 3%"
+    assert single.choice() == "Shuffle or Solo: within 2.5%"
+
+
+def test_a_large_difference_inside_the_intervals_names_both() -> None:
+    # 45 vs 40 (+12.5%), but from 2 runs 10 apart: s = 7.07, half-width t(1) * s / sqrt(2) = 63.5: overlap
+    cells = frame(cell_rows("solo", 1, [35, 45]), cell_rows("2x-solo-shuffle", 1, [40, 50]))
+    single = recommendations(cells)["Single user / low latency"]
+    assert single.tie and single.why == "intervals overlap"
+    assert single.choice() == "Shuffle or Solo: intervals overlap (+12%)"
+
+
+def test_a_clear_layout_whose_executors_tie_names_both_executors() -> None:
+    # TP=2 beats solo by far; Ray is 1% behind no Ray: either executor will do
+    cells = frame(cell_rows("solo", 1, [39, 40, 41]), cell_rows("tp2-mp", 1, [99, 100, 101]),
+                  cell_rows("tp2-ray", 1, [98, 99, 100]))
+    single = recommendations(cells)["Single user / low latency"]
+    assert not single.tie and single.runner_up == "solo"
+    assert single.executor_alternative == "tp2-ray"
+    assert single.choice() == "Cluster TP=2 or Cluster TP=2 (Ray): within 1.0%"
+    # a clear executor call leaves the one executor
+    cells.loc[cells["topology"] == "tp2-ray", "decode_tps"] *= 0.5
+    assert recommendations(cells)["Single user / low latency"].choice() == "Cluster TP=2"
 
 
 def test_no_topology_covering_the_range() -> None:

@@ -24,11 +24,70 @@ from reports.regress import compare_result_dirs
 from reports.tables import DECODE, PREFILL, TTFT
 from tests.reports.fixtures import cell_rows, frame, study_cells
 
-WELCH = RegressionPolicy()  # 5%, alpha 0.05
+WELCH = RegressionPolicy(threshold_pct=5.0, test="welch")  # the per-run test, on request
 
 
 def compare(metric, baseline, current, policy=WELCH, **kw):
     return compare_values("solo", 1, metric, np.array(baseline, float), np.array(current, float), policy, **kw)
+
+
+def test_by_default_the_intervals_judge_a_cell_without_history() -> None:
+    # [100, 102, 98, 100]: s = 1.633, t(3) = 3.182 -> 100 ± 2.60; [90, 92, 88, 90] -> 90 ± 2.60: apart, 10% worse
+    policy = RegressionPolicy()
+    assert (policy.test, policy.threshold_pct) == ("intervals", 3.0)
+    slower = compare(DECODE, [100, 102, 98, 100], [90, 92, 88, 90], policy)
+    assert slower.status is Status.REGRESSION and slower.reason == "10.0% worse, the intervals are apart"
+    # the same 10% inside wide intervals: not settled
+    noisy = compare(DECODE, [80, 120, 100, 100], [70, 110, 90, 90], policy)
+    assert noisy.status is Status.UNCHANGED and "the intervals overlap" in noisy.reason
+    # apart but by less than the 3% threshold: does not matter
+    assert compare(DECODE, [100, 100.1, 99.9, 100], [98, 98.1, 97.9, 98], policy).status is Status.UNCHANGED
+    assert compare(TTFT, [200, 202, 198, 200], [180, 182, 178, 180], policy).status is Status.IMPROVEMENT
+    # one run a side without within-run bounds: no interval, no verdict
+    assert compare(DECODE, [100], [80], policy).status is Status.INCONCLUSIVE
+
+
+def test_single_run_cells_are_judged_by_their_within_run_intervals() -> None:
+    base, cur = cell_rows("solo", 8, [100]), cell_rows("solo", 8, [90])
+    base[0].update(decode_tps_lo=98.0, decode_tps_hi=102.0)
+    cur[0].update(decode_tps_lo=88.0, decode_tps_hi=92.0)
+    (decode,) = [c for c in compare_sweeps(frame(base), frame(cur)).comparisons if c.metric is DECODE]
+    assert decode.status is Status.REGRESSION
+    cur[0].update(decode_tps_lo=80.0, decode_tps_hi=99.0)  # the same mean, a wider interval reaching the baseline's
+    (decode,) = [c for c in compare_sweeps(frame(base), frame(cur)).comparisons if c.metric is DECODE]
+    assert decode.status is Status.UNCHANGED
+
+
+def history_of(values_by_sweep: list[float]) -> pd.DataFrame:
+    rows = [dict(row, sweep=f"s{index}") for index, value in enumerate(values_by_sweep)
+            for row in cell_rows("solo", 1, [value, value])]
+    return pd.DataFrame(rows)
+
+
+def test_a_cell_with_history_is_judged_by_the_spread_it_has_shown() -> None:
+    base, cur = frame(cell_rows("solo", 1, [100, 100])), frame(cell_rows("solo", 1, [94, 94]))
+    # a cell that wandered 100, 96, 104, 100, 97, 103 between sweeps: s = 3.16; alone (one metric, so all
+    # of alpha) t(0.95, 5) = 2.015 and the tolerance is 2.015 * 3.16 * sqrt(2) = 9.0%: 6% worse is what
+    # this cell does on its own
+    wandering = history_of([100, 96, 104, 100, 97, 103])
+    result = compare_sweeps(base, cur, RegressionPolicy(metrics=(DECODE,)), history=wandering)
+    (decode,) = result.comparisons
+    assert decode.status is Status.UNCHANGED and decode.history_sweeps == 6
+    assert decode.tolerance_pct == pytest.approx(2.015 * math.sqrt(10) * math.sqrt(2), rel=1e-3)
+    assert "its 6 earlier sweeps allow ±9.0%" in decode.reason
+    # three cells judged by history share alpha: each gets t(1 - 0.05/3, 5) = 2.912 -> 13.0%
+    (decode,) = [c for c in compare_sweeps(base, cur, history=wandering).comparisons if c.metric is DECODE]
+    assert decode.tolerance_pct == pytest.approx(2.912 * math.sqrt(10) * math.sqrt(2), rel=1e-3)
+    assert "by their history's spread" in result.summary()
+    # a steady cell (±0.2% between sweeps): the threshold holds, and 6% worse regresses
+    steady = history_of([100, 100.2, 99.8, 100, 100.1, 99.9])
+    (decode,) = [c for c in compare_sweeps(base, cur, history=steady).comparisons if c.metric is DECODE]
+    assert decode.status is Status.REGRESSION and decode.tolerance_pct == 3.0
+    assert "so the 3% threshold holds" in decode.reason
+    # too little history (2 sweeps): the intervals decide
+    (decode,) = [c for c in compare_sweeps(base, cur, history=history_of([100, 104])).comparisons
+                 if c.metric is DECODE]
+    assert decode.history_sweeps == 0
 
 
 def test_ten_percent_slower_and_consistent_is_a_regression() -> None:

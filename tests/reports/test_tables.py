@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from common.errors import ResultsError
-from reports.names import display_name, ordered_topologies, ray_pairs
+from reports.names import display_name, layout_display_name, layout_of, layouts, ordered_topologies, ray_pairs
 from reports.report import build_report, format_cell, winner_display
 from reports.tables import (
     DECODE,
@@ -18,74 +18,110 @@ from reports.tables import (
     decide,
     format_pct,
     ray_tables,
-    spreads_overlap,
     validate_cells,
     winner_table,
 )
 from tests.reports.fixtures import cell_rows, frame
 
 
-def stat(topology: str, mean: float, std: float) -> CellStat:
-    return CellStat(topology, 1, mean, std, 2, 0, 2)
+def stat(topology: str, mean: float, lo: float = math.nan, hi: float = math.nan) -> CellStat:
+    return CellStat(topology, 1, mean, 0.0, 3, 0, 3, lo, hi, "runs" if not math.isnan(lo) else "none")
 
 
 def test_throughput_winner_and_margin_over_runner_up() -> None:
-    # solo 39/41 -> 40 ± 1; tp2-mp 59/61 -> 60 ± 1: +50% over solo, no overlap
-    cells = frame(cell_rows("solo", 1, [39, 41]), cell_rows("tp2-mp", 1, [59, 61]))
+    # solo 39/40/41 -> 40 [37.5, 42.5]; tp2-mp 59/60/61 -> 60 [57.5, 62.5]: +50% over solo, intervals apart
+    cells = frame(cell_rows("solo", 1, [39, 40, 41]), cell_rows("tp2-mp", 1, [59, 60, 61]))
     table = winner_table(cells, DECODE)
     row = table.rows[0]
-    assert row.cells["solo"].mean == 40 and row.cells["solo"].std == 1  # population std (ddof=0)
+    solo = row.cells["solo"]
+    assert solo.mean == 40 and solo.std == pytest.approx(0.8165, abs=1e-4)  # population std (ddof=0)
+    # t(2) = 4.303, s = 1: 40 ± 4.303 / sqrt(3) = ± 2.484
+    assert (solo.lo, solo.hi) == (pytest.approx(37.516, abs=1e-3), pytest.approx(42.484, abs=1e-3))
+    assert solo.method == "runs"
     assert row.verdict.winner == "tp2-mp" and row.verdict.runner_up == "solo"
     assert row.verdict.margin_pct == pytest.approx(50.0)
     assert row.verdict.label() == "Cluster TP=2 (+50%)"
-    assert row.vs_solo == {"tp2-mp": pytest.approx(50.0)}
+    assert row.vs_solo == {"tp2": pytest.approx(50.0)}  # per layout
 
 
 def test_ttft_lower_wins_and_margin_is_negative() -> None:
-    # solo 200 ± 0; shuffle 150/158 -> 154 ± 4: (154 - 200) / 200 = -23%
-    cells = frame(cell_rows("solo", 1, [1, 1], ttft=[200, 200]), cell_rows("2x-solo-shuffle", 1, [1, 1], ttft=[150, 158]))
+    # solo 200 (no spread); shuffle 150/154/158 -> 154: (154 - 200) / 200 = -23%
+    cells = frame(cell_rows("solo", 1, [1, 1, 1], ttft=[200, 200, 200]),
+                  cell_rows("2x-solo-shuffle", 1, [1, 1, 1], ttft=[150, 154, 158]))
     row = winner_table(cells, TTFT).rows[0]
     assert row.verdict.label() == "Shuffle (-23%)"
     assert row.vs_solo["2x-solo-shuffle"] == pytest.approx(-23.0)
 
 
-def test_margin_is_against_the_runner_up_not_the_worst() -> None:
-    cells = frame(cell_rows("solo", 1, [100, 100]), cell_rows("tp2-mp", 1, [150, 150]),
-                  cell_rows("tp2-ray", 1, [120, 120]))
-    verdict = winner_table(cells, DECODE).rows[0].verdict
-    assert verdict.runner_up == "tp2-ray"
-    assert verdict.margin_pct == pytest.approx(25.0)
-
-
 @pytest.mark.parametrize(
-    ("best", "runner", "tie"),
+    ("best", "runner", "higher", "margin", "why"),
     [
-        ((100, 5), (90, 5), True),  # [95, 105] and [85, 95] touch: a tie
-        ((100, 5), (89.9, 5), False),  # [95, 105] and [84.9, 94.9]: a gap of 0.1
-        ((100, 0), (100, 0), True),  # single runs, equal means
-        ((100, 0), (99.99, 0), False),  # single runs, any difference counts
-        ((100, 20), (60, 20), True),  # [80, 120] and [40, 80]
-        ((100, 1), (95, 10), True),  # a wide runner-up interval reaching into the winner's
+        ((100, 97, 103), (90, 87, 93), True, 3.0, ""),  # apart and +11%: a win
+        ((100, 95, 105), (90, 85, 95), True, 3.0, "intervals overlap"),  # touching at 95
+        ((100, 96, 104), (80, 70, 97), True, 3.0, "intervals overlap"),  # a wide runner-up reaching in
+        ((100, 99.9, 100.1), (98, 97.9, 98.1), True, 3.0, "< 3%"),  # settled but +2.0%: does not matter
+        ((100, 99.9, 100.1), (98, 97.9, 98.1), True, 1.0, ""),  # ... unless the margin is 1%
+        ((100, math.nan, math.nan), (90, math.nan, math.nan), True, 3.0, "no interval"),  # one value each
+        ((100, math.nan, math.nan), (99, math.nan, math.nan), True, 3.0, "< 3%"),  # too small either way
+        ((100, 98, 102), (120, 118, 122), False, 3.0, ""),  # TTFT: lower wins, -17%
+        ((100, 98, 110), (105, 104, 106), False, 3.0, "intervals overlap"),  # TTFT -4.8% but overlapping
     ],
 )
-def test_tie_is_overlap_of_closed_mean_std_intervals(best: tuple, runner: tuple, tie: bool) -> None:
-    verdict = decide([stat("solo", *runner), stat("tp2-mp", *best)], higher_is_better=True)
-    # equal means keep the display order, so only a strictly better mean is sure to win
-    assert verdict.winner == ("tp2-mp" if best[0] > runner[0] else "solo")
-    assert verdict.tie is tie
-    assert spreads_overlap(stat("a", *best), stat("b", *runner)) is tie
+def test_a_win_must_be_real_and_material(best: tuple, runner: tuple, higher: bool, margin: float, why: str) -> None:
+    verdict = decide([stat("solo", *runner), stat("tp2-mp", *best)], higher_is_better=higher, margin_pct=margin)
+    assert verdict.winner == "tp2-mp" and verdict.runner_up == "solo"
+    assert verdict.tie is bool(why) and verdict.why == why
 
 
-def test_tie_edge_from_run_values() -> None:
-    # runs 95/105 -> 100 ± 5, runs 85/95 -> 90 ± 5: intervals touch at 95
-    cells = frame(cell_rows("solo", 1, [85, 95]), cell_rows("tp2-mp", 1, [95, 105]))
-    verdict = winner_table(cells, DECODE).rows[0].verdict
-    assert verdict.tie
-    assert verdict.label() == "Cluster TP=2 ≈ Solo (tie)"
+def test_a_tie_names_both_and_says_why() -> None:
+    verdict = decide([stat("solo", 98, 97.9, 98.1), stat("tp2-mp", 100, 99.9, 100.1)], higher_is_better=True)
+    assert verdict.label() == "tie: Cluster TP=2 or Solo (+2.0%, < 3%)"
+
+
+def test_a_single_run_cell_takes_its_within_run_interval() -> None:
+    rows = cell_rows("solo", 4, [100])
+    rows[0].update(decode_tps_lo=96.0, decode_tps_hi=104.0)
+    cell = winner_table(frame(rows), DECODE).rows[0].cells["solo"]
+    assert (cell.lo, cell.hi, cell.method) == (96.0, 104.0, "within-run")
+    assert format_cell(cell) == "100 [96–104]"
+    # an old folder without the bounds: the mean and no interval
+    assert format_cell(winner_table(frame(cell_rows("solo", 4, [100])), DECODE).rows[0].cells["solo"]) == "100 (no CI)"
+
+
+def test_layouts_group_executor_variants() -> None:
+    assert layout_of("tp2-ray") == layout_of("tp2-mp") == "tp2" and layout_of("solo") == "solo"
+    assert layout_display_name("tp2-ray") == "Cluster TP=2" and layout_display_name("2x-solo-shuffle") == "Shuffle"
+    assert layouts(["tp2-ray", "solo", "tp2-mp", "tp4-mp"]) == {
+        "solo": ["solo"], "tp2": ["tp2-mp", "tp2-ray"], "tp4": ["tp4-mp"]}
+
+
+def test_winner_table_compares_layouts_each_by_its_better_executor() -> None:
+    # Ray is the better TP=2 executor at c1 (62 vs 60), no Ray at c2; solo trails at both levels
+    cells = frame(cell_rows("solo", 1, [39, 40, 41]), cell_rows("tp2-mp", 1, [59, 60, 61]),
+                  cell_rows("tp2-ray", 1, [61, 62, 63]),
+                  cell_rows("solo", 2, [79, 80, 81]), cell_rows("tp2-mp", 2, [119, 120, 121]),
+                  cell_rows("tp2-ray", 2, [109, 110, 111]))
+    table = winner_table(cells, DECODE)
+    assert list(table.layouts) == ["solo", "tp2"]
+    first, second = table.rows
+    assert first.cells["tp2"].topology == "tp2-ray" and second.cells["tp2"].topology == "tp2-mp"
+    # the margin is against the best OTHER layout (solo, +55%), never against the same layout's other executor
+    assert (first.verdict.winner, first.verdict.runner_up) == ("tp2-ray", "solo")
+    assert first.verdict.margin_pct == pytest.approx(55.0)
+    assert first.verdict.label() == "Cluster TP=2 (+55%)"
+    display = winner_display(table)
+    assert display.headers == ["c", "Solo", "Cluster TP=2", "Winner", "Cluster TP=2 vs solo"]
+    assert display.rows[0][2].endswith("(Ray)") and display.rows[1][2].endswith("(no Ray)")
+    # the executor choice has its own table, decided by the same rule: at c1 Ray's +3.3% is inside the
+    # intervals ([59.5, 64.5] vs [57.5, 62.5]), a tie; at c2 no Ray's +9% is clear
+    (executors,) = ray_tables(cells)
+    c1, c2 = (row.verdict[DECODE.key] for row in executors.rows)
+    assert c1.tie and c1.why == "intervals overlap"
+    assert c2.winner == "tp2-mp" and not c2.tie
 
 
 def test_lone_topology_wins_unopposed() -> None:
-    verdict = decide([stat("tp2-mp", 10, 1)], higher_is_better=True)
+    verdict = decide([stat("tp2-mp", 10, 9, 11)], higher_is_better=True)
     assert verdict.runner_up is None and math.isnan(verdict.margin_pct)
     assert verdict.label() == "Cluster TP=2 (only one)"
     assert decide([], higher_is_better=True) is None
@@ -95,7 +131,7 @@ def test_missing_topology_at_a_level_shows_a_dash_and_no_vs_solo() -> None:
     cells = frame(cell_rows("solo", 1, [40, 40]), cell_rows("solo", 2, [70, 70]), cell_rows("tp2-mp", 1, [60, 60]))
     display = winner_display(winner_table(cells, DECODE))
     assert display.headers == ["c", "Solo", "Cluster TP=2", "Winner", "Cluster TP=2 vs solo"]
-    assert display.rows[1] == ["2", "70.0 ± 0.0", "—", "Solo (only one)", "—"]
+    assert display.rows[1] == ["2", "70.0 [70.0–70.0]", "—", "Solo (only one)", "—"]
     assert display.rows[0][-1] == "+50%"
 
 
@@ -103,7 +139,7 @@ def test_failed_requests_mark_the_cell() -> None:
     cells = frame(cell_rows("solo", 4, [100, 110], failed=[0, 2]))
     stat_ = winner_table(cells, DECODE).rows[0].cells["solo"]
     assert stat_.failed == 2 and stat_.requests == 8
-    assert format_cell(stat_) == "105 ± 5 ⚠"
+    assert format_cell(stat_) == "105 [41–169] ⚠"  # 2 runs: 105 ± 12.706 * 7.07 / sqrt(2)
     report = build_report(cells)
     assert any("2 of 8 requests failed" in caveat for caveat in report.caveats)
 
@@ -112,7 +148,7 @@ def test_a_cell_whose_runs_all_failed_has_no_value_and_cannot_win() -> None:
     cells = frame(cell_rows("solo", 1, [40, 40]), cell_rows("tp2-mp", 1, [float("nan")], failed=[1]))
     row = winner_table(cells, DECODE).rows[0]
     assert row.verdict.winner == "solo" and row.verdict.runner_up is None
-    assert format_cell(row.cells["tp2-mp"]) == "⚠ all failed"
+    assert format_cell(row.cells["tp2"]) == "⚠ all failed"
 
 
 def test_unknown_topologies_keep_their_name_and_come_after_the_registered_ones() -> None:

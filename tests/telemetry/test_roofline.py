@@ -5,7 +5,14 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from telemetry.roofline import EngineShape, decode_ceiling_tps, limit_sentences, prefill_ceiling_tps, roofline
+from telemetry.roofline import (
+    EngineShape,
+    decode_ceiling_tps,
+    limit_sentences,
+    prefill_ceiling_tps,
+    roofline,
+    step_breakdown,
+)
 from twin.costmodel import CostModel, SeqWork
 from twin.predict import topology_model
 from twin.profiles import load_card, load_hardware
@@ -51,4 +58,7 @@ def test_shares_and_sentences_of_measured_cells() -> None:
     assert sentences["solo"].startswith("solo: decode at 60% of the bandwidth ceiling at c1")
     assert "memory bandwidth" in sentences["solo"] and "prediction" not in sentences["solo"]
     # 1 t/s is far below what the twin predicts for TP=2 at c1: the sentence says the model does not explain it
-    assert "well below the twin's prediction" in sentences["tp2-mp"] and "link" in sentences["tp2-mp"]
+    assert "well below the twin's prediction" in sentences["tp2-mp"]
+    # the modeled TP=2 step spends part of its time on the link's all-reduces; the solo step none
+    assert step_breakdown(SHAPE, topology_model("tp2-mp"), 1)["link"] > 0
+    assert step_breakdown(SHAPE, topology_model("solo"), 1)["link"] == 0

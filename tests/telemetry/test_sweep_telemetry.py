@@ -10,11 +10,13 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from tests.support.local_cluster import write_local_cluster
 from twin.profiles import load_hardware
 
 
+@pytest.mark.slow  # 30-65 s: two topologies brought up and measured at gb10 speed
 def test_a_sweep_samples_engines_and_both_nodes_and_reports_energy(tmp_path: Path) -> None:
     # gb10 speed: a c1 run of 32 tokens takes about a second, several samples at 0.25 s
     cluster = write_local_cluster(tmp_path / "cluster", hardware="gb10")

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from bench.records import RequestRecord
 from topo.calibrate import (
     KNOBS,
+    CalibrationCell,
     MeasuredCell,
     calibrated_data,
     default_cells,
@@ -28,18 +29,20 @@ from topo.cli import app
 from topology.recipe import load_recipe
 from twin.profiles import hardware_data, load_hardware
 
-HIDDEN = {"bandwidth": 0.8, "latency": 3.0, "overhead": 1.5, "router": 2.0}
+HIDDEN = {"bandwidth": 0.8, "latency": 3.0, "overhead": 1.5, "router": 2.0, "relay_ms": 4.0}
 
 
 def hidden_truth(base_name: str) -> tuple[dict[str, float], object]:
     """The constants a hidden profile has (gb10 with bandwidth x0.8, sockets latency x3, step overhead x1.5,
-    router burst cost x2), as KNOBS values, and the engine config of the twin nodes running it."""
+    router burst cost x2, a proxy relaying a chunk in 4 ms), as KNOBS values, and the engine config of the twin
+    nodes running it."""
     base = load_hardware(base_name)
     truth = {
         "step_overhead_ms": base.step_overhead_ms * HIDDEN["overhead"],
         "bandwidth_efficiency": base.bandwidth_efficiency * HIDDEN["bandwidth"],
         "link latency_us": base.links["sockets"].latency_us * HIDDEN["latency"],
         "router per_request_ms": base.router.accept_per_request_ms * HIDDEN["router"],
+        "router relay_per_chunk_ms": HIDDEN["relay_ms"],
     }
     config = engine_config(load_recipe("gemma4-26b"), base, "sockets")
     return truth, config.with_(hardware=with_values(base, truth, "sockets"))
@@ -56,17 +59,32 @@ def fake_measurement(hidden_config, cells) -> list[MeasuredCell]:
     return measured
 
 
+def test_default_cells_pin_every_knob_once() -> None:
+    cells = default_cells(8192)
+    pinned = [knob for cell in cells for _, knob in cell.targets]
+    assert sorted(pinned) == sorted(KNOBS) and len(set(pinned)) == len(pinned)
+    assert {c.topology for c in cells} == {"solo", "tp2-mp", "2x-solo-shuffle"}
+    assert {c.pp for c in cells if c.targets[0][0] == "prefill_tps"} == {2048}  # 4 x 2048 = one full step
+    assert not any(c.topology == "2x-solo-shuffle" for c in default_cells(8192, router=False))
+
+
 def test_the_fit_recovers_a_hidden_profile() -> None:
     truth, hidden = hidden_truth("gb10")
     config = engine_config(load_recipe("gemma4-26b"), load_hardware("gb10"), "sockets")
-    measured = fake_measurement(hidden, default_cells(8192))
+    # the default cells, the relay pinned at c8 instead of c32 to keep the test short (the 4 ms relay
+    # saturates there already: 8 streams on two engines ask for ~300 chunks/s)
+    cells = [c for c in default_cells(8192) if c.concurrency != 32]
+    cells.append(CalibrationCell("2x-solo-shuffle", 8, 64, 32, (("decode_tps", "router relay_per_chunk_ms"),)))
+    measured = fake_measurement(hidden, cells)
     fit = fit_constants(config, measured)
     assert fit.worst < 1e-3
     for name, value in truth.items():
         assert fit.values[name] == pytest.approx(value, rel=0.01), name
+    # the ones the hidden profile did not change come back within a few percent (the TTFT cells pin the
+    # frontend and pickup less sharply than the decode and prefill cells pin theirs)
     for name in ("compute_efficiency", "frontend_ms_per_request", "engine_pickup_ms", "link efficiency",
                  "router request_latency_ms"):
-        assert fit.values[name] == pytest.approx(fit.before[name], rel=0.01), name  # unchanged in the hidden one
+        assert fit.values[name] == pytest.approx(fit.before[name], rel=0.03), name
 
 
 def test_knobs_move_their_constant_and_tied_ones_by_the_same_factor() -> None:

@@ -77,13 +77,16 @@ def test_the_link_follows_the_rendered_env_and_link_is_a_what_if(tmp_path: Path)
 
 
 def test_a_rendered_nccl_hca_picks_roce(tmp_path: Path) -> None:
-    from topology.recipe import load_recipe
+    """The RoCE devices come from each node's fast link (`rdma`); the plan renders NCCL_IB_HCA from them."""
+    from common.config import CONFIGS_DIR
 
-    recipe = load_recipe("gemma4-26b").model_copy(update={"env": {"NCCL_IB_HCA": "rocep1s0f1,roceP2p1s0f1"}})
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe.model_dump(mode="json")))
-    assert planned_transport(str(path), "local-twin").transport == "roce2"
-    assert planned_transport(str(path), None).transport == "roce2"
+    cluster = yaml.safe_load((CONFIGS_DIR / "clusters" / "local-twin.yaml").read_text())
+    for devices, expected in ((["rocep1s0f1", "roceP2p1s0f1"], "roce2"), (["rocep1s0f1"], "roce1")):
+        for node in cluster["nodes"]:
+            node["fast_link"]["rdma"] = devices
+        path = tmp_path / f"{expected}.yaml"
+        path.write_text(yaml.safe_dump(cluster))
+        assert planned_transport("gemma4-26b", str(path)).transport == expected
 
 
 def test_hardware_is_a_path_too(tmp_path: Path) -> None:
@@ -95,3 +98,24 @@ def test_hardware_is_a_path_too(tmp_path: Path) -> None:
     base = predict("-t", "solo", "-c", "1", "--runs", "1", "--out", str(tmp_path / "a"))
     half = predict("-t", "solo", "-c", "1", "--runs", "1", "--hardware", str(slower), "--out", str(tmp_path / "b"))
     assert float(half.decode_tps.iloc[0]) < 0.7 * float(base.decode_tps.iloc[0])
+
+
+def test_a_docker_plan_passes_its_nccl_env_in_the_env_file() -> None:
+    """Two Sparks running vLLM's container: the NCCL env reaches the engine through `--env-file`."""
+    cluster = Path(__file__).resolve().parents[1] / "topology" / "data" / "two-sparks-rdma.yaml"
+    assert planned_transport("gemma4-26b", str(cluster)).transport == "roce2"
+
+
+@pytest.mark.parametrize(("rdma", "transport"), [(["rocep1s0f1", "roceP2p1s0f1"], "roce2"), (["rocep1s0f1"], "roce1"),
+                                                  (None, "sockets")])
+def test_a_fast_link_with_roce_twins_renders_their_transport(tmp_path: Path, rdma, transport) -> None:
+    """The planner renders NCCL_IB_HCA from fast_link.rdma; the twin's link follows that env."""
+    from common.config import CONFIGS_DIR
+
+    data = yaml.safe_load((CONFIGS_DIR / "clusters" / "two-sparks.yaml").read_text())
+    for node in data["nodes"]:
+        if rdma is not None:
+            node["fast_link"]["rdma"] = rdma
+    path = tmp_path / "sparks.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert planned_transport("gemma4-26b", str(path)).transport == transport

@@ -51,7 +51,9 @@ def test_dry_run_prints_commands_and_starts_nothing(tmp_path: Path) -> None:
     cluster = write_local_cluster(tmp_path)
     done = topo("sweep", "--cluster", str(cluster), "-c", "1,2", "--dry-run", "--out", str(tmp_path / "out"))
     assert done.returncode == 0, done.stderr
-    assert "8 cells, 8 measured runs" in done.stdout
+    assert "8 cells, at most 80 measured runs" in " ".join(done.stdout.split())  # --runs auto: up to 10 a cell
+    fixed = topo("sweep", "--cluster", str(cluster), "-c", "1,2", "--runs", "2", "--dry-run", "--out", str(tmp_path / "o"))
+    assert "8 cells, 16 measured runs" in " ".join(fixed.stdout.split())
     assert "--distributed-executor-backend" in done.stdout and "litellm" in done.stdout
     assert not (tmp_path / "out").exists()
 

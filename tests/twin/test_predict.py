@@ -160,3 +160,35 @@ def test_a_burst_reaches_the_engines_through_the_proxy_in_a_clump():
     assert router.handover_s(64, 1) == pytest.approx(0.3843)
     assert router.handover_s(64, 64) == pytest.approx(0.6174)
     assert router.handover_s(64, 2) - router.handover_s(64, 1) == pytest.approx(0.0037)
+
+
+def test_the_proxy_relays_chunks_one_at_a_time():
+    from twin.profiles import RouterProfile
+
+    def estimate(value: float) -> dict[str, object]:
+        return {"value": value, "source": "estimate: test"}
+
+    router = RouterProfile.model_validate({"request_latency_ms": estimate(0.0), "relay_per_chunk_ms": estimate(2.0)})
+    # first come first served, 2 ms each: the two at 0 leave at 2 and 4 ms, the one at 1 ms waits until 6 ms,
+    # the one at 10 ms finds the proxy free
+    assert router.relayed([0.0, 0.001, 0.0, 0.010]) == pytest.approx([0.002, 0.006, 0.004, 0.012])
+    assert router.model_copy(update={"relay_per_chunk_ms": 0.0}).relayed([0.003, 0.001]) == [0.003, 0.001]
+
+
+def test_a_slow_proxy_relay_caps_routed_decode(tiny_fast):
+    hw = tiny_fast.hardware
+    (alone,) = simulate_batch("2x-solo-shuffle", tiny_fast, 1, 64, 8)
+    # a relay faster than the decode steps delays every chunk of a lone stream by exactly its cost
+    gap = min(b - a for a, b in zip(alone.token_times, alone.token_times[1:]))
+    quick = tiny_fast.with_(hardware=hw.model_copy(update={"router": hw.router.model_copy(
+        update={"relay_per_chunk_ms": 0.5 * gap * 1000})}))
+    (relayed,) = simulate_batch("2x-solo-shuffle", quick, 1, 64, 8)
+    assert relayed.token_times == pytest.approx([t + 0.5 * gap for t in alone.token_times])
+    # one 10x slower than a decode step: 16 streams' chunks leave one every relay_per_chunk_ms at best
+    slow_ms = 10 * gap * 1000
+    slow = tiny_fast.with_(hardware=hw.model_copy(update={"router": hw.router.model_copy(
+        update={"relay_per_chunk_ms": slow_ms})}))
+    row = predict_cells("2x-solo-shuffle", slow, [16], prompt_tokens=64, max_tokens=8, runs=1)[0]
+    # saturated: all 16 x 8 = 128 chunks leave back to back, the first one at the earliest first token, so
+    # the 16 x 7 decode tokens span 127 relay slots
+    assert row["decode_tps"] == pytest.approx(112 / 127 * 1000 / slow_ms, rel=1e-3)

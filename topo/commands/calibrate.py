@@ -52,17 +52,19 @@ def calibrate_command(
     runs: int = typer.Option(2, "--runs", "-r", help="Measured runs per cell (after one warm-up)."),
     name: str = typer.Option(None, "--name", help="Name of the written profile (default: CLUSTER-calibrated)."),
     router: bool = typer.Option(True, "--router/--no-router", help="Also bring up 2x-solo-shuffle and fit the "
-                                "proxy's costs (request latency, per-request burst cost) from two cells."),
+                                "proxy's costs (request latency, per-request burst cost, per-chunk relay) from three "
+                                "cells."),
     twin_hardware: str = typer.Option(None, "--twin-hardware", help="Override the hardware profile of every "
                                       "twin node (twin clusters, e.g. to calibrate against a hidden profile)."),
 ) -> None:
     """Calibrate the twin on your own nodes: a few minutes of measuring instead of a full sweep.
 
-    Brings up solo, tp2-mp and 2x-solo-shuffle once each and measures seven small cells whose metrics each
+    Brings up solo, tp2-mp and 2x-solo-shuffle once each and measures eight small cells whose metrics each
     pin one constant (solo decode at c1 and c16: step overhead and memory bandwidth, their TTFT the engine's
     pickup and per-request frontend cost; a full solo prefill step: compute efficiency; tp2-mp decode at c1
     and a full tp2-mp prefill step: latency and bandwidth of the link the plan's env selects; TTFT through
-    the router at c1 and c8: the proxy's request latency and per-request burst cost),
+    the router at c1 and c8 and its decode at c32: the proxy's request latency, per-request burst cost and
+    per-chunk relay cost),
     fits them with the twin's own model in virtual time and writes a profile whose calibrated constants
     name the cluster, the date and the cells. Then `topo predict --hardware PROFILE.yaml` predicts every
     topology and load of these nodes, including layouts never brought up.

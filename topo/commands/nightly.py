@@ -17,6 +17,7 @@ from topo.options import (
     AlphaOption,
     ClusterOption,
     ConcurrencyOption,
+    GateHistoryOption,
     GeneratedTokensOption,
     JunitOption,
     MarkdownVerdictOption,
@@ -53,9 +54,10 @@ def nightly_command(
     junit: JunitOption = None,  # type: ignore[assignment]
     md: MarkdownVerdictOption = None,  # type: ignore[assignment]
     twin_hardware: TwinHardwareOption = None,  # type: ignore[assignment]
-    threshold: ThresholdOption = "5%",
+    threshold: ThresholdOption = "3%",
     alpha: AlphaOption = 0.05,
-    test: TestOption = "welch",
+    test: TestOption = "intervals",
+    gate_history: GateHistoryOption = 20,
     pp: PromptTokensOption = 1024,
     tg: GeneratedTokensOption = 128,
     history_sweeps: Annotated[int, typer.Option("--history", help="How many sweeps (this one included) the "
@@ -92,7 +94,7 @@ def nightly_command(
                      topologies=tuple(parse_topologies(topologies)),
                      concurrency=tuple(parse_concurrency(concurrency)))
     plan = plan_nightly(spec, root, baseline, policy, out=out, junit=junit, markdown=md,
-                        history_sweeps=history_sweeps, require_baseline=require_baseline)
+                        history_sweeps=history_sweeps, require_baseline=require_baseline, gate_history=gate_history)
     directory, paths = plan.directory, plan.paths
     if directory.resolve().parent != root.resolve():
         console.print(f"[yellow]note:[/] {directory} is not directly under --root {root}: later nightlies will "

@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 
 from reports.console import print_report
+from reports.tables import DEFAULT_MARGIN_PCT
 from reports.results import write_report
 from topo.options import (
     ConcurrencyOption,
@@ -47,6 +48,8 @@ def predict_command(
                              "renders implies (NCCL_IB_HCA / NCCL_IB_DISABLE), as the twin engine decides it."),
     cluster: str = typer.Option(None, "--cluster", help="Cluster whose rendered engine env decides the default "
                                 "--link (default: the recipe's env alone)."),
+    margin: float = typer.Option(DEFAULT_MARGIN_PCT, "--margin", help="The smallest difference, in %, that makes "
+                                 "a winner; smaller ones are ties that name both."),
     out: Path = typer.Option(None, "--out", "-o", help="Write DIR/cells.parquet (the sweep's columns), "
                              "meta.json, report.md and report.html."),
 ) -> None:
@@ -64,7 +67,7 @@ def predict_command(
         model=model, hardware=hardware, topologies=tuple(parse_topologies(topologies, default=())), nodes=nodes,
         concurrency=tuple(parse_concurrency(concurrency)), runs=runs, pp=pp, tg=tg, quantization=quantization,
         max_num_batched_tokens=max_num_batched_tokens, gpu_memory_utilization=gpu_memory_utilization, seed=seed,
-        link=link, cluster=cluster,
+        link=link, cluster=cluster, margin_pct=margin,
     ))
     cells, meta, report = prediction.cells, prediction.meta, prediction.report
     print_report(console, report)

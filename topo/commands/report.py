@@ -22,6 +22,9 @@ def report(
         "--open", help="Open report.html in the default browser afterwards.")] = False,
     quiet: Annotated[bool, typer.Option(
         "--quiet", "-q", help="Only write the files; do not print the tables.")] = False,
+    margin: Annotated[float, typer.Option(
+        "--margin", help="The smallest difference, in %, that makes a winner (default: the sweep's, else 3).",
+        show_default=False)] = None,  # type: ignore[assignment]
 ) -> None:
     """Re-render a sweep's report from its stored results.
 
@@ -31,7 +34,7 @@ def report(
     works offline). Nothing is measured again.
     """
     console = Console()
-    result, md_path, html_path = render_results(directory)
+    result, md_path, html_path = render_results(directory, margin_pct=margin)
     if not quiet:
         print_report(console, result)
         console.print()

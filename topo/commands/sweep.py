@@ -15,15 +15,17 @@ from common.errors import ConfigError
 from topo.exits import EXIT_CODES_HELP, EXIT_FAILURES, interrupted_exit_code
 from reports.console import print_report
 from reports.results import render_results
+from reports.tables import DEFAULT_MARGIN_PCT
+from topo.adaptive import DEFAULT_MAX_RUNS, DEFAULT_PRECISION_PCT
 from topo.options import (
     ClusterOption,
     ConcurrencyOption,
     GeneratedTokensOption,
     LatencyModeOption,
+    MarginOption,
     OutOption,
     PromptTokensOption,
     RecipeOption,
-    RunsOption,
     SeedOption,
     TopologiesOption,
     TwinHardwareOption,
@@ -51,8 +53,9 @@ def _print_dry_run(console: Console, sweep: SweepPlan, out: Path) -> None:
     spec = sweep.spec
     console.print(f"[bold]sweep[/] of {spec.model} on cluster {sweep.cluster.name} -> {out}")
     console.print(f"  topologies {', '.join(spec.topologies)}; c={','.join(map(str, spec.concurrency))}; "
-                  f"{spec.runs} run(s) per cell after one warm-up batch; pp{spec.pp} tg{spec.tg}")
-    console.print(f"  {len(sweep.cells())} cells, {len(sweep.cells()) * spec.runs} measured runs\n")
+                  f"runs per cell {spec.runs_text}, after one short warm-up batch; pp{spec.pp} tg{spec.tg}")
+    most = "at most " if spec.adaptive else ""
+    console.print(f"  {len(sweep.cells())} cells, {most}{len(sweep.cells()) * spec.planned_runs} measured runs\n")
     for item in sweep.topologies:
         console.rule(item.topology)
         console.print(plan_text(item.launch), end="")
@@ -63,7 +66,17 @@ def sweep_command(
     cluster: ClusterOption = "local-twin",
     topologies: TopologiesOption = ",".join(STUDY_TOPOLOGIES),
     concurrency: ConcurrencyOption = ",".join(map(str, DEFAULT_CONCURRENCY)),
-    runs: RunsOption = 1,
+    runs: str = typer.Option("auto", "--runs", "-r", help="Measured runs per cell, after one short warm-up batch: "
+                             "auto measures each cell until its 95% intervals are within ±--precision or the "
+                             "winner call at its level is settled (at most --max-runs); a number fixes the count "
+                             "(50 is the published study's method)."),
+    max_runs: int = typer.Option(DEFAULT_MAX_RUNS, "--max-runs", help="--runs auto: at most this many runs per cell."),
+    precision: float = typer.Option(DEFAULT_PRECISION_PCT, "--precision", help="--runs auto: a cell is precise "
+                                    "enough when every headline metric's 95% interval is within ± this % of its mean."),
+    margin: MarginOption = DEFAULT_MARGIN_PCT,
+    twin_noise_cv: float = typer.Option(None, "--twin-noise-cv", help="Per-step jitter of every twin node "
+                                        "(coefficient of variation of a step's time, seeded; 0 = deterministic): "
+                                        "for trying intervals, ties and adaptive runs on a noisy engine."),
     pp: PromptTokensOption = 1024,
     tg: GeneratedTokensOption = 128,
     latency: LatencyModeOption = "api",
@@ -113,7 +126,11 @@ def sweep_command(
             cluster=cluster,
             topologies=tuple(parse_topologies(topologies)),
             concurrency=tuple(parse_concurrency(concurrency)),
-            runs=runs,
+            runs=parse_runs(runs),
+            max_runs=max_runs,
+            precision_pct=precision,
+            margin_pct=margin,
+            twin_noise_cv=twin_noise_cv,
             pp=pp,
             tg=tg,
             latency_mode=latency,  # type: ignore[arg-type]
@@ -144,6 +161,8 @@ def sweep_command(
         console.print()
         print_report(console, report)
         console.print(f"\nwrote [bold]{md_path}[/] and [bold]{html_path}[/]")
+        if outcome.timing:
+            console.print(f"time to decision: {outcome.timing_text()}", highlight=False)
     else:
         console.print(f"[red]nothing was measured[/]; what happened is in {ResultsFolder(directory).meta_path}")
     if outcome.errors:
@@ -156,6 +175,19 @@ def sweep_command(
         console.print(f"after fixing the cause, `topo sweep --resume {directory}` measures only what is missing "
                       "or failed", soft_wrap=True, highlight=False)
         raise typer.Exit(EXIT_FAILURES)
+
+
+def parse_runs(text: str) -> int | None:
+    """`--runs auto` (None: adaptive) or a positive whole number."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        runs = int(text)
+    except ValueError:
+        raise ConfigError(f"--runs {text!r}: expected auto or a whole number of runs") from None
+    if runs < 1:
+        raise ConfigError(f"--runs {text!r}: at least 1 run (or auto)")
+    return runs
 
 
 def register(app: typer.Typer) -> None:
