@@ -187,13 +187,15 @@ def test_twin_hangs_mid_cell_and_the_sweep_recovers_retries_once_and_completes(t
     hung_once = tmp_path / "hung-once"
     # The engine stops stepping 0.5 s after its first step. The twin sleeps each step's modeled time, so the
     # 2 x 4 batches of c=1,2 (warm-up + 3 runs each) take ~1 s of stepping on any machine, more on a slow one;
-    # a hang is checked at a step, so it always falls inside a cell. A restart serves normally.
+    # a hang is checked at a step, so it always falls inside a cell. A restart serves normally. The stall
+    # limit (5 s) is far above any real gap between tokens here, also when the shared machine is busy: a
+    # tighter one (2 s) failed once in a long run on the loaded machine, most likely by a spurious second stall.
     data["nodes"][0]["env"] = {HANG_AFTER_ENV: "0.5", HANG_ONCE_ENV: str(hung_once)}
     cluster.write_text(yaml.safe_dump(data, sort_keys=False))
     out = tmp_path / "results"
     done = subprocess.run(
         [sys.executable, "-m", "topo", "sweep", "--cluster", str(cluster), "-t", "solo", "-c", "1,2", "--runs", "3",
-         "--pp", "256", "--tg", "64", "--stall-timeout", "2", "--out", str(out)],
+         "--pp", "256", "--tg", "64", "--stall-timeout", "5", "--out", str(out)],
         capture_output=True, text=True, timeout=600,
     )
     meta = json.loads((out / "meta.json").read_text())
@@ -202,7 +204,7 @@ def test_twin_hangs_mid_cell_and_the_sweep_recovers_retries_once_and_completes(t
     assert meta["status"] == "complete" and meta["errors"] == {}
     (incident,) = meta["incidents"]
     assert incident["topology"] == "solo" and incident["action"] == "torn down, brought up again, cell retried"
-    assert incident["reason"].startswith("no token on any of ") and "(limit 2 s)" in incident["reason"]
+    assert incident["reason"].startswith("no token on any of ") and "(limit 5 s)" in incident["reason"]
     assert incident["runs_failed"]  # the run in flight when it hung, and those after it in that cell
     ran = meta["ran"]["solo"]  # what ran, recorded from the engine's GET /version and the node
     assert ran["executor"] == "uni" and ran["nodes"]["node1"]["engine_version"] == twin_version()
