@@ -71,7 +71,8 @@ class FastLink(StrictModel):
 
     `rdma` names the RoCE devices of the link (on a DGX Spark both PCIe twins of the cabled port, e.g.
     [rocep1s0f1, roceP2p1s0f1]): NCCL then uses RDMA over both (~200 Gb/s); one device gives ~100 Gb/s;
-    none: NCCL falls back to its TCP socket transport over `interface`.
+    none: NCCL picks the RoCE device it detects, one twin (~100 Gb/s), or falls back to its TCP socket
+    transport over `interface` when it sees none (a container without /dev/infiniband).
     """
 
     ip: str

@@ -126,8 +126,10 @@ def _link_notes(nodes: Sequence[Node]) -> tuple[str, ...]:
         link = node.fast_link
         if not link.rdma:
             notes.append(
-                f"node {node.name}: fast_link names no RoCE devices (rdma), so NCCL will use its TCP socket "
-                f"transport over {link.interface}; list the RoCE twins in fast_link.rdma to use RDMA"
+                f"node {node.name}: fast_link names no RoCE devices (rdma): NCCL picks the RoCE device it "
+                f"detects, one twin (~100 Gb/s), or its TCP sockets over {link.interface} when none is visible "
+                "(a container without /dev/infiniband); list both twins of the port in fast_link.rdma for the "
+                "full 200 Gb/s"
             )
         elif len(link.rdma) == 1:
             notes.append(

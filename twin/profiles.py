@@ -87,22 +87,23 @@ TRANSPORTS: tuple[Transport, ...] = ("roce2", "roce1", "sockets")
 def transport_from_env(env: Mapping[str, str]) -> Transport:
     """The transport NCCL ends up with for an engine process started with `env`.
 
-    NCCL_IB_DISABLE=1 -> sockets; NCCL_IB_HCA naming two or more RoCE devices -> roce2 (both twins of the
-    port), one -> roce1; no NCCL_IB_HCA -> sockets (../shared/reference/spark_pair.md). NCCL's list syntax:
-    `=` (exact names) and `^` (exclude) prefixes, `:port` suffixes. An exclude list names what NCCL must
-    NOT use, so how many it does use depends on the node's devices: counted as one twin (the conservative
-    reading; name both twins to get roce2).
+    NCCL_IB_DISABLE=1 (or true) -> sockets; NCCL_IB_HCA naming two or more RoCE devices -> roce2 (both twins
+    of the port), one -> roce1; NCCL_IB_HCA unset or empty -> roce1. The published facts
+    (../shared/reference/spark_pair.md): NCCL reaches the full 200 Gb/s of a cable only when NCCL_IB_HCA lists
+    BOTH RoCE twins, otherwise it uses one twin (~100 Gb/s); it falls back to TCP sockets only without RoCE.
+    With no NCCL_IB_HCA and IB not disabled, NCCL auto-detects the RoCE devices it finds (NET/IB) and on a
+    Spark ends up on one twin. A container without /dev/infiniband sees no device and falls back to sockets;
+    the env cannot tell, so a recipe or node env states that case with NCCL_IB_DISABLE=1.
+    NCCL's list syntax: `=` (exact names) and `^` (exclude) prefixes, `:port` suffixes. An exclude list names
+    what NCCL must NOT use, so how many it does use depends on the node's devices: counted as one twin (the
+    conservative reading; name both twins to get roce2).
     """
-    if env.get("NCCL_IB_DISABLE", "").strip() in ("1", "true", "True", "TRUE"):
+    if env.get("NCCL_IB_DISABLE", "").strip().lower() in ("1", "true"):
         return "sockets"
     raw = env.get("NCCL_IB_HCA", "").strip()
-    if not raw:
-        return "sockets"
-    if raw.startswith("^"):
+    if not raw or raw.startswith("^"):
         return "roce1"
     devices = {item.split(":", 1)[0].strip() for item in raw.lstrip("=").split(",")} - {""}
-    if not devices:
-        return "sockets"
     return "roce2" if len(devices) >= 2 else "roce1"
 
 

@@ -63,14 +63,14 @@ def test_bad_input_is_named(args: list[str], message: str) -> None:
 
 
 def test_the_link_follows_the_rendered_env_and_link_is_a_what_if(tmp_path: Path) -> None:
-    # the study recipe renders no NCCL_IB_HCA: its TP=2 engines end up on TCP sockets
-    assert planned_transport("gemma4-26b", None).transport == "sockets"
-    assert planned_transport("gemma4-26b", "local-twin").transport == "sockets"
+    # the study recipe renders no NCCL_IB_HCA: NCCL auto-detects the RoCE device it finds, one twin
+    assert planned_transport("gemma4-26b", None).transport == "roce1"
+    assert planned_transport("gemma4-26b", "local-twin").transport == "roce1"
     rendered = predict("-t", "tp2-mp", "-c", "1", "--runs", "1", "--out", str(tmp_path / "rendered"))
     sockets = predict("-t", "tp2-mp", "-c", "1", "--runs", "1", "--link", "sockets", "--out", str(tmp_path / "s"))
     roce2 = predict("-t", "tp2-mp", "-c", "1", "--runs", "1", "--link", "roce2", "--out", str(tmp_path / "r2"))
     roce1 = predict("-t", "tp2-mp", "-c", "1", "--runs", "1", "--link", "roce1", "--out", str(tmp_path / "r1"))
-    assert float(rendered.decode_tps.iloc[0]) == float(sockets.decode_tps.iloc[0])
+    assert float(rendered.decode_tps.iloc[0]) == float(roce1.decode_tps.iloc[0])
     # per decode step, sockets cost ~2.9 ms more than RoCE (60 all-reduces x 2 hops x 22.5 us more)
     assert float(roce2.decode_tps.iloc[0]) > 1.05 * float(sockets.decode_tps.iloc[0])
     assert float(roce2.prefill_tps.iloc[0]) > float(roce1.prefill_tps.iloc[0]) > float(sockets.prefill_tps.iloc[0])
@@ -106,16 +106,20 @@ def test_a_docker_plan_passes_its_nccl_env_in_the_env_file() -> None:
     assert planned_transport("gemma4-26b", str(cluster)).transport == "roce2"
 
 
-@pytest.mark.parametrize(("rdma", "transport"), [(["rocep1s0f1", "roceP2p1s0f1"], "roce2"), (["rocep1s0f1"], "roce1"),
-                                                  (None, "sockets")])
-def test_a_fast_link_with_roce_twins_renders_their_transport(tmp_path: Path, rdma, transport) -> None:
-    """The planner renders NCCL_IB_HCA from fast_link.rdma; the twin's link follows that env."""
+@pytest.mark.parametrize(("rdma", "env", "transport"), [(["rocep1s0f1", "roceP2p1s0f1"], None, "roce2"),
+                                                         (["rocep1s0f1"], None, "roce1"), (None, None, "roce1"),
+                                                         (None, {"NCCL_IB_DISABLE": "1"}, "sockets")])
+def test_a_fast_link_with_roce_twins_renders_their_transport(tmp_path: Path, rdma, env, transport) -> None:
+    """The planner renders NCCL_IB_HCA from fast_link.rdma; the twin's link follows that env. Without rdma
+    NCCL detects one twin; a node env with NCCL_IB_DISABLE=1 states the TCP socket fallback."""
     from common.config import CONFIGS_DIR
 
     data = yaml.safe_load((CONFIGS_DIR / "clusters" / "two-sparks.yaml").read_text())
     for node in data["nodes"]:
         if rdma is not None:
             node["fast_link"]["rdma"] = rdma
+        if env is not None:
+            node["env"] = {**node.get("env", {}), **env}
     path = tmp_path / "sparks.yaml"
     path.write_text(yaml.safe_dump(data))
     assert planned_transport("gemma4-26b", str(path)).transport == transport

@@ -69,7 +69,7 @@ def test_goldens_carry_design_commands():
     assert "--distributed-executor-backend ray" in texts["tp2-ray"]
     assert "routing_strategy: simple-shuffle" in texts["2x-solo-shuffle"]
     assert "LITELLM_MASTER_KEY=***" in texts["2x-solo-shuffle"]
-    assert "NCCL will use its TCP socket transport over enP2p1s0f1np1" in texts["tp2-mp"]
+    assert "one twin (~100 Gb/s), or its TCP sockets over enP2p1s0f1np1" in texts["tp2-mp"]
     assert "note:" not in texts["solo"]  # one engine on one node: no NCCL between nodes to speak of
     rdma = {name: (GOLDEN_DIR / f"rdma-{name}.txt").read_text() for name in STUDY_TOPOLOGIES}
     for name, text in rdma.items():

@@ -334,10 +334,12 @@ def test_rdma_devices_turn_nccl_to_roce_on_every_engine_process(two_sparks, gemm
             assert (step.env.get("RAY_memory_monitor_refresh_ms") == "0") == under_ray, (name, step.name)
 
 
-def test_without_rdma_spanning_plans_note_sockets_and_one_twin_is_noted_too(two_sparks, gemma, plan_secrets):
+def test_without_rdma_spanning_plans_note_the_detected_twin_and_one_twin_is_noted_too(two_sparks, gemma,
+                                                                                       plan_secrets):
     for name in ("tp2-mp", "tp2-ray"):
         notes = plan(parse_topology(name), two_sparks, gemma, secrets=plan_secrets).notes
-        assert len(notes) == 2 and all("TCP socket transport" in note for note in notes)
+        assert len(notes) == 2 and all("NCCL picks the RoCE device it detects, one twin" in note for note in notes)
+        assert all("TCP sockets over" in note and "/dev/infiniband" in note for note in notes)
         assert "NCCL_IB_HCA" not in plan(parse_topology(name), two_sparks, gemma, secrets=plan_secrets).steps()[0].env
     for name in ("solo", "2x-solo-shuffle"):  # no engine spans nodes: NCCL does not cross the link
         assert plan(parse_topology(name), two_sparks, gemma, secrets=plan_secrets).notes == ()

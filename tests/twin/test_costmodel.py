@@ -156,8 +156,10 @@ def test_link_per_transport_by_hand(gb10):
 @pytest.mark.parametrize(
     ("env", "transport"),
     [
-        ({}, "sockets"),
-        ({"GLOO_SOCKET_IFNAME": "enp1s0f1np1", "NCCL_SOCKET_IFNAME": "enp1s0f1np1"}, "sockets"),
+        ({}, "roce1"),  # NCCL auto-detects the RoCE device it finds: one twin
+        ({"GLOO_SOCKET_IFNAME": "enp1s0f1np1", "NCCL_SOCKET_IFNAME": "enp1s0f1np1"}, "roce1"),
+        ({"NCCL_IB_DISABLE": "1"}, "sockets"),
+        ({"NCCL_IB_DISABLE": "true", "NCCL_SOCKET_IFNAME": "enp1s0f1np1"}, "sockets"),
         ({"NCCL_IB_HCA": "rocep1s0f1,roceP2p1s0f1"}, "roce2"),
         ({"NCCL_IB_HCA": "=rocep1s0f1:1,roceP2p1s0f1:1"}, "roce2"),
         ({"NCCL_IB_HCA": "rocep1s0f1"}, "roce1"),
@@ -165,7 +167,7 @@ def test_link_per_transport_by_hand(gb10):
         ({"NCCL_IB_HCA": "^mlx5_0"}, "roce1"),
         ({"NCCL_IB_HCA": "rocep1s0f1,roceP2p1s0f1", "NCCL_IB_DISABLE": "1"}, "sockets"),
         ({"NCCL_IB_HCA": "rocep1s0f1,roceP2p1s0f1", "NCCL_IB_DISABLE": "0"}, "roce2"),
-        ({"NCCL_IB_HCA": " "}, "sockets"),
+        ({"NCCL_IB_HCA": " "}, "roce1"),
     ],
 )
 def test_transport_follows_the_nccl_env(env, transport):

@@ -154,7 +154,8 @@ def test_the_link_follows_the_env_the_plan_gives_the_engine() -> None:
     args = parse_serve_args(["tiny", "-tp", "2"])
     assert args.link is None
     kw = lambda env: engine_config_kwargs(args, None, env=env)["link"]  # noqa: E731
-    assert kw({"GLOO_SOCKET_IFNAME": "lo", "NCCL_SOCKET_IFNAME": "lo"}) == "sockets"  # today's plans
+    assert kw({"GLOO_SOCKET_IFNAME": "lo", "NCCL_SOCKET_IFNAME": "lo"}) == "roce1"  # NCCL detects one twin
+    assert kw({"NCCL_SOCKET_IFNAME": "lo", "NCCL_IB_DISABLE": "1"}) == "sockets"
     assert kw({"NCCL_IB_HCA": "rocep1s0f1,roceP2p1s0f1"}) == "roce2"
     assert kw({"NCCL_IB_HCA": "rocep1s0f1"}) == "roce1"
     assert kw({"NCCL_IB_HCA": "rocep1s0f1,roceP2p1s0f1", "NCCL_IB_DISABLE": "1"}) == "sockets"
