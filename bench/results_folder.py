@@ -132,10 +132,14 @@ class NodeFacts(BaseModel):
         if self.image:
             parts.append(f"image {self.image}" + (f" {self.image_id[:19]}" if self.image_id else ""))
         link = next(iter(self.env.values()), {})
-        if link.get("NCCL_IB_HCA") and link.get("NCCL_IB_DISABLE") != "1":
+        # the rule twin.profiles.transport_from_env models: IB disabled -> sockets; named HCAs -> those;
+        # none named -> the RoCE device NCCL detects (sockets when none is visible)
+        if link.get("NCCL_IB_DISABLE", "").strip().lower() in ("1", "true"):
+            transport = f"over sockets {link.get('NCCL_SOCKET_IFNAME', '?')}"
+        elif link.get("NCCL_IB_HCA", "").strip():
             transport = f"over RoCE {link['NCCL_IB_HCA']}"
         else:
-            transport = f"over sockets {link.get('NCCL_SOCKET_IFNAME', '?')}"
+            transport = f"over the RoCE device it detects (no NCCL_IB_HCA; else sockets {link.get('NCCL_SOCKET_IFNAME', '?')})"
         if with_link:
             parts.append(f"NCCL {self.nccl or '-'} {transport}")
         parts += [f"driver {self.driver}"] if self.driver else []

@@ -109,4 +109,6 @@ def test_header_summary_of_a_node() -> None:
                                "sha256:feed0001feed, NCCL 2.27.3 over RoCE rocep1s0f1,roceP2p1s0f1, "
                                "driver 580.95.05, kernel 6.11.0")
     assert NodeFacts(engine="twin", env={"e": {"NCCL_SOCKET_IFNAME": "lo"}}).summary() == (
+        "twin, NCCL - over the RoCE device it detects (no NCCL_IB_HCA; else sockets lo)")
+    assert NodeFacts(engine="twin", env={"e": {"NCCL_SOCKET_IFNAME": "lo", "NCCL_IB_DISABLE": "1"}}).summary() == (
         "twin, NCCL - over sockets lo")
