@@ -7,7 +7,6 @@ opens from a results folder copied anywhere, on a head node without internet.
 from __future__ import annotations
 
 import html
-import math
 import plotly.graph_objects as go
 
 from reports.display import DisplayTable

@@ -13,7 +13,6 @@ What runs once they are parsed is twin/launch.py; the HTTP server is twin/server
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import dataclass
 from typing import Any, NoReturn, Sequence
 
