@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import fcntl
+import shutil
 import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from cluster.testbed import Testbed
+from cluster.testbed import Testbed, TestbedSpec, down, up
 
 LOCK = Path("/tmp/topo-testbed-tests.lock")
 
@@ -37,3 +43,20 @@ def foreign_processes(bed: Testbed) -> dict[str, list[str]]:
                 continue
             found.setdefault(node.name, []).append(args)
     return found
+
+
+@contextmanager
+def bed_on_a_free_slot() -> Iterator[Testbed]:
+    """A two-node bed for one test module, on a slot no other bed uses; removed (and proven gone) after."""
+    # short: Ray's unix socket paths under a node's workdir must stay below 107 bytes
+    directory = Path(tempfile.mkdtemp(prefix="tct-", dir="/tmp")) / "bed"
+    with open(LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        prefix, subnet = claim_free_bed_slot()
+        spec = TestbedSpec(nodes=2, directory=directory, prefix=prefix, subnet=subnet, python=sys.executable, stop_grace_s=10)
+        built = up(spec)
+    yield built
+    down(directory)
+    leftover = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert f"{prefix}-n" not in leftover and not directory.exists()
+    shutil.rmtree(directory.parent, ignore_errors=True)
