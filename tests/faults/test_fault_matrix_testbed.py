@@ -28,7 +28,7 @@ import pytest
 from bench.results_folder import ResultsFolder, cell_progress
 from cluster.testbed import Testbed, TestbedNode, missing_requirements
 from common.errors import TopoError
-from tests.cluster.bed_support import bed_on_a_free_slot, foreign_processes
+from tests.cluster.bed_support import bed_on_a_free_slot, foreign_processes, node_processes
 from topo.sweep import SweepOutcome, SweepSpec, plan_sweep, run_sweep
 
 pytestmark = [
@@ -87,21 +87,6 @@ def sweep_with_fault(bed: Testbed, out: Path, fault: Callable[[], None], repair:
     outcome = asyncio.run(run_sweep(plan_sweep(spec), out, progress, **options))
     assert progress.fired, "the sweep stored no run of the faulty topology"
     return outcome, progress
-
-
-def node_processes(node: TestbedNode) -> list[tuple[int, int, str]]:
-    """(pid here, pid in the node's own PID namespace, command line) of every live process of the node."""
-    found = []
-    pids = subprocess.run(["ip", "netns", "pids", node.namespace], capture_output=True, text=True).stdout.split()
-    for pid in pids:
-        try:
-            status = Path(f"/proc/{pid}/status").read_text()
-            args = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
-        except FileNotFoundError:
-            continue
-        ns_pids = next(line.split()[1:] for line in status.splitlines() if line.startswith("NSpid:"))
-        found.append((int(pid), int(ns_pids[-1]), args))
-    return found
 
 
 def node(bed: Testbed, name: str) -> TestbedNode:
