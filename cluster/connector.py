@@ -375,8 +375,11 @@ class SshConnector:
         connection = await self.connect()
         try:
             async with self._sessions:
-                result = await connection.run(command, input=input, check=False, timeout=timeout)
-        except asyncssh.TimeoutError as exc:
+                # wait_for as well: asyncssh's timeout starts once the channel is open, and opening one on
+                # a connection whose peer vanished waits for keepalive to give up (~45 s, seen on the bed)
+                result = await asyncio.wait_for(connection.run(command, input=input, check=False, timeout=timeout),
+                                                timeout)
+        except (asyncssh.TimeoutError, asyncio.TimeoutError) as exc:
             raise RemoteCommandError(self.node, masked, None, f"timed out after {timeout:g} s") from exc
         except SSH_FOREIGN_ERRORS as exc:
             self._connection = None

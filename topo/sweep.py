@@ -478,11 +478,12 @@ async def _measure_cells(item: TopologyPlan, remaining: list[tuple[SweepCell, in
         state.progress.note(f"{item.topology}: {note}")
     while remaining:
         cell, runs, first_run = remaining[0]
+        # before the check: a hang called during it must not count the previous cell's runs as this one's
+        stored_in_cell[0] = 0
         # a lost node or dead rank ends this topology with its log tail, not with cells of errors
         await running.check_alive()
         if sampler is not None:
             sampler.mark(cell.load)
-        stored_in_cell[0] = 0
         warnings = await _while_alive(running, _measure_cell(item.topology, cell, runs, first_run, session, state,
                                                              sampler, stored_in_cell))
         if sampler is not None:

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import fcntl
+import shutil
 import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from cluster.testbed import Testbed
+from cluster.testbed import Testbed, TestbedNode, TestbedSpec, down, up
 
 LOCK = Path("/tmp/topo-testbed-tests.lock")
 
@@ -22,18 +28,44 @@ def claim_free_bed_slot() -> tuple[str, str]:
     raise RuntimeError("no free test bed slot")
 
 
+def node_processes(node: TestbedNode) -> list[tuple[int, int, str]]:
+    """(pid here, pid in the node's own PID namespace, command line) of each live process of the node."""
+    found = []
+    pids = subprocess.run(["ip", "netns", "pids", node.namespace], capture_output=True, text=True).stdout.split()
+    for pid in pids:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        except FileNotFoundError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        if fields["State"].split()[0] != "Z":
+            found.append((int(pid), int(fields["NSpid"].split()[-1]), args))
+    return found
+
+
 def foreign_processes(bed: Testbed) -> dict[str, list[str]]:
     """Every live process inside each node's namespaces except its sshd: what a teardown must not leave."""
     found: dict[str, list[str]] = {}
     for node in bed.nodes:
-        pids = subprocess.run(["ip", "netns", "pids", node.namespace], capture_output=True, text=True).stdout.split()
-        for pid in pids:
-            try:
-                stat = Path(f"/proc/{pid}/stat").read_text()
-                args = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
-            except FileNotFoundError:
-                continue
-            if stat.rsplit(")", 1)[1].split()[0] == "Z" or args.startswith(("sshd", "unshare", "/usr/sbin/sshd")):
-                continue
-            found.setdefault(node.name, []).append(args)
+        for _, _, args in node_processes(node):
+            if not args.startswith(("sshd", "unshare", "/usr/sbin/sshd")):
+                found.setdefault(node.name, []).append(args)
     return found
+
+
+@contextmanager
+def bed_on_a_free_slot() -> Iterator[Testbed]:
+    """A two-node bed for one test module, on a slot no other bed uses; removed (and proven gone) after."""
+    # short: Ray's unix socket paths under a node's workdir must stay below 107 bytes
+    directory = Path(tempfile.mkdtemp(prefix="tct-", dir="/tmp")) / "bed"
+    with open(LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        prefix, subnet = claim_free_bed_slot()
+        spec = TestbedSpec(nodes=2, directory=directory, prefix=prefix, subnet=subnet, python=sys.executable, stop_grace_s=10)
+        built = up(spec)
+    yield built
+    down(directory)
+    leftover = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert f"{prefix}-n" not in leftover and not directory.exists()
+    shutil.rmtree(directory.parent, ignore_errors=True)

@@ -6,7 +6,8 @@ Server faults run `topo bench` against the hostile fake server (tests/bench/fake
 signal and disk faults run `topo sweep` on a local two-node twin cluster (`fast` hardware, tiny loads).
 A test that needs a second sweep (the resume) is marked slow: each `topo` process costs a bring-up and
 the imports (15-35 s on a busy 2-core machine). A headless rank killed mid-sweep is
-tests/topo/test_sweep.py::test_a_node_lost_mid_sweep_costs_only_that_topology (slow).
+tests/topo/test_sweep.py::test_a_node_lost_mid_sweep_costs_only_that_topology (slow); on real nodes (a
+headless rank killed, SSH connections dropped, a node unreachable) test_fault_matrix_testbed.py (testbed).
 """
 
 from __future__ import annotations

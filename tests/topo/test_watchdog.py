@@ -216,3 +216,64 @@ def test_twin_hangs_mid_cell_and_the_sweep_recovers_retries_once_and_completes(t
     assert "Incident: " in report and f"hung at {incident['load']}" in report
     assert "brought up again, cell retried" in report
     assert sorted(str(p) for p in cluster.parent.rglob("run/*.pid")) == []
+
+
+class _CellsDone:
+    """A silent sweep progress that counts finished cells."""
+
+    def __init__(self) -> None:
+        self.cells_done = 0
+
+    def cell_done(self, *args: object) -> None:
+        self.cells_done += 1
+
+    def event(self, *args: object, **kwargs: object) -> None: ...
+    def sweep_started(self, *args: object) -> None: ...
+    def topology_started(self, *args: object) -> None: ...
+    def topology_up(self, *args: object) -> None: ...
+    def run_done(self, *args: object) -> None: ...
+    def topology_failed(self, *args: object) -> None: ...
+    def note(self, *args: object) -> None: ...
+
+
+def test_a_hang_called_during_the_next_cells_liveness_check_retries_that_whole_cell(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seen on the test bed (a node unplugged between cells): the check before c2 hung on the lost node,
+    the watchdog called the hang meanwhile, and c1's stored runs were counted as c2's: the retry asked for
+    0 runs and the topology was lost. c2 must be retried whole."""
+    from cluster.bringup import Running
+    from topo import sweep as sweep_module
+
+    progress = _CellsDone()
+    checking = asyncio.Event()
+    original_check = Running.check_alive
+
+    async def check_alive(self: Running) -> None:
+        if progress.cells_done == 1 and not checking.is_set():  # the check before c2, first bring-up
+            checking.set()
+            await asyncio.sleep(3600)  # a node that does not answer; the watchdog's hang cancels it
+        await original_check(self)
+
+    async def watch_once(*args: object, **kwargs: object) -> str:
+        if checking.is_set():
+            await asyncio.Event().wait()  # the second bring-up serves normally
+        await checking.wait()
+        return "hung (test)"
+
+    async def without_liveness_polls(running: Running, work):  # type: ignore[no-untyped-def]
+        return await work  # only the check before each cell
+
+    monkeypatch.setattr(Running, "check_alive", check_alive)
+    monkeypatch.setattr(sweep_module, "watch", watch_once)
+    monkeypatch.setattr(sweep_module, "_while_alive", without_liveness_polls)
+    cluster = write_local_cluster(tmp_path / "cluster")
+    spec = sweep_module.SweepSpec(cluster=str(cluster), model="tiny", topologies=("solo",), concurrency=(1, 2),
+                                  runs=2, pp=64, tg=8, twin_hardware="fast", telemetry_interval_s=0)
+    out = tmp_path / "results"
+    outcome = asyncio.run(sweep_module.run_sweep(sweep_module.plan_sweep(spec), out, progress, check_nodes=False))
+    assert outcome.status == "complete" and outcome.errors == {}, outcome
+    (incident,) = json.loads((out / "meta.json").read_text())["incidents"]
+    assert incident["load"] == "c2" and incident["runs_failed"] == [0, 1]
+    cells = pd.read_parquet(out / "cells.parquet")
+    assert sorted(zip(cells.concurrency, cells.run)) == [(1, 0), (1, 1), (2, 0), (2, 1)]
+    assert sorted(str(p) for p in cluster.parent.rglob("run/*.pid")) == []
