@@ -177,6 +177,11 @@ def bootstrap_step_gaps(observed: float, span: float, gaps: np.ndarray,
     steps = per_step.sum()
     picks = _rng().integers(0, per_step.size, size=(resamples, per_step.size))
     resampled_span = span - steps + per_step[picks].sum(axis=1)
+    # a resample of only zero gaps (tokens that arrived in one chunk, the whole span in steps) has no time
+    # to divide by: it says nothing about the throughput
+    resampled_span = resampled_span[resampled_span > 0]
+    if resampled_span.size == 0:
+        return NAN, NAN
     return _quantiles(observed * span / resampled_span)
 
 

@@ -108,3 +108,22 @@ def test_cell_interval_over_runs_or_within_the_one_run() -> None:
     assert cell_interval([100.0]).method == "none"
     assert cell_interval([math.nan, 50.0], [1, 49], [2, 51]).method == "within-run"
     assert cell_interval([]).n == 0
+
+
+def test_step_bootstrap_of_a_span_made_of_zero_gaps_has_no_interval_and_no_warning() -> None:
+    import warnings
+
+    import numpy as np
+
+    from bench.stats import bootstrap_step_gaps
+
+    gaps = np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])  # every token of the run arrived in one chunk
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lo, hi = bootstrap_step_gaps(100.0, 0.0, gaps)
+    assert np.isnan(lo) and np.isnan(hi)
+    mixed = np.array([[0.0, 0.01, 0.0], [0.0, 0.01, 0.0]])  # only some resamples are all zero
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lo, hi = bootstrap_step_gaps(100.0, 0.01, mixed)
+    assert 0 < lo <= 100.0 <= hi

@@ -163,7 +163,7 @@ def test_four_node_layouts_sweep_on_the_local_twin_of_four(tmp_path: Path) -> No
     out = tmp_path / "results"
     topologies = ["tp4-mp", "2x-tp2-shuffle", "4x-solo-shuffle"]
     done = topo("sweep", "--cluster", str(cluster), "--model", "tiny", "-t", ",".join(topologies), "-c", "1,4",
-                "--pp", "256", "--tg", "16", "--out", str(out))
+                "--runs", "1", "--pp", "256", "--tg", "16", "--out", str(out))
     meta = json.loads((out / "meta.json").read_text())
     assert done.returncode == 0, f"{meta['errors']}\n{done.stderr[-3000:]}"
     cells = pd.read_parquet(out / "cells.parquet")
