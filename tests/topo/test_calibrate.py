@@ -138,6 +138,7 @@ def test_the_profile_names_cluster_date_and_cells_and_predict_loads_it(tmp_path:
     assert result.exit_code == 0, result.output
 
 
+@pytest.mark.slow
 @pytest.mark.calibration
 def test_calibrate_then_predict_matches_a_wall_clock_sweep(tmp_path: Path) -> None:
     """The round trip on real twin nodes (processes, HTTP, the LiteLLM proxy): ~6 min. The public profile is
