@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from cluster.doctor import parse_meminfo as meminfo_bytes
 from telemetry.prometheus import MetricSpec, Reading
 from topology.inventory import twin_gpu_dir
 
@@ -75,16 +76,10 @@ def parse_gpu_lines(lines: Sequence[str]) -> list[Reading]:
 
 
 def parse_meminfo(lines: Sequence[str]) -> list[Reading]:
+    """Total and available memory (unified memory: NVML reports none), read as the doctor reads it."""
+    info = meminfo_bytes("\n".join(lines))
     wanted = {"MemTotal": "mem_total_bytes", "MemAvailable": "mem_available_bytes"}
-    readings = []
-    for line in lines:
-        name, _, rest = line.partition(":")
-        if name in wanted:
-            parts = rest.split()
-            if parts:
-                scale = 1024 if len(parts) > 1 and parts[1].lower() == "kb" else 1
-                readings.append(Reading(wanted[name], _number(parts[0]) * scale))
-    return readings
+    return [Reading(series, float(info[key])) for key, series in wanted.items() if key in info]
 
 
 def parse_proc_stat(lines: Sequence[str]) -> list[Reading]:
