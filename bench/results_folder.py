@@ -63,6 +63,7 @@ from bench.records import (
 from bench.workload import DEFAULT_WORKLOAD
 from common.config import describe_validation_error
 from common.errors import ResultsError, StorageError
+from topology.nccl import transport_from_env
 
 META_FILE = "meta.json"
 REQUESTS_FILE = "requests.parquet"
@@ -132,9 +133,7 @@ class NodeFacts(BaseModel):
         if self.image:
             parts.append(f"image {self.image}" + (f" {self.image_id[:19]}" if self.image_id else ""))
         link = next(iter(self.env.values()), {})
-        # the rule twin.profiles.transport_from_env models: IB disabled -> sockets; named HCAs -> those;
-        # none named -> the RoCE device NCCL detects (sockets when none is visible)
-        if link.get("NCCL_IB_DISABLE", "").strip().lower() in ("1", "true"):
+        if transport_from_env(link) == "sockets":
             transport = f"over sockets {link.get('NCCL_SOCKET_IFNAME', '?')}"
         elif link.get("NCCL_IB_HCA", "").strip():
             transport = f"over RoCE {link['NCCL_IB_HCA']}"

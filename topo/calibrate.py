@@ -46,7 +46,8 @@ from topology.kinds import PlanSecrets, parse_topology, plan
 from topology.recipe import Recipe
 from twin.engine import EngineConfig
 from twin.predict import VirtualDeployment, cell_row, predict_cells, topology_model
-from twin.profiles import HardwareProfile, Transport, load_card
+from topology.nccl import Transport
+from twin.profiles import HardwareProfile, load_card
 
 Metric = Literal["decode_tps", "prefill_tps", "ttft_ms"]
 CalibratedTopology = Literal["solo", "tp2-mp", "2x-solo-shuffle"]

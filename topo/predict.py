@@ -21,7 +21,8 @@ from topo.sweep import now_utc
 from topo.transport import planned_transport
 from twin.engine import EngineConfig
 from twin.predict import predict_sweep, topologies_for_nodes, topology_model
-from twin.profiles import TRANSPORTS, load_card
+from topology.nccl import TRANSPORTS
+from twin.profiles import load_card
 from twin.workloads import predict_suite
 
 

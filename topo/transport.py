@@ -13,7 +13,7 @@ from pathlib import Path
 from common.errors import ConfigError
 from topology.inventory import Cluster
 from topology.plan import Step, reveal
-from twin.profiles import Transport, transport_from_env
+from topology.nccl import Transport, transport_from_env
 
 
 @dataclass(frozen=True)

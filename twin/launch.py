@@ -25,7 +25,8 @@ from twin.distributed import LocalRanks, RankGroup, RayRankGroup, TcpRankServer,
 from twin.power import NodeGpuTelemetry, gpu_telemetry_running
 from twin.engine import Engine, EngineConfig
 from twin.hang_fault import hang_fault_from_env
-from twin.profiles import load_card, load_hardware, transport_from_env
+from topology.nccl import transport_from_env
+from twin.profiles import load_card, load_hardware
 from twin.server import build_app, default_text_source, twin_version
 
 
