@@ -64,3 +64,19 @@ def test_when_to_use_and_the_test_table_say_tie_with_the_report_margin() -> None
     report = WorkloadReport(suite, frame, margin_pct=10)
     rows = [row for table in report.sections() for row in table.rows]
     assert any(cell.startswith("tie: Cluster TP=2 or Solo") for row in rows for cell in row)
+
+
+def test_an_open_loop_point_of_one_run_decides_on_its_own_bounds() -> None:
+    peak = next(t for t in load_suite("arena").tests if t.id == "10-monday-peak")
+
+    def one_run(topology: str, p99: float, lo: float, hi: float) -> dict:
+        return {"workload": peak.id, "load": "1.5rps", "topology": topology, "concurrency": None, "run": 0,
+                "ttft_user_p99_ms": p99, "ttft_user_p99_ms_lo": lo, "ttft_user_p99_ms_hi": hi,
+                "failed": 0, "requests": 300}
+
+    apart = pd.DataFrame([one_run("solo", 9000, 8000, 9900), one_run("tp2-mp", 3000, 2700, 3400)])
+    win, _ = verdict(apart, peak, "1.5rps", VIEWS["ttft_p99_ms"])
+    assert win is not None and win.winner == "tp2-mp" and not win.tie
+    overlapping = pd.DataFrame([one_run("solo", 4000, 3000, 6000), one_run("tp2-mp", 3000, 2500, 4500)])
+    win, _ = verdict(overlapping, peak, "1.5rps", VIEWS["ttft_p99_ms"])
+    assert win is not None and win.tie and win.why == "intervals overlap"
