@@ -308,6 +308,7 @@ class WorkloadReport:
             if test.load.mode == "rate-sweep":
                 figures.append((f"rate-{test.id}", rate_figure(self.cells, test, topologies, colours)))
                 continue
+            figures += frontier_figures(self.cells, test)
             view = deciding_view(test)
             means = _means(self.cells, test)
             figure = go.Figure()
@@ -323,6 +324,32 @@ class WorkloadReport:
                                  margin={"l": 60, "r": 20, "t": 50, "b": 40})
             figures.append((f"workload-{test.id}", figure))
         return figures
+
+
+def frontier_figures(cells: pd.DataFrame, test: WorkloadTest) -> list[tuple[str, go.Figure]]:
+    """A closed test's throughput-vs-interactivity chart (reports/html.py frontier_chart): per topology, its
+    concurrency levels as (tokens/s per user, tokens/s total); one chart per prompt length of a test that
+    has several. Open-loop tests have no levels to draw a line through."""
+    from reports.html import frontier_chart
+
+    means = _means(cells, test)
+    groups: dict[str, dict[str, list[tuple[int, float, float]]]] = {}
+    for point in test_points(test):
+        if point.concurrency is None:
+            continue
+        prompt = point.label[: -len(f"c{point.concurrency}")].rstrip("-")  # "pp4096" of "pp4096-c5", "" of "c5"
+        for _, row in means[means["load"] == point.label].iterrows():
+            per_user, total = float(row.get("decode_tps_req", math.nan)), float(row.get("decode_tps", math.nan))
+            if not (math.isnan(per_user) or math.isnan(total)):
+                groups.setdefault(prompt, {}).setdefault(str(row["topology"]), []).append(
+                    (point.concurrency, per_user, total))
+    figures = []
+    for prompt, points in groups.items():
+        if max(len(levels) for levels in points.values()) < 2:
+            continue
+        suffix = f"-{prompt}" if prompt else ""
+        figures.append((f"frontier-{test.id}{suffix}", frontier_chart(points, f"{test.id} {prompt}".strip())))
+    return figures
 
 
 def rate_figure(cells: pd.DataFrame, test: WorkloadTest, topologies: Sequence[str],
