@@ -40,12 +40,29 @@ VLLM_CPU_ENV = {
 }
 
 
+# Only for the tests' start-up time, which is ~90% Python imports (torch, vllm: ~10 CPU-s per process):
+# on the CPU platform vLLM runs a TP=1 engine's worker in a spawned process of its own unless V1
+# multiprocessing is off (vllm/platforms/cpu.py turns `uni` into `mp`), so this saves one of three imports.
+# The API server still runs the engine core in its own process (AsyncLLM always uses the MP client), and an
+# mp executor (TP=2) is not affected. With the worker inside the engine core, vLLM's own thread binding is
+# not applied: one OpenMP thread, as the mp executor would have given it. A GPU engine at TP=1 runs its worker
+# in-process anyway (`uni`), so a Spark's plan needs neither.
+FAST_START_ENV = {
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+    "OMP_NUM_THREADS": "1",
+}
+
+
 def tiny_vllm_recipe(model_dir: Path) -> Recipe:
     """topo's `tiny` recipe, serving the offline model folder with the real vLLM CPU build."""
     base = load_recipe("tiny")
     extra_args = base.extra_args if "--enforce-eager" in base.extra_args else (*base.extra_args, "--enforce-eager")
     return base.model_copy(
-        update={"weights": str(model_dir), "extra_args": extra_args, "env": {**base.env, **VLLM_CPU_ENV}}
+        update={
+            "weights": str(model_dir),
+            "extra_args": extra_args,
+            "env": {**base.env, **VLLM_CPU_ENV, **FAST_START_ENV},
+        }
     )
 
 
@@ -101,6 +118,21 @@ class VllmServers:
         server, self._server, self._kind = self._server, None, None
         if server is not None:
             server.stop()
+
+
+def run_solo_server_tests_together(items: list[pytest.Item]) -> None:
+    """Moves every test on the shared solo server next to the first one (collection order otherwise).
+
+    The server lives across folders, but a test of another kind in between (tp2, the test bed's own
+    engines) stops it, and the next solo test would pay a whole start-up again (~40-90 s here).
+    """
+    solo = [item for item in items if "vllm_solo" in getattr(item, "fixturenames", ())]
+    if not solo:
+        return
+    first = items.index(solo[0])
+    moved = {id(item) for item in solo}
+    others = [item for item in items if id(item) not in moved]
+    items[:] = others[:first] + solo + others[first:]
 
 
 @pytest.fixture(scope="session")

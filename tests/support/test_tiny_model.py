@@ -89,12 +89,15 @@ def test_rebuild_is_skipped_when_unchanged_and_done_when_the_shape_changes(tmp_p
 
 
 def test_tiny_vllm_recipe_serves_the_folder_with_topos_flags(model_dir: Path, tmp_path: Path) -> None:
-    from support.fixtures import tiny_vllm_recipe, write_recipe
+    from support.fixtures import FAST_START_ENV, tiny_vllm_recipe, write_recipe
     from topology.recipe import load_recipe
 
     recipe = tiny_vllm_recipe(model_dir)
     assert recipe.weights == str(model_dir) and recipe.env["HF_HUB_OFFLINE"] == "1"
     flags = recipe.serve_flags(2)
     assert flags.count("--enforce-eager") == 1
+    # The faster start-up is the engine's environment only: topo's own flags come through unchanged.
+    assert recipe.env.items() >= FAST_START_ENV.items()
+    assert [f for f in flags if f != "--enforce-eager"] == load_recipe("tiny").serve_flags(2)
     assert flags[flags.index("--served-model-name") + 1] == load_recipe("tiny").served_model_name
     assert load_recipe(write_recipe(recipe, tmp_path / "tiny-vllm.yaml")) == recipe
