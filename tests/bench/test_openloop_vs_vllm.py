@@ -23,6 +23,8 @@ Takes ~2.5-3 minutes (vLLM's CLI imports torch, ~50 s; then three runs of ~40 s)
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -43,30 +45,42 @@ from support.vllm_server import VLLM_VENV, vllm_env, vllm_executable
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(1200)]
 
-RATE, BURSTINESS, CAP, N, PP, TG, RANGE = 4.0, 0.7, 8, 150, 1000, 16, 0.9
+RATE, BURSTINESS, CAP, N, PP, TG, RANGE = 4.0, 0.7, 8, 200, 1000, 16, 0.9
 
 
-@pytest.fixture(scope="module")
-def twin():
-    with TwinProcess(hardware="gb10", card="gemma4-26b", model="gemma4-26b") as process:
-        yield process
+def gemma_twin() -> TwinProcess:
+    return TwinProcess(hardware="gb10", card="gemma4-26b", model="gemma4-26b")
 
 
-def vllm_bench_serve(twin: TwinProcess, tokenizer_dir: Path, out: Path) -> dict:
+def start_vllm_bench_serve(url: str, tokenizer_dir: Path, out: Path) -> subprocess.Popen[bytes]:
+    """Starts at once; vLLM's CLI imports for ~50 s, then polls `url` until it answers (its ready check),
+    so its run cannot begin before the twin at `url` is started."""
     exe = vllm_executable()
     if exe is None:
         pytest.skip(f"real vLLM CPU build not installed ({VLLM_VENV}/bin/vllm absent)")
     argv = [str(exe), "bench", "serve", "--backend", "openai-chat", "--endpoint", "/v1/chat/completions",
-            "--base-url", twin.url, "--model", "gemma4-26b", "--tokenizer", str(tokenizer_dir),
+            "--base-url", url, "--model", "gemma4-26b", "--tokenizer", str(tokenizer_dir),
             "--dataset-name", "random", "--random-input-len", str(PP), "--random-output-len", str(TG),
             "--random-range-ratio", str(vllm_range_ratio(RANGE)), "--num-prompts", str(N),
             "--request-rate", str(RATE), "--burstiness", str(BURSTINESS), "--max-concurrency", str(CAP),
             "--seed", "42", "--ignore-eos", "--percentile-metrics", "ttft,tpot,itl,e2el",
             "--metric-percentiles", "50,90,95,99", "--num-warmups", "0", "--disable-tqdm",
+            "--ready-check-timeout-sec", "600",
             "--save-result", "--save-detailed", "--result-dir", str(out), "--result-filename", "vllm.json"]
-    done = subprocess.run(argv, env=vllm_env(), capture_output=True, text=True, timeout=900, check=False)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    with (out / "vllm.log").open("wb") as log:
+        return subprocess.Popen(argv, env=vllm_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def finish_vllm_bench_serve(process: subprocess.Popen[bytes], out: Path) -> dict:
+    returncode = process.wait(timeout=900)
+    assert returncode == 0, (out / "vllm.log").read_text(errors="replace")[-4000:]
     return json.loads((out / "vllm.json").read_text())
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
 
 
 def served_ttft_ms(twin: TwinProcess, since: float) -> dict[str, float]:
@@ -78,33 +92,44 @@ def served_ttft_ms(twin: TwinProcess, since: float) -> dict[str, float]:
     return {"mean": float(np.mean(ttfts)), "p99": float(np.percentile(ttfts, 99))}
 
 
-async def test_open_loop_agrees_with_vllm_bench_serve(twin: TwinProcess, tiny_model_dir: Path, tmp_path: Path) -> None:
-    theirs = vllm_bench_serve(twin, tiny_model_dir, tmp_path)
-    arrivals = [start - queue for start, queue in zip(theirs["start_times"], theirs["queue_times"])]
-    served_theirs = served_ttft_ms(twin, min(arrivals))
-    suite = validate_model(Suite, {"name": "x", "tests": [{
-        "id": "t", "shape": {"kind": "random", "prompt": PP, "output": TG, "range_ratio": RANGE},
-        "load": {"mode": "open", "rate": RATE, "burstiness": BURSTINESS, "requests": N, "max_concurrency": CAP}}]},
-        source="test")
-    (point,) = suite.points()
-    async with BenchSession(twin.url, None, BenchSettings(pp=PP, seed=1, latency_mode="none")) as session:
-        (ours,) = (await session.run_point(point, 1, topology="twin")).run_rows
+async def test_open_loop_agrees_with_vllm_bench_serve(tiny_model_dir: Path, tmp_path: Path) -> None:
+    shared = gemma_twin()  # vLLM's run and our replay of it: one twin, started after our own-draws run
+    own = gemma_twin()
+    while own.port == shared.port:
+        own = gemma_twin()
+    vllm = start_vllm_bench_serve(shared.url, tiny_model_dir, tmp_path)
+    try:
+        # Our own gamma draws, on a twin of its own while vLLM's CLI imports: the throughput is set by the
+        # rate and the lengths
+        suite = validate_model(Suite, {"name": "x", "tests": [{
+            "id": "t", "shape": {"kind": "random", "prompt": PP, "output": TG, "range_ratio": RANGE},
+            "load": {"mode": "open", "rate": RATE, "burstiness": BURSTINESS, "requests": N,
+                     "max_concurrency": CAP}}]}, source="test")
+        (point,) = suite.points()
+        with own:
+            async with BenchSession(own.url, None, BenchSettings(pp=PP, seed=1, latency_mode="none")) as session:
+                (ours,) = (await session.run_point(point, 1, topology="twin")).run_rows
+        with shared:
+            theirs = finish_vllm_bench_serve(vllm, tmp_path)
+            arrivals = [start - queue for start, queue in zip(theirs["start_times"], theirs["queue_times"])]
+            served_theirs = served_ttft_ms(shared, min(arrivals))
+            # vLLM's own arrivals and lengths, through our client
+            first = min(arrivals)
+            schedule = [a - first for a in arrivals]
+            order = sorted(range(N), key=lambda i: schedule[i])
+            factory = PromptFactory(LocalTokenizer.builtin(), pp=PP, seed=2)
+            prompts = [factory.build(pp=int(theirs["input_lens"][i])) for i in order]
+            async with BenchClient(Endpoint.from_url(shared.url)) as client:
+                await client.preflight()
+                records = await run_open(client, prompts, [int(theirs["output_lens"][i]) for i in order],
+                                         [schedule[i] for i in order], max_concurrency=CAP)
+            served_ours = served_ttft_ms(shared, min(r.start for r in records))
+    finally:
+        stop(vllm)
     assert ours["failed"] == 0 and theirs["completed"] == N
-    # Our own gamma draws: the throughput is set by the rate and the lengths
     assert ours["output_tps"] == pytest.approx(theirs["output_throughput"], rel=0.10)
     assert ours["achieved_rate"] == pytest.approx(theirs["request_throughput"], rel=0.10)
 
-    # vLLM's own arrivals and lengths, through our client
-    first = min(arrivals)
-    schedule = [a - first for a in arrivals]
-    order = sorted(range(N), key=lambda i: schedule[i])
-    factory = PromptFactory(LocalTokenizer.builtin(), pp=PP, seed=2)
-    prompts = [factory.build(pp=int(theirs["input_lens"][i])) for i in order]
-    async with BenchClient(Endpoint.from_url(twin.url)) as client:
-        await client.preflight()
-        records = await run_open(client, prompts, [int(theirs["output_lens"][i]) for i in order],
-                                 [schedule[i] for i in order], max_concurrency=CAP)
-    served_ours = served_ttft_ms(twin, min(r.start for r in records))
     replay = workload_row(point, records)
     figures = {"ours": {k: replay[k] for k in ("ttft_ms", "ttft_p99_ms", "output_tps")},
                "vllm": {k: theirs[k] for k in ("mean_ttft_ms", "p99_ttft_ms", "output_throughput")},
