@@ -3,22 +3,25 @@
 Same rate, burstiness, cap, lengths (Arena range ratio 0.9 = vLLM's --random-range-ratio 0.1) and seed.
 The two clients draw their own gamma arrivals (different generators), so with our own schedule only the
 output t/s and the achieved rate are compared. TTFT is compared on a replay of vLLM's own arrivals (its
-start minus queue times) and lengths through our client: mean and P99 TTFT (from send, vLLM's definition)
-and output t/s within 10% in both directions.
+start minus queue times) and lengths through our client, on the twin vLLM ran against: mean TTFT and output
+t/s within 10% both ways, and P99 TTFT within 10% both ways once the twin's own change of P99 between the
+two runs is taken out (below).
 
-Why this load (measured with the twin's own per-request records, /twin/requests, against both clients):
-neither client adds a term that matters. vLLM's timer starts before aiohttp writes the request, ours when
-the headers go out: server arrival minus client start was 6-12 ms mean for vLLM, 3 ms for ours; the
-server's first token reached either client in 1-2 ms (mean). No GC pass of vLLM's process (623k objects
-after importing torch; a full pass costs 0.7 s) fell inside a run. What moved P99 is the twin on a loaded
-2-core host: a pair of requests handed over together sometimes misses a prefill step (+~100 ms server-side
-TTFT), for either client. With 80 requests P99 is the largest two TTFTs, so one such pair set it: on the
-same replayed schedule our own client measured 542-555 ms in three runs and 656 ms in a fourth, vLLM
-544-670 ms (the 552 vs 794 ms seen before). With 150 requests and short answers (rate 4/s, near the
-twin's capacity, so queues form in bursts) P99 sits on the third-largest TTFT and several bursts reach
-it: two replays of one schedule gave 630 and 640 ms.
-Takes ~2.5-3 minutes (vLLM's CLI imports torch, ~50 s; then three runs of ~40 s): marked slow.
-"""
+What was measured (the twin's per-request records, /twin/requests, on the perf_counter clock both clients
+use): the clients add little. vLLM's timer starts before aiohttp writes the request, ours when the headers
+go out; server arrival minus client start was 6-12 ms mean for vLLM, 3 ms for ours, and the server's first
+token reached either client in 1-2 ms (mean). No GC pass of vLLM's process (623k objects after importing
+torch; a full pass costs 0.7 s) fell inside a run. What moves P99 is the twin itself on a loaded shared
+2-core host: now and then requests sent together get ~100 ms more TTFT at the server, for either client.
+P99 of a run is set by its few largest TTFTs, so it moves with them: replaying one vLLM schedule (80
+requests) our client measured 542-555 ms three times and 656 ms once, vLLM 544-670 ms over three runs (and
+552 vs 794 ms before); with 200 requests at 4/s the twin's own P99 was 673 ms under vLLM's run and 780 ms
+under our replay of it, and the clients reported 684 and 799 ms. So the P99 check compares each client's
+P99 after removing the difference of the twin's own P99 (same requests, same run) between the two runs:
+what is left is what the clients add, and a client that stalled or started its clock early fails it.
+150 short requests at 4/s (near the twin's capacity: queues form in bursts) keep the runs ~40 s each.
+Takes ~2.5 minutes (vLLM's CLI imports torch for ~50 s while our own-draws run goes on a second twin):
+marked slow."""
 
 from __future__ import annotations
 
@@ -45,7 +48,7 @@ from support.vllm_server import VLLM_VENV, vllm_env, vllm_executable
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(1200)]
 
-RATE, BURSTINESS, CAP, N, PP, TG, RANGE = 4.0, 0.7, 8, 200, 1000, 16, 0.9
+RATE, BURSTINESS, CAP, N, PP, TG, RANGE = 4.0, 0.7, 8, 150, 1000, 16, 0.9
 
 
 def gemma_twin() -> TwinProcess:
@@ -109,7 +112,9 @@ async def test_open_loop_agrees_with_vllm_bench_serve(tiny_model_dir: Path, tmp_
         with own:
             async with BenchSession(own.url, None, BenchSettings(pp=PP, seed=1, latency_mode="none")) as session:
                 (ours,) = (await session.run_point(point, 1, topology="twin")).run_rows
-        with shared:
+        with shared:  # vLLM finds no /tokenize before it is up, so it skips its prompt re-alignment: no
+            # loss here, its tokenizer (the tiny model's) counts as the twin's does (its input_lens were the
+            # twin's prompt_tokens, measured)
             theirs = finish_vllm_bench_serve(vllm, tmp_path)
             arrivals = [start - queue for start, queue in zip(theirs["start_times"], theirs["queue_times"])]
             served_theirs = served_ttft_ms(shared, min(arrivals))
@@ -136,6 +141,8 @@ async def test_open_loop_agrees_with_vllm_bench_serve(tiny_model_dir: Path, tmp_
                "twin's own ttft under ours": served_ours, "under vllm's": served_theirs}
     print(json.dumps(figures))  # the figures behind the verdict, in the -s / failure output
     assert replay["failed"] == 0
-    for mine, their in (("ttft_ms", "mean_ttft_ms"), ("ttft_p99_ms", "p99_ttft_ms"),
-                        ("output_tps", "output_throughput")):
+    for mine, their in (("ttft_ms", "mean_ttft_ms"), ("output_tps", "output_throughput")):
         assert replay[mine] == pytest.approx(theirs[their], rel=0.10), (mine, figures)
+    # P99 as our client would have reported it had the twin's own P99 been what it was under vLLM's run
+    twin_drift = served_ours["p99"] - served_theirs["p99"]
+    assert replay["ttft_p99_ms"] - twin_drift == pytest.approx(theirs["p99_ttft_ms"], rel=0.10), ("p99", figures)
