@@ -10,7 +10,8 @@ two runs is taken out (below).
 What was measured (the twin's per-request records, /twin/requests, on the perf_counter clock both clients
 use): the clients add little. vLLM's timer starts before aiohttp writes the request, ours when the headers
 go out; server arrival minus client start was 6-12 ms mean for vLLM, 3 ms for ours, and the server's first
-token reached either client in 1-2 ms (mean). No GC pass of vLLM's process (623k objects after importing
+token reached either client in 1-2 ms (mean); a client's P99 minus the twin's P99 of the same run was
+2-20 ms for ours and 11-59 ms for vLLM's over five runs. No GC pass of vLLM's process (623k objects after importing
 torch; a full pass costs 0.7 s) fell inside a run. What moves P99 is the twin itself on a loaded shared
 2-core host: now and then requests sent together get ~100 ms more TTFT at the server, for either client.
 P99 of a run is set by its few largest TTFTs, so it moves with them: replaying one vLLM schedule (80
