@@ -3,9 +3,9 @@
 Same rate, burstiness, cap, lengths (Arena range ratio 0.9 = vLLM's --random-range-ratio 0.1) and seed.
 The two clients draw their own gamma arrivals (different generators), so with our own schedule only the
 output t/s and the achieved rate are compared. TTFT is compared on a replay of vLLM's own arrivals (its
-start minus queue times) and lengths through our client, on the twin vLLM ran against: mean TTFT and output
-t/s within 10% both ways, and P99 TTFT within 10% both ways once the twin's own change of P99 between the
-two runs is taken out (below).
+start minus queue times) and lengths through our client, on the twin vLLM ran against: output t/s within
+10% both ways, and mean and P99 TTFT within 10% both ways once the twin's own change of that statistic
+between the two runs is taken out (below).
 
 What was measured (the twin's per-request records, /twin/requests, on the perf_counter clock both clients
 use): the clients add little. vLLM's timer starts before aiohttp writes the request, ours when the headers
@@ -17,9 +17,11 @@ torch; a full pass costs 0.7 s) fell inside a run. What moves P99 is the twin it
 P99 of a run is set by its few largest TTFTs, so it moves with them: replaying one vLLM schedule (80
 requests) our client measured 542-555 ms three times and 656 ms once, vLLM 544-670 ms over three runs (and
 552 vs 794 ms before); with 200 requests at 4/s the twin's own P99 was 673 ms under vLLM's run and 780 ms
-under our replay of it, and the clients reported 684 and 799 ms. So the P99 check compares each client's
-P99 after removing the difference of the twin's own P99 (same requests, same run) between the two runs:
-what is left is what the clients add, and a client that stalled or started its clock early fails it.
+under our replay of it, and the clients reported 684 and 799 ms; in another run the twin's own mean TTFT
+was 337 ms under vLLM's run and 389 ms under our replay (clients: 345 and 394 ms). So the TTFT checks
+compare each client's figure after removing the change of the twin's own figure (same requests, same run)
+between the two runs: what is left is what the clients add, and a client that stalled or started its clock
+early fails it.
 150 short requests at 4/s (near the twin's capacity: queues form in bursts) keep the runs ~40 s each.
 Takes ~2.5 minutes (vLLM's CLI imports torch for ~50 s while our own-draws run goes on a second twin):
 marked slow."""
@@ -142,8 +144,8 @@ async def test_open_loop_agrees_with_vllm_bench_serve(tiny_model_dir: Path, tmp_
                "twin's own ttft under ours": served_ours, "under vllm's": served_theirs}
     print(json.dumps(figures))  # the figures behind the verdict, in the -s / failure output
     assert replay["failed"] == 0
-    for mine, their in (("ttft_ms", "mean_ttft_ms"), ("output_tps", "output_throughput")):
-        assert replay[mine] == pytest.approx(theirs[their], rel=0.10), (mine, figures)
-    # P99 as our client would have reported it had the twin's own P99 been what it was under vLLM's run
-    twin_drift = served_ours["p99"] - served_theirs["p99"]
-    assert replay["ttft_p99_ms"] - twin_drift == pytest.approx(theirs["p99_ttft_ms"], rel=0.10), ("p99", figures)
+    assert replay["output_tps"] == pytest.approx(theirs["output_throughput"], rel=0.10), ("output t/s", figures)
+    # TTFT as our client would have reported it had the twin itself been as fast as under vLLM's run
+    for mine, their, stat in (("ttft_ms", "mean_ttft_ms", "mean"), ("ttft_p99_ms", "p99_ttft_ms", "p99")):
+        twin_drift = served_ours[stat] - served_theirs[stat]
+        assert replay[mine] - twin_drift == pytest.approx(theirs[their], rel=0.10), (stat, figures)
