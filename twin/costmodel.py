@@ -157,10 +157,7 @@ def attended_kv_tokens(group: AttentionGroup, context_after: int) -> int:
 
 def _sum_rows(values: np.ndarray) -> np.ndarray:
     """Per column, 0.0 + row 0 + row 1 + ... in row order: a Python loop's running total, not a pairwise sum."""
-    total = np.zeros(values.shape[1])
-    for row in values:
-        total = total + row
-    return total
+    return np.add.accumulate(values, axis=0)[-1]  # accumulate is sequential; a reduction may sum pairwise
 
 
 class CostModel:
