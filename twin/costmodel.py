@@ -349,7 +349,7 @@ class CostModel:
         memory_s = (self.weight_bytes(count, count) + kv_bytes) / self.hw.effective_bandwidth
         compute_s = self._add_linear_seconds(attention / self.hw.effective_flops(self.bytes_per_param), count, count)
         seconds = self._step_seconds(memory_s, compute_s, self.comm_seconds(count, count), True)
-        return [float(value) for value in seconds]
+        return seconds.tolist()
 
     # ------------------------------------------------------------------------------------ KV capacity
     def kv_block_bytes(self, block_size: int) -> float:
