@@ -336,15 +336,14 @@ class CostModel:
         after = np.asarray(contexts, dtype=np.int64)[:, None] + np.arange(1, steps + 1, dtype=np.int64)[None, :]
         kv_bytes = np.zeros(steps)
         attention = np.zeros(steps)
-        attended = {}
-        for group in (card.sliding, card.full):
-            attended[id(group)] = after if group.window is None else np.minimum(after, group.window)
-        for group in (card.sliding, card.full):  # kv_bytes(): per group, sequences in order
+        groups = [(group, after if group.window is None else np.minimum(after, group.window))
+                  for group in (card.sliding, card.full)]
+        for group, attended in groups:  # kv_bytes(): per group, sequences in order
             per_token = group.kv_elements_per_token(self.tp) * self.kv_bytes_per_element * group.layers
-            kv_bytes = kv_bytes + _sum_rows(per_token * (attended[id(group)] + 1))
-        for group in (card.sliding, card.full):  # attention_flops(): pairs of a decode = positions attended
+            kv_bytes = kv_bytes + _sum_rows(per_token * (attended + 1))
+        for group, attended in groups:  # attention_flops(): a decode's pairs are the positions it attends
             width = card.q_heads * group.head_dim
-            attention = attention + _sum_rows(4.0 * width * attended[id(group)].astype(np.float64) * group.layers)
+            attention = attention + _sum_rows(4.0 * width * attended.astype(np.float64) * group.layers)
         attention = attention / self.tp
         memory_s = (self.weight_bytes(count, count) + kv_bytes) / self.hw.effective_bandwidth
         compute_s = self._add_linear_seconds(attention / self.hw.effective_flops(self.bytes_per_param), count, count)
