@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from bench.records import CELL_COLUMNS, OPEN_COLUMNS, RequestRecord
-from bench.stats import INTERVAL_METRICS, bound_columns, within_run_bounds
+from bench.stats import INTERVAL_METRICS, bound_columns, request_bounds, within_run_bounds
 
 NAN = float("nan")
 
@@ -286,9 +286,12 @@ def open_run_metrics(records: Sequence[RequestRecord], *, rate: float = NAN,
     row: dict[str, Any] = {name: NAN for name in OPEN_COLUMNS}
     row["rate"] = rate
     row["peak_in_flight"] = peak_in_flight(records) if records else 0
+    met: list[float] = []
     if slo is not None and (slo.ttft_ms is not None or slo.e2e_ms is not None) and records:
-        row["goodput"] = sum(1 for r in records if slo.met(r)) / len(records)
+        met = [1.0 if slo.met(r) else 0.0 for r in records]
+        row["goodput"] = sum(met) / len(records)
     if not ok:
+        row.update(request_bounds({"goodput": met}))
         return row
     origin = min(user_origin(r) for r in records)
     span = max((r.end if r.end is not None else r.start) for r in records) - origin
@@ -311,6 +314,8 @@ def open_run_metrics(records: Sequence[RequestRecord], *, rate: float = NAN,
         row[f"tpot_p{q}_ms"] = percentile(tpots, q)
         row[f"itl_p{q}_ms"] = percentile(gaps, q)
         row[f"e2e_user_p{q}_ms"] = percentile(e2es, q)
+    row.update(request_bounds({"decode_tps_req": [decode_tps_request(r) for r in ok], "ttft_user": users,
+                               "goodput": met}))
     return row
 
 

@@ -106,6 +106,11 @@ OPEN_COLUMNS: tuple[str, ...] = (
     "tpot_p50_ms", "tpot_p99_ms", "itl_p50_ms", "itl_p99_ms",
     "e2e_user_p50_ms", "e2e_user_p99_ms",
     "goodput",  # share of the run's requests that met the test's SLO (NaN: no SLO)
+    # 95% bounds of the figures that decide workload tests, from the run's requests (bench/stats.py,
+    # request_bounds): an open-loop point is a single run
+    "decode_tps_req_lo", "decode_tps_req_hi", "ttft_user_ms_lo", "ttft_user_ms_hi",
+    "ttft_user_p95_ms_lo", "ttft_user_p95_ms_hi", "ttft_user_p99_ms_lo", "ttft_user_p99_ms_hi",
+    "goodput_lo", "goodput_hi",
 )
 CELL_COLUMNS = CELL_COLUMNS + OPEN_COLUMNS
 

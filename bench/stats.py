@@ -43,6 +43,10 @@ NAN = float("nan")
 
 # The metrics that carry an interval, as cells.parquet columns; each gets `<name>_lo` and `<name>_hi`.
 INTERVAL_METRICS: tuple[str, ...] = ("decode_tps", "prefill_tps", "ttft_ms")
+# The figures that decide workload tests (reports/workloads.py) and also get a run's own bounds: an open-loop
+# point is one run (its arrivals are the sample), so without these it could never call a winner.
+REQUEST_INTERVAL_METRICS: tuple[str, ...] = ("decode_tps_req", "ttft_user_ms", "ttft_user_p95_ms",
+                                             "ttft_user_p99_ms", "goodput")
 
 Method = Literal["runs", "within-run", "none"]
 
@@ -153,6 +157,23 @@ def bootstrap_mean(values: Sequence[float], resamples: int = BOOTSTRAP_RESAMPLES
     return _quantiles(data[picks].mean(axis=1))
 
 
+def percentile_interval(values: Sequence[float], q: float, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Distribution-free interval of the q-th percentile: the order statistics X(r) and X(s) with r and s
+    the binomial(n, q/100) quantiles around it (the count of values under the true percentile is that
+    binomial). Not a bootstrap: resampling a tail percentile of a few hundred values covers ~80%, not 95%
+    (tests/bench/test_stats.py). When s would pass the largest value the upper bound is the largest value,
+    which then covers less than stated: a p99 needs a few hundred values to be bounded from above."""
+    from scipy.stats import binom  # here, not at import: scipy costs most of a second to load
+
+    data = np.sort(np.asarray([v for v in values if not math.isnan(v)], dtype=float))
+    if data.size < 2:
+        return NAN, NAN
+    tail = (1 - confidence) / 2
+    r = int(binom.ppf(tail, data.size, q / 100))  # 1-based order statistics
+    s_ = int(binom.ppf(1 - tail, data.size, q / 100)) + 1
+    return float(data[max(r, 1) - 1]), float(data[min(s_, data.size) - 1])
+
+
 def bootstrap_scaled_ratio(observed: float, numerators: Sequence[float], denominators: Sequence[float],
                            resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[float, float]:
     """Interval of `observed` scaled by the resampled sum(num)/sum(den) over the observed ratio (pairs resampled)."""
@@ -200,6 +221,27 @@ def decode_gap_matrix(records: Sequence[RequestRecord]) -> np.ndarray:
         return np.empty((0, 0))
     width = min(row.size for row in rows)
     return np.vstack([row[:width] for row in rows])
+
+
+def request_bounds(per_request: dict[str, Sequence[float]]) -> dict[str, float]:
+    """`<metric>_lo` / `<metric>_hi` of REQUEST_INTERVAL_METRICS from one run's per-request values: means by
+    resampling the requests (`decode_tps_req`: per-request decode t/s; `ttft_user`: the user's TTFT in ms;
+    `goodput`: 1.0 per request that met the SLO, else 0.0), the p95/p99 by their order statistics. A metric without values
+    gets NaN bounds. In open loop the requests share queues, so neighbours are not independent: the
+    interval is the spread of this sample of arrivals, narrower than a second run's draw could show."""
+    users = per_request.get("ttft_user", ())
+    bounds = {
+        "decode_tps_req": bootstrap_mean(per_request.get("decode_tps_req", ())),
+        "ttft_user_ms": bootstrap_mean(users),
+        "ttft_user_p95_ms": percentile_interval(users, 95),
+        "ttft_user_p99_ms": percentile_interval(users, 99),
+        "goodput": bootstrap_mean(per_request.get("goodput", ())),
+    }
+    out: dict[str, float] = {}
+    for metric in REQUEST_INTERVAL_METRICS:
+        lo_key, hi_key = bound_columns(metric)
+        out[lo_key], out[hi_key] = bounds[metric]
+    return out
 
 
 def within_run_bounds(records: Sequence[RequestRecord], observed: dict[str, float]) -> dict[str, float]:

@@ -8,8 +8,8 @@ limit, and what that means in users at the suite's think time. "When to use" row
 that declare what they decide (`decides:` in the YAML) and were measured; a sweep of the default shape
 only says its answer is inferred from one synthetic shape.
 
-Winners here compare means over runs with a 3% materiality margin (METRICS.md "Deciding"); the interval
-rule of the closed winner tables is not applied to workload cells yet.
+Winners follow the one rule of the winner tables (reports.tables.decide, METRICS.md "Deciding"): the best
+wins only when its 95% interval clears the runner-up's and the difference exceeds the margin.
 """
 
 from __future__ import annotations
@@ -27,9 +27,8 @@ from bench.suite import Suite, WorkloadTest, test_points
 from common.config import validate_model
 from reports.names import display_name, ordered_topologies, ray_pairs
 from reports.display import DisplayTable, tables_markdown
-
-MATERIAL = 0.03  # a margin under 3% is a tie (METRICS.md "Deciding")
-
+from reports.tables import DEFAULT_MARGIN_PCT, CellStat, Verdict, decide
+from bench.stats import bound_columns, cell_interval
 
 @dataclass(frozen=True)
 class MetricView:
@@ -80,52 +79,47 @@ def _fmt(value: float, digits: int) -> str:
     return f"{value:.{digits}f}" if digits else f"{value:,.0f}"
 
 
-def _pct(value: float) -> str:
-    return f"{value:+.0%}"
+def cell_stats(cells: pd.DataFrame, test: WorkloadTest, load: str, view: MetricView) -> list[CellStat]:
+    """Each topology's runs of one load point of a test as a CellStat of the view's metric: its mean and its
+    95% interval (over runs with 2+ runs; a single run has one only for the headline metrics, whose
+    within-run bounds cells.parquet stores)."""
+    rows = cells[(cells["workload"] == test.id) & (cells["load"] == load)]
+    stats = []
+    for topology in ordered_topologies(rows["topology"].astype(str)):
+        runs = rows[rows["topology"] == topology]
+        if view.key not in runs:
+            continue
+        stats.append(metric_stat(runs, topology, view.key))
+    return stats
 
 
-@dataclass(frozen=True)
-class Verdict:
-    load: str
-    view: MetricView
-    best: str | None
-    runner_up: str | None
-    margin: float  # relative: best vs runner-up (positive = better by this much)
-    values: dict[str, float]
-
-    @property
-    def tie(self) -> bool:
-        return self.runner_up is not None and abs(self.margin) < MATERIAL
-
-    def text(self) -> str:
-        if self.best is None:
-            return "—"
-        if self.runner_up is None:
-            return display_name(self.best)
-        if self.tie:
-            return f"{display_name(self.best)} = {display_name(self.runner_up)} (tie)"
-        sign = 1 if self.view.higher_is_better else -1
-        return f"{display_name(self.best)} ({_pct(sign * self.margin)} vs {display_name(self.runner_up)})"
+def metric_stat(runs: pd.DataFrame, topology: str, key: str) -> CellStat:
+    values = pd.to_numeric(runs[key], errors="coerce").to_numpy(dtype=float)
+    lo_key, hi_key = bound_columns(key)
+    lo = runs[lo_key].to_numpy(dtype=float) if lo_key in runs else ()
+    hi = runs[hi_key].to_numpy(dtype=float) if hi_key in runs else ()
+    interval = cell_interval(list(values), list(lo), list(hi))
+    concurrency = int(runs["concurrency"].iloc[0]) if "concurrency" in runs and runs["concurrency"].notna().any() else 0
+    failed = int(runs["failed"].fillna(0).sum()) if "failed" in runs else 0
+    requests = int(runs["requests"].fillna(0).sum()) if "requests" in runs else 0
+    return CellStat(topology, concurrency, interval.mean, math.nan, interval.n, failed, requests,
+                    interval.lo, interval.hi, interval.method)
 
 
-def verdict(means: pd.DataFrame, load: str, view: MetricView) -> Verdict:
-    """Best layout vs the runner-up; a Ray variant whose no-Ray twin was measured is left out (the executor
-    is compared in its own table, METRICS.md "Deciding")."""
-    rows = means[means["load"] == load]
-    values = {str(t): float(v) for t, v in zip(rows["topology"], rows.get(view.key, pd.Series(dtype=float)))
-              if v is not None and not math.isnan(float(v))}
-    for ray, _ in ray_pairs(values):
-        values.pop(ray)
-    ranked = sorted(values, key=lambda t: values[t], reverse=view.higher_is_better)
-    if not ranked:
-        return Verdict(load, view, None, None, math.nan, values)
-    if len(ranked) == 1:
-        return Verdict(load, view, ranked[0], None, math.nan, values)
-    best, second = values[ranked[0]], values[ranked[1]]
-    margin = (best - second) / abs(second) if second else math.inf
-    if not view.higher_is_better:
-        margin = (second - best) / abs(second) if second else math.inf
-    return Verdict(load, view, ranked[0], ranked[1], margin, values)
+def verdict(cells: pd.DataFrame, test: WorkloadTest, load: str, view: MetricView,
+            margin_pct: float = DEFAULT_MARGIN_PCT) -> tuple[Verdict | None, list[CellStat]]:
+    """Best topology vs the runner-up by the winner tables' rule (reports.tables.decide: a win must clear
+    the runner-up's interval and exceed the margin, else a tie naming both). A Ray variant whose no-Ray
+    twin was measured is left out: the executor is compared in its own table (METRICS.md "Deciding")."""
+    stats = [s for s in cell_stats(cells, test, load, view) if s.has_value]
+    measured = {s.topology for s in stats}
+    rays = {ray for ray, _ in ray_pairs(measured)}
+    stats = [s for s in stats if s.topology not in rays]
+    return decide(stats, view.higher_is_better, margin_pct), stats
+
+
+def verdict_text(win: Verdict | None) -> str:
+    return "—" if win is None else win.label()
 
 
 def test_columns(test: WorkloadTest) -> list[MetricView]:
@@ -145,23 +139,24 @@ def deciding_view(test: WorkloadTest) -> MetricView:
     return VIEWS["ttft_p99_ms"] if test.open_loop else VIEWS["decode_tps_req"]
 
 
-def test_table(cells: pd.DataFrame, test: WorkloadTest) -> DisplayTable:
+def test_table(cells: pd.DataFrame, test: WorkloadTest, margin_pct: float = DEFAULT_MARGIN_PCT) -> DisplayTable:
     means = _means(cells, test)
     views = test_columns(test)
     topologies = ordered_topologies(means["topology"].astype(str))
-    decide = deciding_view(test)
+    deciding = deciding_view(test)
     rows = []
     for load in dict.fromkeys(means["load"]):
-        win = verdict(means, load, decide)
+        win, _ = verdict(cells, test, load, deciding, margin_pct)
         for topology in topologies:
             match = means[(means["load"] == load) & (means["topology"] == topology)]
             if match.empty:
                 continue
             record = match.iloc[0]
             values = [_fmt(float(record[v.key]) if v.key in record else math.nan, v.digits) for v in views]
-            rows.append([load, display_name(topology), *values, win.text() if topology == topologies[0] else ""])
-    headers = ["Load", "Topology", *(f"{v.title} ({v.unit})" for v in views), f"Winner: {decide.title}"]
-    notes = []
+            rows.append([load, display_name(topology), *values, verdict_text(win) if topology == topologies[0] else ""])
+    headers = ["Load", "Topology", *(f"{v.title} ({v.unit})" for v in views), f"Winner: {deciding.title}"]
+    notes = [f"Winner: called only when its 95% interval clears the runner-up's and the difference exceeds "
+             f"{margin_pct:g}%; otherwise `tie` names both and says why (METRICS.md \"Deciding\")."]
     if test.open_loop:
         notes.append("Open loop: TTFT is the user's, from the moment the request was due (queueing behind the "
                      "cap or a late client included); per-user t/s is decode after the first token.")
@@ -204,7 +199,7 @@ def capacity_table(cells: pd.DataFrame, test: WorkloadTest, think_time_s: float)
     )
 
 
-def when_to_use(cells: pd.DataFrame, suite: Suite) -> DisplayTable:
+def when_to_use(cells: pd.DataFrame, suite: Suite, margin_pct: float = DEFAULT_MARGIN_PCT) -> DisplayTable:
     rows = []
     measured = set(cells["workload"].astype(str))
     for test in suite.tests:
@@ -228,13 +223,13 @@ def when_to_use(cells: pd.DataFrame, suite: Suite) -> DisplayTable:
         load = test.decides.at if test.decides.at in loads else (loads[-1] if loads else None)
         if load is None:
             continue
-        win = verdict(means, load, view)
-        detail = ", ".join(f"{display_name(t)} {_fmt(v, view.digits)}" for t, v in
-                           sorted(win.values.items(), key=lambda kv: kv[1], reverse=view.higher_is_better))
+        win, stats = verdict(cells, test, load, view, margin_pct)
+        detail = ", ".join(f"{display_name(s.topology)} {_fmt(s.mean, view.digits)}" for s in
+                           sorted(stats, key=lambda s: s.mean, reverse=view.higher_is_better))
         if view.key == "ttft_user_p99_ms" and test.slo is not None:
-            good = verdict(means, load, VIEWS["goodput"])
-            detail += "; goodput " + ", ".join(f"{display_name(t)} {v:.0%}" for t, v in good.values.items())
-        rows.append([test.decides.use, test.id, f"{view.title} at {load}", win.text(), detail])
+            _, good = verdict(cells, test, load, VIEWS["goodput"], margin_pct)
+            detail += "; goodput " + ", ".join(f"{display_name(s.topology)} {s.mean:.0%}" for s in good)
+        rows.append([test.decides.use, test.id, f"{view.title} at {load}", verdict_text(win), detail])
     return DisplayTable("When to use which topology (measured workloads)",
                         ["Use", "Test", "Deciding metric", "Winner", "All topologies"], rows,
                         intro="Each row is a workload test that was measured, decided by the metric that matters "
@@ -245,6 +240,7 @@ def when_to_use(cells: pd.DataFrame, suite: Suite) -> DisplayTable:
 class WorkloadReport:
     suite: Suite
     cells: pd.DataFrame
+    margin_pct: float = DEFAULT_MARGIN_PCT  # the winner rule's margin (`--margin`)
 
     @property
     def only_default(self) -> bool:
@@ -260,11 +256,11 @@ class WorkloadReport:
                   "are inferred from one synthetic shape. Measure `--workload arena` to decide from chat, RAG, "
                   "agents, big contexts and a peak hour."]]))
         else:
-            tables.append(when_to_use(self.cells, self.suite))
+            tables.append(when_to_use(self.cells, self.suite, self.margin_pct))
         for test in self.suite.tests:
             if test.id not in measured:
                 continue
-            tables.append(test_table(self.cells, test))
+            tables.append(test_table(self.cells, test, self.margin_pct))
             if test.load.mode == "rate-sweep":
                 tables.append(capacity_table(self.cells, test, self.suite.think_time_s))
         return tables
@@ -312,6 +308,7 @@ class WorkloadReport:
             if test.load.mode == "rate-sweep":
                 figures.append((f"rate-{test.id}", rate_figure(self.cells, test, topologies, colours)))
                 continue
+            figures += frontier_figures(self.cells, test)
             view = deciding_view(test)
             means = _means(self.cells, test)
             figure = go.Figure()
@@ -327,6 +324,32 @@ class WorkloadReport:
                                  margin={"l": 60, "r": 20, "t": 50, "b": 40})
             figures.append((f"workload-{test.id}", figure))
         return figures
+
+
+def frontier_figures(cells: pd.DataFrame, test: WorkloadTest) -> list[tuple[str, go.Figure]]:
+    """A closed test's throughput-vs-interactivity chart (reports/html.py frontier_chart): per topology, its
+    concurrency levels as (tokens/s per user, tokens/s total); one chart per prompt length of a test that
+    has several. Open-loop tests have no levels to draw a line through."""
+    from reports.html import frontier_chart
+
+    means = _means(cells, test)
+    groups: dict[str, dict[str, list[tuple[int, float, float]]]] = {}
+    for point in test_points(test):
+        if point.concurrency is None:
+            continue
+        prompt = point.label[: -len(f"c{point.concurrency}")].rstrip("-")  # "pp4096" of "pp4096-c5", "" of "c5"
+        for _, row in means[means["load"] == point.label].iterrows():
+            per_user, total = float(row.get("decode_tps_req", math.nan)), float(row.get("decode_tps", math.nan))
+            if not (math.isnan(per_user) or math.isnan(total)):
+                groups.setdefault(prompt, {}).setdefault(str(row["topology"]), []).append(
+                    (point.concurrency, per_user, total))
+    figures = []
+    for prompt, points in groups.items():
+        if max(len(levels) for levels in points.values()) < 2:
+            continue
+        suffix = f"-{prompt}" if prompt else ""
+        figures.append((f"frontier-{test.id}{suffix}", frontier_chart(points, f"{test.id} {prompt}".strip())))
+    return figures
 
 
 def rate_figure(cells: pd.DataFrame, test: WorkloadTest, topologies: Sequence[str],
@@ -355,7 +378,9 @@ def workload_report(cells: pd.DataFrame, meta: FolderMeta | None, suite: Suite |
     suite = suite or suite_from_meta(meta)
     if suite is None:
         return None
-    return WorkloadReport(suite, cells[cells["workload"].notna()].copy())
+    margin = meta.spec.get("margin_pct") if meta is not None else None
+    return WorkloadReport(suite, cells[cells["workload"].notna()].copy(),
+                          float(margin) if margin is not None else DEFAULT_MARGIN_PCT)
 
 
 def workload_markdown(report: WorkloadReport, title: str, header_lines: Sequence[str] = ()) -> str:

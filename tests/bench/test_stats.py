@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 
-from bench.metrics import run_metrics
+from bench.metrics import SLOLimits, run_metrics
 from bench.records import CELL_COLUMNS, RequestRecord
 from bench.stats import Interval, bootstrap_mean, cell_interval, t_interval
 
@@ -127,3 +127,28 @@ def test_step_bootstrap_of_a_span_made_of_zero_gaps_has_no_interval_and_no_warni
         warnings.simplefilter("error")
         lo, hi = bootstrap_step_gaps(100.0, 0.01, mixed)
     assert 0 < lo <= 100.0 <= hi
+
+
+def test_an_open_loop_run_bounds_its_users_ttft_tail_and_goodput_from_its_requests() -> None:
+    # 300 requests with i.i.d. user TTFTs (lognormal, mean 1 s, cv 0.5): the run's p99 and its 95% bounds;
+    # the truth of p99 for this distribution is known, the bounds must cover it in most draws
+    sigma = math.sqrt(math.log(1 + 0.5**2))
+    true_p99 = math.exp(-sigma**2 / 2 + sigma * 2.3263)  # the 99% quantile of the lognormal (mean 1)
+    rng = np.random.default_rng(5)
+    draws, hits = 100, 0
+    slo = SLOLimits(ttft_ms=1500)
+    for _ in range(draws):
+        ttfts = lognormal_mean_one(rng, 0.5, 300)
+        row = run_metrics([request(i, t, [t, t + 0.01, t + 0.02]) for i, t in enumerate(ttfts)], slo=slo)
+        hits += row["ttft_user_p99_ms_lo"] <= true_p99 * 1000 <= row["ttft_user_p99_ms_hi"]
+        for metric in ("ttft_user_ms", "ttft_user_p95_ms", "ttft_user_p99_ms", "goodput", "decode_tps_req"):
+            assert row[f"{metric}_lo"] <= row[metric] <= row[f"{metric}_hi"], metric
+        assert row["goodput_lo"] < row["goodput"] < row["goodput_hi"]  # ~85% met the 1.5 s limit
+    # order statistics: about 95% (a percentile bootstrap of the same runs covered 82 of 100)
+    assert 0.90 <= hits / draws <= 0.99
+
+
+def test_every_request_meeting_the_slo_gives_goodput_bounds_of_one() -> None:
+    row = run_metrics([request(i, 0.1, [0.1, 0.11]) for i in range(5)], slo=SLOLimits(ttft_ms=1000))
+    assert row["goodput"] == row["goodput_lo"] == row["goodput_hi"] == 1.0
+    assert math.isnan(run_metrics([request(0, 0.1, [0.1, 0.11])])["ttft_user_p99_ms_lo"])  # one request

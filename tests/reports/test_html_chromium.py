@@ -113,3 +113,42 @@ def test_telemetry_tables_and_time_charts_are_drawn(tmp_path: Path) -> None:
         labels = re.findall(r'class="annotation-text[^"]*"[^>]*>([^<]*)<', chart)
         assert [label for label in labels if label.startswith("c")] == [f"c{c}" for c in LEVELS]
     assert "preemption(s) during the cell" in dom  # the warning among the caveats
+
+
+def test_workload_charts_are_drawn(tmp_path: Path) -> None:
+    """A workload report's page: per test its metric vs load, the frontier of a closed test, and the p95 TTFT
+    vs achieved rate of a rate sweep with its limits drawn."""
+    import pandas as pd
+
+    from bench.suite import load_suite
+    from reports.workloads import WorkloadReport, workload_html
+
+    suite = load_suite("arena")
+    suite = suite.model_copy(update={"tests": [t for t in suite.tests if t.id in ("01-chat", "11-rate-sweep")]})
+    rows = []
+    for topology, speed in (("solo", 1.0), ("tp2-mp", 1.6)):
+        for c in (1, 5, 10):
+            for run in range(3):
+                rows.append({"workload": "01-chat", "load": f"c{c}", "topology": topology, "concurrency": c,
+                             "run": run, "decode_tps_req": speed * 40 / c**0.3 + run * 0.1,
+                             "decode_tps": speed * 40 * c**0.7 + run, "ttft_ms": 200.0 * c / speed})
+        for rate, p95 in ((0.1, 0.8), (0.3, 2.5), (0.7, 9.0), (1.0, 30.0)):
+            rows.append({"workload": "11-rate-sweep", "load": f"{rate:g}rps", "topology": topology, "run": 0,
+                         "rate": rate, "achieved_rate": rate * 0.98, "ttft_user_p95_ms": p95 * 1000 / speed})
+    page = tmp_path / "report.html"
+    page.write_text(workload_html(WorkloadReport(suite, pd.DataFrame(rows)), "arena"), encoding="utf-8")
+    dom = rendered_dom(page, tmp_path / "profile")
+
+    def drawn(div_id: str) -> str:
+        start = dom.index(f'id="{div_id}"')
+        end = dom.find('<div class="chart">', start)
+        chart = dom[start:end if end > 0 else len(dom)]
+        assert 'class="main-svg"' in chart, f"{div_id}: plotly did not draw"
+        assert len(re.findall(r'class="trace scatter', chart)) == 2, div_id
+        return chart
+
+    assert drawn("frontier-01-chat").count(">c10<") == 2  # each topology's line labelled through its levels
+    assert re.findall(r'class="xtick"><text[^>]*>([^<]*)<', drawn("workload-01-chat")) == ["c1", "c5", "c10"]
+    rate = drawn("rate-11-rate-sweep")
+    assert all(f">{limit} s<" in rate for limit in (2, 5, 10))  # the p95 limits are drawn and labelled
+    assert "Capacity (11-rate-sweep)" in dom and "When to use which topology (measured workloads)" in dom

@@ -1,9 +1,17 @@
 """`topo sweep --runs auto` on a noisy local twin (real processes and HTTP): a topology far from the one
 measured before it stops early, one close to it takes the most runs; meta.json says why and how long.
 
-Slow (about 2 minutes: two sweeps, one with the LiteLLM proxy). The twin runs the gb10 profile, whose
-~20 ms decode steps make the twin's jitter (noise_cv 0.05), not the test machine's, the noise that counts
-(a c1 TTFT is one prefill step: its run-to-run spread is the whole noise_cv).
+Slow (about a minute: two sweeps, one with the LiteLLM proxy). The twin runs the gb10 profile, whose
+~20 ms decode steps make the twin's jitter (noise_cv 0.05), not the test machine's, the noise that counts.
+
+Chosen so the outcome does not hang on a coin flip of the noise:
+- 2048-token prompts: a c1 TTFT of ~360 ms, against which the proxy's ~10 ms is ~3%, so "2x solo behind
+  the router" at c1 really is close to solo on every metric (with 256-token prompts the proxy alone made
+  TTFT ~8% worse, a difference the rule settles in a few runs);
+- `--precision 1`: with 5% step jitter a ±1% interval is out of reach within 8 runs, so a cell stops only
+  because its call is settled (or at max runs), never because its interval happened to be narrow after
+  two runs (which a ±5% precision allowed for either pair, about one time in ten, and made the earlier
+  version of this test flaky).
 Telemetry is off: with the 1 s sampler on, each cell's first measured run differs from the later ones
 (c1 TTFT ~20% lower, c4 decode ~8% lower, seen on this machine), an effect of the sampling, not of the
 warm-up (with it off the first run matches the others to 1%), which would blur what these tests look at.
@@ -20,16 +28,19 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from reports.tables import DEFAULT_MARGIN_PCT
 from tests.support.local_cluster import write_local_cluster
+from topo.adaptive import AdaptivePolicy, stop_reason
 
 MAX_RUNS = 8
+PRECISION_PCT = 1.0
 
 
 def adaptive_sweep(cluster: Path, out: Path, topologies: str, noise_cv: float = 0.05) -> dict:
     done = subprocess.run(
-        [sys.executable, "-m", "topo", "sweep", "--cluster", str(cluster), "-t", topologies, "-c", "1", "--pp", "256",
+        [sys.executable, "-m", "topo", "sweep", "--cluster", str(cluster), "-t", topologies, "-c", "1", "--pp", "2048",
          "--tg", "32", "--twin-hardware", "gb10", "--twin-noise-cv", f"{noise_cv:g}", "--max-runs", str(MAX_RUNS),
-         "--telemetry-interval", "0", "--out", str(out)],
+         "--precision", f"{PRECISION_PCT:g}", "--telemetry-interval", "0", "--out", str(out)],
         capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "time to decision: wall" in " ".join(done.stdout.split())
@@ -50,10 +61,26 @@ def test_adaptive_runs_stop_earlier_for_well_separated_topologies(tmp_path: Path
 
     assert separated["cell_stops"]["tp2-mp/default/c1"].startswith("settled against Solo")
     assert runs(tmp_path / "separated", "tp2-mp") < runs(tmp_path / "close", "2x-solo-shuffle")
+    for out, meta in ((tmp_path / "separated", separated), (tmp_path / "close", close)):
+        assert_each_cell_stopped_where_the_rule_says(out, meta)
     for meta in (separated, close):
         timing = meta["timing"]
         assert 0 < timing["serving_s"] < timing["wall_s"]
         assert timing["serving_share"] == pytest.approx(timing["serving_s"] / timing["wall_s"], abs=1e-3)
+
+
+def assert_each_cell_stopped_where_the_rule_says(out: Path, meta: dict) -> None:
+    """Replay the stop rule on the stored runs: no earlier run count would have stopped, the last one did,
+    for the reason meta.json gives (rivals: the topologies measured before, in the sweep's order)."""
+    cells = pd.read_parquet(out / "cells.parquet")
+    policy = AdaptivePolicy(PRECISION_PCT, DEFAULT_MARGIN_PCT, MAX_RUNS)
+    measured_before: dict[str, list[dict]] = {}
+    for topology in meta["spec"]["topologies"]:
+        rows = cells[cells["topology"] == topology].sort_values("run").to_dict("records")
+        for count in range(len(rows)):
+            assert stop_reason(topology, rows[:count], measured_before, policy) is None, (topology, count)
+        assert stop_reason(topology, rows, measured_before, policy) == meta["cell_stops"][f"{topology}/default/c1"]
+        measured_before[topology] = rows
 
 
 @pytest.mark.slow
