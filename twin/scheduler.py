@@ -120,14 +120,6 @@ class DecodeRunTokens:
     times: tuple[float, ...]  # each step's end
     finished: tuple[bool, ...]  # the request's last token came in the last step
 
-    def emitted(self) -> list[list[EmittedToken]]:
-        """The same tokens step by step, as `complete()` returns them."""
-        last = len(self.times) - 1
-        return [
-            [EmittedToken(request_id, first + step, time, done and step == last)
-             for request_id, first, done in zip(self.request_ids, self.first_index, self.finished)]
-            for step, time in enumerate(self.times)
-        ]
 
 
 @dataclass
