@@ -121,7 +121,6 @@ class DecodeRunTokens:
     finished: tuple[bool, ...]  # the request's last token came in the last step
 
 
-
 @dataclass
 class SchedulerCounters:
     prompt_tokens_total: int = 0
