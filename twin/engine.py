@@ -363,21 +363,21 @@ class EngineCore:
         if steps < 2:
             return None
         seconds = self.cost.decode_run_seconds([seq.num_computed for seq in self.scheduler.running], steps)
-        jitter_state = None
-        if self.jitter is not None:
-            jitter_state = self.jitter.rng.getstate()
-            seconds = [value * self.jitter.factor() for value in seconds]
+        jitter = self.jitter
+        jitter_state = jitter.rng.getstate() if jitter is not None else None
         ready = self.next_ready_time()
         deadlines: list[float] = []
         moment = start
         for value in seconds:
             if deadlines and ready is not None and moment >= ready:
                 break  # this step would admit the pending request
+            if jitter is not None:  # one factor per step taken, in step order, as plan_step draws them
+                value = value * jitter.factor()
             moment = moment + value
             deadlines.append(moment)
         if len(deadlines) < 2:
-            if jitter_state is not None:
-                self.jitter.rng.setstate(jitter_state)  # type: ignore[union-attr]
+            if jitter is not None:
+                jitter.rng.setstate(jitter_state)
             return None
         return DecodeRun(start, tuple(deadlines), jitter_state)
 

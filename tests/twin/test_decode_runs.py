@@ -98,3 +98,17 @@ def test_multi_turn_shapes_and_step_jitter(gb10: EngineConfig) -> None:
         return closed + simulate_open(deployment, specs, schedule, max_concurrency=4)
 
     _both("2x-solo-shuffle", noisy, play, seed=2)
+
+
+@pytest.mark.parametrize("topology", ["solo", "2x-solo-shuffle"])
+def test_jitter_draws_one_factor_per_step_taken(topology: str) -> None:
+    # steps (the fast profile's) much shorter than the frontend's 8 ms, frequent arrivals: runs are cut at
+    # planning (a request still in the frontend) and mid-run (one sent), each by several steps
+    noisy = EngineConfig.from_names("fast", "gemma4-26b", noise_cv=0.2, noise_seed=11)
+    specs = [RequestSpec(200 + 50 * (i % 9), 30 + 11 * (i % 5)) for i in range(80)]
+    schedule = ArrivalProcess(40.0, 0.5).schedule(count=80, seed=9)
+
+    def play(deployment: VirtualDeployment) -> list[RequestRecord]:
+        return simulate_open(deployment, specs, schedule, max_concurrency=9)
+
+    _both(topology, noisy, play, seed=4)
