@@ -90,7 +90,29 @@ def _mean(values: Iterable[float]) -> float:
 
 def peak_tps(token_times: Sequence[float], window: float = 1.0) -> float:
     """Most tokens seen in any `window`-second interval [t, t + window) (a sliding window over all tokens)."""
-    times = sorted(token_times)
+    times = np.sort(np.asarray(token_times, dtype=float))
+    if times.size == 0:
+        return NAN
+    if np.isnan(times).any():
+        return _peak_tps_walk(sorted(token_times), window)
+    # for each token (the window's right end), the first token less than `window` before it; the test is
+    # the subtraction itself (as the walk below does it), located by a search and settled by stepping
+    left = np.searchsorted(times, times - window, side="left")
+    while True:  # too far left: that token is a whole window or more before
+        behind = (left < np.arange(times.size)) & (times - times[np.minimum(left, times.size - 1)] >= window)
+        if not behind.any():
+            break
+        left += behind
+    while True:  # not far enough left: the token before it is also inside the window
+        ahead = (left > 0) & (times - times[np.maximum(left - 1, 0)] < window)
+        if not ahead.any():
+            break
+        left -= ahead
+    return int((np.arange(times.size) - left + 1).max()) / window
+
+
+def _peak_tps_walk(times: Sequence[float], window: float) -> float:
+    """peak_tps' definition as a two-pointer walk over sorted times (the reference it is tested against)."""
     best = 0
     left = 0
     for right, t in enumerate(times):
@@ -161,9 +183,10 @@ def mean_std(values: Iterable[float]) -> tuple[float, float]:
     return float(finite.mean()), float(finite.std(ddof=0))
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    finite = [v for v in values if not math.isnan(v)]
-    return float(np.percentile(finite, q)) if finite else NAN
+def percentile(values: Sequence[float] | np.ndarray, q: float) -> float:
+    array = np.asarray(values, dtype=float)
+    finite = array[~np.isnan(array)]
+    return float(np.percentile(finite, q)) if finite.size else NAN
 
 
 def cell_summary(run_rows: Sequence[dict[str, Any]], records: Sequence[RequestRecord]) -> dict[str, Any]:
@@ -227,9 +250,9 @@ def tpot(record: RequestRecord) -> float:
     return (last_token(record) - record.first_token) / decode_tokens(record)
 
 
-def itls(record: RequestRecord) -> list[float]:
-    times = record.token_times
-    return [b - a for a, b in zip(times, times[1:])]
+def itls(record: RequestRecord) -> np.ndarray:
+    """Seconds between consecutive tokens."""
+    return np.diff(np.asarray(record.token_times, dtype=float))
 
 
 def peak_in_flight(records: Sequence[RequestRecord]) -> int:
@@ -285,7 +308,7 @@ def open_run_metrics(records: Sequence[RequestRecord], *, rate: float = NAN,
     row["ttft_user_ms"] = float(np.mean(users))
     row["queue_p99_ms"] = percentile([queue_s(r) * 1000 for r in ok], 99)
     tpots = [tpot(r) * 1000 for r in ok]
-    gaps = [g * 1000 for r in ok for g in itls(r)]
+    gaps = np.concatenate([itls(r) for r in ok]) * 1000
     e2es = [e2e_user(r) * 1000 for r in ok]
     for q in (50, 99):
         row[f"tpot_p{q}_ms"] = percentile(tpots, q)

@@ -22,9 +22,13 @@ KV cache (1 new token = a decode; more = a prefill chunk). Per rank of a TP=k en
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal, Sequence, TypeVar
+
+import numpy as np
 
 from twin.profiles import AttentionGroup, HardwareProfile, ModelCard, Transport, expected_distinct_experts
+
+_F = TypeVar("_F", float, "np.ndarray")  # one step's figure, or one per step of a decode run
 
 ACTIVATION_BYTES = 2  # bf16 activations on the wire
 LOGIT_BYTES = 2  # bf16 logits gathered to rank 0
@@ -151,6 +155,11 @@ def attended_kv_tokens(group: AttentionGroup, context_after: int) -> int:
     return context_after if group.window is None else min(context_after, group.window)
 
 
+def _sum_rows(values: np.ndarray) -> np.ndarray:
+    """Per column, 0.0 + row 0 + row 1 + ... in row order: a Python loop's running total, not a pairwise sum."""
+    return np.add.accumulate(values, axis=0)[-1]  # accumulate is sequential; a reduction may sum pairwise
+
+
 class CostModel:
     """Step time of an engine with `tensor_parallel` ranks of `hardware` running `card`."""
 
@@ -228,15 +237,20 @@ class CostModel:
     def compute_seconds(self, seqs: Sequence[SeqWork]) -> float:
         """Every weight matrix at the efficiency its shape allows, attention at the large-GEMM rate, and
         on the W4A16 path the dequantization of each weight tile (once per m_tile activation rows)."""
-        hw, card = self.hw, self.card
         tokens = sum(s.new_tokens for s in seqs)
         sampled = sum(1 for s in seqs if s.samples)
+        attention = self.attention_flops(seqs) / self.hw.effective_flops(self.bytes_per_param)
+        return self._add_linear_seconds(attention, tokens, sampled)
+
+    def _add_linear_seconds(self, seconds: _F, tokens: int, sampled: int) -> _F:
+        """`seconds` plus the weight matrices' share of compute_seconds, added in the same order either way
+        (a float, or an array of decode steps' attention seconds: the same sums, element by element)."""
+        hw, card = self.hw, self.card
         quantized_rate = hw.effective_flops(self.bytes_per_param)
         plain_rate = hw.effective_flops(card.unquantized_bytes_per_param)
         w4a16 = hw.w4a16 if hw.runs_w4a16(self.bytes_per_param) else None
         distinct = expected_distinct_experts(card.num_experts, card.experts_per_token, tokens,
                                              card.expert_popularity_skew)
-        seconds = self.attention_flops(seqs) / quantized_rate
         for gemm in self.gemms:
             if gemm.per_layer == 0:  # the LM head, for the sampled rows only
                 rows, layers = sampled, 1
@@ -244,12 +258,12 @@ class CostModel:
                 rows = tokens * (card.experts_per_token if gemm.expert else 1)
                 layers = gemm.per_layer
             rate = (quantized_rate if gemm.quantized else plain_rate) * gemm_efficiency(gemm.narrow, hw.gemm_half_width)
-            seconds += 2.0 * rows * gemm.params * layers / rate
+            seconds = seconds + 2.0 * rows * gemm.params * layers / rate
             if w4a16 is not None and gemm.quantized and rows > 0:
                 if gemm.expert:  # each touched expert's tile is dequantized for the rows routed to it
-                    seconds += w4a16.dequant_seconds(distinct * layers * gemm.params, rows / distinct)
+                    seconds = seconds + w4a16.dequant_seconds(distinct * layers * gemm.params, rows / distinct)
                 else:
-                    seconds += w4a16.dequant_seconds(layers * gemm.params, rows)
+                    seconds = seconds + w4a16.dequant_seconds(layers * gemm.params, rows)
         return seconds
 
     # ------------------------------------------------------------------------------------ communication
@@ -277,13 +291,9 @@ class CostModel:
         flops = self.flops(seqs)
         memory_s = (weight_bytes + kv_bytes) / self.hw.effective_bandwidth
         compute_s = self.compute_seconds(seqs)
-        overlap = self.hw.compute_memory_overlap
-        busy = max(memory_s, compute_s) + (1.0 - overlap) * min(memory_s, compute_s)
         comm_s = self.comm_seconds(tokens, sampled)
-        overhead = self.hw.step_overhead_ms / 1000 + self.executor_overhead
-        seconds = busy + comm_s + overhead
-        if self.hw.decode_slowdown != 1.0 and all(s.new_tokens == 1 for s in seqs):
-            seconds *= self.hw.decode_slowdown  # the profile's what-if knob: pure decode steps only
+        overhead = self.step_overhead_seconds
+        seconds = self._step_seconds(memory_s, compute_s, comm_s, all(s.new_tokens == 1 for s in seqs))
         return StepCost(
             seconds=seconds,
             weight_bytes=weight_bytes,
@@ -294,6 +304,51 @@ class CostModel:
             comm_seconds=comm_s,
             overhead_seconds=overhead,
         )
+
+    @property
+    def step_overhead_seconds(self) -> float:
+        return self.hw.step_overhead_ms / 1000 + self.executor_overhead
+
+    def _step_seconds(self, memory_s: _F, compute_s: _F, comm_s: float, pure_decode: bool) -> _F:
+        """A step's time from its parts (floats, or arrays of decode steps element by element)."""
+        overlap = self.hw.compute_memory_overlap
+        if isinstance(memory_s, float):
+            busy = max(memory_s, compute_s) + (1.0 - overlap) * min(memory_s, compute_s)
+        else:
+            busy = np.maximum(memory_s, compute_s) + (1.0 - overlap) * np.minimum(memory_s, compute_s)
+        seconds = busy + comm_s + self.step_overhead_seconds
+        if self.hw.decode_slowdown != 1.0 and pure_decode:
+            seconds = seconds * self.hw.decode_slowdown  # the profile's what-if knob: pure decode steps only
+        return seconds
+
+    def decode_run_seconds(self, contexts: Sequence[int], steps: int) -> list[float]:
+        """The times of `steps` consecutive pure-decode steps of the sequences whose contexts (tokens in the
+        KV cache) are `contexts` before the first: each step adds one token to every one of them.
+
+        The same arithmetic as `step()` of each of those steps, in the same order, vectorized over the
+        steps: step j (0-based) of sequence i is SeqWork(1, contexts[i] + j), whose attention reads
+        and pairs with min(contexts[i] + j + 1, window) positions; the results are bit for bit `step()`'s.
+        """
+        count = len(contexts)
+        if count == 0 or steps <= 0:
+            return []
+        card = self.card
+        after = np.asarray(contexts, dtype=np.int64)[:, None] + np.arange(1, steps + 1, dtype=np.int64)[None, :]
+        kv_bytes = np.zeros(steps)
+        attention = np.zeros(steps)
+        groups = [(group, after if group.window is None else np.minimum(after, group.window))
+                  for group in (card.sliding, card.full)]
+        for group, attended in groups:  # kv_bytes(): per group, sequences in order
+            per_token = group.kv_elements_per_token(self.tp) * self.kv_bytes_per_element * group.layers
+            kv_bytes = kv_bytes + _sum_rows(per_token * (attended + 1))
+        for group, attended in groups:  # attention_flops(): a decode's pairs are the positions it attends
+            width = card.q_heads * group.head_dim
+            attention = attention + _sum_rows(4.0 * width * attended.astype(np.float64) * group.layers)
+        attention = attention / self.tp
+        memory_s = (self.weight_bytes(count, count) + kv_bytes) / self.hw.effective_bandwidth
+        compute_s = self._add_linear_seconds(attention / self.hw.effective_flops(self.bytes_per_param), count, count)
+        seconds = self._step_seconds(memory_s, compute_s, self.comm_seconds(count, count), True)
+        return seconds.tolist()
 
     # ------------------------------------------------------------------------------------ KV capacity
     def kv_block_bytes(self, block_size: int) -> float:

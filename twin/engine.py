@@ -6,6 +6,10 @@ One step loop (`run_step_loop`) serves both uses:
   overhead is not counted twice;
 - virtual time (twin/predict.py): the clock only moves a number forward, so a whole sweep takes
   milliseconds — and agrees with the wall-clock engine by construction, since it is the same loop.
+  Given a run sink, the virtual loop takes a stretch of pure-decode steps in one go (`DecodeRun`): their
+  times come from the cost model vectorized over the steps, the scheduler applies them at once, and the
+  clock may cut the stretch short when a request arrives in the middle (twin/openloop.py). The steps and
+  their times are bit for bit those of the step-by-step loop.
 
 Requests pass a modeled API frontend first: it handles one request at a time (`frontend_ms_per_request`),
 and an idle engine waits `engine_pickup_ms` after the first arrival before its first step — the engine
@@ -15,6 +19,7 @@ core's own reaction time, which decides how many of a burst of requests the firs
 from __future__ import annotations
 
 import asyncio
+import bisect
 import heapq
 import itertools
 import math
@@ -27,7 +32,7 @@ from typing import Literal, Protocol
 from common.errors import ConfigError, EngineRequestError
 from twin.costmodel import CostModel, SeqWork, StepCost
 from twin.profiles import TRANSPORTS, HardwareProfile, ModelCard, Transport, load_card, load_hardware
-from twin.scheduler import BLOCK_SIZE, EmittedToken, Scheduler, Sequence, StepPlan, blocks_for
+from twin.scheduler import BLOCK_SIZE, DecodeRunTokens, EmittedToken, Scheduler, Sequence, StepPlan, blocks_for
 
 Executor = Literal["uni", "mp", "ray"]
 
@@ -205,6 +210,11 @@ class VirtualClock:
     def advance_to(self, moment: float) -> None:
         self._now = max(self._now, moment)
 
+    async def sleep_through(self, run: DecodeRun) -> int:
+        """Sleep to the end of a decode run; returns how many of its steps were taken (here: all)."""
+        self._now = max(self._now, run.deadlines[-1])
+        return len(run.deadlines)
+
 
 # ------------------------------------------------------------------------------------------- the core
 
@@ -346,6 +356,40 @@ class EngineCore:
     def complete(self, plan: StepPlan, now: float) -> list[EmittedToken]:
         return self.scheduler.complete(plan, now)
 
+    def plan_decode_run(self, start: float) -> DecodeRun | None:
+        """The pure-decode steps that follow from `start` (scheduler.decode_run_steps), up to the first
+        that starts when a pending request is ready; None when fewer than two."""
+        steps = self.scheduler.decode_run_steps()
+        if steps < 2:
+            return None
+        seconds = self.cost.decode_run_seconds([seq.num_computed for seq in self.scheduler.running], steps)
+        jitter = self.jitter
+        jitter_state = jitter.rng.getstate() if jitter is not None else None
+        ready = self.next_ready_time()
+        deadlines: list[float] = []
+        moment = start
+        for value in seconds:
+            if deadlines and ready is not None and moment >= ready:
+                break  # this step would admit the pending request
+            if jitter is not None:  # one factor per step taken, in step order, as plan_step draws them
+                value = value * jitter.factor()
+            moment = moment + value
+            deadlines.append(moment)
+        if len(deadlines) < 2:
+            if jitter is not None:
+                jitter.rng.setstate(jitter_state)
+            return None
+        return DecodeRun(start, tuple(deadlines), jitter_state)
+
+    def complete_decode_run(self, run: DecodeRun, steps: int) -> DecodeRunTokens:
+        """Apply the first `steps` steps of `run` (a clock may have cut it short)."""
+        if self.jitter is not None and run.jitter_state is not None and steps < len(run.deadlines):
+            self.jitter.rng.setstate(run.jitter_state)  # draw only the factors of the steps taken
+            for _ in range(steps):
+                self.jitter.factor()
+        self.step_index += steps
+        return self.scheduler.complete_decode_run(run.deadlines[:steps])
+
     def stats(self) -> EngineStats:
         sched = self.scheduler
         counters = sched.counters
@@ -362,8 +406,26 @@ class EngineCore:
         )
 
 
+@dataclass(frozen=True)
+class DecodeRun:
+    """Consecutive pure-decode steps planned at once: the first starts at `start`, step j ends at deadlines[j]."""
+
+    start: float
+    deadlines: tuple[float, ...]
+    jitter_state: object = None  # the jitter's generator before the run's factors were drawn
+
+    def steps_before(self, ready: float) -> int:
+        """How many of the steps are planned before a request ready at `ready` (>= the run's start) can
+        join one: those that start earlier, and always the first (already planned)."""
+        return 1 + bisect.bisect_left(self.deadlines, ready, 0, len(self.deadlines) - 1)
+
+
 class TokenSink(Protocol):
     def __call__(self, tokens: list[EmittedToken]) -> None: ...
+
+
+class RunSink(Protocol):
+    def __call__(self, tokens: DecodeRunTokens) -> None: ...
 
 
 # A busy wall-clock engine keeps its modeled schedule: when a sleep wakes late (the twin's own CPU was
@@ -383,6 +445,7 @@ async def run_step_loop(
     step_hook: StepHook | None = None,
     wait_for_work: asyncio.Event | None = None,
     stop_when_idle: bool = False,
+    on_run: RunSink | None = None,
 ) -> None:
     """The engine's step loop, for any clock.
 
@@ -391,7 +454,12 @@ async def run_step_loop(
     plan, tell the peers (step hook), sleep until start + modeled time, then emit its tokens stamped with
     that modeled end. Time spent in the hook counts inside the step; only if the hook outlasts the modeled
     step does the step end later (real coordination that was slower than the model).
+
+    With `on_run` (a virtual clock and no hook only), stretches of pure-decode steps are taken as one
+    `DecodeRun` and their tokens go to `on_run` at once; every other step as above.
     """
+    if on_run is not None and (step_hook is not None or not isinstance(clock, VirtualClock)):
+        raise ValueError("decode runs are for a virtual clock without a step hook")
     anchor: float | None = None  # modeled start of the next step while the engine is busy
     while True:
         now = clock.now()
@@ -417,6 +485,13 @@ async def run_step_loop(
             anchor = None  # ran dry: idle until the next request is ready
             continue
         started = moment
+        if on_run is not None:
+            run = core.plan_decode_run(started)
+            if run is not None:
+                steps = await clock.sleep_through(run)  # type: ignore[attr-defined]
+                anchor = run.deadlines[steps - 1]
+                on_run(core.complete_decode_run(run, steps))
+                continue
         plan, cost, description = core.plan_step()
         if plan.empty:
             # Nothing fits (only possible if every waiting request needs more KV than is free and nothing

@@ -8,6 +8,11 @@ due, and an engine step ending. A request due while `max_concurrency` requests a
 the next free slot, as `vllm bench serve --max-concurrency` does, and that wait is the user's (the record's
 `scheduled_at` stays the due time; `batch_start` and `start` are when it was sent). KV pressure and
 preemption come from the scheduler itself (twin/scheduler.py), as in the wall-clock twin.
+
+Stretches of pure-decode steps run as one wake-up (twin/engine.py DecodeRun); a request sent to a replica
+in the middle of one cuts it at the first step that starts once the request is ready, the step that
+admits it when every step wakes on its own. (With a zero frontend time, a request released by another
+replica's last token at the very end of a step could join one step earlier than step by step.)
 """
 
 from __future__ import annotations
@@ -21,18 +26,21 @@ from typing import Any
 from bench.records import RequestRecord
 from bench.shapes import RequestSpec
 from common.errors import ConfigError
-from twin.engine import GenerationRequest, VirtualClock, run_step_loop
+from twin.engine import DecodeRun, GenerationRequest, VirtualClock, run_step_loop
 from twin.predict import VirtualDeployment
-from twin.scheduler import EmittedToken
+from twin.scheduler import DecodeRunTokens, EmittedToken
 
 
 class _Wake:
-    """Awaited by a sleeping step loop: yields the deadline to the driver, which resumes it then."""
+    """Awaited by a sleeping step loop: yields the deadline to the driver, which resumes it then. Over a
+    decode run, the driver may move the deadline earlier to the end of one of the run's steps."""
 
-    __slots__ = ("deadline",)
+    __slots__ = ("deadline", "run", "steps")
 
-    def __init__(self, deadline: float) -> None:
+    def __init__(self, deadline: float, run: DecodeRun | None = None) -> None:
         self.deadline = deadline
+        self.run = run
+        self.steps = len(run.deadlines) if run is not None else 0
 
     def __await__(self) -> Generator[float, None, None]:
         yield self.deadline
@@ -41,10 +49,31 @@ class _Wake:
 class EventClock(VirtualClock):
     """Virtual time for one replica; `sleep_until` suspends the step loop until the driver reaches it."""
 
+    def __init__(self, start: float = 0.0) -> None:
+        super().__init__(start)
+        self._run_wake: _Wake | None = None
+
     async def sleep_until(self, deadline: float) -> None:
         if deadline > self._now:
             await _Wake(deadline)
             self._now = deadline
+
+    async def sleep_through(self, run: DecodeRun) -> int:
+        wake = self._run_wake = _Wake(run.deadlines[-1], run)
+        await wake
+        self._run_wake = None
+        self._now = max(self._now, wake.deadline)
+        return wake.steps
+
+    def cut(self, ready: float) -> float | None:
+        """A request submitted during a decode run and ready at `ready`: keep only the run's steps planned
+        before it can join one, and return the new wake-up time (None: not in a run)."""
+        wake = self._run_wake
+        if wake is None or wake.run is None:
+            return None
+        wake.steps = min(wake.steps, wake.run.steps_before(ready))
+        wake.deadline = wake.run.deadlines[wake.steps - 1]
+        return wake.deadline
 
 
 def simulate_open(
@@ -86,6 +115,14 @@ def simulate_open(
             if token.finished:
                 heapq.heappush(releases, (token.time + latency, i))
 
+    def collect_run(tokens: DecodeRunTokens) -> None:
+        times = [time + latency for time in tokens.times]
+        for request_id, done in zip(tokens.request_ids, tokens.finished):
+            i = index_of[request_id]
+            token_times[i].extend(times)
+            if done:
+                heapq.heappush(releases, (times[-1], i))
+
     def resume(replica: int) -> None:
         loop = loops[replica]
         assert loop is not None
@@ -104,11 +141,17 @@ def simulate_open(
         # one request reaches the router at a time: a burst of one
         handover = now + (router.handover_s(1, 1) if router else 0.0)
         spec = specs[i]
-        deployment.cores[replica].submit(GenerationRequest(request_id, spec.prompt_tokens, spec.output), handover)
+        ready = deployment.cores[replica].submit(GenerationRequest(request_id, spec.prompt_tokens, spec.output),
+                                                 handover)
         if loops[replica] is None:
             clocks[replica].advance_to(now)
-            loops[replica] = run_step_loop(deployment.cores[replica], clocks[replica], collect, stop_when_idle=True)
+            loops[replica] = run_step_loop(deployment.cores[replica], clocks[replica], collect, stop_when_idle=True,
+                                           on_run=collect_run if deployment.decode_runs else None)
             resume(replica)
+        else:
+            cut = clocks[replica].cut(ready)  # a decode run in progress stops before the step it can join
+            if cut is not None:
+                wakes[replica] = cut
 
     waiting: deque[int] = deque()
     in_flight = 0

@@ -25,7 +25,7 @@ from bench.records import RequestRecord
 from common.errors import ConfigError, PlanError
 from topology.registry import Topology, compared_on_nodes, parse_topology
 from twin.engine import EngineConfig, EngineCore, GenerationRequest, VirtualClock, run_step_loop
-from twin.scheduler import EmittedToken
+from twin.scheduler import DecodeRunTokens, EmittedToken
 
 def engine_config(topology: Topology, base: EngineConfig) -> EngineConfig:
     """One replica's engine: its tensor-parallel size, over as many nodes, with the topology's executor."""
@@ -63,8 +63,11 @@ def _drive(coroutine: Coroutine[Any, Any, None]) -> None:
 class VirtualDeployment:
     """A topology's engines on virtual clocks; plays closed batches one after the other."""
 
-    def __init__(self, topology: str | Topology, config: EngineConfig, *, seed: int = 0) -> None:
+    def __init__(self, topology: str | Topology, config: EngineConfig, *, seed: int = 0,
+                 decode_runs: bool = True) -> None:
+        """`decode_runs=False` plays every step on its own: the reference the decode runs are tested against."""
         self.topology = topology_model(topology)
+        self.decode_runs = decode_runs
         self.config = engine_config(self.topology, config)
         self.cores = [EngineCore(self.config, noise_stream=seed * 17 + replica)
                       for replica in range(self.topology.replicas)]
@@ -127,8 +130,14 @@ class VirtualDeployment:
             for token in tokens:
                 times[token.request_id].append(token.time + self.engine_response)
 
+        def collect_run(tokens: DecodeRunTokens) -> None:
+            shifted = [time + self.engine_response for time in tokens.times]
+            for request_id in tokens.request_ids:
+                times[request_id].extend(shifted)
+
         for core, clock in zip(self.cores, self.clocks):
-            _drive(run_step_loop(core, clock, collect, stop_when_idle=True))
+            _drive(run_step_loop(core, clock, collect, stop_when_idle=True,
+                                 on_run=collect_run if self.decode_runs else None))
         if self.router is not None and self.router.relay_per_chunk_ms > 0:
             # every replica's chunks pass the one proxy: relay them in arrival order across replicas
             flat = [(request_id, i) for request_id in ids for i in range(len(times[request_id]))]

@@ -11,6 +11,11 @@ waiting request that does not fit (no skipping ahead), so requests wait while th
 
 The caller owns time: `schedule()` says what the next step computes, `complete()` applies it and returns
 the tokens it produced. The engine's wall-clock loop and the virtual-time predictor both drive this.
+
+In virtual time most steps are alike: every running request decodes one token and nothing else changes.
+`decode_run_steps()` says how many such steps follow from the current state by the rules above (no
+admission, no preemption, no request finishing before the last of them), and `complete_decode_run()`
+applies a number of them at once, exactly as as many `schedule()`/`complete()` pairs would.
 """
 
 from __future__ import annotations
@@ -104,6 +109,16 @@ class EmittedToken:
     index: int  # 0-based index of the generated token
     time: float
     finished: bool
+
+
+@dataclass(frozen=True)
+class DecodeRunTokens:
+    """The tokens of consecutive pure-decode steps: every listed request sampled one token per step."""
+
+    request_ids: tuple[str, ...]  # in the running order
+    first_index: tuple[int, ...]  # 0-based index of each request's token in the first step
+    times: tuple[float, ...]  # each step's end
+    finished: tuple[bool, ...]  # the request's last token came in the last step
 
 
 @dataclass
@@ -216,6 +231,70 @@ class Scheduler:
                 scheduled.append(ScheduledSeq(seq, new, seq.num_computed))
                 budget -= new
         return StepPlan(tuple(scheduled), tuple(preempted))
+
+    def decode_run_steps(self) -> int:
+        """How many of the next steps are pure decodes that change nothing but the running requests' lengths.
+
+        Every running request is decoding and the budget takes them all; no waiting request can be admitted
+        (none waits, the sequence slots are full, or the head does not fit the KV cache, which only fills
+        up while decoding); every step's new KV blocks fit without preempting; no request finishes before
+        the last step. 0 when the next step is not such a step. Time and new arrivals are the caller's.
+        """
+        running = self.running
+        count = len(running)
+        if count == 0 or count > self.budget:
+            return 0
+        steps = None
+        for seq in running:
+            if seq.aborted or seq.generated < 1 or seq.num_computed != seq.num_tokens - 1:
+                return 0
+            left = seq.max_tokens - seq.generated
+            steps = left if steps is None else min(steps, left)
+        if self.waiting and count < self.max_num_seqs and self.budget - count > 0:
+            head = self.waiting[0]
+            new = min(head.num_tokens - head.num_computed, self.budget - count)
+            if blocks_for(head.num_computed + new, self.block_size) - head.blocks <= self.free_blocks:
+                return 0  # the next step admits it
+        assert steps is not None
+
+        def new_blocks(after: int) -> int:  # blocks the running requests need for `after` more decodes
+            return sum(max(blocks_for(seq.num_computed + after, self.block_size) - seq.blocks, 0) for seq in running)
+
+        if new_blocks(steps) <= self.free_blocks:
+            return steps
+        low, high = 0, steps  # new_blocks(low) fits, new_blocks(high) does not
+        while high - low > 1:
+            middle = (low + high) // 2
+            if new_blocks(middle) <= self.free_blocks:
+                low = middle
+            else:
+                high = middle
+        return low
+
+    def complete_decode_run(self, times: tuple[float, ...]) -> DecodeRunTokens:
+        """Apply `len(times)` pure-decode steps (at most `decode_run_steps()`), ending at `times`."""
+        steps = len(times)
+        running = tuple(self.running)
+        tokens = DecodeRunTokens(
+            request_ids=tuple(seq.request_id for seq in running),
+            first_index=tuple(seq.generated for seq in running),
+            times=times,
+            finished=tuple(seq.generated + steps >= seq.max_tokens for seq in running),
+        )
+        for seq in running:
+            seq.num_computed += steps
+            seq.generated += steps
+            grown = blocks_for(seq.num_computed, self.block_size)
+            self.free_blocks -= max(grown - seq.blocks, 0)
+            seq.blocks = max(grown, seq.blocks)
+        self.counters.steps_total += steps
+        self.counters.generation_tokens_total += steps * len(running)
+        for seq, done in zip(running, tokens.finished):
+            if done:
+                self._free(seq)
+                self.running.remove(seq)
+                del self.by_id[seq.request_id]
+        return tokens
 
     def complete(self, plan: StepPlan, time: float) -> list[EmittedToken]:
         """Apply a step that ended at `time`; return the tokens it sampled."""

@@ -94,6 +94,20 @@ def test_peak_counts_the_busiest_one_second_window():
     assert math.isnan(peak_tps([]))
 
 
+def test_peak_tps_counts_as_the_sliding_walk_does_on_window_edges() -> None:
+    import random
+
+    from bench.metrics import _peak_tps_walk
+
+    rng = random.Random(4)
+    for _ in range(200):
+        # tokens on a grid of tenths, so many pairs are exactly (or in floats almost) one window apart
+        times = [round(rng.randrange(0, 60) * 0.1 + rng.choice([0.0, 1e-16, -1e-16, 0.3]), 17)
+                 for _ in range(rng.randrange(1, 40))]
+        for window in (1.0, 0.3, 0.7):
+            assert peak_tps(times, window) == _peak_tps_walk(sorted(times), window)
+
+
 def test_a_failed_request_is_counted_and_left_out_of_the_rates():
     failed = record(2, 10.02, None, None, [], prompt_tokens=None, error="HTTP 500: boom")
     row = run_metrics([R0, R1, failed])
