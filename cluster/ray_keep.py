@@ -16,6 +16,7 @@ from cancellation and proven gone.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 
@@ -28,7 +29,7 @@ from cluster.bringup import (
     open_cluster,
     stop_kept,
 )
-from common.errors import TeardownError
+from common.errors import TeardownError, TopoError
 from topology.inventory import Cluster
 from topology.plan import LaunchPlan
 from topology.ray_reuse import RayReuse, kept_for_next
@@ -82,3 +83,14 @@ class RayKeeper:
         if problems:
             raise TeardownError("stopping the kept Ray cluster left something behind:\n"
                                 + "\n".join(f"- {p}" for p in problems))
+
+    async def release_at_end(self) -> tuple[str | None, bool]:
+        """`release` for a `finally`: never raises. (what could not be proven stopped or None, whether a
+        cancellation came while stopping: the stop itself is shielded and finished first)."""
+        try:
+            await self.release()
+        except TopoError as exc:
+            return str(exc), False
+        except asyncio.CancelledError:
+            return None, True
+        return None, False

@@ -443,6 +443,10 @@ async def _up_and_measure(item: TopologyPlan, remaining: list[tuple[SweepCell, i
     async with open_cluster(state.sweep.cluster) as nodes:
         async with bring_up(item.launch, nodes, progress=state.progress, handover=handover) as running:
             state.meta.startup_s[item.topology] = round(running.bring_up_s, 3)
+            if handover.adopt is not None:  # its start-up did not include the kept Ray processes
+                state.meta.ray_kept_from[item.topology] = handover.adopt.source
+            else:
+                state.meta.ray_kept_from.pop(item.topology, None)
             connectors = {name: access.connector for name, access in nodes.items()}
             logs = {name: process.log_path for name, process in running.processes.items()}
             ran = await what_ran(item.launch, state.sweep.cluster, state.sweep.recipe, connectors, logs)
@@ -656,11 +660,12 @@ async def run_sweep(
     finally:
         failing = sys.exc_info()[1] is not None  # an error is on its way out: it is the one to report
         storage_error: StorageError | None = None
-        try:
-            await keeper.release()  # a Ray cluster kept for a topology that never came
-        except TopoError as exc:
-            meta.errors["teardown"] = str(exc)
+        # a Ray cluster kept for a topology that never came (failed, interrupted, nothing to measure)
+        kept_problem, late_cancel = await keeper.release_at_end()
+        if kept_problem:
+            meta.errors["teardown"] = kept_problem
             status = "failed" if status == "complete" else status
+        status = "interrupted" if late_cancel else status
         try:
             folder.compact()
         except StorageError as exc:  # the parts stay and are read as they are; a resume compacts them
@@ -679,6 +684,8 @@ async def run_sweep(
             storage_error = storage_error or exc
         if storage_error is not None and not failing:
             raise storage_error
+        if late_cancel and not failing:
+            raise asyncio.CancelledError()
     return state.outcome
 
 
