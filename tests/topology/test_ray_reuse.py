@@ -85,3 +85,11 @@ def test_the_sweep_plan_and_its_dry_run_show_the_kept_cluster() -> None:
     assert "topologies tp2-ray, tp4-ray" in done.output
     assert "Ray cluster kept up from tp2-ray: ray-head, ray-worker-node2 not started again" in done.output
     assert "teardown leaves ray-head, ray-worker-node2 running for tp4-ray" in done.output
+
+
+def test_topo_plan_says_what_a_sweep_of_its_topologies_would_keep_up() -> None:
+    done = CliRunner().invoke(app, ["plan", "--cluster", "local-twin-4", "-t", "tp4-ray,tp2-ray"])
+    assert done.exit_code == 0, done.output
+    assert "in a sweep, ray: Ray cluster kept up from tp2-ray" in done.output
+    default = CliRunner().invoke(app, ["plan"])
+    assert default.exit_code == 0 and "ray:" not in default.output  # one Ray topology: nothing to keep
