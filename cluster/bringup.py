@@ -173,8 +173,8 @@ class KeptProcesses:
     """Processes a bring-up left running for the next one (a Ray cluster kept up, topology/ray_reuse.py),
     with the steps that started them: their `stop` is what stops them, whoever adopts them."""
 
-    source: str  # the topology that started them
-    steps: tuple[Step, ...]  # in start order
+    source: str  # the topology whose bring-up kept them
+    steps: tuple[Step, ...]  # as they were started (an adopted one: by the topology that started it)
     processes: dict[str, Supervised]  # by step name
 
 
@@ -530,7 +530,8 @@ async def bring_up(
         keep = handover.keep if handover is not None and failure is None else frozenset()
         if keep and handover is not None:
             # recorded before anything is stopped: whoever holds the handover can always stop them
-            handover.kept = KeptProcesses(plan.topology, tuple(s for s in plan.steps() if s.name in keep),
+            steps = tuple(bringup.adopted.get(s.name, s) for s in plan.steps() if s.name in keep)
+            handover.kept = KeptProcesses(plan.topology, steps,
                                           {name: p for name, p in bringup.started.items() if name in keep})
         problems, cancelled = await _finish(bringup.teardown(keep))
         if running is not None:
