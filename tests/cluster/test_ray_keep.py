@@ -30,8 +30,9 @@ class FourNodes:
     def __init__(self) -> None:
         self.cluster = load_cluster("local-twin-4")
         recipe, secrets = load_recipe("tiny"), PlanSecrets.generate()
+        recipe = recipe.model_copy(update={"max_model_len": {**recipe.max_model_len, "tp3": 2048}})  # tp3-ray too
         self.plans: dict[str, LaunchPlan] = {
-            name: plan(parse_topology(name), self.cluster, recipe, secrets=secrets) for name in ("tp2-ray", "tp4-ray")
+            name: plan(parse_topology(name), self.cluster, recipe, secrets=secrets) for name in ("tp2-ray", "tp3-ray", "tp4-ray")
         }
         self.fakes = {node.name: FakeConnector(node.name) for node in self.cluster.nodes}
         self.fakes[CONTROLLER] = FakeConnector(CONTROLLER)
@@ -53,8 +54,8 @@ class FourNodes:
 
         return httpx.MockTransport(handler)
 
-    def keeper(self) -> RayKeeper:
-        order = [self.plans["tp2-ray"], self.plans["tp4-ray"]]
+    def keeper(self, *names: str) -> RayKeeper:
+        order = [self.plans[name] for name in names or ("tp2-ray", "tp4-ray")]
         @asynccontextmanager
         async def fake_nodes() -> AsyncIterator[Mapping[str, NodeAccess]]:
             yield self.access
@@ -129,3 +130,14 @@ async def test_a_topology_that_fails_while_up_keeps_nothing() -> None:
     assert nodes.alive() == []
     await nodes.up(keeper, "tp4-ray")  # starts its own Ray cluster
     assert nodes.started("--head") == 2 and nodes.alive() == [] and nodes.pidfiles() == []
+
+
+async def test_a_chain_of_three_ray_topologies_starts_the_head_once() -> None:
+    nodes = FourNodes()
+    keeper = nodes.keeper("tp2-ray", "tp3-ray", "tp4-ray")
+    for topology in ("tp2-ray", "tp3-ray", "tp4-ray"):
+        await nodes.up(keeper, topology)
+    await keeper.release()
+    assert nodes.started("--head") == 1 and nodes.started("--address") == 3 and nodes.started("serve") == 3
+    assert keeper.adopted == {"tp3-ray": "tp2-ray", "tp4-ray": "tp3-ray"}
+    assert nodes.alive() == [] and nodes.pidfiles() == []
