@@ -8,7 +8,8 @@
     finally:
         await keeper.release()                            # nothing kept outlives the sweep
 
-What is kept and not adopted by the very next bring-up (it failed before starting, had nothing to measure
+A kept cluster that lost a process meanwhile (one `ps` per node before adopting) is not adopted: the rest is
+stopped and the bring-up starts a Ray cluster of its own. What is kept and not adopted by the very next bring-up (it failed before starting, had nothing to measure
 on a resume, or is not allowed to) is stopped by `handover` before that bring-up's pre-flight, and by
 `release` at the end, on every path out (failure, SIGTERM, Ctrl-C): as `bring_up`'s own teardown, shielded
 from cancellation and proven gone.
@@ -29,6 +30,7 @@ from cluster.bringup import (
     open_cluster,
     stop_kept,
 )
+from cluster.supervise import live_groups
 from common.errors import TeardownError, TopoError
 from topology.inventory import Cluster
 from topology.plan import LaunchPlan
@@ -55,7 +57,10 @@ class RayKeeper:
         self._collect()
         adopt = None
         allowed = self.reuse.get(topology)
-        if self.kept is not None and allowed is not None and allowed.source == self.kept.source:
+        lost = await self._lost(self.kept) if self.kept is not None else []
+        if lost and self.kept is not None:  # the rest is stopped; the bring-up starts a Ray cluster of its own
+            self.progress.event(None, f"the Ray cluster kept up from {self.kept.source} lost {', '.join(lost)}")
+        if self.kept is not None and allowed is not None and allowed.source == self.kept.source and not lost:
             adopt, self.kept = self.kept, None
             self.adopted[topology] = adopt.source
             self.progress.event(None, allowed.describe())
@@ -64,6 +69,15 @@ class RayKeeper:
         following = kept_for_next(self.reuse, topology)
         self._last = Handover(adopt=adopt, keep=frozenset(following.kept) if following is not None else frozenset())
         return self._last
+
+    async def _lost(self, kept: KeptProcesses) -> list[str]:
+        """The kept processes that are no longer alive (one `ps` per node)."""
+        lost = []
+        async with self.open_nodes() as nodes:
+            for node in sorted({process.node for process in kept.processes.values()}):
+                alive = await live_groups(nodes[node].connector)
+                lost += [name for name, p in kept.processes.items() if p.node == node and p.pgid not in alive]
+        return lost
 
     def _collect(self) -> None:
         """What the latest bring-up kept up (nothing after a failure: it tore everything down)."""

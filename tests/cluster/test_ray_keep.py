@@ -141,3 +141,14 @@ async def test_a_chain_of_three_ray_topologies_starts_the_head_once() -> None:
     assert nodes.started("--head") == 1 and nodes.started("--address") == 3 and nodes.started("serve") == 3
     assert keeper.adopted == {"tp3-ray": "tp2-ray", "tp4-ray": "tp3-ray"}
     assert nodes.alive() == [] and nodes.pidfiles() == []
+
+
+async def test_a_kept_cluster_that_lost_a_process_is_replaced_not_adopted() -> None:
+    nodes = FourNodes()
+    keeper = nodes.keeper()
+    await nodes.up(keeper, "tp2-ray")
+    nodes.fakes["node2"].exit_process("--address")  # node2's Ray worker dies between the topologies
+    await nodes.up(keeper, "tp4-ray")
+    await keeper.release()
+    assert nodes.started("--head") == 2 and keeper.adopted == {}  # tp4-ray started a Ray cluster of its own
+    assert nodes.alive() == [] and nodes.pidfiles() == []
