@@ -1,18 +1,18 @@
 """Holding a Ray cluster between two bring-ups of a sweep (the decision is topology/ray_reuse.py's).
 
-    keeper = RayKeeper(plans, plan_ray_reuse(plans), progress)
+    keeper = RayKeeper(cluster, plans_by_topology, plan_ray_reuse(plans_in_run_order), progress)
     try:
         for each topology in run order:
             handover = await keeper.handover(topology)   # adopts what the previous one kept, if allowed
             async with bring_up(plan, nodes, handover=handover): ...   # may keep some up for the next
     finally:
-        await keeper.release()                            # nothing kept outlives the sweep
+        await keeper.release_at_end()                     # nothing kept outlives the sweep
 
-A kept cluster that lost a process meanwhile (one `ps` per node before adopting) is not adopted: the rest is
-stopped and the bring-up starts a Ray cluster of its own. What is kept and not adopted by the very next bring-up (it failed before starting, had nothing to measure
-on a resume, or is not allowed to) is stopped by `handover` before that bring-up's pre-flight, and by
-`release` at the end, on every path out (failure, SIGTERM, Ctrl-C): as `bring_up`'s own teardown, shielded
-from cancellation and proven gone.
+A kept cluster that lost a process meanwhile (one `ps` per node before adopting) is not adopted: the rest
+is stopped and the bring-up starts a Ray cluster of its own. What is kept and not adopted by the very next
+bring-up (it failed before starting, had nothing to measure on a resume, or is not allowed to) is stopped
+by `handover` before that bring-up's pre-flight, and by `release` at the end, on every path out (failure,
+SIGTERM, Ctrl-C): as `bring_up`'s own teardown, shielded from cancellation and proven gone.
 """
 
 from __future__ import annotations
