@@ -19,7 +19,7 @@ from tests.support.sweep_process import assert_nothing_left, interrupt_sweep, to
 @pytest.mark.slow
 def test_tp2_ray_and_tp4_ray_run_on_one_ray_cluster(tmp_path: Path) -> None:
     """About 2-3 minutes on a busy two-core machine (two Ray bring-ups of the twin). At a load average of
-    ~11 on two cores it failed once: `ray start` gives a raylet a hard-coded 30 s to register with the GCS
+    ~11 on two cores it failed: `ray start` gives a raylet a hard-coded 30 s to register with the GCS
     (ray/_private/node.py), which a joining worker then missed; any tp4-ray bring-up shares that limit."""
     cluster = write_local_cluster(tmp_path / "cluster", source="local-twin-4")
     out = tmp_path / "results"
