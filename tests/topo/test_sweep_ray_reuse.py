@@ -24,10 +24,11 @@ def test_tp2_ray_and_tp4_ray_run_on_one_ray_cluster(tmp_path: Path) -> None:
     cluster = write_local_cluster(tmp_path / "cluster", source="local-twin-4")
     out = tmp_path / "results"
     # given the other way round: the sweep runs the smaller Ray cluster first so the larger one can grow from it
-    done = topo("sweep", "--cluster", str(cluster), "--model", "tiny", "-t", "tp4-ray,tp2-ray", "-c", "1",
-                "--runs", "1", "--pp", "256", "--tg", "16", "--out", str(out))
+    # --no-doctor: its do-not-fragment ping between the emulated nodes misses at a load average of ~10 here
+    done = topo("sweep", "--no-doctor", "--cluster", str(cluster), "--model", "tiny", "-t", "tp4-ray,tp2-ray",
+                "-c", "1", "--runs", "1", "--pp", "256", "--tg", "16", "--out", str(out))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     meta = json.loads((out / "meta.json").read_text())
-    assert done.returncode == 0, f"{meta['errors']}\n{done.stderr[-3000:]}"
 
     cells = pd.read_parquet(out / "cells.parquet")
     assert sorted(cells.topology) == ["tp2-ray", "tp4-ray"]
@@ -61,8 +62,8 @@ def test_sigterm_on_the_kept_cluster_leaves_nothing_and_resume_finishes(tmp_path
     cluster = write_local_cluster(tmp_path / "cluster", source="local-twin-4")
     out = tmp_path / "results"
     node3_worker = node_workdirs(cluster)["node3"] / "run" / "ray-worker-node3.pid"
-    args = ["sweep", "--cluster", str(cluster), "--model", "tiny", "-t", "tp2-ray,tp4-ray", "-c", "1", "--runs", "1",
-            "--pp", "256", "--tg", "16", "--out", str(out)]
+    args = ["sweep", "--no-doctor", "--cluster", str(cluster), "--model", "tiny", "-t", "tp2-ray,tp4-ray",
+            "-c", "1", "--runs", "1", "--pp", "256", "--tg", "16", "--out", str(out)]
     returncode, output = interrupt_sweep(args, out, lambda _: node3_worker.exists(),
                                          lambda process: os.killpg(process.pid, signal.SIGTERM), timeout=600)
     assert returncode == 143, output[-3000:]
@@ -70,9 +71,9 @@ def test_sigterm_on_the_kept_cluster_leaves_nothing_and_resume_finishes(tmp_path
     assert meta["status"] == "interrupted" and "tp4-ray" not in meta["startup_s"]
     assert_nothing_left(cluster)
 
-    done = topo("sweep", "--resume", str(out))
+    done = topo("sweep", "--resume", str(out), "--no-doctor")
     meta = json.loads((out / "meta.json").read_text())
-    assert done.returncode == 0, f"{meta['errors']}\n{done.stderr[-3000:]}"
+    assert done.returncode == 0, f"{meta['errors']}\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
     assert meta["status"] == "complete" and meta["ray_kept_from"] == {}  # tp2-ray was done: nothing to keep
     assert sorted(pd.read_parquet(out / "cells.parquet").topology) == ["tp2-ray", "tp4-ray"]
     assert_nothing_left(cluster)
