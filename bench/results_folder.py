@@ -206,6 +206,8 @@ class FolderMeta(BaseModel):
     # the time to a decision: wall_s (the sweep, bring-ups included), serving_s (batches of measured runs,
     # first send to last byte) and serving_share = serving_s / wall_s
     timing: dict[str, float] = {}
+    # topology -> the topology whose Ray cluster it was brought up on (its start-up_s leaves that part out)
+    ray_kept_from: dict[str, str] = {}
     workloads: dict[str, Any] | None = None  # the workload suite measured (bench/suite.py Suite, as JSON)
 
     @property

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -168,6 +168,27 @@ class Running:
         return {key: reveal(value) for key, value in self.plan.endpoint_headers.items()}
 
 
+@dataclass
+class KeptProcesses:
+    """Processes a bring-up left running for the next one (a Ray cluster kept up, topology/ray_reuse.py),
+    with the steps that started them: their `stop` is what stops them, whoever adopts them."""
+
+    source: str  # the topology whose bring-up kept them
+    steps: tuple[Step, ...]  # as they were started (an adopted one: by the topology that started it)
+    processes: dict[str, Supervised]  # by step name
+
+
+@dataclass
+class Handover:
+    """Between consecutive bring-ups: processes this one adopts instead of starting them (`adopt`), and the
+    steps it leaves running when its block ends cleanly (`keep`; then `kept` holds them). On any failure or
+    cancellation everything, adopted processes included, is torn down as usual."""
+
+    adopt: KeptProcesses | None = None
+    keep: frozenset[str] = frozenset()
+    kept: KeptProcesses | None = None
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The bring-up
 
@@ -180,6 +201,7 @@ class _BringUp:
         progress: BringUpProgress,
         settings: BringUpSettings,
         http_transport: httpx.AsyncBaseTransport | None,
+        adopt: KeptProcesses | None = None,
     ) -> None:
         self.plan = plan
         self.nodes = nodes
@@ -192,6 +214,11 @@ class _BringUp:
         self.stopped: list[StopOutcome] = []
         self.phase = "during bring-up"
         self._steps = {step.name: step for step in plan.steps()}
+        # adopted processes: running already, stopped by the step that started them
+        self.adopted: dict[str, Step] = {step.name: step for step in adopt.steps} if adopt is not None else {}
+        if adopt is not None:
+            self.started.update(adopt.processes)
+        self.keeping: dict[str, Supervised] = {}  # left running for the next bring-up at a clean end
 
     def node(self, step: Step) -> NodeAccess:
         return self.nodes[step.node]
@@ -211,21 +238,23 @@ class _BringUp:
     async def _preflight_node(self, node: NodeAccess) -> None:
         timeout = self.settings.command_timeout_s
         await run_checked(node.connector, ["true"], timeout=timeout)  # reachable (ConnectError otherwise)
-        stale = await live_leftovers(node.connector, node.workdir, remove_stale=True)
+        adopted = {p.pidfile for name, p in self.started.items() if name in self.adopted and p.node == node.name}
+        stale = await live_leftovers(node.connector, node.workdir, remove_stale=True, except_pidfiles=adopted)
         if stale:
             raise BringUpError(
                 f"node {node.name!r} still runs processes of an earlier topo run: {'; '.join(stale)}. "
                 "Stop them with `topo down --cluster ...` first"
             )
         for step in self.plan.steps():
-            if step.node == node.name and isinstance(step.stop, StopContainer):
+            if step.node == node.name and isinstance(step.stop, StopContainer) and step.name not in self.adopted:
                 found = await run_checked(node.connector, step.stop.exists_argv(), timeout=timeout)
                 if found.stdout.strip():
                     raise BringUpError(
                         f"node {node.name!r}: a container named {step.stop.container} already exists (an earlier "
                         f"run's?); remove it with `{' '.join(step.stop.remove_argv())}` or `topo down`"
                     )
-        wanted = {port for step in self.plan.steps() if step.node == node.name for port in step.stop.ports}
+        wanted = {port for step in self.plan.steps() if step.node == node.name and step.name not in self.adopted
+                  for port in step.stop.ports}
         busy = sorted(wanted & await listening_ports(node.connector))
         if busy:
             raise BringUpError(
@@ -240,6 +269,9 @@ class _BringUp:
                 raise result
 
     async def _start_step(self, step: Step) -> None:
+        if step.name in self.adopted:
+            self.progress.event(step.name, f"kept up on {step.node}")
+            return
         node = self.node(step)
         for path, text in step.files.items():
             await node.connector.write_file(path, text)
@@ -254,9 +286,10 @@ class _BringUp:
 
     # -- readiness -----------------------------------------------------------------------------------
     async def wait_stage(self, stage: Stage, stage_started: float) -> None:
-        pending = {step.name: step for step in stage.steps if not isinstance(step.probe, NoProbe)}
+        pending = {step.name: step for step in stage.steps
+                   if not isinstance(step.probe, NoProbe) and step.name not in self.adopted}
         for step in stage.steps:
-            if isinstance(step.probe, NoProbe):
+            if isinstance(step.probe, NoProbe) or step.name in self.adopted:
                 self.ready_s[step.name] = 0.0
         last_log = 0.0
         async with httpx.AsyncClient(transport=self.http_transport, trust_env=False) as client:
@@ -331,12 +364,18 @@ class _BringUp:
                 self.progress.event(step.name, line if len(line) <= 160 else line[:159] + "…", log_line=True)
 
     # -- teardown ------------------------------------------------------------------------------------
-    async def teardown(self) -> list[str]:
-        """Stop everything started, in the plan's teardown order; returns the problems (empty: clean)."""
+    async def teardown(self, keep: Collection[str] = ()) -> list[str]:
+        """Stop everything started, in the plan's teardown order, except the started steps named in `keep`
+        (left running in `self.keeping`); returns the problems (empty: clean)."""
         problems: list[str] = []
+        self.keeping = {name: process for name, process in self.started.items() if name in keep}
         for step in self.plan.teardown_order():
+            if step.name in self.keeping:
+                self.progress.event(step.name, f"kept up on {step.node} for the next topology")
+                continue
             if step.name not in self.started and step.name not in self.launching:
                 continue
+            step = self.adopted.get(step.name, step)
             try:
                 process = self.started.get(step.name) or await self._recover(step)
                 if process is None:
@@ -404,7 +443,9 @@ class _BringUp:
         """Checked, not assumed: no group of ours alive on any node, no pidfile of ours left."""
         problems: list[str] = []
         ours: dict[str, list[Supervised]] = {}
-        for process in self.started.values():
+        for name, process in self.started.items():
+            if name in self.keeping:
+                continue
             ours.setdefault(process.node, []).append(process)
         for name, processes in ours.items():
             connector = self.nodes[name].connector
@@ -455,12 +496,20 @@ async def bring_up(
     progress: BringUpProgress | None = None,
     settings: BringUpSettings | None = None,
     http_transport: httpx.AsyncBaseTransport | None = None,
+    handover: Handover | None = None,
 ) -> AsyncIterator[Running]:
-    """Bring `plan` up on `nodes`; tear it down when the block ends, however it ends."""
+    """Bring `plan` up on `nodes`; tear it down when the block ends, however it ends (but for what a
+    `handover` adopts from the previous bring-up and keeps for the next: see Handover)."""
     settings = settings or BringUpSettings()
-    bringup = _BringUp(plan, nodes, progress or _Silent(), settings, http_transport)
+    adopt = handover.adopt if handover is not None else None
+    bringup = _BringUp(plan, nodes, progress or _Silent(), settings, http_transport, adopt)
     began = time.monotonic()
-    await bringup.preflight()  # nothing started yet: nothing to tear down if it fails
+    try:
+        await bringup.preflight()  # nothing started yet: nothing to tear down if it fails ...
+    except BaseException:
+        if adopt is not None:  # ... but what was adopted from the previous bring-up
+            await _finish(bringup.teardown())
+        raise
     running: Running | None = None
     failure: BaseException | None = None
     try:
@@ -478,7 +527,13 @@ async def bring_up(
         raise
     finally:
         teardown_began = time.monotonic()
-        problems, cancelled = await _finish(bringup.teardown())
+        keep = handover.keep if handover is not None and failure is None else frozenset()
+        if keep and handover is not None:
+            # recorded before anything is stopped: whoever holds the handover can always stop them
+            steps = tuple(bringup.adopted.get(s.name, s) for s in plan.steps() if s.name in keep)
+            handover.kept = KeptProcesses(plan.topology, steps,
+                                          {name: p for name, p in bringup.started.items() if name in keep})
+        problems, cancelled = await _finish(bringup.teardown(keep))
         if running is not None:
             running.stopped = list(bringup.stopped)
             running.teardown_s = time.monotonic() - teardown_began
@@ -539,9 +594,27 @@ async def remove_leftover_containers(cluster: Cluster, nodes: Mapping[str, NodeA
     return removed
 
 
+async def stop_kept(kept: KeptProcesses, plan: LaunchPlan, nodes: Mapping[str, NodeAccess], *,
+                    progress: BringUpProgress | None = None, settings: BringUpSettings | None = None) -> list[str]:
+    """Stop processes a bring-up of `plan` kept up and nobody adopted, as its teardown would have, and prove
+    them gone; returns the problems (empty: clean). Shielded from cancellation like every teardown."""
+    only_kept = plan.model_copy(update={"stages": (Stage(steps=kept.steps),)})
+    bringup = _BringUp(only_kept, nodes, progress or _Silent(), settings or BringUpSettings(), None)
+    bringup.started.update(kept.processes)
+    problems, cancelled = await _finish(bringup.teardown())
+    if cancelled:
+        if problems:
+            raise TeardownError("teardown left something behind:\n" + "\n".join(f"- {p}" for p in problems))
+        raise asyncio.CancelledError()
+    return problems
+
+
 __all__ = [
     "BringUpProgress",
     "BringUpSettings",
+    "Handover",
+    "KeptProcesses",
+    "stop_kept",
     "Leftovers",
     "ClusterAccess",
     "NodeAccess",

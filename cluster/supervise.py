@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Literal
@@ -287,13 +288,17 @@ def foreign_note(node: str, entry: PidfileEntry) -> str:
             "and remove the pidfile")
 
 
-async def live_leftovers(connector: Connector, workdir: str, *, remove_stale: bool = False) -> list[str]:
+async def live_leftovers(connector: Connector, workdir: str, *, remove_stale: bool = False,
+                         except_pidfiles: Collection[str] = ()) -> list[str]:
     """Processes of an earlier run still alive on the node (found by their pidfiles), one sentence each;
     a pidfile whose pid now belongs to someone else is named too (not ours to stop: a person decides).
-    With `remove_stale`, pidfiles of groups that are gone are deleted on the way."""
+    With `remove_stale`, pidfiles of groups that are gone are deleted on the way. `except_pidfiles`: those
+    of processes kept up on purpose (a Ray cluster one bring-up hands to the next)."""
     node = connector.node
     left = []
     for entry in await read_pidfiles(connector, workdir):
+        if entry.pidfile in except_pidfiles:
+            continue
         state = await pidfile_state(connector, entry)
         if state == "ours":
             left.append(f"{entry.step} (process group {entry.pgid}, {entry.pidfile})")

@@ -119,6 +119,11 @@ class Report:
         add("Command", meta.command_line)
         return lines
 
+    def _ray_kept(self, topology: str) -> str:
+        """A start-up on a Ray cluster kept up from the topology before it left the Ray start out: say so."""
+        source = self.meta.ray_kept_from.get(topology) if self.meta is not None else None
+        return f": Ray cluster kept up from {display_name(source)}" if source else ""
+
     def sections(self) -> list[DisplayTable]:
         # the answer first, then the tables it rests on
         tables = [recommendations_display(self.recommendations)]
@@ -130,8 +135,11 @@ class Report:
         if self.startup_s:
             tables.append(DisplayTable(
                 "Start-up time per topology", ["Topology", "Start-up (s)"],
-                [[display_name(t), f"{self.startup_s[t]:.1f}"] for t in ordered_topologies(self.startup_s)],
-                intro="From launch to ready (readiness probe passed), as measured by the sweep.",
+                [[display_name(t) + self._ray_kept(t), f"{self.startup_s[t]:.1f}"]
+                 for t in ordered_topologies(self.startup_s)],
+                intro="From launch to ready (readiness probe passed), as measured by the sweep."
+                + (" A topology brought up on a Ray cluster kept up from the one before it did not start Ray."
+                   if self.meta is not None and self.meta.ray_kept_from else ""),
             ))
         if self.ttft_percentiles is not None and not self.ttft_percentiles.empty:
             tables.append(percentiles_display(self.ttft_percentiles))

@@ -35,6 +35,7 @@ from bench.session import BenchSession, BenchSettings, RunDone
 from bench.suite import LoadPoint, Suite, load_suites
 from bench.workload import DEFAULT_WORKLOAD, ClosedLoad, Load
 from cluster.bringup import BringUpProgress, Running, bring_up, open_cluster
+from cluster.ray_keep import RayKeeper
 from cluster.doctor import require_ready
 from cluster.provenance import what_ran
 from common.config import REPO_ROOT
@@ -45,6 +46,7 @@ from topo.watchdog import WatchdogSettings, watch
 from topology.inventory import Cluster, TwinEngine, load_cluster
 from topology.kinds import STUDY_TOPOLOGIES, PlanSecrets, parse_topology, plan
 from topology.plan import LaunchPlan
+from topology.ray_reuse import RayReuse, plan_ray_reuse, ray_run_order
 from topology.recipe import Recipe, load_recipe
 from reports.tables import DEFAULT_MARGIN_PCT
 from topo.adaptive import DEFAULT_MAX_RUNS, DEFAULT_PRECISION_PCT, MIN_RUNS, AdaptivePolicy, stop_reason
@@ -190,6 +192,7 @@ class SweepPlan:
     topologies: tuple[TopologyPlan, ...]
     suite: Suite | None = None
     points: tuple[SweepCell, ...] = ()
+    ray_reuse: dict[str, RayReuse] = field(default_factory=dict)  # topology -> the Ray cluster it keeps up
 
     def cell_key(self, topology: str, cell: SweepCell) -> tuple[str, str, str]:
         """(topology, workload, load label): how the results folder keys the cell's rows."""
@@ -229,11 +232,13 @@ def plan_sweep(spec: SweepSpec, *, secrets: PlanSecrets | None = None) -> SweepP
         cluster = with_twin_overrides(cluster, f"--twin-noise-cv {spec.twin_noise_cv:g}", {"noise_cv": spec.twin_noise_cv})
     recipe = load_recipe(spec.model)
     secrets = secrets or PlanSecrets.generate()
-    plans = tuple(
-        TopologyPlan(name, plan(parse_topology(name), cluster, recipe, secrets=secrets)) for name in spec.topologies
+    plans = tuple(  # Ray topologies next to each other, so they can share one Ray cluster
+        TopologyPlan(name, plan(parse_topology(name), cluster, recipe, secrets=secrets))
+        for name in ray_run_order(spec.topologies)
     )
     suite = load_suites(spec.suite, spec.only, spec.dataset) if spec.suite else None
-    return SweepPlan(spec, cluster, recipe, plans, suite, sweep_cells(spec, suite))
+    return SweepPlan(spec, cluster, recipe, plans, suite, sweep_cells(spec, suite),
+                     plan_ray_reuse([t.launch for t in plans]))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -339,6 +344,7 @@ class _Run:
     progress: SweepProgress
     outcome: SweepOutcome
     watchdog: WatchdogSettings | None = None
+    keeper: RayKeeper | None = None  # a Ray cluster kept up between consecutive Ray topologies
     rows: dict[tuple[str, str, str], list[dict[str, Any]]] = field(default_factory=dict)  # by cell, failed too
     serving_s: float = 0.0  # measured batches, first send to last byte
 
@@ -432,9 +438,15 @@ async def _up_and_measure(item: TopologyPlan, remaining: list[tuple[SweepCell, i
     """One bring-up: record what runs, then measure the cells of `remaining` in order (each removed when
     done) under the watchdog."""
     spec = state.sweep.spec
+    assert state.keeper is not None
+    handover = await state.keeper.handover(item.topology)
     async with open_cluster(state.sweep.cluster) as nodes:
-        async with bring_up(item.launch, nodes, progress=state.progress) as running:
+        async with bring_up(item.launch, nodes, progress=state.progress, handover=handover) as running:
             state.meta.startup_s[item.topology] = round(running.bring_up_s, 3)
+            if handover.adopt is not None:  # its start-up did not include the kept Ray processes
+                state.meta.ray_kept_from[item.topology] = handover.adopt.source
+            else:
+                state.meta.ray_kept_from.pop(item.topology, None)
             connectors = {name: access.connector for name, access in nodes.items()}
             logs = {name: process.log_path for name, process in running.processes.items()}
             ran = await what_ran(item.launch, state.sweep.cluster, state.sweep.recipe, connectors, logs)
@@ -605,7 +617,8 @@ async def run_sweep(
     runs_of = {sweep.cell_key(t.topology, cell): cell.runs for t in sweep.topologies for cell in sweep.points}
     already = sum(min(cell.measured, runs_of[key]) for key, cell in done.items() if key in runs_of)
     progress.sweep_started(sweep.total_runs, already)
-    state = _Run(sweep, folder, meta, progress, SweepOutcome(directory, "running"), watchdog)
+    keeper = RayKeeper(sweep.cluster, {t.topology: t.launch for t in sweep.topologies}, sweep.ray_reuse, progress)
+    state = _Run(sweep, folder, meta, progress, SweepOutcome(directory, "running"), watchdog, keeper)
     if done:
         for row in folder.read_cells().to_dict("records"):
             state.rows.setdefault((str(row["topology"]), str(row["workload"]), str(row["load"])), []).append(row)
@@ -647,6 +660,12 @@ async def run_sweep(
     finally:
         failing = sys.exc_info()[1] is not None  # an error is on its way out: it is the one to report
         storage_error: StorageError | None = None
+        # a Ray cluster kept for a topology that never came (failed, interrupted, nothing to measure)
+        kept_problem, late_cancel = await keeper.release_at_end()
+        if kept_problem:
+            meta.errors["teardown"] = kept_problem
+            status = "failed" if status == "complete" else status
+        status = "interrupted" if late_cancel else status
         try:
             folder.compact()
         except StorageError as exc:  # the parts stay and are read as they are; a resume compacts them
@@ -665,6 +684,8 @@ async def run_sweep(
             storage_error = storage_error or exc
         if storage_error is not None and not failing:
             raise storage_error
+        if late_cancel and not failing:
+            raise asyncio.CancelledError()
     return state.outcome
 
 

@@ -16,6 +16,7 @@ from topo.options import (
     parse_topologies,
 )
 from topo.plans import run_plan
+from topology.ray_reuse import plan_ray_reuse, ray_run_order, reuse_notes
 from topology.registry import STUDY_TOPOLOGIES
 from topology.render import plan_json, plan_text
 
@@ -49,9 +50,15 @@ def plan_command(
         typer.echo(json.dumps(documents[0] if len(documents) == 1 else documents, indent=2))
         return
     console = Console(highlight=False, soft_wrap=True)
+    # what a sweep of these topologies (Ray ones next to each other) would keep up between them
+    by_name = {launch_plan.topology: launch_plan for launch_plan in plans}
+    run_order = [by_name[name] for name in ray_run_order(list(by_name))]
+    notes = reuse_notes(run_order, plan_ray_reuse(run_order))
     for index, launch_plan in enumerate(plans):
         if index:
             console.rule()
+        for note in notes[launch_plan.topology]:
+            console.print(f"[bold]in a sweep, ray:[/] {note}")
         console.print(plan_text(launch_plan), end="")
 
 

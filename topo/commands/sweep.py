@@ -53,20 +53,25 @@ from topology.registry import STUDY_TOPOLOGIES
 
 
 def _print_dry_run(console: Console, sweep: SweepPlan, out: Path) -> None:
+    from topology.ray_reuse import reuse_notes
     from topology.render import plan_text
 
     spec = sweep.spec
+    order = [item.topology for item in sweep.topologies]
+    notes = reuse_notes([item.launch for item in sweep.topologies], sweep.ray_reuse)
     console.print(f"[bold]sweep[/] of {spec.model} on cluster {sweep.cluster.name} -> {out}")
     if sweep.suite is not None:
-        console.print(f"  topologies {', '.join(spec.topologies)}; workload {sweep.suite.name}: "
+        console.print(f"  topologies {', '.join(order)}; workload {sweep.suite.name}: "
                       + ", ".join(f"{c.workload} {c.label}" for c in sweep.points))
     else:
-        console.print(f"  topologies {', '.join(spec.topologies)}; c={','.join(map(str, spec.concurrency))}; "
+        console.print(f"  topologies {', '.join(order)}; c={','.join(map(str, spec.concurrency))}; "
                       f"runs per cell {spec.runs_text}, after one short warm-up batch; pp{spec.pp} tg{spec.tg}")
     most = "at most " if spec.adaptive else ""
     console.print(f"  {len(sweep.cells())} cells, {most}{sweep.total_runs} measured runs\n")
     for item in sweep.topologies:
         console.rule(item.topology)
+        for note in notes[item.topology]:
+            console.print(f"[bold]ray:[/] {note}", highlight=False, soft_wrap=True)
         console.print(plan_text(item.launch), end="")
 
 
