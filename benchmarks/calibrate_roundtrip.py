@@ -62,7 +62,7 @@ def topo(*args: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="folder for the profiles, cluster, sweep")
-    parser.add_argument("--speedup", type=float, default=4.0, help="public profile = gb10 sped up this much")
+    parser.add_argument("--speedup", type=float, default=1.0, help="public profile = gb10 sped up this much")
     parser.add_argument("--bandwidth", type=float, default=0.8, help="hidden: memory bandwidth x this")
     parser.add_argument("--latency", type=float, default=3.0, help="hidden: every link's latency x this")
     parser.add_argument("--overhead", type=float, default=1.5, help="hidden: step overhead x this")

@@ -55,18 +55,24 @@ def sweep_settings(results: Path) -> dict[str, Any]:
 
 
 def replayed_cells(topology: str, config: EngineConfig, requests: pd.DataFrame, pp: int, tg: int) -> pd.DataFrame:
-    """Predicted rows for a routed topology, one per measured run, each with that run's measured split."""
+    """Predicted rows, one per measured run, each replaying that run's client send times and (routed) its
+    measured split."""
     rows = []
     replicas = topology_model(topology).replicas
     for (concurrency, run), batch in requests[requests["topology"] == topology].groupby(["concurrency", "run"]):
-        names = sorted(batch["served_by"].dropna().unique())
-        if len(names) > replicas or batch["served_by"].isna().any():
-            continue  # the split is not known for every request
-        index = {name: i for i, name in enumerate(names)}
-        assignment = [index[name] for name in batch.sort_values("index")["served_by"]]
+        batch = batch.sort_values("index")
+        assignment = None
+        if replicas > 1:
+            names = sorted(batch["served_by"].dropna().unique()) if "served_by" in batch else []
+            if not names or len(names) > replicas or batch["served_by"].isna().any():
+                continue  # the split is not known for every request
+            index = {name: i for i, name in enumerate(names)}
+            assignment = [index[name] for name in batch["served_by"]]
+        sends = (batch["start"] - batch["batch_start"]).clip(lower=0).tolist()
         deployment = VirtualDeployment(topology, config, seed=1)
         deployment.run_batch(int(concurrency), pp, tg, run=-1)  # warm-up, as the sweep did
-        rows.append(cell_row(deployment.run_batch(int(concurrency), pp, tg, run=int(run), assignment=assignment)))
+        rows.append(cell_row(deployment.run_batch(int(concurrency), pp, tg, run=int(run), assignment=assignment,
+                                                  sends=sends)))
     return pd.DataFrame(rows)
 
 
@@ -95,7 +101,7 @@ def sweep_link(results: Path, model: str) -> str:
 
 
 def compare(results: Path, *, card: str | None = None, hardware: str | None = None, link: str | None = None,
-            tolerance: float = 0.05, statistic: str = "mean") -> tuple[float, int, int]:
+            tolerance: float = 0.05, statistic: str = "mean", replay: bool = True) -> tuple[float, int, int]:
     """Print the table; returns (worst |diff|, values beyond tolerance, values compared)."""
     settings = sweep_settings(results)
     card = card or settings["model"]
@@ -123,7 +129,7 @@ def compare(results: Path, *, card: str | None = None, hardware: str | None = No
     for topology in dict.fromkeys(measured.index.get_level_values(0)):
         levels = sorted(int(c) for c in measured.loc[topology].index)
         replayed = pd.DataFrame()
-        if topology_model(topology).routed and requests is not None and "served_by" in requests:
+        if requests is not None and replay:
             replayed = replayed_cells(topology, config, requests, settings["pp"], settings["tg"])
         if not replayed.empty:
             predicted = replayed.groupby("concurrency")[list(METRICS)].mean()
@@ -164,9 +170,12 @@ def main() -> None:
                         help="a cell's figure: the mean over its runs on both sides (llama-benchy's cell), or its "
                              "median run (the run whose measured/predicted ratio is the median; one stalled run "
                              "cannot move it)")
+    parser.add_argument("--no-replay", action="store_true",
+                        help="predict every request as sent at once and routed by the model's own draw, instead of "
+                             "replaying each measured run's send times and router split")
     args = parser.parse_args()
     compare(args.results, card=args.card, hardware=args.hardware, link=args.link, tolerance=args.tolerance,
-            statistic=args.statistic)
+            statistic=args.statistic, replay=not args.no_replay)
 
 
 if __name__ == "__main__":

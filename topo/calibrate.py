@@ -92,12 +92,23 @@ class MeasuredCell:
     rows: list[dict[str, Any]]  # the cells.parquet row of each measured run
     assignments: list[list[int]]  # routed: the replica each request of each run went to, in request order
     requests: int  # requests sent for the cell (warm-up included)
+    # per measured run, when the client really sent each request (seconds after the run's start, request order)
+    sends: list[list[float]] = field(default_factory=list)
 
     def value(self, metric: str) -> float:
         return sum(float(row[metric]) for row in self.rows) / len(self.rows)
 
     def shown(self) -> str:
         return ", ".join(f"{metric} {self.value(metric):.4g}" for metric, _ in self.cell.targets)
+
+
+def send_offsets(records: Sequence[RequestRecord]) -> list[list[float]]:
+    """Per measured run (by run number), each request's send time after the run's start, in request order."""
+    runs: dict[int, list[RequestRecord]] = {}
+    for record in records:
+        runs.setdefault(record.run, []).append(record)
+    return [[max(0.0, r.start - r.batch_start) for r in sorted(batch, key=lambda r: r.index)]
+            for _, batch in sorted(runs.items())]
 
 
 def replica_assignments(records: Sequence[RequestRecord], replicas: int) -> list[list[int]]:
@@ -152,13 +163,14 @@ async def measure(
                                         f"({len(result.run_rows)} runs, {len(rows)} without failures)")
                     assignments: list[list[int]] = []
                     replicas = topology_model(topology).replicas
+                    ok_runs = {row["run"] for row in rows}
+                    sends = send_offsets([r for r in result.records if r.run in ok_runs])
                     if replicas > 1:
-                        ok_runs = {row["run"] for row in rows}
                         assignments = replica_assignments([r for r in result.records if r.run in ok_runs], replicas)
                         if not assignments:
                             raise TopoError(f"calibration cell {cell.label}: the router did not say which engine "
                                             "served each request (no x-litellm-model-id)")
-                    done = MeasuredCell(cell, rows, assignments, len(sent))
+                    done = MeasuredCell(cell, rows, assignments, len(sent), sends)
                     measured.append(done)
                     if on_cell:
                         on_cell(done)
@@ -242,19 +254,24 @@ def with_values(hw: HardwareProfile, values: dict[str, float], transport: str) -
 
 
 def predict_cell(config: EngineConfig, measured: MeasuredCell) -> dict[str, float]:
-    """The cell's metrics as `topo predict` sees them: a warm-up, then each run (routed: replaying the split the
-    router made in that run; solo and TP=2 are deterministic, so one run stands for all)."""
+    """The cell's metrics as `topo predict` sees them: a warm-up, then each measured run replayed with the
+    client's real send times and (routed) the split the router made in that run. Without either, solo and
+    TP=2 are deterministic, so one run stands for all."""
     cell = measured.cell
     metrics = [metric for metric, _ in cell.targets]
-    if not measured.assignments:
+    if not measured.assignments and not measured.sends:
         (row,) = predict_cells(cell.topology, config, [cell.concurrency], prompt_tokens=cell.pp,
                                max_tokens=cell.tg, runs=1, seed=0)
         return {m: float(row[m]) for m in metrics}
+    runs = max(len(measured.assignments), len(measured.sends))
     rows = []
-    for run, assignment in enumerate(measured.assignments):
+    for run in range(runs):
         deployment = VirtualDeployment(cell.topology, config, seed=run)
         deployment.run_batch(cell.concurrency, cell.pp, cell.tg, run=-1)
-        rows.append(cell_row(deployment.run_batch(cell.concurrency, cell.pp, cell.tg, run=run, assignment=assignment)))
+        assignment = measured.assignments[run] if measured.assignments else None
+        sends = measured.sends[run] if measured.sends else None
+        rows.append(cell_row(deployment.run_batch(cell.concurrency, cell.pp, cell.tg, run=run, assignment=assignment,
+                                                  sends=sends)))
     return {m: sum(float(r[m]) for r in rows) / len(rows) for m in metrics}
 
 
