@@ -33,6 +33,7 @@ sys.path.insert(0, str(REPO))
 import pandas as pd  # noqa: E402
 
 from bench.results_folder import ResultsFolder  # noqa: E402
+from bench.stats import bound_columns  # noqa: E402
 from common.config import CONFIGS_DIR  # noqa: E402
 from topo.transport import planned_transport  # noqa: E402
 from topology.inventory import cluster_from_data  # noqa: E402
@@ -51,7 +52,7 @@ def sweep_settings(results: Path) -> dict[str, Any]:
         nodes = (meta.cluster or {}).get("nodes", [])
         hardware = next((n.get("engine", {}).get("hardware") for n in nodes if n.get("engine")), None) or "gb10"
     return {"model": spec.get("model", "gemma4-26b"), "hardware": hardware, "pp": int(spec.get("pp", 1024)),
-            "tg": int(spec.get("tg", 128)), "runs": int(spec.get("runs", 1))}
+            "tg": int(spec.get("tg", 128)), "runs": int(spec.get("runs") or 1)}  # None: adaptive
 
 
 def replayed_cells(topology: str, config: EngineConfig, requests: pd.DataFrame, pp: int, tg: int) -> pd.DataFrame:
@@ -115,17 +116,20 @@ def compare(results: Path, *, card: str | None = None, hardware: str | None = No
     cells = cells[cells["failed"] == 0] if "failed" in cells else cells
     measured_runs = cells.set_index(["topology", "concurrency", "run"])[list(METRICS)].sort_index()
     measured = measured_runs.groupby(level=["topology", "concurrency"]).mean()
+    spread = interval_halfwidths(cells)
     requests = folder.read_requests() if folder.requests_path.exists() else None
 
     print(f"{results}: card {card}, hardware {hardware}, link {link}, pp{settings['pp']} tg{settings['tg']}, "
           f"{settings['runs']} run(s) per cell, their {statistic}; marked (*) when off by more than "
-          f"{100 * tolerance:.0f}%")
+          f"{100 * tolerance:.0f}%, (~) when the sweep's own 95% interval is wider than that")
     header = f"{'topology':<16} {'c':>3} | " + " | ".join(f"{m + ' meas':>17} {'pred':>9} {'diff':>7}" for m in METRICS)
     print(header)
     print("-" * len(header))
     worst = 0.0
     off = 0
     compared = 0
+    resolved = [0, 0]  # values whose measured interval is narrower than the tolerance: (compared, within)
+    unresolved = [0, 0, 0]  # the others: (compared, within the tolerance, prediction inside the interval)
     for topology in dict.fromkeys(measured.index.get_level_values(0)):
         levels = sorted(int(c) for c in measured.loc[topology].index)
         replayed = pd.DataFrame()
@@ -152,10 +156,38 @@ def compare(results: Path, *, card: str | None = None, hardware: str | None = No
                 mark = "*" if abs(diff) > tolerance else " "
                 off += mark == "*"
                 compared += 1
-                parts.append(f"{got:>17.1f} {want:>9.1f} {100 * diff:>+6.1f}%{mark}")
+                half = spread.get((topology, c, metric), float("nan"))
+                if half < tolerance:
+                    resolved[0] += 1
+                    resolved[1] += abs(diff) <= tolerance
+                else:
+                    mark += "~"
+                    unresolved[0] += 1
+                    unresolved[1] += abs(diff) <= tolerance
+                    unresolved[2] += abs(diff) <= half  # NaN (no interval): never inside
+                parts.append(f"{got:>17.1f} {want:>9.1f} {100 * diff:>+6.1f}%{mark:<2}")
             print(f"{topology:<16} {c:>3} | " + " | ".join(parts))
     print(f"\nworst cell: {100 * worst:.1f}%; {off} value(s) of {compared} beyond {100 * tolerance:.0f}%")
+    print(f"the sweep resolves {resolved[0]} value(s) to +-{100 * tolerance:.0f}% (95% interval narrower): "
+          f"{resolved[1]} within {100 * tolerance:.0f}%; {unresolved[0]} it does not (wider or no interval): "
+          f"{unresolved[1]} within {100 * tolerance:.0f}%, {unresolved[2]} with the prediction inside the interval")
     return worst, off, compared
+
+
+def interval_halfwidths(cells: pd.DataFrame) -> dict[tuple[str, int, str], float]:
+    """(topology, concurrency, metric) -> half the measured 95% interval, relative to the value: the runs'
+    within-run intervals (bench/stats.py; a run of one request has none: NaN), averaged over the cell's runs
+    and narrowed by sqrt(runs) as for a mean of independent runs."""
+    out: dict[tuple[str, int, str], float] = {}
+    for metric in METRICS:
+        lo, hi = bound_columns(metric)
+        if lo not in cells or hi not in cells:
+            continue
+        relative = (cells[hi] - cells[lo]) / 2 / cells[metric]
+        frame = cells.assign(relative=relative)
+        for (topology, concurrency), group in frame.groupby(["topology", "concurrency"]):
+            out[(str(topology), int(concurrency), metric)] = float(group["relative"].mean() / len(group) ** 0.5)
+    return out
 
 
 def main() -> None:
