@@ -18,6 +18,10 @@ everything else held at the base profile's values:
   accept and dispatch parts move together), and decode at c32 (how long the proxy takes to relay a chunk:
   a busy proxy caps the tokens per second of all streams), predicted with the split the router really made.
 
+A cell's figure is its median run's, measured and predicted alike (each run replayed with the client's real
+send times and, routed, the router's split). The cells of one request per run (c1) get more runs than
+--runs asks for: on a host shared with other work one request's TTFT moves by tens of ms.
+
 The link fitted is the transport the TP=2 plan's env implies (topo/transport.py), the one the engines really
 use; the other transports and the executors keep the base profile's figures. The fit is a least-squares
 solve of log(predicted / measured) over the cells' metrics, the predictions coming from the same scheduler
@@ -27,6 +31,7 @@ and cost model `topo predict` runs, so a calibrated profile predicts what the no
 from __future__ import annotations
 
 import math
+from statistics import median
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -60,6 +65,9 @@ class CalibrationCell:
     pp: int
     tg: int
     targets: tuple[tuple[Metric, str], ...]  # (metric, the KNOBS constant it pins)
+    # at least this many measured runs, whatever --runs says: a proxy's cost seen through one request per run
+    # moves by tens of ms from one request to the next on a busy host, and such runs take under a second
+    min_runs: int = 1
 
     @property
     def label(self) -> str:
@@ -70,7 +78,8 @@ def default_cells(max_num_batched_tokens: int = 8192, *, router: bool = True) ->
     """The cells and what each of their metrics pins (see the module docstring)."""
     prefill_pp = max(64, max_num_batched_tokens // 4)  # 4 requests fill one step
     cells = [
-        CalibrationCell("solo", 1, 64, 64, (("decode_tps", "step_overhead_ms"), ("ttft_ms", "engine_pickup_ms"))),
+        CalibrationCell("solo", 1, 64, 64, (("decode_tps", "step_overhead_ms"), ("ttft_ms", "engine_pickup_ms")),
+                        min_runs=5),
         CalibrationCell("solo", 16, 64, 64, (("decode_tps", "bandwidth_efficiency"),
                                              ("ttft_ms", "frontend_ms_per_request"))),
         CalibrationCell("solo", 4, prefill_pp, 2, (("prefill_tps", "compute_efficiency"),)),
@@ -79,8 +88,8 @@ def default_cells(max_num_batched_tokens: int = 8192, *, router: bool = True) ->
     ]
     if router:
         cells += [
-            CalibrationCell("2x-solo-shuffle", 1, 64, 8, (("ttft_ms", "router request_latency_ms"),)),
-            CalibrationCell("2x-solo-shuffle", 8, 64, 8, (("ttft_ms", "router per_request_ms"),)),
+            CalibrationCell("2x-solo-shuffle", 1, 64, 8, (("ttft_ms", "router request_latency_ms"),), min_runs=9),
+            CalibrationCell("2x-solo-shuffle", 8, 64, 8, (("ttft_ms", "router per_request_ms"),), min_runs=5),
             CalibrationCell("2x-solo-shuffle", 32, 64, 32, (("decode_tps", "router relay_per_chunk_ms"),)),
         ]
     return tuple(cells)
@@ -96,7 +105,9 @@ class MeasuredCell:
     sends: list[list[float]] = field(default_factory=list)
 
     def value(self, metric: str) -> float:
-        return sum(float(row[metric]) for row in self.rows) / len(self.rows)
+        """The median run's: one run stalled by the host (a garbage collection in the proxy, another process
+        on the core) cannot move it, as it moves a mean of a few runs."""
+        return median(float(row[metric]) for row in self.rows)
 
     def shown(self) -> str:
         return ", ".join(f"{metric} {self.value(metric):.4g}" for metric, _ in self.cell.targets)
@@ -154,7 +165,8 @@ async def measure(
                     settings = BenchSettings(pp=cell.pp, tg=cell.tg, seed=0, workload="calibration")
                     async with BenchSession(Endpoint.from_url(running.endpoint, api_key), launch.served_model_name,
                                             settings) as session:
-                        result = await session.run(ClosedLoad(cell.concurrency), runs, topology=topology,
+                        result = await session.run(ClosedLoad(cell.concurrency), max(runs, cell.min_runs),
+                                                   topology=topology,
                                                    on_request=sent.append)
                     rows = [row for row in result.run_rows if row["failed"] == 0]
                     unusable = [m for row in rows for m, _ in cell.targets if not float(row[m]) > 0]
@@ -272,7 +284,7 @@ def predict_cell(config: EngineConfig, measured: MeasuredCell) -> dict[str, floa
         sends = measured.sends[run] if measured.sends else None
         rows.append(cell_row(deployment.run_batch(cell.concurrency, cell.pp, cell.tg, run=run, assignment=assignment,
                                                   sends=sends)))
-    return {m: sum(float(r[m]) for r in rows) / len(rows) for m in metrics}
+    return {m: median(float(r[m]) for r in rows) for m in metrics}  # as MeasuredCell.value
 
 
 @dataclass
