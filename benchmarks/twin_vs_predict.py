@@ -25,7 +25,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -101,9 +101,17 @@ def sweep_link(results: Path, model: str) -> str:
     return planned_transport(model, cluster).transport
 
 
+class Agreement(NamedTuple):
+    worst: float  # largest |measured / predicted - 1|
+    off: int  # values beyond the tolerance
+    compared: int
+    resolved: int  # values whose measured 95% interval is narrower than the tolerance
+    resolved_off: int  # of those, beyond the tolerance
+
+
 def compare(results: Path, *, card: str | None = None, hardware: str | None = None, link: str | None = None,
-            tolerance: float = 0.05, statistic: str = "mean", replay: bool = True) -> tuple[float, int, int]:
-    """Print the table; returns (worst |diff|, values beyond tolerance, values compared)."""
+            tolerance: float = 0.05, statistic: str = "mean", replay: bool = True) -> Agreement:
+    """Print the table; returns how well measured and predicted agree."""
     settings = sweep_settings(results)
     card = card or settings["model"]
     if not (CONFIGS_DIR / "cards" / f"{card}.yaml").exists() and not Path(card).exists():
@@ -171,7 +179,7 @@ def compare(results: Path, *, card: str | None = None, hardware: str | None = No
     print(f"the sweep resolves {resolved[0]} value(s) to +-{100 * tolerance:.0f}% (95% interval narrower): "
           f"{resolved[1]} within {100 * tolerance:.0f}%; {unresolved[0]} it does not (wider or no interval): "
           f"{unresolved[1]} within {100 * tolerance:.0f}%, {unresolved[2]} with the prediction inside the interval")
-    return worst, off, compared
+    return Agreement(worst, off, compared, resolved[0], resolved[0] - resolved[1])
 
 
 def interval_halfwidths(cells: pd.DataFrame) -> dict[tuple[str, int, str], float]:
