@@ -31,11 +31,11 @@ and cost model `topo predict` runs, so a calibrated profile predicts what the no
 from __future__ import annotations
 
 import math
-from statistics import median
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from statistics import median
 from typing import Any, Literal
 
 import yaml
