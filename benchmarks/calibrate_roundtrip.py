@@ -10,8 +10,14 @@ is 0.5 ms and the wall-clock twin cannot keep it). The hidden profile is the pub
 bandwidth x --bandwidth, every link's latency x --latency and the step overhead x --overhead; the twin nodes
 run the hidden profile, `topo calibrate` only knows the public one (--base). Then every cell of the sweep is
 compared with the prediction from the calibrated profile (benchmarks/twin_vs_predict.py: routed topologies
-replay the sweep's own split). Not a test: it prints the table; tests/topo/test_calibrate.py has the marked
-test with few cells.
+replay the sweep's own split, every topology the client's real send times). Not a test: it prints the table;
+tests/topo/test_calibrate.py has the marked test with few cells.
+
+What the routed cells measure on a shared host is the proxy's CPU share: LiteLLM spent 28 ms of CPU per request
+and 0.87 ms per streamed chunk (benchmarks/proxy_cost.py at load ~8), its wall-clock costs are those divided by
+the share of a core it gets, and that share moves with other work between the calibration and the sweep
+(calibrated relay 2.3 ms per chunk at load 7-8, the sweep's c64 relaying at ~3.9 ms per chunk at load 11-14).
+Run it on a quiet host, or read the routed rows as that.
 """
 
 from __future__ import annotations
