@@ -4,14 +4,20 @@
     .venv/bin/python benchmarks/calibrate_roundtrip.py --out /tmp/roundtrip          # c1..c64, ~10 min
     .venv/bin/python benchmarks/calibrate_roundtrip.py --out /tmp/rt -c 1,4 --pp 512 --tg 32   # quick
 
-The public profile is gb10 sped up --speedup times (default 4: a step of the wall-clock twin must stay well
-above what its own Python, HTTP and rank coordination take on this machine; at `fast`'s 50x a decode step
+The public profile is gb10 sped up --speedup times (default 1, gb10 itself: ~30 ms decode steps, large against
+what the twin's own Python, HTTP and rank coordination take on this busy 2-core machine; at `fast`'s 50x a decode step
 is 0.5 ms and the wall-clock twin cannot keep it). The hidden profile is the public one with the memory
 bandwidth x --bandwidth, every link's latency x --latency and the step overhead x --overhead; the twin nodes
 run the hidden profile, `topo calibrate` only knows the public one (--base). Then every cell of the sweep is
 compared with the prediction from the calibrated profile (benchmarks/twin_vs_predict.py: routed topologies
-replay the sweep's own split). Not a test: it prints the table; tests/topo/test_calibrate.py has the marked
-test with few cells.
+replay the sweep's own split, every topology the client's real send times). Not a test: it prints the table;
+tests/topo/test_calibrate.py has the marked test with few cells.
+
+What the routed cells measure on a shared host is the proxy's CPU share: LiteLLM spent 28 ms of CPU per request
+and 0.87 ms per streamed chunk (benchmarks/proxy_cost.py at load ~8), its wall-clock costs are those divided by
+the share of a core it gets, and that share moves with other work between the calibration and the sweep
+(calibrated relay 2.3 ms per chunk at load 7-8, the sweep's c64 relaying at ~3.9 ms per chunk at load 11-14).
+Run it on a quiet host, or read the routed rows as that.
 """
 
 from __future__ import annotations
@@ -62,7 +68,7 @@ def topo(*args: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="folder for the profiles, cluster, sweep")
-    parser.add_argument("--speedup", type=float, default=4.0, help="public profile = gb10 sped up this much")
+    parser.add_argument("--speedup", type=float, default=1.0, help="public profile = gb10 sped up this much")
     parser.add_argument("--bandwidth", type=float, default=0.8, help="hidden: memory bandwidth x this")
     parser.add_argument("--latency", type=float, default=3.0, help="hidden: every link's latency x this")
     parser.add_argument("--overhead", type=float, default=1.5, help="hidden: step overhead x this")
@@ -88,10 +94,10 @@ def main() -> None:
          "--runs", str(args.runs), "--pp", str(args.pp), "--tg", str(args.tg), "--seed", "1", "--out", str(sweep))
     sweep_s = time.perf_counter() - began
     print(f"\ncalibration {calibrate_s:.0f} s, sweep {sweep_s:.0f} s; predictions from {calibrated}:\n")
-    worst, off, compared = compare(sweep, hardware=str(calibrated), tolerance=args.tolerance,
-                                   statistic=args.statistic)
-    print(f"round trip: {compared - off} of {compared} values within {100 * args.tolerance:.0f}%, "
-          f"worst {100 * worst:.1f}%")
+    agreement = compare(sweep, hardware=str(calibrated), tolerance=args.tolerance, statistic=args.statistic)
+    print(f"round trip: {agreement.compared - agreement.off} of {agreement.compared} values within "
+          f"{100 * args.tolerance:.0f}%, worst {100 * agreement.worst:.1f}%; of the {agreement.resolved} the sweep "
+          f"resolves to +-{100 * args.tolerance:.0f}%, {agreement.resolved - agreement.resolved_off} within")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -33,6 +33,7 @@ sys.path.insert(0, str(REPO))
 import pandas as pd  # noqa: E402
 
 from bench.results_folder import ResultsFolder  # noqa: E402
+from bench.stats import bound_columns  # noqa: E402
 from common.config import CONFIGS_DIR  # noqa: E402
 from topo.transport import planned_transport  # noqa: E402
 from topology.inventory import cluster_from_data  # noqa: E402
@@ -51,22 +52,28 @@ def sweep_settings(results: Path) -> dict[str, Any]:
         nodes = (meta.cluster or {}).get("nodes", [])
         hardware = next((n.get("engine", {}).get("hardware") for n in nodes if n.get("engine")), None) or "gb10"
     return {"model": spec.get("model", "gemma4-26b"), "hardware": hardware, "pp": int(spec.get("pp", 1024)),
-            "tg": int(spec.get("tg", 128)), "runs": int(spec.get("runs", 1))}
+            "tg": int(spec.get("tg", 128)), "runs": int(spec.get("runs") or 1)}  # None: adaptive
 
 
 def replayed_cells(topology: str, config: EngineConfig, requests: pd.DataFrame, pp: int, tg: int) -> pd.DataFrame:
-    """Predicted rows for a routed topology, one per measured run, each with that run's measured split."""
+    """Predicted rows, one per measured run, each replaying that run's client send times and (routed) its
+    measured split."""
     rows = []
     replicas = topology_model(topology).replicas
     for (concurrency, run), batch in requests[requests["topology"] == topology].groupby(["concurrency", "run"]):
-        names = sorted(batch["served_by"].dropna().unique())
-        if len(names) > replicas or batch["served_by"].isna().any():
-            continue  # the split is not known for every request
-        index = {name: i for i, name in enumerate(names)}
-        assignment = [index[name] for name in batch.sort_values("index")["served_by"]]
+        batch = batch.sort_values("index")
+        assignment = None
+        if replicas > 1:
+            names = sorted(batch["served_by"].dropna().unique()) if "served_by" in batch else []
+            if not names or len(names) > replicas or batch["served_by"].isna().any():
+                continue  # the split is not known for every request
+            index = {name: i for i, name in enumerate(names)}
+            assignment = [index[name] for name in batch["served_by"]]
+        sends = (batch["start"] - batch["batch_start"]).clip(lower=0).tolist()
         deployment = VirtualDeployment(topology, config, seed=1)
         deployment.run_batch(int(concurrency), pp, tg, run=-1)  # warm-up, as the sweep did
-        rows.append(cell_row(deployment.run_batch(int(concurrency), pp, tg, run=int(run), assignment=assignment)))
+        rows.append(cell_row(deployment.run_batch(int(concurrency), pp, tg, run=int(run), assignment=assignment,
+                                                  sends=sends)))
     return pd.DataFrame(rows)
 
 
@@ -94,9 +101,17 @@ def sweep_link(results: Path, model: str) -> str:
     return planned_transport(model, cluster).transport
 
 
+class Agreement(NamedTuple):
+    worst: float  # largest |measured / predicted - 1|
+    off: int  # values beyond the tolerance
+    compared: int
+    resolved: int  # values whose measured 95% interval is narrower than the tolerance
+    resolved_off: int  # of those, beyond the tolerance
+
+
 def compare(results: Path, *, card: str | None = None, hardware: str | None = None, link: str | None = None,
-            tolerance: float = 0.05, statistic: str = "mean") -> tuple[float, int, int]:
-    """Print the table; returns (worst |diff|, values beyond tolerance, values compared)."""
+            tolerance: float = 0.05, statistic: str = "mean", replay: bool = True) -> Agreement:
+    """Print the table; returns how well measured and predicted agree."""
     settings = sweep_settings(results)
     card = card or settings["model"]
     if not (CONFIGS_DIR / "cards" / f"{card}.yaml").exists() and not Path(card).exists():
@@ -109,21 +124,24 @@ def compare(results: Path, *, card: str | None = None, hardware: str | None = No
     cells = cells[cells["failed"] == 0] if "failed" in cells else cells
     measured_runs = cells.set_index(["topology", "concurrency", "run"])[list(METRICS)].sort_index()
     measured = measured_runs.groupby(level=["topology", "concurrency"]).mean()
+    spread = interval_halfwidths(cells)
     requests = folder.read_requests() if folder.requests_path.exists() else None
 
     print(f"{results}: card {card}, hardware {hardware}, link {link}, pp{settings['pp']} tg{settings['tg']}, "
           f"{settings['runs']} run(s) per cell, their {statistic}; marked (*) when off by more than "
-          f"{100 * tolerance:.0f}%")
+          f"{100 * tolerance:.0f}%, (~) when the sweep's own 95% interval is wider than that")
     header = f"{'topology':<16} {'c':>3} | " + " | ".join(f"{m + ' meas':>17} {'pred':>9} {'diff':>7}" for m in METRICS)
     print(header)
     print("-" * len(header))
     worst = 0.0
     off = 0
     compared = 0
+    resolved = [0, 0]  # values whose measured interval is narrower than the tolerance: (compared, within)
+    unresolved = [0, 0, 0]  # the others: (compared, within the tolerance, prediction inside the interval)
     for topology in dict.fromkeys(measured.index.get_level_values(0)):
         levels = sorted(int(c) for c in measured.loc[topology].index)
         replayed = pd.DataFrame()
-        if topology_model(topology).routed and requests is not None and "served_by" in requests:
+        if requests is not None and replay:
             replayed = replayed_cells(topology, config, requests, settings["pp"], settings["tg"])
         if not replayed.empty:
             predicted = replayed.groupby("concurrency")[list(METRICS)].mean()
@@ -146,10 +164,38 @@ def compare(results: Path, *, card: str | None = None, hardware: str | None = No
                 mark = "*" if abs(diff) > tolerance else " "
                 off += mark == "*"
                 compared += 1
-                parts.append(f"{got:>17.1f} {want:>9.1f} {100 * diff:>+6.1f}%{mark}")
+                half = spread.get((topology, c, metric), float("nan"))
+                if half < tolerance:
+                    resolved[0] += 1
+                    resolved[1] += abs(diff) <= tolerance
+                else:
+                    mark += "~"
+                    unresolved[0] += 1
+                    unresolved[1] += abs(diff) <= tolerance
+                    unresolved[2] += abs(diff) <= half  # NaN (no interval): never inside
+                parts.append(f"{got:>17.1f} {want:>9.1f} {100 * diff:>+6.1f}%{mark:<2}")
             print(f"{topology:<16} {c:>3} | " + " | ".join(parts))
     print(f"\nworst cell: {100 * worst:.1f}%; {off} value(s) of {compared} beyond {100 * tolerance:.0f}%")
-    return worst, off, compared
+    print(f"the sweep resolves {resolved[0]} value(s) to +-{100 * tolerance:.0f}% (95% interval narrower): "
+          f"{resolved[1]} within {100 * tolerance:.0f}%; {unresolved[0]} it does not (wider or no interval): "
+          f"{unresolved[1]} within {100 * tolerance:.0f}%, {unresolved[2]} with the prediction inside the interval")
+    return Agreement(worst, off, compared, resolved[0], resolved[0] - resolved[1])
+
+
+def interval_halfwidths(cells: pd.DataFrame) -> dict[tuple[str, int, str], float]:
+    """(topology, concurrency, metric) -> half the measured 95% interval, relative to the value: the runs'
+    within-run intervals (bench/stats.py; a run of one request has none: NaN), averaged over the cell's runs
+    and narrowed by sqrt(runs) as for a mean of independent runs."""
+    out: dict[tuple[str, int, str], float] = {}
+    for metric in METRICS:
+        lo, hi = bound_columns(metric)
+        if lo not in cells or hi not in cells:
+            continue
+        relative = (cells[hi] - cells[lo]) / 2 / cells[metric]
+        frame = cells.assign(relative=relative)
+        for (topology, concurrency), group in frame.groupby(["topology", "concurrency"]):
+            out[(str(topology), int(concurrency), metric)] = float(group["relative"].mean() / len(group) ** 0.5)
+    return out
 
 
 def main() -> None:
@@ -164,9 +210,12 @@ def main() -> None:
                         help="a cell's figure: the mean over its runs on both sides (llama-benchy's cell), or its "
                              "median run (the run whose measured/predicted ratio is the median; one stalled run "
                              "cannot move it)")
+    parser.add_argument("--no-replay", action="store_true",
+                        help="predict every request as sent at once and routed by the model's own draw, instead of "
+                             "replaying each measured run's send times and router split")
     args = parser.parse_args()
     compare(args.results, card=args.card, hardware=args.hardware, link=args.link, tolerance=args.tolerance,
-            statistic=args.statistic)
+            statistic=args.statistic, replay=not args.no_replay)
 
 
 if __name__ == "__main__":

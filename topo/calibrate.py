@@ -18,6 +18,10 @@ everything else held at the base profile's values:
   accept and dispatch parts move together), and decode at c32 (how long the proxy takes to relay a chunk:
   a busy proxy caps the tokens per second of all streams), predicted with the split the router really made.
 
+A cell's figure is its median run's, measured and predicted alike (each run replayed with the client's real
+send times and, routed, the router's split). The cells of one request per run (c1) get more runs than
+--runs asks for: on a host shared with other work one request's TTFT moves by tens of ms.
+
 The link fitted is the transport the TP=2 plan's env implies (topo/transport.py), the one the engines really
 use; the other transports and the executors keep the base profile's figures. The fit is a least-squares
 solve of log(predicted / measured) over the cells' metrics, the predictions coming from the same scheduler
@@ -31,6 +35,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from statistics import median
 from typing import Any, Literal
 
 import yaml
@@ -60,6 +65,9 @@ class CalibrationCell:
     pp: int
     tg: int
     targets: tuple[tuple[Metric, str], ...]  # (metric, the KNOBS constant it pins)
+    # at least this many measured runs, whatever --runs says: a proxy's cost seen through one request per run
+    # moves by tens of ms from one request to the next on a busy host, and such runs take under a second
+    min_runs: int = 1
 
     @property
     def label(self) -> str:
@@ -70,7 +78,8 @@ def default_cells(max_num_batched_tokens: int = 8192, *, router: bool = True) ->
     """The cells and what each of their metrics pins (see the module docstring)."""
     prefill_pp = max(64, max_num_batched_tokens // 4)  # 4 requests fill one step
     cells = [
-        CalibrationCell("solo", 1, 64, 64, (("decode_tps", "step_overhead_ms"), ("ttft_ms", "engine_pickup_ms"))),
+        CalibrationCell("solo", 1, 64, 64, (("decode_tps", "step_overhead_ms"), ("ttft_ms", "engine_pickup_ms")),
+                        min_runs=5),
         CalibrationCell("solo", 16, 64, 64, (("decode_tps", "bandwidth_efficiency"),
                                              ("ttft_ms", "frontend_ms_per_request"))),
         CalibrationCell("solo", 4, prefill_pp, 2, (("prefill_tps", "compute_efficiency"),)),
@@ -79,8 +88,8 @@ def default_cells(max_num_batched_tokens: int = 8192, *, router: bool = True) ->
     ]
     if router:
         cells += [
-            CalibrationCell("2x-solo-shuffle", 1, 64, 8, (("ttft_ms", "router request_latency_ms"),)),
-            CalibrationCell("2x-solo-shuffle", 8, 64, 8, (("ttft_ms", "router per_request_ms"),)),
+            CalibrationCell("2x-solo-shuffle", 1, 64, 8, (("ttft_ms", "router request_latency_ms"),), min_runs=9),
+            CalibrationCell("2x-solo-shuffle", 8, 64, 8, (("ttft_ms", "router per_request_ms"),), min_runs=5),
             CalibrationCell("2x-solo-shuffle", 32, 64, 32, (("decode_tps", "router relay_per_chunk_ms"),)),
         ]
     return tuple(cells)
@@ -92,12 +101,25 @@ class MeasuredCell:
     rows: list[dict[str, Any]]  # the cells.parquet row of each measured run
     assignments: list[list[int]]  # routed: the replica each request of each run went to, in request order
     requests: int  # requests sent for the cell (warm-up included)
+    # per measured run, when the client really sent each request (seconds after the run's start, request order)
+    sends: list[list[float]] = field(default_factory=list)
 
     def value(self, metric: str) -> float:
-        return sum(float(row[metric]) for row in self.rows) / len(self.rows)
+        """The median run's: one run stalled by the host (a garbage collection in the proxy, another process
+        on the core) cannot move it, as it moves a mean of a few runs."""
+        return median(float(row[metric]) for row in self.rows)
 
     def shown(self) -> str:
         return ", ".join(f"{metric} {self.value(metric):.4g}" for metric, _ in self.cell.targets)
+
+
+def send_offsets(records: Sequence[RequestRecord]) -> list[list[float]]:
+    """Per measured run (by run number), each request's send time after the run's start, in request order."""
+    runs: dict[int, list[RequestRecord]] = {}
+    for record in records:
+        runs.setdefault(record.run, []).append(record)
+    return [[max(0.0, r.start - r.batch_start) for r in sorted(batch, key=lambda r: r.index)]
+            for _, batch in sorted(runs.items())]
 
 
 def replica_assignments(records: Sequence[RequestRecord], replicas: int) -> list[list[int]]:
@@ -143,7 +165,8 @@ async def measure(
                     settings = BenchSettings(pp=cell.pp, tg=cell.tg, seed=0, workload="calibration")
                     async with BenchSession(Endpoint.from_url(running.endpoint, api_key), launch.served_model_name,
                                             settings) as session:
-                        result = await session.run(ClosedLoad(cell.concurrency), runs, topology=topology,
+                        result = await session.run(ClosedLoad(cell.concurrency), max(runs, cell.min_runs),
+                                                   topology=topology,
                                                    on_request=sent.append)
                     rows = [row for row in result.run_rows if row["failed"] == 0]
                     unusable = [m for row in rows for m, _ in cell.targets if not float(row[m]) > 0]
@@ -152,13 +175,14 @@ async def measure(
                                         f"({len(result.run_rows)} runs, {len(rows)} without failures)")
                     assignments: list[list[int]] = []
                     replicas = topology_model(topology).replicas
+                    ok_runs = {row["run"] for row in rows}
+                    sends = send_offsets([r for r in result.records if r.run in ok_runs])
                     if replicas > 1:
-                        ok_runs = {row["run"] for row in rows}
                         assignments = replica_assignments([r for r in result.records if r.run in ok_runs], replicas)
                         if not assignments:
                             raise TopoError(f"calibration cell {cell.label}: the router did not say which engine "
                                             "served each request (no x-litellm-model-id)")
-                    done = MeasuredCell(cell, rows, assignments, len(sent))
+                    done = MeasuredCell(cell, rows, assignments, len(sent), sends)
                     measured.append(done)
                     if on_cell:
                         on_cell(done)
@@ -242,20 +266,25 @@ def with_values(hw: HardwareProfile, values: dict[str, float], transport: str) -
 
 
 def predict_cell(config: EngineConfig, measured: MeasuredCell) -> dict[str, float]:
-    """The cell's metrics as `topo predict` sees them: a warm-up, then each run (routed: replaying the split the
-    router made in that run; solo and TP=2 are deterministic, so one run stands for all)."""
+    """The cell's metrics as `topo predict` sees them: a warm-up, then each measured run replayed with the
+    client's real send times and (routed) the split the router made in that run. Without either, solo and
+    TP=2 are deterministic, so one run stands for all."""
     cell = measured.cell
     metrics = [metric for metric, _ in cell.targets]
-    if not measured.assignments:
+    if not measured.assignments and not measured.sends:
         (row,) = predict_cells(cell.topology, config, [cell.concurrency], prompt_tokens=cell.pp,
                                max_tokens=cell.tg, runs=1, seed=0)
         return {m: float(row[m]) for m in metrics}
+    runs = max(len(measured.assignments), len(measured.sends))
     rows = []
-    for run, assignment in enumerate(measured.assignments):
+    for run in range(runs):
         deployment = VirtualDeployment(cell.topology, config, seed=run)
         deployment.run_batch(cell.concurrency, cell.pp, cell.tg, run=-1)
-        rows.append(cell_row(deployment.run_batch(cell.concurrency, cell.pp, cell.tg, run=run, assignment=assignment)))
-    return {m: sum(float(r[m]) for r in rows) / len(rows) for m in metrics}
+        assignment = measured.assignments[run] if measured.assignments else None
+        sends = measured.sends[run] if measured.sends else None
+        rows.append(cell_row(deployment.run_batch(cell.concurrency, cell.pp, cell.tg, run=run, assignment=assignment,
+                                                  sends=sends)))
+    return {m: median(float(r[m]) for r in rows) for m in metrics}  # as MeasuredCell.value
 
 
 @dataclass

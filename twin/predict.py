@@ -96,9 +96,12 @@ class VirtualDeployment:
         *,
         run: int = 0,
         assignment: Sequence[int] | None = None,
+        sends: Sequence[float] | None = None,
     ) -> list[RequestRecord]:
         """One closed batch. `assignment` (replica per request) replays a measured router split instead of
-        drawing one. Lengths are one for all, or one per request (a workload shape's)."""
+        drawing one; `sends` (seconds after the batch's start, per request) replays when a measured client
+        really sent each request (llama-benchy's "at once" is a few ms apart on a busy host, enough to decide
+        whether the second request makes the first step). Lengths are one for all, or one per request."""
         if concurrency < 1:
             raise ConfigError(f"concurrency must be >= 1 (got {concurrency})")
         prompts = [prompt_tokens] * concurrency if isinstance(prompt_tokens, int) else list(prompt_tokens)
@@ -112,9 +115,14 @@ class VirtualDeployment:
             raise ConfigError(
                 f"assignment must name one of {len(self.cores)} replicas for each of {concurrency} requests"
             )
+        if sends is None:
+            sends = [0.0] * concurrency
+        elif len(sends) != concurrency or min(sends) < 0:
+            raise ConfigError(f"sends must give a send time >= 0 for each of {concurrency} requests")
         # Through a router the burst reaches the engines in a clump (RouterProfile), in the order sent.
         handovers = sorted(
-            (batch_start + (self.router.handover_s(concurrency, index + 1) if self.router else 0.0), index, replica)
+            (batch_start + sends[index] + (self.router.handover_s(concurrency, index + 1) if self.router else 0.0),
+             index, replica)
             for index, replica in enumerate(assignment)
         )
         ids = [""] * concurrency
@@ -157,7 +165,7 @@ class VirtualDeployment:
                     run=run,
                     index=index,
                     batch_start=batch_start,
-                    start=batch_start,
+                    start=batch_start + sends[index],
                     prompt_tokens_sent=prompts[index],
                     first_response=token_times[0],
                     first_token=token_times[0],

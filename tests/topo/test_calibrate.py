@@ -140,15 +140,18 @@ def test_the_profile_names_cluster_date_and_cells_and_predict_loads_it(tmp_path:
 
 @pytest.mark.slow
 @pytest.mark.calibration
+@pytest.mark.timeout(1800)  # the round trip's own subprocess timeout is 1500 s; 600 s is too short on a busy host
 def test_calibrate_then_predict_matches_a_wall_clock_sweep(tmp_path: Path) -> None:
-    """The round trip on real twin nodes (processes, HTTP, the LiteLLM proxy): ~6 min. The public profile is
-    gb10 x4 (a wall-clock twin cannot keep `fast`'s 0.5 ms decode steps: calibrating `fast` nodes measured
-    608 decode t/s where the model says 1542), the nodes run it with bandwidth x0.8, link latency x3 and step
-    overhead x1.5; every cell of a c1,c4 sweep of the four topologies within 5% of the prediction.
+    """The round trip on real twin nodes (processes, HTTP, the LiteLLM proxy): 7-11 min. The public profile is
+    gb10 itself (~30 ms decode steps: a wall-clock twin cannot keep `fast`'s 0.5 ms ones, and gb10's steps stay
+    large against this busy host's timing noise), the nodes run it with bandwidth x0.8, link latency x3 and
+    step overhead x1.5; every value of a c1,c4 sweep of the four topologies within 5% of the prediction (each
+    run replayed with its send times and router split, the median run).
 
-    Not in the default run (marker `calibration`, `pytest -m calibration`): it does not pass yet on this
-    2-core machine (the LiteLLM proxy's and the twin's HTTP timing under load move routed and c2 cells by
-    more than 5%; benchmarks/calibrate_roundtrip.py prints the table)."""
+    Not in the default run (marker `calibration`, `pytest -m calibration`): on a 2-core host shared with other
+    work the LiteLLM proxy's cost per request follows the host's load (accept 40-51 ms per request in
+    calibrations at load 7-10, 5.9 ms on a quiet host), so the routed cells pass only when the load holds still
+    between calibration and sweep."""
     import subprocess
     import sys
 
@@ -161,6 +164,6 @@ def test_calibrate_then_predict_matches_a_wall_clock_sweep(tmp_path: Path) -> No
                           cwd=Path(__file__).resolve().parents[2])
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert yaml.safe_load((out / "calibrated.yaml").read_text())["name"] == "roundtrip-calibrated"
-    worst, off, compared = compare(out / "sweep", hardware=str(out / "calibrated.yaml"), statistic="median")
-    assert compared == 4 * 2 * 3
-    assert off == 0, done.stdout[-4000:]
+    agreement = compare(out / "sweep", hardware=str(out / "calibrated.yaml"), statistic="median")
+    assert agreement.compared == 4 * 2 * 3
+    assert agreement.off == 0, done.stdout[-4000:]

@@ -192,3 +192,23 @@ def test_a_slow_proxy_relay_caps_routed_decode(tiny_fast):
     # saturated: all 16 x 8 = 128 chunks leave back to back, the first one at the earliest first token, so
     # the 16 x 7 decode tokens span 127 relay slots
     assert row["decode_tps"] == pytest.approx(112 / 127 * 1000 / slow_ms, rel=1e-3)
+
+
+def test_replayed_send_times_decide_whether_a_request_makes_the_first_step() -> None:
+    """gb10: the frontend takes 8 ms per request, one at a time, and an idle engine starts its first step
+    12 ms after the first request is through (at 20 ms). A second request sent at s is through at
+    max(s, 8 ms) + 8 ms: it joins that step when sent up to 12 ms after the first, else waits a step."""
+    config = EngineConfig.from_names("gb10", "gemma4-26b", link="roce1", noise_cv=0.0)
+
+    def first_tokens(second_sent: float) -> list[float]:
+        records = VirtualDeployment("solo", config).run_batch(2, 1024, 8, sends=[0.0, second_sent])
+        assert [r.start for r in records] == [0.0, second_sent]
+        return [r.first_token for r in records]  # type: ignore[misc]
+
+    together = first_tokens(0.0)
+    assert together[0] == together[1]
+    assert first_tokens(0.0119) == together  # through at 19.9 ms: in the step starting at 20 ms
+    alone, second = first_tokens(0.0121)  # through at 20.1 ms: the first step is the first request's alone
+    assert alone < together[0] < second
+    with pytest.raises(ConfigError):
+        VirtualDeployment("solo", config).run_batch(2, 1024, 8, sends=[0.0])
