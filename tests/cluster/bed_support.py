@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,14 +45,26 @@ def node_processes(node: TestbedNode) -> list[tuple[int, int, str]]:
     return found
 
 
-def foreign_processes(bed: Testbed) -> dict[str, list[str]]:
-    """Every live process inside each node's namespaces except its sshd: what a teardown must not leave."""
-    found: dict[str, list[str]] = {}
-    for node in bed.nodes:
-        for _, _, args in node_processes(node):
-            if not args.startswith(("sshd", "unshare", "/usr/sbin/sshd")):
-                found.setdefault(node.name, []).append(args)
-    return found
+def foreign_processes(bed: Testbed, exit_grace_s: float = 10.0) -> dict[str, list[str]]:
+    """Every live process inside each node's namespaces except its sshd: what a teardown must not leave.
+
+    A process already inside exit() has released its memory, so its command line reads empty while the
+    kernel finishes it; it is waited for (up to `exit_grace_s`) rather than reported, and named by pid
+    if it is still there after that.
+    """
+    deadline = time.monotonic() + exit_grace_s
+    while True:
+        found: dict[str, list[str]] = {}
+        exiting = False
+        for node in bed.nodes:
+            for pid, _, args in node_processes(node):
+                if args.startswith(("sshd", "unshare", "/usr/sbin/sshd")):
+                    continue
+                exiting = exiting or not args
+                found.setdefault(node.name, []).append(args or f"<pid {pid} exiting, no command line>")
+        if not exiting or time.monotonic() >= deadline:
+            return found
+        time.sleep(0.2)
 
 
 @contextmanager

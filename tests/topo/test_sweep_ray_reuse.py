@@ -56,6 +56,7 @@ def node_workdirs(cluster: Path) -> dict[str, Path]:
 
 
 @pytest.mark.slow
+@pytest.mark.long  # the interrupt paths of a plain sweep and the kept cluster's stop are tested in the default run
 def test_sigterm_on_the_kept_cluster_leaves_nothing_and_resume_finishes(tmp_path: Path) -> None:
     """SIGTERM while tp4-ray grows the Ray cluster tp2-ray kept up: the adopted head and worker are stopped
     too; `--resume` then brings tp4-ray up on a Ray cluster of its own (about 3-4 minutes)."""
