@@ -22,12 +22,14 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from bench.metrics import capacity
+from bench.records import client_cpu_bound, schedule_lag_bound, send_lag_bound
 from bench.results_folder import FolderMeta
 from bench.suite import Suite, WorkloadTest, test_points
 from common.config import validate_model
-from reports.names import display_name, ordered_topologies, ray_pairs
+from reports.names import display_name, layouts, ordered_topologies
 from reports.display import DisplayTable, tables_markdown
-from reports.tables import DEFAULT_MARGIN_PCT, CellStat, Verdict, decide
+from reports.report import meta_caveats
+from reports.tables import DEFAULT_MARGIN_PCT, CellStat, Verdict, better, decide
 from bench.stats import bound_columns, cell_interval
 
 @dataclass(frozen=True)
@@ -108,14 +110,15 @@ def metric_stat(runs: pd.DataFrame, topology: str, key: str) -> CellStat:
 
 def verdict(cells: pd.DataFrame, test: WorkloadTest, load: str, view: MetricView,
             margin_pct: float = DEFAULT_MARGIN_PCT) -> tuple[Verdict | None, list[CellStat]]:
-    """Best topology vs the runner-up by the winner tables' rule (reports.tables.decide: a win must clear
-    the runner-up's interval and exceed the margin, else a tie naming both). A Ray variant whose no-Ray
-    twin was measured is left out: the executor is compared in its own table (METRICS.md "Deciding")."""
+    """Best layout vs the runner-up by the winner tables' rule (reports.tables.decide: a win must clear
+    the runner-up's interval and exceed the margin, else a tie naming both). As in the winner tables, a
+    layout run with two executors (tp2-mp, tp2-ray) is represented by its better one at this load, named
+    in the verdict (METRICS.md "The winner tables"). Returns the verdict and every measured topology's cell."""
     stats = [s for s in cell_stats(cells, test, load, view) if s.has_value]
-    measured = {s.topology for s in stats}
-    rays = {ray for ray, _ in ray_pairs(measured)}
-    stats = [s for s in stats if s.topology not in rays]
-    return decide(stats, view.higher_is_better, margin_pct), stats
+    by_topology = {s.topology: s for s in stats}
+    representatives = [better([by_topology[t] for t in variants], view.higher_is_better)
+                       for variants in layouts(by_topology).values()]
+    return decide([r for r in representatives if r is not None], view.higher_is_better, margin_pct), stats
 
 
 def verdict_text(win: Verdict | None) -> str:
@@ -236,11 +239,53 @@ def when_to_use(cells: pd.DataFrame, suite: Suite, margin_pct: float = DEFAULT_M
                               "for that use.")
 
 
+def workload_caveats(cells: pd.DataFrame, meta: FolderMeta | None = None) -> list[str]:
+    """What a reader must know before trusting a row: the sweep's own record (status, failed topologies,
+    warnings), then per cell its failed requests and whether the client, not the server, set the pace
+    (bench.records' rules: send lag against TTFT, client CPU, and for open loop the lag behind the schedule)."""
+    # the per-run client-bound warnings the sweep recorded are summed up per cell below, from the stored data
+    notes = [note for note in meta_caveats(meta) if "client-bound?" not in note]
+    keys = ["topology", "workload", "load"]
+    bound: list[str] = []
+    for (topology, workload, load), rows in cells.groupby(keys, sort=False):
+        where = f"{display_name(str(topology))} {workload} {load}"
+        failed = int(pd.to_numeric(rows.get("failed"), errors="coerce").fillna(0).sum()) if "failed" in rows else 0
+        if failed:
+            sent = int(pd.to_numeric(rows.get("requests"), errors="coerce").fillna(0).sum()) if "requests" in rows else 0
+            notes.append(f"{where}: {failed}{f' of {sent}' if sent else ''} requests failed; its figures cover the "
+                         "successful requests only.")
+        lag = _max(rows, "max_send_lag_ms")
+        why = []
+        if send_lag_bound(lag, _mean(rows, "ttft_ms")):
+            why.append(f"the client's send lag reached {lag:.0f} ms, a large share of the TTFT it measured")
+        if schedule_lag_bound(lag, _max(rows, "rate")):
+            why.append(f"the client fell behind its arrival schedule by up to {lag:.0f} ms")
+        if client_cpu_bound(_max(rows, "client_cpu_frac")):
+            why.append(f"the client process used {_max(rows, 'client_cpu_frac'):.0%} of a CPU")
+        if why:
+            bound.append(f"{where} may be client-bound: {'; '.join(why)}; the figures may describe this machine's "
+                         "client more than the server.")
+    if bound and len(bound) * 2 > cells.groupby(keys).ngroups:
+        notes.append(f"{len(bound)} of {cells.groupby(keys).ngroups} cells may be client-bound: this run measured the "
+                     "machine it ran on as much as the topologies (a faster twin profile or a lower --rate-scale "
+                     "leaves the client room).")
+    return notes + bound
+
+
+def _max(rows: pd.DataFrame, key: str) -> float:
+    return float(pd.to_numeric(rows[key], errors="coerce").max()) if key in rows else math.nan
+
+
+def _mean(rows: pd.DataFrame, key: str) -> float:
+    return float(pd.to_numeric(rows[key], errors="coerce").mean()) if key in rows else math.nan
+
+
 @dataclass(frozen=True)
 class WorkloadReport:
     suite: Suite
     cells: pd.DataFrame
     margin_pct: float = DEFAULT_MARGIN_PCT  # the winner rule's margin (`--margin`)
+    caveats: tuple[str, ...] = ()  # workload_caveats: shown last, as the sweep report's caveats are
 
     @property
     def only_default(self) -> bool:
@@ -379,8 +424,9 @@ def workload_report(cells: pd.DataFrame, meta: FolderMeta | None, suite: Suite |
     if suite is None:
         return None
     margin = meta.spec.get("margin_pct") if meta is not None else None
-    return WorkloadReport(suite, cells[cells["workload"].notna()].copy(),
-                          float(margin) if margin is not None else DEFAULT_MARGIN_PCT)
+    measured = cells[cells["workload"].notna()].copy()
+    return WorkloadReport(suite, measured, float(margin) if margin is not None else DEFAULT_MARGIN_PCT,
+                          tuple(workload_caveats(measured, meta)))
 
 
 def workload_markdown(report: WorkloadReport, title: str, header_lines: Sequence[str] = ()) -> str:
@@ -389,6 +435,8 @@ def workload_markdown(report: WorkloadReport, title: str, header_lines: Sequence
     if header_lines:
         out.append("")
     out += tables_markdown(report.sections())
+    if report.caveats:
+        out += ["## Caveats", "", *(f"- {note}" for note in report.caveats), ""]
     return "\n".join(out)
 
 
@@ -402,6 +450,8 @@ def workload_html(report: WorkloadReport, title: str, header_lines: Sequence[str
               for index, (key, figure) in enumerate(report.figures())]
     meta = "".join(f"<li>{html_lib.escape(line)}</li>" for line in header_lines)
     tables = "\n".join(table_html(t) for t in report.sections())
+    if report.caveats:
+        tables += "\n<h2>Caveats</h2>\n<ul>" + "".join(f"<li>{html_lib.escape(c)}</li>" for c in report.caveats) + "</ul>"
     return (f"<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>{html_lib.escape(title)}"
             f"</title>\n<style>{CSS}</style>\n</head>\n<body>\n<h1>{html_lib.escape(title)}</h1>\n<ul class=\"meta\">"
             f"{meta}</ul>\n<div class=\"charts\">{''.join(f'<div class=chart>{c}</div>' for c in charts)}</div>\n"

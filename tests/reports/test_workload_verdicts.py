@@ -50,11 +50,18 @@ def test_one_run_of_a_metric_without_within_run_bounds_calls_no_winner() -> None
     assert win is not None and win.tie and win.why == "no interval"
 
 
-def test_the_ray_variant_is_left_to_the_executor_table() -> None:
+def test_a_layout_is_represented_by_its_better_executor() -> None:
+    # Ray is the faster executor of TP=2 here: TP=2 wins as tp2-ray, and every topology is still listed
     frame = cells(runs("solo", [30.0, 30.3, 29.8]), runs("tp2-mp", [40.0, 40.4, 39.9]),
                   runs("tp2-ray", [44.0, 44.4, 43.9]))
     win, stats = verdict(frame, CHAT, "c10", VIEWS["decode_tps_req"])
-    assert win is not None and win.winner == "tp2-mp" and {s.topology for s in stats} == {"solo", "tp2-mp"}
+    assert win is not None and win.winner == "tp2-ray" and not win.tie
+    assert win.label().startswith("Cluster TP=2 (Ray) (+4")  # against solo, the best other layout, not tp2-mp
+    assert {s.topology for s in stats} == {"solo", "tp2-mp", "tp2-ray"}
+    # and when mp is the better executor, mp represents the layout
+    frame = cells(runs("solo", [30.0, 30.3, 29.8]), runs("tp2-mp", [44.0, 44.4, 43.9]),
+                  runs("tp2-ray", [20.0, 20.4, 19.9]))
+    assert verdict(frame, CHAT, "c10", VIEWS["decode_tps_req"])[0].winner == "tp2-mp"
 
 
 def test_when_to_use_and_the_test_table_say_tie_with_the_report_margin() -> None:
