@@ -137,3 +137,11 @@ def send_lag_bound(max_send_lag_ms: float, mean_ttft_ms: float) -> bool:
 def client_cpu_bound(client_cpu_frac: float) -> bool:
     """The client process was busy for most of the run's wall time (NaN in, False out)."""
     return client_cpu_frac > CLIENT_BOUND_CPU_SHARE
+
+
+CLIENT_BOUND_SCHEDULE_SHARE = 0.10  # open loop: a send later than this share of the mean gap between arrivals
+
+
+def schedule_lag_bound(max_send_lag_ms: float, rate: float) -> bool:
+    """Open loop: the client fell behind its arrival schedule by over a tenth of the mean gap (NaN in, False out)."""
+    return rate > 0 and max_send_lag_ms > CLIENT_BOUND_SCHEDULE_SHARE * 1000.0 / rate

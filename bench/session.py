@@ -25,7 +25,8 @@ import httpx
 from bench.client import LATENCY_MODES, BenchClient, Endpoint, LatencyMode, StreamActivity
 from bench.metrics import e2e_ttft, run_metrics
 from bench.prompts import LocalTokenizer, Prompt, PromptFactory, ServerTokenizer, TokenCounter
-from bench.records import CLIENT_BOUND_LAG_SHARE, RequestRecord, client_cpu_bound, send_lag_bound
+from bench.records import (CLIENT_BOUND_LAG_SHARE, CLIENT_BOUND_SCHEDULE_SHARE, RequestRecord, client_cpu_bound,
+                           schedule_lag_bound, send_lag_bound)
 from bench.openloop import run_open
 from bench.points import workload_row
 from bench.shapes import RequestSpec
@@ -250,9 +251,9 @@ class BenchSession:
             result.records.extend(records)
             result.run_rows.append(row)
             reasons = client_bound_reasons(records, cpu_frac)
-            if isinstance(point.load, OpenLoad) and rate and row["max_send_lag_ms"] > 100.0 / rate:
+            if isinstance(point.load, OpenLoad) and rate and schedule_lag_bound(row["max_send_lag_ms"], rate):
                 reasons.append(f"the client fell behind the schedule by up to {row['max_send_lag_ms']:.0f} ms "
-                               "(over 10% of the mean gap between arrivals)")
+                               f"(over {CLIENT_BOUND_SCHEDULE_SHARE:.0%} of the mean gap between arrivals)")
             for reason in reasons:
                 result.client_bound = True
                 result.warnings.append(f"{point.workload} {point.label} run {run}: client-bound? {reason}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Sequence
 
 from rich import box
 from rich.console import Console
@@ -75,6 +76,7 @@ def print_results(console: Console, report: Report | WorkloadReport) -> None:
     """What `render_results` returned: a sweep's report, or a workload suite's per-test report."""
     if isinstance(report, WorkloadReport):
         print_tables(console, report.sections())
+        print_caveats(console, report.caveats)
     else:
         print_report(console, report)
 
@@ -87,10 +89,14 @@ def print_report(console: Console, report: Report) -> None:
         for part in fitting_tables(console.width, table):
             console.print()
             console.print(rich_table(part))
-    if report.caveats:
+    print_caveats(console, report.caveats)
+
+
+def print_caveats(console: Console, caveats: Sequence[str]) -> None:
+    if caveats:
         console.print()
         console.print("[bold yellow]Caveats[/]")
-        for caveat in report.caveats:
+        for caveat in caveats:
             console.print(f"  • {escape(caveat)}")
 
 
