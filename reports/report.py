@@ -190,7 +190,7 @@ def build_report(cells: pd.DataFrame, meta: FolderMeta | None = None, requests: 
     if unmerged_parts:
         notes.append(f"{unmerged_parts} part file(s) of this folder are not merged yet (a sweep still running, or "
                      "one that stopped before its end); their runs are included here.")
-    section = telemetry_section(cells, meta, requests, telemetry)
+    section = telemetry_section(cells, meta, requests, telemetry, margin)
     if section is not None:
         notes += section.warnings
     return Report(

@@ -21,6 +21,7 @@ from bench.results_folder import FolderMeta
 from common.errors import TopoError
 from reports.display import DisplayTable
 from reports.names import display_name, ordered_topologies
+from reports.tables import DEFAULT_MARGIN_PCT, CellStat, decide
 from telemetry.roofline import EngineShape, limit_sentences, roofline
 from telemetry.summary import cell_telemetry, cell_warnings, run_windows, topology_costs
 
@@ -37,11 +38,12 @@ class TelemetrySection:
     warnings: list[str] = field(default_factory=list)
     telemetry: pd.DataFrame | None = None  # raw samples, for the time charts
     windows: pd.DataFrame | None = None  # run windows, for the cell boundaries
+    margin_pct: float = DEFAULT_MARGIN_PCT  # the winner rule's margin (`--margin`)
 
     def tables(self) -> list[DisplayTable]:
         tables = []
         if not self.summary.empty:
-            tables.append(energy_display(self.summary))
+            tables.append(energy_display(self.summary, self.margin_pct))
             tables.append(server_display(self.summary, self.client_ttft))
         if not self.roofline.empty:
             tables.append(roofline_display(self.roofline, self.limits))
@@ -90,7 +92,7 @@ def engine_shape(meta: FolderMeta | None) -> EngineShape | None:
 
 
 def telemetry_section(cells: pd.DataFrame, meta: FolderMeta | None, requests: pd.DataFrame | None,
-                      telemetry: pd.DataFrame | None) -> TelemetrySection | None:
+                      telemetry: pd.DataFrame | None, margin_pct: float = DEFAULT_MARGIN_PCT) -> TelemetrySection | None:
     summary = cell_telemetry(telemetry, requests)
     shape = engine_shape(meta)
     table = roofline(cells, shape) if shape is not None else pd.DataFrame()
@@ -103,7 +105,7 @@ def telemetry_section(cells: pd.DataFrame, meta: FolderMeta | None, requests: pd
     limits = {topology: sentence + queued_before_engines(summary, client_ttft, topology)
               for topology, sentence in limits.items()}
     return TelemetrySection(summary, table, limits, costs, client_ttft, cell_warnings(summary), telemetry,
-                            run_windows(requests) if requests is not None else None)
+                            run_windows(requests) if requests is not None else None, margin_pct)
 
 
 QUEUE_GAP = 2.0  # the client's TTFT this many times the engines' (and 100 ms more): a queue in front of them
@@ -141,25 +143,32 @@ def _pivot(frame: pd.DataFrame, render) -> tuple[list[str], list[str], list[list
     return topologies, [display_name(t) for t in topologies], rows
 
 
-def energy_display(summary: pd.DataFrame) -> DisplayTable:
+def energy_display(summary: pd.DataFrame, margin_pct: float = DEFAULT_MARGIN_PCT) -> DisplayTable:
     topologies, names, rows = _pivot(summary, lambda r: (
         f"{_fmt(r['j_per_token'], '.2f')} J · {_fmt(r['tokens_per_s_per_w'], '.2f')} t/s/W"
         if not math.isnan(r["j_per_token"]) else MISSING))
     for line, concurrency in zip(rows, sorted(summary["concurrency"].unique())):
-        at = summary[(summary["concurrency"] == concurrency)].dropna(subset=["j_per_token"])
-        if len(at) > 1:
-            best = at.sort_values("j_per_token").iloc[:2]
-            margin = best.iloc[0]["j_per_token"] / best.iloc[1]["j_per_token"] - 1
-            line.append(f"{display_name(str(best.iloc[0]['topology']))} ({margin:+.0%})")
-        else:
-            line.append(display_name(str(at.iloc[0]["topology"])) if len(at) == 1 else MISSING)
+        at = summary[summary["concurrency"] == concurrency]
+        verdict = decide([energy_stat(r) for r in at.to_dict("records")], higher_is_better=False,
+                         margin_pct=margin_pct)
+        line.append(verdict.label() if verdict is not None else MISSING)
     return DisplayTable(
         "Energy per output token (J) — lower wins", ["c", *names, "Winner"], rows,
         intro="GPU energy over the cell's runs (nvidia-smi power.draw, sampled and integrated, summed over the "
               "topology's nodes) per output token; tokens/s per W is the same figure inverted.",
-        notes=["Winner margin is relative to the runner-up. Twin nodes report the modeled power of their hardware "
-               "profile (configs/hardware/*.yaml `power:`), read through the same nvidia-smi query as real nodes."],
+        notes=[f"Winner: called only when its 95% interval over runs clears the runner-up's and the difference "
+               f"exceeds {margin_pct:g}% (the winner tables' rule); a cell of one run has no interval and ties. "
+               "Twin nodes report the modeled power of their hardware profile (configs/hardware/*.yaml `power:`), "
+               "read through the same nvidia-smi query as real nodes."],
     )
+
+
+def energy_stat(row: dict) -> CellStat:
+    """A cell's J per output token as the winner rule reads it: the pooled figure and its interval over runs."""
+    lo, hi = float(row.get("j_per_token_lo", math.nan)), float(row.get("j_per_token_hi", math.nan))
+    runs = int(row.get("runs") or 0)
+    return CellStat(str(row["topology"]), int(row["concurrency"]), float(row["j_per_token"]), math.nan, runs, 0, 0,
+                    lo, hi, "runs" if not math.isnan(lo) else "none")
 
 
 def server_display(summary: pd.DataFrame, client_ttft: dict[tuple[str, int], float]) -> DisplayTable:

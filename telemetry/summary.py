@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from bench.results_folder import fill_load_keys
+from bench.stats import cell_interval
 from telemetry.prometheus import counter_increase, histogram_quantile
 
 # A window whose nearest power sample is further than this is not measured (the sampler was not running).
@@ -38,7 +39,7 @@ CELL_KEY = ["topology", "workload", "load"]
 SUMMARY_COLUMNS = (
     "topology", "workload", "load", "concurrency", "runs", "kv_cache_mean", "kv_cache_max", "running_mean", "waiting_mean",
     "preemptions", "prefix_cache_hit_rate", "server_ttft_ms", "server_ttft_p90_ms", "power_w", "energy_j",
-    "output_tokens", "seconds", "j_per_token", "tokens_per_s_per_w", "power_nodes",
+    "output_tokens", "seconds", "j_per_token", "tokens_per_s_per_w", "power_nodes", "j_per_token_lo", "j_per_token_hi",
 )
 
 
@@ -170,6 +171,9 @@ def cell_telemetry(telemetry: pd.DataFrame | None, requests: pd.DataFrame | None
         queries = _nansum([p["prefix_queries"] for p, _ in parts])
         energies = [p["energy_j"] for p, _ in parts]
         energy = math.nan if any(math.isnan(e) for e in energies) else float(sum(energies))
+        # each run's own J per token: the spread over runs is what a winner call on energy must clear
+        per_run = cell_interval([p["energy_j"] / w.output_tokens if w.output_tokens > 0 else math.nan
+                                 for p, w in parts])
         rows.append({
             "topology": topology, "workload": workload, "load": load,
             "concurrency": int(concurrency) if pd.notna(concurrency) else None, "runs": len(parts),
@@ -188,6 +192,7 @@ def cell_telemetry(telemetry: pd.DataFrame | None, requests: pd.DataFrame | None
             "j_per_token": energy / tokens if tokens > 0 else math.nan,
             "tokens_per_s_per_w": tokens / energy if energy and energy > 0 else math.nan,
             "power_nodes": min((p["power_nodes"] for p, _ in parts), default=0),
+            "j_per_token_lo": per_run.lo, "j_per_token_hi": per_run.hi,
         })
     return pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
 

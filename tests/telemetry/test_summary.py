@@ -62,6 +62,9 @@ def test_energy_per_token_sums_the_topologys_nodes() -> None:
     assert row["tokens_per_s_per_w"] == pytest.approx(200 / 360)
     assert row["power_w"] == pytest.approx(60.0)
     assert row["power_nodes"] == 2 and row["runs"] == 2
+    # each run's own J per token (2.4 and 1.2) gives the interval the energy winner must clear: Student-t, 1 df
+    half_width = 12.706 * 0.6
+    assert (row["j_per_token_lo"], row["j_per_token_hi"]) == pytest.approx((1.8 - half_width, 1.8 + half_width), rel=1e-3)
 
 
 def test_server_figures_of_a_cell_with_a_counter_reset() -> None:
