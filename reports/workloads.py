@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import pandas as pd
 import plotly.graph_objects as go
 
-from bench.metrics import capacity
+from bench.metrics import Capacity, capacity
 from bench.records import client_cpu_bound, schedule_lag_bound, send_lag_bound
 from bench.results_folder import FolderMeta
 from bench.suite import Suite, WorkloadTest, test_points
@@ -29,7 +29,7 @@ from common.config import validate_model
 from reports.names import display_name, layouts, ordered_topologies
 from reports.display import DisplayTable, tables_markdown
 from reports.report import meta_caveats
-from reports.tables import DEFAULT_MARGIN_PCT, CellStat, Verdict, better, decide
+from reports.tables import DEFAULT_MARGIN_PCT, CellStat, Verdict, better, decide, format_pct, relative_pct
 from bench.stats import bound_columns, cell_interval
 
 @dataclass(frozen=True)
@@ -202,6 +202,26 @@ def capacity_table(cells: pd.DataFrame, test: WorkloadTest, think_time_s: float)
     )
 
 
+def capacity_verdict(found: dict[str, Capacity], margin_pct: float = DEFAULT_MARGIN_PCT) -> str:
+    """The highest capacity wins only by more than the margin (one interpolated figure per topology: no
+    interval to clear). Topologies that met the limit at every step share the top: their capacities lie
+    above the highest step, by unknown amounts, so they tie until higher rates are measured."""
+    ranked = sorted((t for t in found if found[t].rate), key=lambda t: found[t].rate or 0.0, reverse=True)
+    if not ranked:
+        return "none meets it"
+    best = ranked[0]
+    above = [t for t in ranked if not found[t].bounded]
+    if len(above) > 1:
+        return f"tie: {' or '.join(display_name(t) for t in above)} (each met the limit at every step; measure higher rates)"
+    if len(ranked) == 1:
+        return display_name(best)
+    runner = ranked[1]
+    gain = relative_pct(found[best].rate or 0.0, found[runner].rate or 0.0)
+    if gain <= margin_pct:
+        return f"tie: {display_name(best)} or {display_name(runner)} ({format_pct(gain)}, < {margin_pct:g}%)"
+    return f"{display_name(best)} ({format_pct(gain)})"
+
+
 def when_to_use(cells: pd.DataFrame, suite: Suite, margin_pct: float = DEFAULT_MARGIN_PCT) -> DisplayTable:
     rows = []
     measured = set(cells["workload"].astype(str))
@@ -215,10 +235,9 @@ def when_to_use(cells: pd.DataFrame, suite: Suite, margin_pct: float = DEFAULT_M
             found = {t: capacity([(r, p) for r, _, p in rate_steps(cells, test, t)], limit)
                      for t in ordered_topologies(cells.loc[cells["workload"] == test.id, "topology"].astype(str))}
             ranked = sorted(found, key=lambda t: found[t].rate or 0.0, reverse=True)
-            best = ranked[0]
             detail = ", ".join(f"{display_name(t)} {found[t].text()}" for t in ranked)
             rows.append([test.decides.use, test.id, f"rate under {limit:g} s p95 TTFT",
-                         display_name(best) if found[best].rate else "none meets it", detail])
+                         capacity_verdict(found, margin_pct), detail])
             continue
         view = VIEWS.get(test.decides.metric, deciding_view(test))
         means = _means(cells, test)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pandas as pd
 
 from bench.suite import load_suite
-from reports.workloads import VIEWS, WorkloadReport, verdict, when_to_use
+from bench.metrics import Capacity
+from reports.workloads import VIEWS, WorkloadReport, capacity_verdict, verdict, when_to_use
 
 CHAT = next(t for t in load_suite("arena").tests if t.id == "01-chat")
 
@@ -87,3 +88,18 @@ def test_an_open_loop_point_of_one_run_decides_on_its_own_bounds() -> None:
     overlapping = pd.DataFrame([one_run("solo", 4000, 3000, 6000), one_run("tp2-mp", 3000, 2500, 4500)])
     win, _ = verdict(overlapping, peak, "1.5rps", VIEWS["ttft_p99_ms"])
     assert win is not None and win.tie and win.why == "intervals overlap"
+
+
+def test_capacity_wins_by_the_margin_and_topologies_above_every_step_tie() -> None:
+    assert capacity_verdict({"solo": Capacity(5, 0.71), "tp2-mp": Capacity(5, 0.95)}) == "Cluster TP=2 (+34%)"
+    assert capacity_verdict({"solo": Capacity(5, 0.94), "tp2-mp": Capacity(5, 0.95)}) == \
+        "tie: Cluster TP=2 or Solo (+1.1%, < 3%)"
+    # three met the limit at every step up to 1 req/s: their capacities are somewhere above, not ranked
+    found = {"solo": Capacity(5, 0.71), "tp2-mp": Capacity(5, 1.0, bounded=False),
+             "tp2-ray": Capacity(5, 1.0, bounded=False), "2x-solo-shuffle": Capacity(5, 1.0, bounded=False)}
+    assert capacity_verdict(found) == ("tie: Cluster TP=2 or Cluster TP=2 (Ray) or Shuffle (each met the limit at "
+                                       "every step; measure higher rates)")
+    # the only one above every step wins when the margin allows
+    assert capacity_verdict({"solo": Capacity(5, 0.71), "tp2-mp": Capacity(5, 1.0, bounded=False)}) == \
+        "Cluster TP=2 (+41%)"
+    assert capacity_verdict({"solo": Capacity(5, None)}) == "none meets it"
