@@ -92,6 +92,7 @@ def test_full_sweep_of_the_four_topologies(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.long  # the same path runs by default in tests/faults: SIGINT mid-sweep, then a --resume that re-measures nothing
 def test_interrupted_sweep_resumes_without_losing_or_remeasuring(tmp_path: Path) -> None:
     # gb10 speed at low concurrency: each run takes about a second, slow enough to interrupt mid-sweep
     cluster = write_local_cluster(tmp_path / "cluster", hardware="gb10")
