@@ -212,7 +212,8 @@ def capacity_verdict(found: dict[str, Capacity], margin_pct: float = DEFAULT_MAR
     best = ranked[0]
     above = [t for t in ranked if not found[t].bounded]
     if len(above) > 1:
-        return f"tie: {' or '.join(display_name(t) for t in above)} (each met the limit at every step; measure higher rates)"
+        names = " or ".join(display_name(t) for t in above)
+        return f"tie: {names} (each met the limit at every step; measure higher rates)"
     if len(ranked) == 1:
         return display_name(best)
     runner = ranked[1]

@@ -58,7 +58,11 @@ class RichSweepProgress:
 
     def topology_started(self, topology: str, loads: Sequence[Load]) -> None:
         self.progress.update(self.task, description=topology)
-        self.console.print(f"[bold cyan]{topology}[/]: bringing it up, then {','.join(l.label for l in loads)}")
+        labels = [load.label for load in loads]
+        # a workload suite repeats labels across its tests (three tests at 0.3rps): count them, list each once
+        plan = ",".join(labels) if len(labels) == len(set(labels)) else \
+            f"{len(labels)} load points ({','.join(dict.fromkeys(labels))})"
+        self.console.print(f"[bold cyan]{topology}[/]: bringing it up, then {plan}")
 
     def topology_up(self, topology: str, startup_s: float) -> None:
         self.console.print(f"  {topology} up after {startup_s:.1f} s")
@@ -82,9 +86,12 @@ class RichSweepProgress:
         failed_text = f"  [red]{failed} failed[/]" if failed else ""
         if warnings:  # details go to meta.json and the report's caveats; here one flag keeps the log readable
             failed_text += "  [yellow]client-bound?[/]"
+        # a suite's test id goes first: several tests share a label such as 0.3rps
+        workload = rows[0].get("workload")
+        where = f"{workload} {load.label}" if workload and workload != "default" else f"{load.label:<4}"
         # one line in 80 columns: topology, level, the three figures of the winner tables (mean over runs)
         self.console.print(
-            f"  {topology} {load.label:<4} decode {mean('decode_tps'):6.1f} t/s  prefill {mean('prefill_tps'):6.0f} t/s"
+            f"  {topology} {where} decode {mean('decode_tps'):6.1f} t/s  prefill {mean('prefill_tps'):6.0f} t/s"
             f"  TTFT {mean('ttft_ms'):6.0f} ms  ({len(rows)} run{'s' if len(rows) > 1 else ''}){failed_text}",
             highlight=False
         )
