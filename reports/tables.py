@@ -91,9 +91,12 @@ def validate_cells(cells: pd.DataFrame, source: str = "cells") -> pd.DataFrame:
     return fill_load_keys(typed)
 
 
-def cell_stat(rows: pd.DataFrame, topology: str, concurrency: int, metric: MetricSpec) -> CellStat:
-    values = rows[metric.key].to_numpy(dtype=float)
-    lo_key, hi_key = bound_columns(metric.key)
+def cell_stat(rows: pd.DataFrame, topology: str, concurrency: int, metric: MetricSpec | str) -> CellStat:
+    """One cell's runs (`rows`) of a metric (a MetricSpec or a cells.parquet column): mean, population std
+    and the 95% interval (bench.stats.cell_interval: over runs, or one run's own bounds)."""
+    key = metric if isinstance(metric, str) else metric.key
+    values = pd.to_numeric(rows[key], errors="coerce").to_numpy(dtype=float)
+    lo_key, hi_key = bound_columns(key)
     run_lo = rows[lo_key].to_numpy(dtype=float) if lo_key in rows else np.full(values.size, np.nan)
     run_hi = rows[hi_key].to_numpy(dtype=float) if hi_key in rows else np.full(values.size, np.nan)
     interval = cell_interval(list(values), list(run_lo), list(run_hi))

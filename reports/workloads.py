@@ -29,8 +29,9 @@ from common.config import validate_model
 from reports.names import display_name, layouts, ordered_topologies
 from reports.display import DisplayTable, tables_markdown
 from reports.report import meta_caveats
-from reports.tables import DEFAULT_MARGIN_PCT, CellStat, Verdict, better, decide, format_pct, relative_pct
-from bench.stats import bound_columns, cell_interval
+from reports.tables import (DEFAULT_MARGIN_PCT, CellStat, Verdict, better, cell_stat, decide, format_pct,
+                            relative_pct)
+
 
 @dataclass(frozen=True)
 class MetricView:
@@ -91,21 +92,10 @@ def cell_stats(cells: pd.DataFrame, test: WorkloadTest, load: str, view: MetricV
         runs = rows[rows["topology"] == topology]
         if view.key not in runs:
             continue
-        stats.append(metric_stat(runs, topology, view.key))
+        levels = runs["concurrency"].dropna() if "concurrency" in runs else ()
+        concurrency = int(levels.iloc[0]) if len(levels) else 0  # open loop: no level
+        stats.append(cell_stat(runs, topology, concurrency, view.key))
     return stats
-
-
-def metric_stat(runs: pd.DataFrame, topology: str, key: str) -> CellStat:
-    values = pd.to_numeric(runs[key], errors="coerce").to_numpy(dtype=float)
-    lo_key, hi_key = bound_columns(key)
-    lo = runs[lo_key].to_numpy(dtype=float) if lo_key in runs else ()
-    hi = runs[hi_key].to_numpy(dtype=float) if hi_key in runs else ()
-    interval = cell_interval(list(values), list(lo), list(hi))
-    concurrency = int(runs["concurrency"].iloc[0]) if "concurrency" in runs and runs["concurrency"].notna().any() else 0
-    failed = int(runs["failed"].fillna(0).sum()) if "failed" in runs else 0
-    requests = int(runs["requests"].fillna(0).sum()) if "requests" in runs else 0
-    return CellStat(topology, concurrency, interval.mean, math.nan, interval.n, failed, requests,
-                    interval.lo, interval.hi, interval.method)
 
 
 def verdict(cells: pd.DataFrame, test: WorkloadTest, load: str, view: MetricView,
@@ -267,11 +257,12 @@ def workload_caveats(cells: pd.DataFrame, meta: FolderMeta | None = None) -> lis
     notes = [note for note in meta_caveats(meta) if "client-bound?" not in note]
     keys = ["topology", "workload", "load"]
     bound: list[str] = []
-    for (topology, workload, load), rows in cells.groupby(keys, sort=False):
+    cells_by_key = cells.groupby(keys, sort=False)
+    for (topology, workload, load), rows in cells_by_key:
         where = f"{display_name(str(topology))} {workload} {load}"
-        failed = int(pd.to_numeric(rows.get("failed"), errors="coerce").fillna(0).sum()) if "failed" in rows else 0
+        failed = int(_sum(rows, "failed"))
         if failed:
-            sent = int(pd.to_numeric(rows.get("requests"), errors="coerce").fillna(0).sum()) if "requests" in rows else 0
+            sent = int(_sum(rows, "requests"))
             notes.append(f"{where}: {failed}{f' of {sent}' if sent else ''} requests failed; its figures cover the "
                          "successful requests only.")
         lag = _max(rows, "max_send_lag_ms")
@@ -285,8 +276,8 @@ def workload_caveats(cells: pd.DataFrame, meta: FolderMeta | None = None) -> lis
         if why:
             bound.append(f"{where} may be client-bound: {'; '.join(why)}; the figures may describe this machine's "
                          "client more than the server.")
-    if bound and len(bound) * 2 > cells.groupby(keys).ngroups:
-        notes.append(f"{len(bound)} of {cells.groupby(keys).ngroups} cells may be client-bound: this run measured the "
+    if bound and len(bound) * 2 > cells_by_key.ngroups:
+        notes.append(f"{len(bound)} of {cells_by_key.ngroups} cells may be client-bound: this run measured the "
                      "machine it ran on as much as the topologies (a faster twin profile or a lower --rate-scale "
                      "leaves the client room).")
     return notes + bound
@@ -294,6 +285,10 @@ def workload_caveats(cells: pd.DataFrame, meta: FolderMeta | None = None) -> lis
 
 def _max(rows: pd.DataFrame, key: str) -> float:
     return float(pd.to_numeric(rows[key], errors="coerce").max()) if key in rows else math.nan
+
+
+def _sum(rows: pd.DataFrame, key: str) -> float:
+    return float(pd.to_numeric(rows[key], errors="coerce").fillna(0).sum()) if key in rows else 0.0
 
 
 def _mean(rows: pd.DataFrame, key: str) -> float:
