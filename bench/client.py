@@ -205,6 +205,37 @@ class BenchClient:
             self._slot_used.append(-math.inf)
         return self._slots[:count]
 
+    # -- slots for a caller that schedules its own requests (bench/openloop.py) ----------------------------
+
+    @property
+    def slot_count(self) -> int:
+        return len(self._slots)
+
+    def mark_fresh(self, count: int, at: float) -> None:
+        """The first `count` slots connected at `at` (perf_counter): not idle, whatever they did before."""
+        for index in range(count):
+            self._slot_used[index] = max(self._slot_used[index], at)
+
+    async def ready_slot(self, index: int) -> httpx.AsyncClient:
+        """Slot `index`, opened if it is new; a wire slot idle near the server's keep-alive limit reconnects
+        first (its handshake then shows as send lag) rather than writing to a connection the server may close."""
+        slots = await self._ensure_slots(index + 1)
+        transport = self._slot_transports[index]
+        if isinstance(transport, WireTransport) and time.perf_counter() - self._slot_used[index] > WARM_IDLE_S:
+            await transport.connect(self.endpoint.chat_url, fresh=True)
+        return slots[index]
+
+    async def send_on_slot(self, index: int, body: bytes, prompt: Prompt, tg: int, *, topology: str,
+                           workload: str, concurrency: int, run: int, request_index: int, eligible: float,
+                           latency: float) -> tuple[RequestRecord, list[_Chunk]]:
+        """One request with `body` on slot `index` (ready_slot first); `eligible` is when the caller was free
+        to send it. Token times are assigned by finish_records once the run is over."""
+        slot = self._slots[index]
+        request = slot.build_request("POST", self.endpoint.chat_url, content=body,
+                                     headers={"content-type": "application/json"}, timeout=self.load_timeout())
+        return await self._one(slot, request, prompt, tg, topology, workload, concurrency, run, request_index,
+                               eligible, latency, slot_index=index)
+
     # -- before any load ----------------------------------------------------------------------------------
 
     async def preflight(self) -> str:

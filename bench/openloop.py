@@ -19,10 +19,9 @@ import json
 import time
 from collections.abc import Callable, Sequence
 
-from bench.client import WARM_IDLE_S, BenchClient, chat_payload
+from bench.client import BenchClient, chat_payload
 from bench.prompts import Prompt
 from bench.records import RequestRecord
-from bench.wire import WireTransport
 from bench.workload import DEFAULT_WORKLOAD
 from common.errors import ConfigError, EndpointError
 
@@ -57,8 +56,7 @@ async def run_open(
     pool_size = min(n, max_concurrency or min(prewarm or PREWARM_LIMIT, PREWARM_LIMIT))
     await client.warm_connections(pool_size)
     warmed = time.perf_counter()
-    for index in range(pool_size):  # just connected: not idle
-        client._slot_used[index] = max(client._slot_used[index], warmed)
+    client.mark_fresh(pool_size, warmed)
     free = list(range(pool_size))[::-1]  # slot indexes; pop() takes the lowest first
     bodies = [json.dumps(chat_payload(client.model, prompt, out)).encode() for prompt, out in zip(prompts, outputs)]
     cap = asyncio.Semaphore(max_concurrency) if max_concurrency else None
@@ -74,21 +72,12 @@ async def run_open(
             else:
                 await cap.acquire()
         try:
-            if free:
-                slot_index = free.pop()
-            else:  # more in flight than the pool: one more connection (its handshake shows as send lag)
-                slot_index = len(client._slots)
-                await client._ensure_slots(slot_index + 1)
-            slot = client._slots[slot_index]
-            transport = client._slot_transports[slot_index]
-            if isinstance(transport, WireTransport) and time.perf_counter() - client._slot_used[slot_index] > WARM_IDLE_S:
-                # idle near the server's keep-alive limit: a new connection (its handshake shows as send lag)
-                # rather than a write the server may close on
-                await transport.connect(client.endpoint.chat_url, fresh=True)
-            request = slot.build_request("POST", client.endpoint.chat_url, content=bodies[i],
-                                         headers={"content-type": "application/json"}, timeout=client.load_timeout())
-            record, chunks = await client._one(slot, request, prompts[i], outputs[i], topology, workload, concurrency,
-                                               run, i, eligible, latency, slot_index=slot_index)
+            # a free connection of the pool, or one more (its handshake shows as send lag)
+            slot_index = free.pop() if free else client.slot_count
+            await client.ready_slot(slot_index)
+            record, chunks = await client.send_on_slot(
+                slot_index, bodies[i], prompts[i], outputs[i], topology=topology, workload=workload,
+                concurrency=concurrency, run=run, request_index=i, eligible=eligible, latency=latency)
             record.scheduled_at = due
             results.append((record, chunks))
             free.append(slot_index)
