@@ -126,6 +126,8 @@ REQUIRED_CELL_COLUMNS: tuple[str, ...] = ("topology", "concurrency", "run", "dec
 CLIENT_BOUND_LAG_SHARE = 0.10  # the worst send lag is over this share of the mean TTFT ...
 CLIENT_BOUND_LAG_FLOOR_MS = 5.0  # ... and over this floor (below it, it is scheduling jitter)
 CLIENT_BOUND_CPU_SHARE = 0.80  # or the client process used more than this share of a CPU
+# The word a per-run warning carries (meta.json warnings, the progress line); reports sum such runs up per cell.
+CLIENT_BOUND_MARK = "client-bound?"
 
 
 def send_lag_bound(max_send_lag_ms: float, mean_ttft_ms: float) -> bool:

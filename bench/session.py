@@ -25,8 +25,8 @@ import httpx
 from bench.client import LATENCY_MODES, BenchClient, Endpoint, LatencyMode, StreamActivity
 from bench.metrics import e2e_ttft, run_metrics
 from bench.prompts import LocalTokenizer, Prompt, PromptFactory, ServerTokenizer, TokenCounter
-from bench.records import (CLIENT_BOUND_LAG_SHARE, CLIENT_BOUND_SCHEDULE_SHARE, RequestRecord, client_cpu_bound,
-                           schedule_lag_bound, send_lag_bound)
+from bench.records import (CLIENT_BOUND_LAG_SHARE, CLIENT_BOUND_MARK, CLIENT_BOUND_SCHEDULE_SHARE, RequestRecord,
+                           client_cpu_bound, schedule_lag_bound, send_lag_bound)
 from bench.openloop import run_open
 from bench.points import workload_row
 from bench.shapes import RequestSpec
@@ -218,7 +218,7 @@ class BenchSession:
             result.run_rows.append(row)
             for reason in client_bound_reasons(records, cpu_frac):
                 result.client_bound = True
-                result.warnings.append(f"{load.label} run {run}: client-bound? {reason}")
+                result.warnings.append(f"{load.label} run {run}: {CLIENT_BOUND_MARK} {reason}")
             if on_run:
                 on_run(RunDone(load, run, records, row))
         return result
@@ -256,7 +256,7 @@ class BenchSession:
                                f"(over {CLIENT_BOUND_SCHEDULE_SHARE:.0%} of the mean gap between arrivals)")
             for reason in reasons:
                 result.client_bound = True
-                result.warnings.append(f"{point.workload} {point.label} run {run}: client-bound? {reason}")
+                result.warnings.append(f"{point.workload} {point.label} run {run}: {CLIENT_BOUND_MARK} {reason}")
             if on_run:
                 on_run(RunDone(point.load, run, records, row))
 

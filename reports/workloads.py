@@ -22,7 +22,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from bench.metrics import Capacity, capacity
-from bench.records import client_cpu_bound, schedule_lag_bound, send_lag_bound
+from bench.records import CLIENT_BOUND_MARK, client_cpu_bound, schedule_lag_bound, send_lag_bound
 from bench.results_folder import FolderMeta
 from bench.suite import Suite, WorkloadTest, test_points
 from common.config import validate_model
@@ -254,7 +254,7 @@ def workload_caveats(cells: pd.DataFrame, meta: FolderMeta | None = None) -> lis
     warnings), then per cell its failed requests and whether the client, not the server, set the pace
     (bench.records' rules: send lag against TTFT, client CPU, and for open loop the lag behind the schedule)."""
     # the per-run client-bound warnings the sweep recorded are summed up per cell below, from the stored data
-    notes = [note for note in meta_caveats(meta) if "client-bound?" not in note]
+    notes = [note for note in meta_caveats(meta) if CLIENT_BOUND_MARK not in note]
     keys = ["topology", "workload", "load"]
     bound: list[str] = []
     cells_by_key = cells.groupby(keys, sort=False)

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from bench.records import CLIENT_BOUND_MARK
 from bench.workload import Load
 from common.errors import TopoError
 
@@ -85,7 +86,7 @@ class RichSweepProgress:
         failed = sum(int(r.get("failed") or 0) for r in rows)
         failed_text = f"  [red]{failed} failed[/]" if failed else ""
         if warnings:  # details go to meta.json and the report's caveats; here one flag keeps the log readable
-            failed_text += "  [yellow]client-bound?[/]"
+            failed_text += f"  [yellow]{CLIENT_BOUND_MARK}[/]"
         # a suite's test id goes first: several tests share a label such as 0.3rps
         workload = rows[0].get("workload")
         where = f"{workload} {load.label}" if workload and workload != "default" else f"{load.label:<4}"
