@@ -16,7 +16,8 @@ everything else held at the base profile's values:
 - tp2-mp prefill of one full step (all-reduces of MBs: the link's bandwidth);
 - 2x-solo-shuffle TTFT at c1 (the proxy's request latency) and c8 (its per-request burst cost; the
   accept and dispatch parts move together), and decode at c32 (how long the proxy takes to relay a chunk:
-  a busy proxy caps the tokens per second of all streams), predicted with the split the router really made.
+  a busy proxy caps the tokens per second of all streams; a proxy that keeps up shows no such cost, and the
+  relay stays off), predicted with the split the router really made.
 
 A cell's figure is its median run's, measured and predicted alike (each run replayed with the client's real
 send times and, routed, the router's split). The cells of one request per run (c1) get more runs than
@@ -203,6 +204,9 @@ class Knob:
     high: float
     tied: tuple[str, ...] = ()
     start: float = 0.0  # where the fit starts when the base's value is below `low` (e.g. 0: not modeled)
+    # The value at which the constant does nothing (a limit not reached). Such a constant is calibrated only
+    # when a cell it pins shows it: the prediction without it falls outside the cell's measured runs.
+    off: float | None = None
 
     def resolved(self, transport: str) -> tuple[str, ...]:
         return tuple(transport if part == "{link}" else part for part in self.path)
@@ -228,8 +232,9 @@ KNOBS: dict[str, Knob] = {
     "router request_latency_ms": Knob(("router", "request_latency_ms"), 0.001, 5000.0),
     "router per_request_ms": Knob(("router", "accept_per_request_ms"), 0.001, 1000.0,
                                   tied=("dispatch_per_request_ms",)),
-    # 0 in a base profile (no relay limit); started where a saturated proxy would show it
-    "router relay_per_chunk_ms": Knob(("router", "relay_per_chunk_ms"), 0.0001, 100.0, start=1.0),
+    # 0 in a base profile (no relay limit); started where a saturated proxy would show it. A proxy that keeps
+    # up with the engines does not show its relay cost at all: fitted anyway, noise would set it.
+    "router relay_per_chunk_ms": Knob(("router", "relay_per_chunk_ms"), 0.0001, 100.0, start=1.0, off=0.0),
 }
 
 
@@ -293,18 +298,55 @@ class Fit:
     before: dict[str, float]  # the base profile's values
     predicted: dict[tuple[str, str], float] = field(default_factory=dict)  # (cell label, metric) -> predicted
     worst: float = 0.0  # largest |predicted / measured - 1| over the cells' targets
+    # constants kept at their `off` value because no cell showed them, and what the cells said instead
+    not_seen: dict[str, str] = field(default_factory=dict)
 
 
 def fit_constants(config: EngineConfig, measured: Sequence[MeasuredCell]) -> Fit:
-    """Least squares over log(predicted / measured) of every cell's targets, from the base profile's values."""
-    from scipy.optimize import least_squares
+    """Least squares over log(predicted / measured) of every cell's targets, from the base profile's values.
 
+    A constant with an `off` value (a limit such as the proxy's relay rate) is kept off when every cell it
+    pins measured runs that the prediction without it already falls among: its effect is not above the
+    cell's own run-to-run spread, so a fitted value would only describe that noise. The others are then
+    fitted again without it."""
     transport = config.link
     names = list(dict.fromkeys(knob for m in measured for _, knob in m.cell.targets))
     unknown = [n for n in names if n not in KNOBS]
     if unknown or not names:
         raise ConfigError(f"calibration cells pin constants the fit does not know: {unknown or 'none'}")
     before = {name: KNOBS[name].get(config.hardware, transport) for name in names}
+    values = _solve(config, measured, names, before)
+    not_seen: dict[str, str] = {}
+    for name in names:
+        off = KNOBS[name].off
+        if off is None:
+            continue
+        without = config.with_(hardware=with_values(config.hardware, {**values, name: off}, transport))
+        said = _unseen_effect(without, measured, name)
+        if said is not None:
+            not_seen[name] = said
+    if not_seen:
+        fixed = {name: KNOBS[name].off or 0.0 for name in not_seen}
+        config = config.with_(hardware=with_values(config.hardware, fixed, transport))
+        rest = [name for name in names if name not in not_seen]
+        values = {**(_solve(config, measured, rest, {n: values[n] for n in rest}) if rest else {}), **fixed}
+        values = {name: values[name] for name in names}  # in the cells' order
+    fitted = config.with_(hardware=with_values(config.hardware, values, transport))
+    predicted: dict[tuple[str, str], float] = {}
+    for m in measured:
+        for metric, value in predict_cell(fitted, m).items():
+            predicted[(m.cell.label, metric)] = value
+    worst = max(abs(predicted[(m.cell.label, metric)] / m.value(metric) - 1)
+                for m in measured for metric, _ in m.cell.targets)
+    return Fit(values, before, predicted, worst, not_seen)
+
+
+def _solve(config: EngineConfig, measured: Sequence[MeasuredCell], names: Sequence[str],
+           start_at: dict[str, float]) -> dict[str, float]:
+    """The knobs `names` that minimise the log errors of all cells' targets, the others as `config` has them."""
+    from scipy.optimize import least_squares
+
+    transport = config.link
 
     def configured(x: Sequence[float]) -> EngineConfig:
         values = {name: math.exp(v) for name, v in zip(names, x)}
@@ -320,19 +362,28 @@ def fit_constants(config: EngineConfig, measured: Sequence[MeasuredCell]) -> Fit
 
     low = [math.log(KNOBS[n].low) for n in names]
     high = [math.log(KNOBS[n].high) for n in names]
-    first = {n: before[n] if before[n] > KNOBS[n].low else max(KNOBS[n].start, KNOBS[n].low) for n in names}
+    first = {n: start_at[n] if start_at[n] > KNOBS[n].low else max(KNOBS[n].start, KNOBS[n].low) for n in names}
     start = [min(max(math.log(first[n]), lo + 1e-9), hi - 1e-9) for n, lo, hi in zip(names, low, high)]
     solved = least_squares(residuals, start, bounds=(low, high), diff_step=1e-3, x_scale="jac", xtol=1e-10,
                            ftol=1e-12, gtol=1e-12)
-    values = {name: math.exp(v) for name, v in zip(names, solved.x)}
-    fitted = configured(solved.x)
-    predicted: dict[tuple[str, str], float] = {}
+    return {name: math.exp(v) for name, v in zip(names, solved.x)}
+
+
+def _unseen_effect(without: EngineConfig, measured: Sequence[MeasuredCell], name: str) -> str | None:
+    """Why knob `name` is not seen (each cell it pins measured runs around the prediction without it), or
+    None when some cell shows it."""
+    said = []
     for m in measured:
-        for metric, value in predict_cell(fitted, m).items():
-            predicted[(m.cell.label, metric)] = value
-    worst = max(abs(predicted[(m.cell.label, metric)] / m.value(metric) - 1)
-                for m in measured for metric, _ in m.cell.targets)
-    return Fit(values, before, predicted, worst)
+        for metric, pins in m.cell.targets:
+            if pins != name:
+                continue
+            runs = [float(row[metric]) for row in m.rows]
+            expected = predict_cell(without, m)[metric]
+            if not min(runs) <= expected <= max(runs):
+                return None
+            said.append(f"{m.cell.label} {metric} runs {min(runs):.4g}-{max(runs):.4g}, {expected:.4g} predicted "
+                        "without it")
+    return "; ".join(said) if said else None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -360,6 +411,9 @@ def calibrated_data(
         others = sorted({m.cell.label for m in measured} - {m.cell.label for m, _ in pinned_by})
         source = (f"calibrated: topo calibrate on cluster {cluster}, {stamp}, pinned by {said} "
                   f"(fitted jointly with {', '.join(others)}); base value {fit.before[knob_name]:.4g}")
+        if knob_name in fit.not_seen:
+            source = (f"calibrated: topo calibrate on cluster {cluster}, {stamp}: not seen, kept off ({value:g}): "
+                      f"{fit.not_seen[knob_name]}; base value {fit.before[knob_name]:.4g}")
         *parent, key = knob.resolved(transport)
         section = data
         for part in parent:

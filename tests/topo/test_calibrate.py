@@ -86,6 +86,38 @@ def test_the_fit_recovers_a_hidden_profile() -> None:
         assert fit.values[name] == pytest.approx(fit.before[name], rel=0.03), name
 
 
+def test_a_relay_limit_inside_the_runs_spread_is_kept_off() -> None:
+    """A proxy that keeps up with the engines: the relay cell's runs spread around what the twin predicts with
+    no relay limit, their median 2% under it. Fitted anyway, the relay would be set by that 2%; it stays
+    off, says why, and the router's other constants still come back."""
+    base = load_hardware("gb10")
+    truth = {"router per_request_ms": base.router.accept_per_request_ms * 2}
+    config = engine_config(load_recipe("gemma4-26b"), base, "sockets")
+    hidden = config.with_(hardware=with_values(base, truth, "sockets"))
+    cells = [c for c in default_cells(8192) if c.topology == "2x-solo-shuffle"]
+    measured = []
+    for one in fake_measurement(hidden, cells):
+        if one.cell.targets[0][1] == "router relay_per_chunk_ms":
+            (row,) = one.rows
+            one = MeasuredCell(one.cell, [{"decode_tps": row["decode_tps"] * f} for f in (0.96, 0.98, 1.03)],
+                               one.assignments * 3, 0)
+        measured.append(one)
+    fit = fit_constants(config, measured)
+    assert fit.values["router relay_per_chunk_ms"] == 0.0
+    assert "2x-solo-shuffle c32 pp64 tg32 decode_tps runs" in fit.not_seen["router relay_per_chunk_ms"]
+    assert fit.values["router per_request_ms"] == pytest.approx(truth["router per_request_ms"], rel=0.01)
+    base_data, _ = hardware_data("gb10")
+    data = calibrated_data(base_data, fit, measured, transport="sockets", cluster="pair", name="pair-calibrated")
+    assert data["router"]["relay_per_chunk_ms"]["value"] == 0.0
+    assert "not seen, kept off" in data["router"]["relay_per_chunk_ms"]["source"]
+    # the same cell with every run under the limit-free prediction does show the limit
+    low = [m if m.cell.targets[0][1] != "router relay_per_chunk_ms" else
+           MeasuredCell(m.cell, [{"decode_tps": r["decode_tps"] * 0.9} for r in m.rows], m.assignments, 0)
+           for m in measured]
+    shown = fit_constants(config, low)
+    assert shown.values["router relay_per_chunk_ms"] > 0.1 and not shown.not_seen
+
+
 def test_knobs_move_their_constant_and_tied_ones_by_the_same_factor() -> None:
     gb10 = load_hardware("gb10")
     moved = with_values(gb10, {"router per_request_ms": 11.8, "link latency_us": 50.0, "step_overhead_ms": 5.0},

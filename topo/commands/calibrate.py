@@ -98,7 +98,9 @@ def calibrate_command(
     fit = fit_constants(config, measured)
     console.print("\n[bold]fitted[/] (base -> calibrated)")
     for knob_name, value in fit.values.items():
-        console.print(f"  {KNOBS[knob_name].name(rendered.transport):<28} {fit.before[knob_name]:>10.4g} -> {value:.4g}")
+        unseen = f"  (not seen: {fit.not_seen[knob_name]})" if knob_name in fit.not_seen else ""
+        console.print(f"  {KNOBS[knob_name].name(rendered.transport):<28} {fit.before[knob_name]:>10.4g} -> "
+                      f"{value:.4g}{unseen}")
     console.print("[bold]cells[/] (measured, predicted with the fit)")
     for m in measured:
         for metric, _ in m.cell.targets:
