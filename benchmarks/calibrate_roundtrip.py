@@ -18,6 +18,11 @@ and 0.87 ms per streamed chunk (benchmarks/proxy_cost.py at load ~8), its wall-c
 the share of a core it gets, and that share moves with other work between the calibration and the sweep
 (calibrated relay 2.3 ms per chunk at load 7-8, the sweep's c64 relaying at ~3.9 ms per chunk at load 11-14).
 Run it on a quiet host, or read the routed rows as that.
+
+Seen on a quiet host (2026-12-01, nothing else running): 82, 81 and 78 of 84 values within 5% with one run per
+cell, the misses single runs whose own interval is wider than 5%; with `--runs 3 --statistic median` 81 of 84,
+the three misses all 2x-solo-shuffle c64 (decode -5.7%, prefill -8.3%, TTFT +11.4%): there the client, two
+engines and the proxy together ask more of the two cores than they have, which no profile of the nodes carries.
 """
 
 from __future__ import annotations
