@@ -216,21 +216,17 @@ class BenchClient:
         for index in range(count):
             self._slot_used[index] = max(self._slot_used[index], at)
 
-    async def ready_slot(self, index: int) -> httpx.AsyncClient:
-        """Slot `index`, opened if it is new; a wire slot idle near the server's keep-alive limit reconnects
-        first (its handshake then shows as send lag) rather than writing to a connection the server may close."""
-        slots = await self._ensure_slots(index + 1)
-        transport = self._slot_transports[index]
-        if isinstance(transport, WireTransport) and time.perf_counter() - self._slot_used[index] > WARM_IDLE_S:
-            await transport.connect(self.endpoint.chat_url, fresh=True)
-        return slots[index]
-
     async def send_on_slot(self, index: int, body: bytes, prompt: Prompt, tg: int, *, topology: str,
                            workload: str, concurrency: int, run: int, request_index: int, eligible: float,
                            latency: float) -> tuple[RequestRecord, list[_Chunk]]:
-        """One request with `body` on slot `index` (ready_slot first); `eligible` is when the caller was free
-        to send it. Token times are assigned by finish_records once the run is over."""
-        slot = self._slots[index]
+        """One request with `body` on slot `index`, opened if it is new; `eligible` is when the caller was free
+        to send it. A wire slot idle near the server's keep-alive limit reconnects first rather than writing to
+        a connection the server may close; that handshake, like a new slot's, shows as send lag. Token times
+        are assigned by finish_records once the run is over."""
+        slot = (await self._ensure_slots(index + 1))[index]
+        transport = self._slot_transports[index]
+        if isinstance(transport, WireTransport) and time.perf_counter() - self._slot_used[index] > WARM_IDLE_S:
+            await transport.connect(self.endpoint.chat_url, fresh=True)
         request = slot.build_request("POST", self.endpoint.chat_url, content=body,
                                      headers={"content-type": "application/json"}, timeout=self.load_timeout())
         return await self._one(slot, request, prompt, tg, topology, workload, concurrency, run, request_index,

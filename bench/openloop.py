@@ -74,7 +74,6 @@ async def run_open(
         try:
             # a free connection of the pool, or one more (its handshake shows as send lag)
             slot_index = free.pop() if free else client.slot_count
-            await client.ready_slot(slot_index)
             record, chunks = await client.send_on_slot(
                 slot_index, bodies[i], prompts[i], outputs[i], topology=topology, workload=workload,
                 concurrency=concurrency, run=run, request_index=i, eligible=eligible, latency=latency)
