@@ -18,6 +18,11 @@ throughput or TTFT:
 - CPU seconds per request and per streamed chunk, from /proc for the proxy's process group: bursts with
   tg=1 against bursts with tg=--tg (more chunks a request). Printed for context (how near a full core the
   proxy runs); the prediction does not queue chunks.
+- What the proxy does at the streams' ends, from the same bursts at tg=--tg: how long after a stream's last
+  token the client sees it closed (LiteLLM rebuilds the whole response for its logging before it sends
+  `[DONE]`, streaming_handler._finalize_completed_stream), and how much later than after a tg=1 burst the
+  next burst's first request reaches its engine (work the last burst's ends left the proxy). The twin does
+  not model either (see benchmarks/calibrate_roundtrip.py).
 
 Not a test: it prints, it does not assert.
 """
@@ -80,6 +85,7 @@ class Burst:
     first_arrival: float
     last_arrival: float
     response_ms: float  # mean first token at the client minus mean first token at the engines
+    close_lag_ms: tuple[float, float]  # a stream's close at the client after its last token: median, largest
 
 
 def bursts(records: list[RequestRecord], served: list[dict[str, Any]]) -> list[Burst]:
@@ -95,7 +101,9 @@ def bursts(records: list[RequestRecord], served: list[dict[str, Any]]) -> list[B
         reached = sorted(row["arrival"] - fired for row in seen)
         at_client = statistics.mean(record.first_token - fired for record in batch if record.first_token)
         at_engines = statistics.mean(row["token_times"][0] - fired for row in seen)
-        found.append(Burst(reached[0] * 1000, reached[-1] * 1000, (at_client - at_engines) * 1000))
+        lags = [1000 * (record.end - record.token_times[-1]) for record in batch if record.end and record.token_times]
+        found.append(Burst(reached[0] * 1000, reached[-1] * 1000, (at_client - at_engines) * 1000,
+                           (statistics.median(lags), max(lags))))
     return found
 
 
@@ -136,7 +144,9 @@ async def measure(cluster: Cluster, concurrencies: list[int], runs: int, pp: int
         for size in concurrencies:
             clumps[size], short_cpu[size] = await burst(size, 1, runs)
         largest = concurrencies[-1]  # the CPU comparison: same bursts, tg=1 against tg=long_tg
-        _, long_cpu = await burst(largest, long_tg, runs)
+        long_bursts: dict[int, list[Burst]] = {}
+        for size in concurrencies:
+            long_bursts[size], long_cpu = await burst(size, long_tg, max(runs, 2))
         for session in sessions.values():
             await session.close()
 
@@ -160,9 +170,19 @@ async def measure(cluster: Cluster, concurrencies: list[int], runs: int, pp: int
     print(f"  -> request_latency_ms {alone - accept - dispatch:.1f}, accept_per_request_ms {accept:.2f}, "
           f"dispatch_per_request_ms {dispatch:.2f}")
     requests = largest * runs
+    long_requests = largest * max(runs, 2)
     print(f"  CPU at c{largest}: {short_cpu[largest] / requests * 1000:.1f} ms per request (tg=1), "
-          f"{(long_cpu - short_cpu[largest]) / (requests * (long_tg - 1)) * 1000:.3f} ms per further chunk "
-          f"(tg={long_tg})")
+          f"{(long_cpu / long_requests - short_cpu[largest] / requests) / (long_tg - 1) * 1000:.3f} ms per "
+          f"further chunk (tg={long_tg})")
+    print(f"  stream ends at tg={long_tg} (the next burst compared with one after a tg=1 burst):")
+    for size, measured in long_bursts.items():
+        after_short = statistics.median(one.first_arrival for one in clumps[size])
+        after_long = statistics.median(one.first_arrival for one in measured[1:])  # each after a tg=long burst
+        print(f"  c{size}: a stream is closed {statistics.median(one.close_lag_ms[0] for one in measured):.0f} ms "
+              f"after its last token (median; largest {max(one.close_lag_ms[1] for one in measured):.0f} ms); "
+              f"the next burst's first request reaches its engine {after_long - after_short:+.0f} ms later, its "
+              f"first tokens reach the client {statistics.median(one.response_ms for one in measured[1:]):.0f} ms "
+              "after the engines sent them")
 
 
 def main() -> None:
