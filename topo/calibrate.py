@@ -56,6 +56,7 @@ from topology.nccl import Transport
 from twin.profiles import HardwareProfile, load_card
 
 Metric = Literal["decode_tps", "prefill_tps", "ttft_ms"]
+THROUGHPUTS: frozenset[Metric] = frozenset({"decode_tps", "prefill_tps"})  # higher is faster; ttft_ms lower
 CalibratedTopology = Literal["solo", "tp2-mp", "2x-solo-shuffle"]
 
 
@@ -309,9 +310,9 @@ class Fit:
 def fit_constants(config: EngineConfig, measured: Sequence[MeasuredCell]) -> Fit:
     """Least squares over log(predicted / measured) of every cell's targets, from the base profile's values.
 
-    A constant with an `off` value (a limit such as the proxy's relay rate) is kept off when every cell it
-    pins measured runs that the prediction without it already falls among: its effect is not above the
-    cell's own run-to-run spread, so a fitted value would only describe that noise. The others are then
+    A constant with an `off` value (a limit such as the proxy's relay rate) is kept off unless a cell it
+    pins measured every run slower than the prediction without it: within the cell's own run-to-run spread a
+    fitted value would only describe that noise, and runs all faster are not a limit's doing. The others are then
     fitted again without it."""
     transport = config.link
     names = list(dict.fromkeys(knob for m in measured for _, knob in m.cell.targets))
@@ -374,8 +375,8 @@ def _solve(config: EngineConfig, measured: Sequence[MeasuredCell], names: Sequen
 
 
 def _unseen_effect(without: EngineConfig, measured: Sequence[MeasuredCell], name: str) -> str | None:
-    """Why knob `name` is not seen (each cell it pins measured runs around the prediction without it), or
-    None when some cell shows it."""
+    """Why knob `name` is not seen (each cell it pins measured a run at least as fast as the prediction
+    without it), or None when some cell shows it (every run slower)."""
     said = []
     for m in measured:
         for metric, pins in m.cell.targets:
@@ -383,7 +384,10 @@ def _unseen_effect(without: EngineConfig, measured: Sequence[MeasuredCell], name
                 continue
             runs = [float(row[metric]) for row in m.rows]
             expected = predict_cell(without, m)[metric]
-            if not min(runs) <= expected <= max(runs):
+            # a limit only slows: it shows when every run is slower than the prediction without it; runs all
+            # faster than that are something else, and a fit would only pin the limit at its bound
+            slower = [run < expected if metric in THROUGHPUTS else run > expected for run in runs]
+            if all(slower):
                 return None
             said.append(f"{m.cell.label} {metric} runs {min(runs):.4g}-{max(runs):.4g}, {expected:.4g} predicted "
                         "without it")
