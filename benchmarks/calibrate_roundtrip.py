@@ -21,7 +21,9 @@ Run it on a quiet host, or read the routed rows as that.
 
 Seen on a quiet host (2026-12-01, nothing else running): 82, 81 and 78 of 84 values within 5% with one run per
 cell, the misses single runs whose own interval is wider than 5%; with `--runs 3 --statistic median` 81 of 84,
-the three misses all 2x-solo-shuffle c64 (decode -5.7%, prefill -8.3%, TTFT +11.4%).
+the three misses all 2x-solo-shuffle c64 (decode -5.7%, prefill -8.3%, TTFT +11.4%). With `--runs 5
+--statistic median` (calibration 106 s and 235 requests, sweep 24 min): 84 of 84 within 5%, worst 2.0%
+(2x-solo-shuffle c64 TTFT 3486 ms measured, 3419 predicted).
 
 Why c64 through the proxy, measured afterwards (same hidden profile, 2x-solo-shuffle c64 pp1024 tg128, six
 sweeps of 3-8 runs): not the host's two cores (the client, both engines and the proxy together used about one
