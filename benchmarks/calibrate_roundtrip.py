@@ -26,16 +26,15 @@ the three misses all 2x-solo-shuffle c64 (decode -5.7%, prefill -8.3%, TTFT +11.
 (2x-solo-shuffle c64 TTFT 3486 ms measured, 3419 predicted).
 
 Why c64 through the proxy, measured afterwards (same hidden profile, 2x-solo-shuffle c64 pp1024 tg128, six
-sweeps of 3-8 runs): not the host's two cores (the client, both engines and the proxy together used about one
-core; the proxy alone peaked at 95-100% of one around batch boundaries) and not topo's telemetry sampler (hits
-with and without it). Runs are hit now and then: the run's whole burst reaches the engines ~0.7 s late (its
-earliest TTFT 1.1-1.3 s instead of 0.4-0.6 s; median TTFT 3.0 s -> 3.7 s), 3 of 16 runs in the first five
-sweeps, never run 0 (after the sweep's short warm-up). One candidate, measured with a gc.callbacks hook in the
-proxy's interpreter: a gen-2 collection of 0.4-0.8 s (~98,000 objects freed) once per c64 batch; in that 8-run
-sweep it fell ~7 s into every batch, after most first tokens, and no run was hit (median TTFT 2.9-3.4 s). Where
-else the collection can fall, and whether it is the hits' cause, is not pinned. The twin does not model the
-proxy's collector; benchmarks/proxy_cost.py shows the proxy's end-of-stream cost (a c64 stream is closed ~1 s
-after its last token).
+sweeps, 24 runs): not the host's two cores (the client, both engines and the proxy together used about one
+core; the proxy alone peaked at 95-100% of one around batch boundaries) and not topo's telemetry sampler (slow
+runs with and without it). 4 of the 24 runs were slow, never run 0 (after the sweep's short warm-up): in two
+the whole burst reached the engines ~0.7 s late (earliest TTFT 1.1-1.3 s instead of 0.4-0.6 s, median 3.0 s ->
+3.7 s), in two the median TTFT was ~0.5 s later (3.4-3.5 s). One candidate, measured with a gc.callbacks hook
+in the proxy's interpreter: a gen-2 collection of 0.4-0.8 s (~98,000 objects freed) once per c64 batch, 6.5-8.5
+s into each batch in an 8-run sweep. Whether it is the slow runs' cause is not pinned; the twin does not model
+the proxy's collector. benchmarks/proxy_cost.py shows the proxy's end-of-stream cost (a c64 stream is closed
+~1 s after its last token).
 """
 
 from __future__ import annotations
