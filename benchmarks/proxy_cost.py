@@ -144,9 +144,11 @@ async def measure(cluster: Cluster, concurrencies: list[int], runs: int, pp: int
         for size in concurrencies:
             clumps[size], short_cpu[size] = await burst(size, 1, runs)
         largest = concurrencies[-1]  # the CPU comparison: same bursts, tg=1 against tg=long_tg
+        long_runs = max(runs, 2)  # the first of each size follows another size's burst: compared are the rest
         long_bursts: dict[int, list[Burst]] = {}
+        long_cpu: dict[int, float] = {}
         for size in concurrencies:
-            long_bursts[size], long_cpu = await burst(size, long_tg, max(runs, 2))
+            long_bursts[size], long_cpu[size] = await burst(size, long_tg, long_runs)
         for session in sessions.values():
             await session.close()
 
@@ -170,9 +172,9 @@ async def measure(cluster: Cluster, concurrencies: list[int], runs: int, pp: int
     print(f"  -> request_latency_ms {alone - accept - dispatch:.1f}, accept_per_request_ms {accept:.2f}, "
           f"dispatch_per_request_ms {dispatch:.2f}")
     requests = largest * runs
-    long_requests = largest * max(runs, 2)
+    long_requests = largest * long_runs
     print(f"  CPU at c{largest}: {short_cpu[largest] / requests * 1000:.1f} ms per request (tg=1), "
-          f"{(long_cpu / long_requests - short_cpu[largest] / requests) / (long_tg - 1) * 1000:.3f} ms per "
+          f"{(long_cpu[largest] / long_requests - short_cpu[largest] / requests) / (long_tg - 1) * 1000:.3f} ms per "
           f"further chunk (tg={long_tg})")
     print(f"  stream ends at tg={long_tg} (the next burst compared with one after a tg=1 burst):")
     for size, measured in long_bursts.items():

@@ -47,6 +47,7 @@ from bench.session import BenchSession, BenchSettings
 from bench.workload import ClosedLoad
 from cluster.bringup import BringUpProgress, bring_up, open_cluster
 from common.errors import ConfigError, TopoError
+from reports.tables import METRICS
 from topology.inventory import Cluster
 from topology.kinds import PlanSecrets, parse_topology, plan
 from topology.recipe import Recipe
@@ -56,7 +57,6 @@ from topology.nccl import Transport
 from twin.profiles import HardwareProfile, load_card
 
 Metric = Literal["decode_tps", "prefill_tps", "ttft_ms"]
-THROUGHPUTS: frozenset[Metric] = frozenset({"decode_tps", "prefill_tps"})  # higher is faster; ttft_ms lower
 CalibratedTopology = Literal["solo", "tp2-mp", "2x-solo-shuffle"]
 
 
@@ -386,7 +386,8 @@ def _unseen_effect(without: EngineConfig, measured: Sequence[MeasuredCell], name
             expected = predict_cell(without, m)[metric]
             # a limit only slows: it shows when every run is slower than the prediction without it; runs all
             # faster than that are something else, and a fit would only pin the limit at its bound
-            slower = [run < expected if metric in THROUGHPUTS else run > expected for run in runs]
+            higher_is_faster = next(spec.higher_is_better for spec in METRICS if spec.key == metric)
+            slower = [run < expected if higher_is_faster else run > expected for run in runs]
             if all(slower):
                 return None
             said.append(f"{m.cell.label} {metric} runs {min(runs):.4g}-{max(runs):.4g}, {expected:.4g} predicted "
